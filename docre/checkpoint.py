@@ -1,0 +1,127 @@
+"""Weights and resume state in plain formats: safetensors for tensors, JSON for everything else.
+
+No pickle anywhere: `torch.save` is never used, so nothing docre writes can run code when read.
+A resume checkpoint is a directory (`last/`) written completely under a temporary name and then
+swapped in by renames, so a kill at any moment leaves the previous complete checkpoint.
+"""
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from docre.errors import DocreError
+from docre.utils import atomic_save_safetensors, atomic_write_json
+
+
+def check_finite(model: nn.Module) -> None:
+    """Refuse to save weights containing NaN or inf."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise DocreError(f"refusing to save non-finite weights ({name}); the previous checkpoint is kept")
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    check_finite(model)
+    atomic_save_safetensors(model.state_dict(), path)
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise DocreError(f"{path}: weights file not found")
+    try:
+        state = load_file(str(path))
+    except Exception as error:  # safetensors raises its own error types for damaged files
+        raise DocreError(f"{path}: cannot read weights ({error})") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise DocreError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def save_training_state(directory: Path, model, optimizer, scheduler, scaler, state: dict) -> None:
+    """Write model, optimizer, scheduler, grad scaler, RNG states and counters to `directory`."""
+    check_finite(model)
+    staging = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    tensors, optimizer_json = _split_optimizer_state(optimizer.state_dict())
+    tensors["rng.torch"] = torch.get_rng_state()
+    for index in range(torch.cuda.device_count() if torch.cuda.is_initialized() else 0):
+        tensors[f"rng.cuda.{index}"] = torch.cuda.get_rng_state(index)
+    atomic_save_safetensors(model.state_dict(), staging / "model.safetensors")
+    atomic_save_safetensors(tensors, staging / "optimizer.safetensors")
+    numpy_state = np.random.get_state()
+    atomic_write_json(staging / "state.json", {
+        "counters": state,
+        "optimizer": optimizer_json,
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng_python": random.getstate(),
+        "rng_numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+    })
+    # swap: directory -> .old, staging -> directory, drop .old; each rename is atomic
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.rename(old)
+    staging.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_training_state(directory: Path) -> Path | None:
+    """`directory`, or its `.old` twin if a kill fell between the two renames of a save."""
+    for candidate in (directory, directory.with_name(directory.name + ".old")):
+        if (candidate / "state.json").is_file():
+            return candidate
+    return None
+
+
+def load_training_state(directory: Path, model, optimizer, scheduler, scaler) -> dict:
+    """Restore everything `save_training_state` wrote; return the counters."""
+    from safetensors.torch import load_file
+
+    load_weights(model, directory / "model.safetensors")
+    saved = json.loads((directory / "state.json").read_text(encoding="utf-8"))
+    tensors = load_file(str(directory / "optimizer.safetensors"))
+    optimizer.load_state_dict(_join_optimizer_state(tensors, saved["optimizer"]))
+    scheduler.load_state_dict(saved["scheduler"])
+    scaler.load_state_dict(saved["scaler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    for name, value in tensors.items():
+        if name.startswith("rng.cuda.") and torch.cuda.is_available():
+            torch.cuda.set_rng_state(value, int(name.rsplit(".", 1)[1]))
+    version, internal, gauss = saved["rng_python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, *rest = saved["rng_numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+    return saved["counters"]
+
+
+def _split_optimizer_state(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state -> (tensors for safetensors, the JSON-able rest)."""
+    tensors, scalars = {}, {}
+    for param_id, param_state in state_dict["state"].items():
+        for key, value in param_state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{param_id}.{key}"] = value
+            else:
+                scalars[f"{param_id}.{key}"] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def _join_optimizer_state(tensors: dict[str, torch.Tensor], saved: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("state."):
+            _, param_id, key = name.split(".", 2)
+            state.setdefault(int(param_id), {})[key] = value
+    for name, value in saved["scalars"].items():
+        param_id, key = name.split(".", 1)
+        state.setdefault(int(param_id), {})[key] = value
+    return {"state": state, "param_groups": saved["param_groups"]}

@@ -1,0 +1,234 @@
+"""Typed run configuration: one dataclass schema, YAML files, dotted `key=value` overrides.
+
+Merge order: dataclass defaults < YAML file < command line. The defaults are the published
+ATLOP settings (DocRED, BERT-base), so a YAML file states only what differs. `load_config` fails
+within a second on a misspelled key, a value of the wrong type, an unknown choice, an unknown
+dataset or loss name, or a loss keyword that the loss does not take, before any model is loaded.
+
+This is the only module that imports OmegaConf; everything else receives plain dataclasses.
+"""
+
+import dataclasses
+import difflib
+import inspect
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict
+
+from docre.errors import DocreError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "docred"  # reader in docre.data.READERS: docred | cdr | gda
+    dir: str = "data/docred"  # folder of the split files below (absolute file paths ignore it)
+    train_file: str = "train_annotated.json"  # file name; "name[a:b]" takes documents a..b-1
+    dev_file: str = "dev.json"  # "" = no dev split
+    test_file: str = "test.json"  # "" = no test split
+    ign_train_file: str = ""  # training facts for Ign F1; "" = train_file
+    rel2id: str = "data/docred/rel2id.json"  # relation map {"Na": 0, ...}; "" = from the training file
+    rel_info: str = "data/docred/rel_info.json"  # relation id -> name, for reports; "" = none
+    cache_dir: str = ""  # feature cache; "" = $DOCRE_CACHE or ~/.cache/docre, "none" = no cache
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "bert-base-cased"  # Hugging Face id, local folder, or the alias "minilm"
+    revision: str = ""  # hub revision (branch, tag or commit) to pin; "" = default branch
+    trust_remote_code: bool = False  # allow code from the backbone's hub repository
+    marker: str = "*"  # entity marker inserted before and after every mention
+    max_seq_length: int = 1024  # cap on word-pieces per document incl. special tokens; 0 = none
+    window: int = 0  # encoder window in tokens; 0 = the encoder's position limit
+    layer_pooling: str = "mean_last_3"  # last (ATLOP) | mean_last_3 (ATGL code)
+    emb_size: int = 768  # width of the head/tail extractors
+    block_size: int = 64  # block width of the group bilinear
+    gradient_checkpointing: bool = False  # recompute encoder activations in backward (saves memory)
+    pair_chunk_size: int = 0  # pairs per group-bilinear chunk, recomputed in backward; 0 = one chunk
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    max_steps: int = 0  # stop after this many optimizer steps; 0 = run all epochs
+    batch_size: int = 4  # documents per micro-step and process
+    grad_accum: int = 1  # micro-steps per optimizer step
+    encoder_lr: float = 5e-5
+    head_lr: float = 1e-4  # extractors and bilinear classifier
+    warmup_ratio: float = 0.06  # share of optimizer steps with linear warm-up, then linear decay
+    max_grad_norm: float = 1.0  # gradient clipping; 0 = off
+    adam_eps: float = 1e-6
+    weight_decay: float = 0.0
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_threads: int = 0  # torch CPU threads; 0 = torch's default
+    length_bucketing: bool = True  # batch documents of similar length (less padding)
+    eval_every: int = 0  # optimizer steps between dev evaluations; 0 = after every epoch
+    log_every: int = 10  # optimizer steps between rows in metrics.jsonl
+    save_every: int = 0  # optimizer steps between resume checkpoints (last/); 0 = after every epoch
+    max_nonfinite_steps: int = 10  # consecutive skipped non-finite steps before the run stops
+    resume: str = ""  # run directory to continue from its last/ checkpoint
+    overwrite: bool = False  # replace an existing run directory of the same name
+
+
+@dataclass
+class EvalConfig:
+    top_k: int = 4  # most relations predicted per entity pair (ATLOP's num_labels)
+    batch_size: int = 8  # documents per evaluation batch
+    save_logits: bool = True  # keep dev/test logits (fp16 safetensors) for threshold diagnostics
+
+
+@dataclass
+class LogConfig:
+    wandb: bool = False  # also log to Weights & Biases (honours WANDB_MODE=offline)
+    wandb_project: str = "docre"
+
+
+@dataclass
+class Config:
+    seed: int = 66
+    output_dir: str = "runs"  # runs are written to <output_dir>/<run_name>/
+    run_name: str = ""  # "" = <config file name>[-<loss>]-s<seed>
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: Dict[str, Any] = field(default_factory=lambda: {"name": "atl"})  # name + its keyword arguments
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+CHOICES = {
+    "model.layer_pooling": ("last", "mean_last_3"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
+}
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Build a checked `Config` from defaults, an optional YAML file and `key=value` overrides.
+
+    Raises:
+        DocreError: one line naming the file or override and the offending key.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    schema = OmegaConf.structured(Config)
+    layers = [schema]
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        if not Path(path).is_file():
+            raise DocreError(f"{path}: config file not found")
+        try:
+            layers.append(OmegaConf.load(path))
+        except Exception as error:  # yaml.YAMLError and friends: report the first line only
+            raise DocreError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise DocreError(f"override {item!r}: expected key=value")
+    try:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as error:
+        raise DocreError(f"overrides: {_first_line(error)}") from None
+    try:
+        merged = OmegaConf.merge(*layers)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        raise DocreError(f"{source}: {_describe(error)}") from None
+    if not cfg.run_name:
+        stem = Path(path).stem if path is not None else "run"
+        loss = str(cfg.loss.get("name", ""))
+        cfg.run_name = f"{stem}-s{cfg.seed}" if loss in stem else f"{stem}-{loss}-s{cfg.seed}"
+    check_config(cfg, source)
+    return cfg
+
+
+def check_config(cfg: Config, source: str = "config") -> None:
+    """Checks OmegaConf cannot do: enumerated choices, registry names and loss keywords."""
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise DocreError(f"{source}: {key}={value!r} is not one of {', '.join(allowed)}")
+    from docre.data import READERS
+
+    if cfg.data.dataset not in READERS:
+        raise DocreError(f"{source}: data.dataset={cfg.data.dataset!r} is not one of {', '.join(READERS)}")
+    loss_kwargs = dict(cfg.loss)
+    name = loss_kwargs.pop("name", None)
+    check_loss_kwargs(name, loss_kwargs, source)
+    if cfg.train.batch_size < 1 or cfg.train.grad_accum < 1 or cfg.eval.batch_size < 1:
+        raise DocreError(f"{source}: batch sizes and train.grad_accum must be at least 1")
+    if cfg.eval.top_k < 1:
+        raise DocreError(f"{source}: eval.top_k must be at least 1")
+    if cfg.model.emb_size % cfg.model.block_size:
+        raise DocreError(f"{source}: model.emb_size must be a multiple of model.block_size")
+
+
+def check_loss_kwargs(name: Any, kwargs: dict, source: str = "config") -> None:
+    """Check that `name` is a registered loss and that `kwargs` bind to its constructor."""
+    from docre.losses import LOSSES
+
+    if name not in LOSSES:
+        raise DocreError(f"{source}: loss.name={name!r} is not one of {', '.join(LOSSES)}")
+    try:
+        inspect.signature(LOSSES[name]).bind(**kwargs)
+    except TypeError as error:
+        raise DocreError(f"{source}: loss {name!r}: {error}") from None
+
+
+def to_dict(cfg: Config) -> dict:
+    """The config as plain nested dicts (for config.yaml, run records and loggers)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from omegaconf import OmegaConf
+
+    from docre.utils import atomic_write_text
+
+    atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
+
+
+def resolve_path(path: str, base: str = "") -> Path:
+    """Resolve a data path: absolute, else under `base`; relative paths that do not exist from the
+    working directory are looked up from the project root, so commands work from any folder."""
+    candidate = Path(base) / path if base and not Path(path).is_absolute() else Path(path)
+    candidate = candidate.expanduser()
+    if candidate.is_absolute() or candidate.exists():
+        return candidate
+    from_root = PROJECT_ROOT / candidate
+    return from_root if from_root.exists() else candidate
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0]
+
+
+def _describe(error: Exception) -> str:
+    """Turn an OmegaConf error into one line: the full key, what went wrong, and a suggestion."""
+    from omegaconf.errors import ConfigKeyError, ValidationError
+
+    key = getattr(error, "full_key", None) or "?"
+    if isinstance(error, ConfigKeyError):
+        parent, _, leaf = key.rpartition(".")
+        known = _field_names(parent)
+        hint = difflib.get_close_matches(leaf, known, n=1)
+        suggestion = f" (did you mean {'.'.join(filter(None, [parent, hint[0]]))}?)" if hint else ""
+        return f"unknown key {key!r}{suggestion}"
+    if isinstance(error, ValidationError):
+        return f"{key}: {_first_line(error)}"
+    return _first_line(error)
+
+
+def _field_names(dotted_section: str) -> list[str]:
+    """Field names of a config section ("" = top level), for "did you mean" hints."""
+    section: Any = Config
+    for part in filter(None, dotted_section.split(".")):
+        section = typing.get_type_hints(section).get(part)
+        if not dataclasses.is_dataclass(section):
+            return []
+    return [f.name for f in dataclasses.fields(section)]

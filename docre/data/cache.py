@@ -1,0 +1,111 @@
+"""Content-hashed cache of featurised splits, stored as safetensors (plain arrays, no pickle).
+
+The key hashes everything the features depend on: the file's bytes and the slice taken, the
+reader, the tokenizer's full serialised state, the marker, `max_seq_length`, the relation map and
+the source code of the featuriser and the reader. Any change gives a new key, so a stale entry is
+never read; there is nothing to invalidate by hand.
+"""
+
+import hashlib
+import inspect
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from docre.data.feature import Feature
+from docre.utils import atomic_save_safetensors
+
+
+def default_cache_dir(configured: str) -> Path | None:
+    """'' -> $DOCRE_CACHE or ~/.cache/docre; 'none' -> no cache."""
+    if configured.lower() == "none":
+        return None
+    if configured:
+        return Path(configured).expanduser()
+    return Path(os.environ.get("DOCRE_CACHE", Path.home() / ".cache" / "docre"))
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    state = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(f"{type(tokenizer).__name__}\n{state}".encode()).hexdigest()
+
+
+def cache_key(path: Path, part: slice, reader, tokenizer_id: str, marker: str, max_seq_length: int, rel2id: dict) -> str:
+    from docre.data import feature
+
+    digest = hashlib.sha256()
+    digest.update(path.read_bytes())
+    settings = [part.start, part.stop, marker, max_seq_length, sorted(rel2id.items()), tokenizer_id]
+    digest.update(json.dumps(settings).encode())
+    for module in (feature, inspect.getmodule(reader)):
+        digest.update(Path(inspect.getsourcefile(module)).read_bytes())
+    return digest.hexdigest()[:32]
+
+
+def save_features(path: Path, features: list[Feature], report: str) -> None:
+    """Write features as concatenated int32 arrays plus per-document counts."""
+    entity_pos = [m for f in features for m in f.entity_pos]
+    labels = [f.labels if f.labels is not None else np.zeros((0, 2), np.int32) for f in features]
+    tensors = {
+        "input_ids": _concat([f.input_ids for f in features], 1).view(-1),
+        "tokens_per_doc": _counts([f.input_ids for f in features]),
+        "mention_pos": torch.tensor([p for m in entity_pos for p in m], dtype=torch.int32),
+        "mentions_per_entity": _counts(entity_pos),
+        "entities_per_doc": _counts([f.entity_pos for f in features]),
+        "hts": _concat([f.hts for f in features], 2),
+        "pairs_per_doc": _counts([f.hts for f in features]),
+        "labels": _concat(labels, 2),
+        "labels_per_doc": torch.tensor([len(f.labels) if f.labels is not None else -1 for f in features], dtype=torch.int32),
+    }
+    atomic_save_safetensors(tensors, path, metadata={"titles": json.dumps([f.title for f in features]), "report": report})
+
+
+def _counts(arrays) -> torch.Tensor:
+    return torch.tensor([len(a) for a in arrays], dtype=torch.int32)
+
+
+def _concat(arrays, width: int) -> torch.Tensor:
+    return torch.from_numpy(np.concatenate(arrays).reshape(-1, width).astype(np.int32))
+
+
+def load_features(path: Path) -> tuple[list[Feature], str] | None:
+    """Read features and report written by `save_features`; None if missing or unreadable."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as handle:
+            metadata = handle.metadata()
+            titles, report = json.loads(metadata["titles"]), metadata["report"]
+            arrays = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception:  # a corrupt or foreign entry is rebuilt, never trusted
+        return None
+
+    def split(name: str, counts: np.ndarray) -> list[np.ndarray]:
+        return np.split(arrays[name], np.cumsum(counts)[:-1]) if len(counts) else []
+
+    mentions = split("mention_pos", arrays["mentions_per_entity"])
+    entity_groups = np.split(np.arange(len(mentions)), np.cumsum(arrays["entities_per_doc"])[:-1])
+    label_counts = arrays["labels_per_doc"]
+    labels = split("labels", np.maximum(label_counts, 0))
+    features = [
+        Feature(
+            title=title,
+            input_ids=ids,
+            entity_pos=[mentions[i].tolist() for i in group],
+            hts=hts,
+            labels=lab if n >= 0 else None,
+        )
+        for title, ids, group, hts, lab, n in zip(
+            titles,
+            split("input_ids", arrays["tokens_per_doc"]),
+            entity_groups,
+            split("hts", arrays["pairs_per_doc"]),
+            labels,
+            label_counts,
+        )
+    ]
+    return features, report

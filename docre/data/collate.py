@@ -1,0 +1,91 @@
+"""Batch features into padded token tensors plus flat index tensors for the vectorised head.
+
+The head never loops over pairs or entities: mentions, entities and pairs of all documents in the
+batch are numbered consecutively, and the index tensors below say which is which.
+"""
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from docre.data.feature import Feature
+
+
+@dataclass
+class Batch:
+    """A padded batch. M = mentions, E = entities, P = candidate pairs, over the whole batch.
+
+    Attributes:
+        input_ids: [B, L] token ids, right-padded.
+        attention_mask: [B, L] 1 for real tokens.
+        mention_doc: [M] document of each mention.
+        mention_pos: [M] position of each mention's opening marker in its document.
+        mention_entity: [M] entity (batch numbering) of each mention.
+        entity_mentions: [E, max_mentions] mention indices of each entity, padded with M.
+        hts: [P, 2] (head, tail) entity indices, batch numbering; documents in order.
+        pairs_per_doc: number of pairs of each document (pairs are grouped by document).
+        labels: [P, C] multi-hot float targets, column 0 = NA; None for unlabelled data.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    mention_doc: torch.Tensor
+    mention_pos: torch.Tensor
+    mention_entity: torch.Tensor
+    entity_mentions: torch.Tensor
+    hts: torch.Tensor
+    pairs_per_doc: list[int]
+    labels: torch.Tensor | None
+
+    def to(self, device: torch.device) -> "Batch":
+        moved = {
+            f.name: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+            for f in fields(self)
+            for value in [getattr(self, f.name)]
+        }
+        return Batch(**moved)
+
+
+def collate(features: list[Feature], num_classes: int, pad_id: int) -> Batch:
+    """Pad and index a list of features. Labels are built only if every feature has them."""
+    length = max(len(f.input_ids) for f in features)
+    input_ids = np.full((len(features), length), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((len(features), length), dtype=np.int64)
+    mention_doc, mention_pos, mention_entity, entity_sizes, hts = [], [], [], [], []
+    entity_offset = 0
+    for doc, feature in enumerate(features):
+        input_ids[doc, : len(feature.input_ids)] = feature.input_ids
+        attention_mask[doc, : len(feature.input_ids)] = 1
+        for entity, positions in enumerate(feature.entity_pos):
+            mention_doc += [doc] * len(positions)
+            mention_pos += positions
+            mention_entity += [entity_offset + entity] * len(positions)
+            entity_sizes.append(len(positions))
+        hts.append(feature.hts + entity_offset)
+        entity_offset += len(feature.entity_pos)
+    num_mentions = len(mention_pos)
+    # [E, max_mentions]: the mention indices of each entity, padded with M (one past the last)
+    entity_mentions = np.full((len(entity_sizes), max(entity_sizes, default=0) or 1), num_mentions, dtype=np.int64)
+    ends = np.cumsum(entity_sizes)
+    for entity, (size, end) in enumerate(zip(entity_sizes, ends)):
+        entity_mentions[entity, :size] = np.arange(end - size, end)
+    pairs_per_doc = [len(f.hts) for f in features]
+    labels = None
+    if all(f.labels is not None for f in features):
+        labels = torch.zeros(sum(pairs_per_doc), num_classes)
+        starts = np.cumsum([0] + pairs_per_doc[:-1])
+        facts = np.concatenate([f.labels + [start, 0] for f, start in zip(features, starts)]).reshape(-1, 2)
+        labels[torch.from_numpy(facts[:, 0]).long(), torch.from_numpy(facts[:, 1]).long()] = 1.0
+        labels[:, 0] = (labels[:, 1:].sum(1) == 0).float()
+    return Batch(
+        input_ids=torch.from_numpy(input_ids),
+        attention_mask=torch.from_numpy(attention_mask),
+        mention_doc=torch.tensor(mention_doc, dtype=torch.long),
+        mention_pos=torch.tensor(mention_pos, dtype=torch.long),
+        mention_entity=torch.tensor(mention_entity, dtype=torch.long),
+        entity_mentions=torch.from_numpy(entity_mentions),
+        hts=torch.from_numpy(np.concatenate(hts).reshape(-1, 2).astype(np.int64)),
+        pairs_per_doc=pairs_per_doc,
+        labels=labels,
+    )

@@ -1,0 +1,22 @@
+"""The one exception type for problems in what the user gave us (files, configs, arguments).
+
+Command-line entry points catch `DocreError` and print its message as a single line, with no
+traceback; anything else is a bug in docre and keeps its traceback.
+"""
+
+import sys
+from typing import Callable
+
+
+class DocreError(Exception):
+    """A user-facing error. The message names the file, document and field where it applies."""
+
+
+def run_cli(main: Callable[[], int | None]) -> None:
+    """Run a CLI `main()` and turn a `DocreError` into `error: <message>` on stderr and exit status 1."""
+    try:
+        status = main()
+    except DocreError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(status or 0)

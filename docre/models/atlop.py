@@ -1,0 +1,101 @@
+"""ATLOP (Zhou et al., AAAI 2021): marker embeddings, logsumexp pooling, localized context pooling,
+group bilinear classifier (REFERENCE §3.2). Returns logits; the model knows no loss.
+
+Everything after the encoder is vectorised over the whole batch: mentions, entities and pairs are
+gathered and scattered with the index tensors of `Batch`, and the only Python loops run over the
+documents of the batch (for the per-document context product) and over pair chunks.
+"""
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from docre.data.collate import Batch
+from docre.models.long_input import AttentionTap, encode
+
+
+class ATLOP(nn.Module):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_classes: int,
+        start_ids: list[int],
+        end_ids: list[int],
+        window: int,
+        layer_pooling: str = "mean_last_3",
+        emb_size: int = 768,
+        block_size: int = 64,
+        pair_chunk_size: int = 0,
+    ):
+        super().__init__()
+        self.encoder = encoder
+        hidden_size = encoder.config.hidden_size
+        self.head_extractor = nn.Linear(2 * hidden_size, emb_size)
+        self.tail_extractor = nn.Linear(2 * hidden_size, emb_size)
+        self.bilinear = nn.Linear(emb_size * block_size, num_classes)
+        self.tap = AttentionTap(encoder, 1 if layer_pooling == "last" else 3)
+        self.layer_pooling = layer_pooling
+        self.start_ids, self.end_ids, self.window = list(start_ids), list(end_ids), window
+        self.emb_size, self.block_size, self.pair_chunk_size = emb_size, block_size, pair_chunk_size
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Logits [P, num_classes] for the batch's candidate pairs (class 0 = NA/threshold)."""
+        hidden, mention_attention = encode(
+            self.encoder, self.tap, self.layer_pooling, batch.input_ids, batch.attention_mask,
+            batch.mention_doc, batch.mention_pos, self.window, self.start_ids, self.end_ids,
+        )  # [B, L, D], [M, H, L]
+        entity_emb, entity_attention = self._pool_entities(hidden, mention_attention, batch)  # [E, D], [E, H, L]
+        heads, tails = batch.hts[:, 0], batch.hts[:, 1]  # [P]
+        context = self._context(hidden, entity_attention, heads, tails, batch.pairs_per_doc)  # [P, D]
+        head_rep = torch.tanh(self.head_extractor(torch.cat([entity_emb[heads], context], dim=1)))  # [P, emb]
+        tail_rep = torch.tanh(self.tail_extractor(torch.cat([entity_emb[tails], context], dim=1)))  # [P, emb]
+        return self._classify_in_chunks(head_rep, tail_rep)
+
+    def _pool_entities(self, hidden, mention_attention, batch: Batch):
+        """Entity embedding = logsumexp over its mentions' marker states (a smooth max); entity
+        attention = mean of its mentions' attention rows. An entity whose mentions were all cut
+        by max_seq_length gets zeros, as in ATLOP."""
+        mention_emb = hidden[batch.mention_doc, batch.mention_pos]  # [M, D]
+        num_mentions = mention_emb.size(0)
+        padded = torch.cat([mention_emb, mention_emb.new_zeros(1, mention_emb.size(1))])  # [M + 1, D]; row M pads
+        index = batch.entity_mentions  # [E, max_mentions]
+        valid = index < num_mentions  # [E, max_mentions]
+        empty = ~valid.any(1)  # [E]
+        # empty entities pool their (zero) padding rows, so logsumexp stays finite; zeroed below
+        scores = padded[index].masked_fill(~(valid | empty[:, None]).unsqueeze(-1), float("-inf"))
+        entity_emb = torch.logsumexp(scores, dim=1).masked_fill(empty[:, None], 0.0)  # [E, D]
+
+        heads, length = mention_attention.shape[1:]
+        summed = mention_attention.new_zeros(index.size(0), heads, length)
+        summed.index_add_(0, batch.mention_entity, mention_attention)  # [E, H, L]
+        entity_attention = summed / valid.sum(1).clamp(min=1).to(summed.dtype)[:, None, None]
+        return entity_emb, entity_attention
+
+    @staticmethod
+    def _context(hidden, entity_attention, heads, tails, pairs_per_doc: list[int]) -> torch.Tensor:
+        """Localized context pooling: weight tokens by how much both entities attend to them."""
+        num_heads = entity_attention.size(1)
+        pair_attention = torch.einsum("phl,phl->pl", entity_attention[heads], entity_attention[tails]) / num_heads  # [P, L]
+        pair_attention = pair_attention / (pair_attention.sum(1, keepdim=True) + 1e-5)
+        chunks = pair_attention.split(pairs_per_doc)  # per document: [P_i, L]
+        return torch.cat([chunk @ hidden[doc] for doc, chunk in enumerate(chunks)])  # [P, D]
+
+    def _classify(self, head_rep: torch.Tensor, tail_rep: torch.Tensor) -> torch.Tensor:
+        """Group bilinear: per block of `block_size`, the outer product of head and tail blocks."""
+        blocks = self.emb_size // self.block_size
+        head_blocks = head_rep.view(-1, blocks, self.block_size, 1)  # [P, k, b, 1]
+        tail_blocks = tail_rep.view(-1, blocks, 1, self.block_size)  # [P, k, 1, b]
+        features = (head_blocks * tail_blocks).flatten(1)  # [P, k * b * b]
+        return self.bilinear(features)  # [P, C]
+
+    def _classify_in_chunks(self, head_rep: torch.Tensor, tail_rep: torch.Tensor) -> torch.Tensor:
+        size = self.pair_chunk_size
+        if size <= 0 or head_rep.size(0) <= size:
+            return self._classify(head_rep, tail_rep)
+        # The [P, k*b*b] features dominate activation memory; per chunk they are recomputed in
+        # backward (one cheap outer product) instead of being kept.
+        recompute = torch.is_grad_enabled()
+        return torch.cat([
+            checkpoint(self._classify, h, t, use_reentrant=False) if recompute else self._classify(h, t)
+            for h, t in zip(head_rep.split(size), tail_rep.split(size))
+        ])

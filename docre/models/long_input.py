@@ -1,0 +1,188 @@
+"""Encode documents of any length, keeping attention only where the head needs it (ATLOP §3.1).
+
+Windows. ATLOP encodes a document whose n content tokens exceed the window's w content tokens as
+two windows, content[0:w] and content[n-w:n]: hidden states are averaged where windows overlap,
+attention rows of the windows are summed and renormalised over keys. We generalise this to
+k = ceil(n / w) windows with starts spread evenly over [0, n - w]; for w < n <= 2w that is exactly
+ATLOP's pair. The first window keeps the start token(s), the last the end token(s). If every
+document of the batch fits the window, the batch is encoded as it is.
+
+Attention. Localized context pooling needs the attention probabilities of the pooled layers,
+and only at the rows of mention markers. Those layers run the eager attention (which returns
+probabilities; a forward hook keeps them), every other layer runs SDPA, and only the marker
+rows ([M, H, L]) are kept, never whole [H, L, L] maps of the document.
+"""
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# Position ids of these families start after the padding index, so fewer positions are usable.
+POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2, "bertweet": 2}
+
+
+def encoder_window(config) -> int:
+    """Tokens one encoder pass can take (512 for BERT and RoBERTa)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if not limit:
+        raise ValueError(f"cannot tell the window size of {config.model_type}; set model.window")
+    return limit - POSITION_OFFSET.get(config.model_type, 0)
+
+
+class AttentionTap:
+    """Runs the pooled layers' attention eagerly and keeps their probabilities; the rest use SDPA.
+
+    Finds the self-attention modules through `_can_record_outputs["attentions"]` (the class that
+    transformers itself records attentions from). Each non-pooled module gets a copy of the config
+    that names SDPA; the model keeps the eager config, so masks stay in the additive form both accept.
+    """
+
+    def __init__(self, encoder: nn.Module, num_pooled: int):
+        recorded = getattr(encoder, "_can_record_outputs", None) or {}
+        target = recorded.get("attentions")
+        target = getattr(target, "target_class", target)
+        modules = [m for m in encoder.modules() if isinstance(target, type) and isinstance(m, target)]
+        if not modules:
+            raise ValueError(f"cannot find the attention modules of {type(encoder).__name__}")
+        sdpa_config = copy.copy(encoder.config)
+        sdpa_config._attn_implementation = "sdpa"
+        for module in modules[:-num_pooled]:
+            module.config = sdpa_config
+        self.probs: list[torch.Tensor] = []
+        self.active = False
+        for module in modules[-num_pooled:]:
+            module.register_forward_hook(self._keep)
+
+    def _keep(self, module, inputs, outputs) -> None:
+        # `active` is off during gradient-checkpoint recomputation, which would append again.
+        if self.active:
+            self.probs.append(outputs[1])  # [N, H, L, L]
+
+
+@dataclass
+class Window:
+    doc: int
+    start: int  # first document position copied into the window
+    length: int  # document positions copied
+    whole: bool  # the window is the whole document, special tokens included
+    keep_start: bool  # the window's start tokens stand for the document's (first window)
+    keep_end: bool  # the window's end tokens stand for the document's (last window)
+
+
+def plan_windows(lengths: list[int], window: int, num_start: int, num_end: int) -> list[Window]:
+    """Windows covering each document; `lengths` count special tokens, and `window` too."""
+    plan = []
+    content_width = window - num_start - num_end
+    for doc, total in enumerate(lengths):
+        if total <= window:
+            plan.append(Window(doc, 0, total, True, True, True))
+            continue
+        content = total - num_start - num_end
+        count = math.ceil(content / content_width)
+        for i in range(count):
+            offset = round(i * (content - content_width) / (count - 1))
+            plan.append(Window(doc, num_start + offset, content_width, False, i == 0, i == count - 1))
+    return plan
+
+
+def encode(
+    encoder: nn.Module,
+    tap: AttentionTap,
+    layer_pooling: str,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    query_doc: torch.Tensor,
+    query_pos: torch.Tensor,
+    window: int,
+    start_ids: list[int],
+    end_ids: list[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode a batch; return hidden states and the attention rows of the query positions.
+
+    Args:
+        input_ids, attention_mask: [B, L] documents with their special tokens, right-padded.
+        query_doc, query_pos: [Q] document and position of each query (mention marker).
+
+    Returns:
+        hidden: [B, L, D] pooled hidden states (zero on padding).
+        query_attention: [Q, H, L] pooled attention rows of the queries, each summing to 1.
+    """
+    batch, length = input_ids.shape
+    if length <= window:
+        hidden, probs = _run(encoder, tap, layer_pooling, input_ids, attention_mask)
+        return hidden, probs[query_doc, :, query_pos]  # [Q, H, L]
+
+    lengths = attention_mask.sum(1).tolist()
+    plan = plan_windows(lengths, window, len(start_ids), len(end_ids))
+    win_ids, win_mask, win_dest = _window_tensors(plan, input_ids, lengths, window, start_ids, end_ids)
+    hidden_w, probs_w = _run(encoder, tap, layer_pooling, win_ids, win_mask)  # [N, W, D], [N, H, W, W]
+    num_windows, width = win_ids.shape
+    keep = win_dest >= 0  # [N, W] positions that stand for a document position
+
+    # hidden: average over the windows that keep each position
+    flat_dest = win_dest[keep]  # [K] doc * L + pos
+    hidden = hidden_w.new_zeros(batch * length, hidden_w.size(-1)).index_add_(0, flat_dest, hidden_w[keep])
+    count = hidden_w.new_zeros(batch * length).index_add_(0, flat_dest, hidden_w.new_ones(flat_dest.numel()))
+    hidden = (hidden / count.clamp(min=1).unsqueeze(1)).view(batch, length, -1)
+
+    # attention rows: every (query, window) where the window keeps the query's position
+    query_flat = query_doc * length + query_pos  # [Q]
+    hit_query, hit_slot = (win_dest.view(1, -1) == query_flat.view(-1, 1)).nonzero(as_tuple=True)
+    hit_window, hit_row = hit_slot // width, hit_slot % width
+    rows = probs_w[hit_window, :, hit_row]  # [K, H, W]
+    key_pos = win_dest[hit_window] % length  # [K, W] document position of each key
+    key_pos = torch.where(win_dest[hit_window] >= 0, key_pos, length)  # dropped keys -> spare column
+    heads = rows.size(1)
+    summed = rows.new_zeros(len(hit_query), heads, length + 1)
+    summed.scatter_add_(2, key_pos.unsqueeze(1).expand(-1, heads, -1), rows)  # [K, H, L + 1]
+    attention = rows.new_zeros(len(query_flat), heads, length + 1).index_add_(0, hit_query, summed)[:, :, :length]
+    attention = attention / (attention.sum(-1, keepdim=True) + 1e-10)  # [Q, H, L]
+    return hidden, attention
+
+
+def _run(encoder, tap: AttentionTap, layer_pooling: str, input_ids, attention_mask):
+    """One encoder pass: pooled hidden states [N, L, D] and pooled attention [N, H, L, L]."""
+    tap.probs.clear()
+    tap.active = True
+    try:
+        output = encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    finally:
+        tap.active = False
+    probs, tap.probs = tap.probs, []
+    if layer_pooling == "last":
+        return output.hidden_states[-1], probs[-1]
+    return torch.stack(output.hidden_states[-3:]).mean(0), torch.stack(probs[-3:]).mean(0)
+
+
+def _window_tensors(plan, input_ids, lengths, window, start_ids, end_ids):
+    """Token ids [N, W], mask [N, W] and destination (doc * L + pos, or -1) [N, W] per window."""
+    length = input_ids.size(1)
+    device = input_ids.device
+    width = max(w.length if w.whole else w.length + len(start_ids) + len(end_ids) for w in plan)
+    ids = input_ids.new_zeros(len(plan), width)
+    mask = torch.zeros_like(ids)
+    dest = torch.full_like(ids, -1)
+    starts = torch.tensor(start_ids, device=device, dtype=ids.dtype)
+    ends = torch.tensor(end_ids, device=device, dtype=ids.dtype)
+    for n, w in enumerate(plan):
+        base = w.doc * length
+        if w.whole:
+            ids[n, : w.length] = input_ids[w.doc, : w.length]
+            mask[n, : w.length] = 1
+            dest[n, : w.length] = torch.arange(base, base + w.length, device=device)
+            continue
+        ns, total = len(start_ids), w.length + len(start_ids) + len(end_ids)
+        ids[n, :ns] = starts
+        ids[n, ns : ns + w.length] = input_ids[w.doc, w.start : w.start + w.length]
+        ids[n, ns + w.length : total] = ends
+        mask[n, :total] = 1
+        dest[n, ns : ns + w.length] = torch.arange(base + w.start, base + w.start + w.length, device=device)
+        if w.keep_start:
+            dest[n, :ns] = torch.arange(base, base + ns, device=device)
+        if w.keep_end:
+            doc_end = lengths[w.doc]
+            dest[n, ns + w.length : total] = torch.arange(base + doc_end - len(end_ids), base + doc_end, device=device)
+    return ids, mask, dest

