@@ -46,7 +46,7 @@ class ModelConfig:
     emb_size: int = 768  # width of the head/tail extractors
     block_size: int = 64  # block width of the group bilinear
     gradient_checkpointing: bool = False  # recompute encoder activations in backward (saves memory)
-    pair_chunk_size: int = 0  # pairs per group-bilinear chunk, recomputed in backward; 0 = one chunk
+    pair_chunk_size: int = 0  # pairs per group-bilinear chunk (bounds its memory); 0 = about 24 MB of features
 
 
 @dataclass
@@ -93,7 +93,8 @@ class Config:
     run_name: str = ""  # "" = <config file name>[-<loss>]-s<seed>
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    loss: Dict[str, Any] = field(default_factory=lambda: {"name": "atl"})  # name + its keyword arguments
+    # the loss: its name in docre.losses.LOSSES plus its keyword arguments, e.g. {name: atgl, alpha: 16.5}
+    loss: Dict[str, Any] = field(default_factory=lambda: {"name": "atl"})
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -128,10 +129,18 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     for item in overrides:
         if "=" not in item:
             raise DocreError(f"override {item!r}: expected key=value")
+    # "key=" means the empty string (e.g. data.test_file= for no test split), not null
+    overrides = [item + "''" if item.endswith("=") else item for item in overrides]
     try:
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        command_line = OmegaConf.from_dotlist(overrides)
     except OmegaConfBaseException as error:
         raise DocreError(f"overrides: {_first_line(error)}") from None
+    # A loss named on the command line does not inherit the file's loss keywords (loss.name=atl on
+    # an ATGL config must not pass alpha to ATL); keywords given next to it still apply.
+    new_loss = OmegaConf.select(command_line, "loss.name")
+    if new_loss is not None and len(layers) > 1 and OmegaConf.select(layers[1], "loss.name") != new_loss:
+        layers[1].pop("loss", None)
+    layers.append(command_line)
     try:
         merged = OmegaConf.merge(*layers)
         cfg = OmegaConf.to_object(merged)

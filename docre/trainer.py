@@ -41,6 +41,7 @@ from docre.utils import (
     resolve_precision,
     set_seed,
     setup_logging,
+    tune_cpu_allocator,
 )
 
 
@@ -59,6 +60,8 @@ def train(cfg: Config) -> dict:
     rank, world, device = distributed.init_distributed(resolve_device(cfg.train.device))
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
+    if device.type == "cpu":
+        tune_cpu_allocator()
     dtype = resolve_precision(cfg.train.precision, device)
     run_dir = Path(cfg.train.resume) if cfg.train.resume else Path(cfg.output_dir) / cfg.run_name
     resume_state = _prepare_run_dir(run_dir, cfg, rank)

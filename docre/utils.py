@@ -133,6 +133,29 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory in the process instead of handing large blocks back to the OS.
+
+    glibc maps every allocation above 32 MB freshly from the OS and unmaps it on free, so each
+    training step page-faults in its big activations again (attention maps, group-bilinear
+    features); on the 2-core VM of docs/performance.md that was a third of the CPU time.
+    Raising the mmap and trim thresholds makes such blocks reusable; numbers are unchanged and
+    peak memory stays the same (it is the high-water mark either way). Linux/glibc only; returns
+    whether it applied.
+    """
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mmap_threshold, trim_threshold = -3, -1  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD in <malloc.h>
+        return bool(libc.mallopt(mmap_threshold, 2**30) and libc.mallopt(trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):  # not glibc (e.g. musl): keep the defaults
+        return False
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -141,7 +164,11 @@ def peak_rss_mb() -> float:
 
 # ----------------------------------------------------------------------------- logging, records
 def setup_logging(log_file: Path | None = None, rank: int = 0) -> None:
-    """INFO to stderr (rank 0 only) and to `log_file`; idempotent across repeated calls."""
+    """INFO to stderr (rank 0 only) and to `log_file`; idempotent across repeated calls.
+    Also silences the Hugging Face progress bars for loading and saving weights."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     root = logging.getLogger("docre")
     root.setLevel(logging.INFO)
     for handler in list(root.handlers):

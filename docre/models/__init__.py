@@ -82,7 +82,11 @@ def build_model(
     except (OSError, ValueError) as error:
         raise _hub_error(backbone, error) from None
     if gradient_checkpointing:
-        encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}  # non-reentrant: the captured attention keeps its graph
+        if hasattr(encoder, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     return ATLOP(
         encoder,
         num_classes=num_classes,

@@ -8,10 +8,15 @@ documents of the batch (for the per-document context product) and over pair chun
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from docre.data.collate import Batch
+from docre.models.bilinear import group_bilinear
 from docre.models.long_input import AttentionTap, encode
+
+# Default chunk of the group bilinear: features of about 24 MB per chunk. Below glibc's 32 MB mmap
+# threshold the temporaries are reused from the heap instead of being mapped and page-faulted in
+# again for every chunk, which on CPU makes the head about a third faster (docs/performance.md).
+CHUNK_BYTES = 24 * 2**20
 
 
 class ATLOP(nn.Module):
@@ -80,22 +85,8 @@ class ATLOP(nn.Module):
         chunks = pair_attention.split(pairs_per_doc)  # per document: [P_i, L]
         return torch.cat([chunk @ hidden[doc] for doc, chunk in enumerate(chunks)])  # [P, D]
 
-    def _classify(self, head_rep: torch.Tensor, tail_rep: torch.Tensor) -> torch.Tensor:
-        """Group bilinear: per block of `block_size`, the outer product of head and tail blocks."""
-        blocks = self.emb_size // self.block_size
-        head_blocks = head_rep.view(-1, blocks, self.block_size, 1)  # [P, k, b, 1]
-        tail_blocks = tail_rep.view(-1, blocks, 1, self.block_size)  # [P, k, 1, b]
-        features = (head_blocks * tail_blocks).flatten(1)  # [P, k * b * b]
-        return self.bilinear(features)  # [P, C]
-
     def _classify_in_chunks(self, head_rep: torch.Tensor, tail_rep: torch.Tensor) -> torch.Tensor:
-        size = self.pair_chunk_size
-        if size <= 0 or head_rep.size(0) <= size:
-            return self._classify(head_rep, tail_rep)
-        # The [P, k*b*b] features dominate activation memory; per chunk they are recomputed in
-        # backward (one cheap outer product) instead of being kept.
-        recompute = torch.is_grad_enabled()
-        return torch.cat([
-            checkpoint(self._classify, h, t, use_reentrant=False) if recompute else self._classify(h, t)
-            for h, t in zip(head_rep.split(size), tail_rep.split(size))
-        ])
+        """Group bilinear: per block of `block_size`, the outer product of head and tail blocks,
+        then one linear layer over all blocks' features (ATLOP), computed chunk by chunk."""
+        chunk = self.pair_chunk_size or max(1, CHUNK_BYTES // (4 * self.emb_size * self.block_size))
+        return group_bilinear(head_rep, tail_rep, self.bilinear.weight, self.bilinear.bias, self.block_size, chunk)  # [P, C]

@@ -51,15 +51,21 @@ class AttentionTap:
         sdpa_config._attn_implementation = "sdpa"
         for module in modules[:-num_pooled]:
             module.config = sdpa_config
-        self.probs: list[torch.Tensor] = []
-        self.active = False
+        self.rows: tuple[torch.Tensor, torch.Tensor] | None = None  # (sequence, position) of the rows to keep
+        self.capturing = False
+        self.kept: list[torch.Tensor] = []
         for module in modules[-num_pooled:]:
             module.register_forward_hook(self._keep)
 
     def _keep(self, module, inputs, outputs) -> None:
-        # `active` is off during gradient-checkpoint recomputation, which would append again.
-        if self.active:
-            self.probs.append(outputs[1])  # [N, H, L, L]
+        # Keep only the requested rows, so whole [N, H, L, L] maps are never held here. The gather
+        # also runs during gradient-checkpoint recomputation (which must repeat the forward exactly),
+        # but only our own forward call keeps its result.
+        if self.rows is not None:
+            sequence, position = self.rows
+            rows = outputs[1][sequence, :, position]  # [Q, H, L]
+            if self.capturing:
+                self.kept.append(rows)
 
 
 @dataclass
@@ -107,34 +113,33 @@ def encode(
         query_doc, query_pos: [Q] document and position of each query (mention marker).
 
     Returns:
-        hidden: [B, L, D] pooled hidden states (zero on padding).
-        query_attention: [Q, H, L] pooled attention rows of the queries, each summing to 1.
+        hidden: [B, L, D] pooled hidden states.
+        query_attention: [Q, H, L] pooled attention rows of the queries.
     """
     batch, length = input_ids.shape
     if length <= window:
-        hidden, probs = _run(encoder, tap, layer_pooling, input_ids, attention_mask)
-        return hidden, probs[query_doc, :, query_pos]  # [Q, H, L]
+        return _run(encoder, tap, layer_pooling, input_ids, attention_mask, (query_doc, query_pos))
 
     lengths = attention_mask.sum(1).tolist()
     plan = plan_windows(lengths, window, len(start_ids), len(end_ids))
     win_ids, win_mask, win_dest = _window_tensors(plan, input_ids, lengths, window, start_ids, end_ids)
-    hidden_w, probs_w = _run(encoder, tap, layer_pooling, win_ids, win_mask)  # [N, W, D], [N, H, W, W]
-    num_windows, width = win_ids.shape
-    keep = win_dest >= 0  # [N, W] positions that stand for a document position
+    width = win_ids.size(1)
+    # every (query, window) pair where the window keeps the query's position
+    query_flat = query_doc * length + query_pos  # [Q]
+    hit_query, hit_slot = (win_dest.view(1, -1) == query_flat.view(-1, 1)).nonzero(as_tuple=True)  # [K]
+    hit_window, hit_row = hit_slot // width, hit_slot % width
+    hidden_w, rows = _run(encoder, tap, layer_pooling, win_ids, win_mask, (hit_window, hit_row))  # [N, W, D], [K, H, W]
 
     # hidden: average over the windows that keep each position
-    flat_dest = win_dest[keep]  # [K] doc * L + pos
+    keep = win_dest >= 0  # [N, W]
+    flat_dest = win_dest[keep]  # [kept] doc * L + pos
     hidden = hidden_w.new_zeros(batch * length, hidden_w.size(-1)).index_add_(0, flat_dest, hidden_w[keep])
     count = hidden_w.new_zeros(batch * length).index_add_(0, flat_dest, hidden_w.new_ones(flat_dest.numel()))
     hidden = (hidden / count.clamp(min=1).unsqueeze(1)).view(batch, length, -1)
 
-    # attention rows: every (query, window) where the window keeps the query's position
-    query_flat = query_doc * length + query_pos  # [Q]
-    hit_query, hit_slot = (win_dest.view(1, -1) == query_flat.view(-1, 1)).nonzero(as_tuple=True)
-    hit_window, hit_row = hit_slot // width, hit_slot % width
-    rows = probs_w[hit_window, :, hit_row]  # [K, H, W]
-    key_pos = win_dest[hit_window] % length  # [K, W] document position of each key
-    key_pos = torch.where(win_dest[hit_window] >= 0, key_pos, length)  # dropped keys -> spare column
+    # attention rows: move each window's keys to document positions, sum over windows, renormalise
+    key_dest = win_dest[hit_window]  # [K, W]
+    key_pos = torch.where(key_dest >= 0, key_dest % length, length)  # dropped keys -> a spare column
     heads = rows.size(1)
     summed = rows.new_zeros(len(hit_query), heads, length + 1)
     summed.scatter_add_(2, key_pos.unsqueeze(1).expand(-1, heads, -1), rows)  # [K, H, L + 1]
@@ -143,18 +148,18 @@ def encode(
     return hidden, attention
 
 
-def _run(encoder, tap: AttentionTap, layer_pooling: str, input_ids, attention_mask):
-    """One encoder pass: pooled hidden states [N, L, D] and pooled attention [N, H, L, L]."""
-    tap.probs.clear()
-    tap.active = True
+def _run(encoder, tap: AttentionTap, layer_pooling: str, input_ids, attention_mask, rows):
+    """One encoder pass: pooled hidden states [N, L, D] and the pooled attention rows `rows`
+    (sequence, position) of the pooled layers, [K, H, L]."""
+    tap.rows, tap.kept, tap.capturing = rows, [], True
     try:
         output = encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
     finally:
-        tap.active = False
-    probs, tap.probs = tap.probs, []
+        tap.capturing = False
+    kept, tap.kept = tap.kept, []
     if layer_pooling == "last":
-        return output.hidden_states[-1], probs[-1]
-    return torch.stack(output.hidden_states[-3:]).mean(0), torch.stack(probs[-3:]).mean(0)
+        return output.hidden_states[-1], kept[-1]
+    return torch.stack(output.hidden_states[-3:]).mean(0), torch.stack(kept[-3:]).mean(0)
 
 
 def _window_tensors(plan, input_ids, lengths, window, start_ids, end_ids):

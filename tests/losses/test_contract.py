@@ -1,0 +1,50 @@
+"""Every loss in LOSSES keeps the contract: finite scalar, gradient, inputs untouched, float32
+under autocast, decode shape, column 0 set iff nothing predicted, at most top_k relations."""
+
+import pytest
+import torch
+
+from docre.losses import LOSSES, build_loss
+from tests.losses.helpers import random_case
+
+
+@pytest.fixture(params=sorted(LOSSES))
+def loss_fn(request):
+    return build_loss(request.param)
+
+
+def test_scalar_finite_with_gradient_and_inputs_untouched(loss_fn):
+    logits, labels = random_case()
+    logits.requires_grad_(True)
+    logits_before, labels_before = logits.detach().clone(), labels.clone()
+    loss = loss_fn(logits, labels)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+    assert torch.equal(logits.detach(), logits_before) and torch.equal(labels, labels_before)
+
+
+def test_float32_under_bf16_autocast(loss_fn):
+    logits, labels = random_case()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = loss_fn(logits.bfloat16(), labels)
+    assert loss.dtype == torch.float32
+
+
+def test_mean_over_pairs(loss_fn):
+    logits, labels = random_case(pairs=10)
+    whole = loss_fn(logits, labels)
+    halves = (loss_fn(logits[:5], labels[:5]) + loss_fn(logits[5:], labels[5:])) / 2
+    torch.testing.assert_close(whole, halves)
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 4, 100])
+def test_decode_contract(loss_fn, top_k):
+    logits, _ = random_case(pairs=200, classes=9, seed=3)
+    before = logits.clone()
+    decoded = loss_fn.decode(logits, top_k)
+    assert decoded.shape == logits.shape and torch.equal(logits, before)
+    relations = decoded[:, 1:].sum(1)
+    assert torch.equal(decoded[:, 0], (relations == 0).float())
+    assert (relations <= top_k).all()
+    assert set(decoded.unique().tolist()) <= {0.0, 1.0}

@@ -1,0 +1,79 @@
+"""Configs: every shipped YAML loads and its loss binds; typos, wrong types and unknown choices fail
+in the first second with one line naming the key."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from docre.config import load_config
+from docre.errors import DocreError
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert len(CONFIGS) >= 3
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT / "configs")) for p in CONFIGS])
+def test_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.run_name
+    text = path.read_text()
+    assert text.startswith("#"), "each config opens with a comment: what it reproduces and the command"
+    assert "python " in text.split("\n\n")[0] or "python " in text[:800], "the opening comment shows the command"
+
+
+def test_overrides_take_precedence():
+    cfg = load_config(ROOT / "configs/redocred_mini/minilm_atgl.yaml", ["train.epochs=2", "loss.alpha=8", "seed=1"])
+    assert cfg.train.epochs == 2 and cfg.loss == {"name": "atgl", "alpha": 8} and cfg.seed == 1
+    assert cfg.run_name == "minilm_atgl-s1"
+    # a loss named on the command line drops the file's loss keywords (alpha is ATGL's)
+    switched = load_config(ROOT / "configs/redocred_mini/minilm_atgl.yaml", ["loss.name=atl"])
+    assert switched.loss == {"name": "atl"} and switched.run_name == "minilm_atgl-atl-s66"
+    back = load_config(ROOT / "configs/redocred_mini/minilm_atl.yaml", ["loss.name=atgl", "loss.alpha=8"])
+    assert back.loss == {"name": "atgl", "alpha": 8}
+
+
+@pytest.mark.parametrize("override, message", [
+    (["train.epoch=3"], "unknown key 'train.epoch' (did you mean train.epochs?)"),
+    (["trian.epochs=3"], "unknown key 'trian'"),
+    (["train.epochs=three"], "train.epochs"),
+    (["train.encoder_lr=fast"], "train.encoder_lr"),
+    (["model.layer_pooling=first"], "model.layer_pooling='first' is not one of last, mean_last_3"),
+    (["train.precision=fp8"], "train.precision='fp8'"),
+    (["loss.name=focal"], "loss.name='focal' is not one of"),
+    (["loss.gamma=2"], "loss 'atgl': got an unexpected keyword argument 'gamma'"),
+    (["data.dataset=conll"], "data.dataset='conll' is not one of"),
+    (["train.epochs"], "expected key=value"),
+])
+def test_bad_values_fail_with_the_key(override, message):
+    with pytest.raises(DocreError) as error:
+        load_config(ROOT / "configs/redocred_mini/minilm_atgl.yaml", override)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_bad_yaml_files(tmp_path):
+    (tmp_path / "typo.yaml").write_text("train:\n  epoch: 3\n")
+    (tmp_path / "type.yaml").write_text("train:\n  batch_size: four\n")
+    (tmp_path / "broken.yaml").write_text("train: [unclosed\n")
+    for name, expected in [("typo", "unknown key 'train.epoch'"), ("type", "train.batch_size"), ("broken", "not valid YAML")]:
+        with pytest.raises(DocreError, match=expected.replace(".", r"\.").replace("(", r"\(")):
+            load_config(tmp_path / f"{name}.yaml")
+    with pytest.raises(DocreError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_train_cli_rejects_a_typo_before_loading_anything():
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "train.py", "configs/redocred_mini/minilm_atgl.yaml", "train.epoch=3"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["error: configs/redocred_mini/minilm_atgl.yaml: unknown key 'train.epoch' (did you mean train.epochs?)"]
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert time.perf_counter() - started < 30  # generous: the point is that no model or data was loaded
