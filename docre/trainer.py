@@ -23,7 +23,7 @@ from docre import distributed
 from docre.checkpoint import find_training_state, load_training_state, load_weights, save_training_state, save_weights
 from docre.config import Config, TrainConfig, save_config, to_dict
 from docre.data import FIXED_RELATIONS, Split, load_rel2id, load_split, read_split
-from docre.data.collate import collate
+from docre.data.collate import collate, stack_labels
 from docre.data.feature import Feature, probe_tokenizer
 from docre.errors import DocreError
 from docre.losses import build_loss
@@ -124,8 +124,10 @@ def train(cfg: Config) -> dict:
         cfg.train.batch_size, world, cfg.train.grad_accum, device, str(dtype).replace("torch.", ""),
     )
 
-    def evaluate_split(split: Split) -> tuple[dict, list[dict], list[torch.Tensor]]:
-        """Logits of every document (sharded over processes), decoded and scored."""
+    def evaluate_split(split: Split, tune: bool = False) -> tuple[dict, list[dict], list[torch.Tensor], dict]:
+        """Logits of every document (sharded over processes), decoded and scored. With `tune`, a
+        loss that has decision parameters (e.g. BCE's global threshold) first fits them to this
+        split; they are returned as the last item."""
         mine = list(range(rank, len(split.features), world))
         logits = predict_logits(raw_model, [split.features[i] for i in mine], len(rel2id), tokenizer.pad_token_id or 0,
                                 cfg.eval.batch_size, device, dtype, desc=split.name, show=rank == 0)
@@ -133,13 +135,16 @@ def train(cfg: Config) -> dict:
         for indices, part in zip(distributed.gather(mine), distributed.gather(logits)):
             for i, doc_logits in zip(indices, part):
                 ordered[i] = doc_logits
+        decode_params = {}
+        if tune and hasattr(loss_fn, "tune_decode"):
+            decode_params = loss_fn.tune_decode(torch.cat(ordered), stack_labels(split.features, len(rel2id)), cfg.eval.top_k)
         predictions = decode_predictions(split.features, ordered, loss_fn, cfg.eval.top_k, rel2id)
         scores = score(data.dataset, predictions, split.docs, ign_docs) if has_labels(split) else {}
-        return scores, predictions, ordered
+        return scores, predictions, ordered, decode_params
 
     def evaluate_dev() -> None:
-        scores, predictions, logits = evaluate_split(dev_split)
-        row = {"type": "eval", "split": "dev", "step": counters["step"], "epoch": counters["epoch"], **scores}
+        scores, predictions, logits, decode_params = evaluate_split(dev_split, tune=True)
+        row = {"type": "eval", "split": "dev", "step": counters["step"], "epoch": counters["epoch"], **scores, **decode_params}
         improved = counters["best_f1"] is None or scores["f1"] > counters["best_f1"]
         if improved:
             counters["best_f1"], counters["best_step"] = scores["f1"], counters["step"]
@@ -151,6 +156,7 @@ def train(cfg: Config) -> dict:
             if improved:
                 save_weights(raw_model, run_dir / "best.safetensors")
                 atomic_write_json(run_dir / "best.json", row)
+                atomic_write_json(run_dir / "decode.json", decode_params)
                 atomic_write_json(run_dir / "dev_predictions.json", predictions, indent=None)
                 if cfg.eval.save_logits:
                     save_logits(run_dir / "dev_logits.safetensors", dev_split.features, logits)
@@ -230,10 +236,14 @@ def train(cfg: Config) -> dict:
     load_weights(raw_model, run_dir / "best.safetensors")
     results = {"run_dir": str(run_dir), "best_step": counters["best_step"], "steps": counters["step"]}
     if dev_split is not None:
-        results["dev"] = _read_json(run_dir / "best.json")
-        results["dev"] = {k: v for k, v in results["dev"].items() if k not in ("type", "split", "step", "epoch")}
+        best = _read_json(run_dir / "best.json")
+        results["dev"] = {k: v for k, v in best.items() if k not in ("type", "split", "step", "epoch")}
+        decode_params = _read_json(run_dir / "decode.json")
+        if decode_params:  # the decision parameters tuned on dev with the best weights
+            loss_fn = build_loss(**{**cfg.loss, **decode_params})
+            results["decode"] = decode_params
     if test_split is not None:
-        scores, predictions, logits = evaluate_split(test_split)
+        scores, predictions, logits, _ = evaluate_split(test_split)
         if rank == 0:
             atomic_write_json(run_dir / "test_predictions.json", predictions, indent=None)
             if cfg.eval.save_logits:
@@ -406,7 +416,9 @@ def load_trained(run_dir: Path, device: torch.device, overrides: list[str] = ())
         revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code, pretrained=False,
     )
     load_weights(model, run_dir / "best.safetensors")
-    return cfg, tokenizer, model.to(device).eval(), build_loss(**cfg.loss), rel2id
+    decode_file = run_dir / "decode.json"
+    decode_params = _read_json(decode_file) if decode_file.is_file() else {}  # tuned on dev (e.g. BCE's threshold)
+    return cfg, tokenizer, model.to(device).eval(), build_loss(**{**cfg.loss, **decode_params}), rel2id
 
 
 # ---------------------------------------------------------------------------------------------- helpers

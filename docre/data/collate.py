@@ -71,13 +71,7 @@ def collate(features: list[Feature], num_classes: int, pad_id: int) -> Batch:
     for entity, (size, end) in enumerate(zip(entity_sizes, ends)):
         entity_mentions[entity, :size] = np.arange(end - size, end)
     pairs_per_doc = [len(f.hts) for f in features]
-    labels = None
-    if all(f.labels is not None for f in features):
-        labels = torch.zeros(sum(pairs_per_doc), num_classes)
-        starts = np.cumsum([0] + pairs_per_doc[:-1])
-        facts = np.concatenate([f.labels + [start, 0] for f, start in zip(features, starts)]).reshape(-1, 2)
-        labels[torch.from_numpy(facts[:, 0]).long(), torch.from_numpy(facts[:, 1]).long()] = 1.0
-        labels[:, 0] = (labels[:, 1:].sum(1) == 0).float()
+    labels = stack_labels(features, num_classes) if all(f.labels is not None for f in features) else None
     return Batch(
         input_ids=torch.from_numpy(input_ids),
         attention_mask=torch.from_numpy(attention_mask),
@@ -89,3 +83,16 @@ def collate(features: list[Feature], num_classes: int, pad_id: int) -> Batch:
         pairs_per_doc=pairs_per_doc,
         labels=labels,
     )
+
+
+def stack_labels(features: list[Feature], num_classes: int) -> torch.Tensor:
+    """[P_total, C] multi-hot labels of the features' pairs in order; column 0 = NA. Features
+    without labels contribute NA rows."""
+    pairs_per_doc = [len(f.hts) for f in features]
+    starts = np.cumsum([0] + pairs_per_doc[:-1])
+    facts = [f.labels + [start, 0] for f, start in zip(features, starts) if f.labels is not None]
+    facts = np.concatenate(facts).reshape(-1, 2) if facts else np.zeros((0, 2), dtype=np.int64)
+    labels = torch.zeros(sum(pairs_per_doc), num_classes)
+    labels[torch.from_numpy(facts[:, 0]).long(), torch.from_numpy(facts[:, 1]).long()] = 1.0
+    labels[:, 0] = (labels[:, 1:].sum(1) == 0).float()
+    return labels
