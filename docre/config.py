@@ -46,7 +46,7 @@ class ModelConfig:
     emb_size: int = 768  # width of the head/tail extractors
     block_size: int = 64  # block width of the group bilinear
     gradient_checkpointing: bool = False  # recompute encoder activations in backward (saves memory)
-    pair_chunk_size: int = 0  # pairs per group-bilinear chunk (bounds its memory); 0 = about 24 MB of features
+    pair_chunk_size: int = 0  # pairs per group-bilinear chunk (bounds its memory); 0 = about 64 MB of features
 
 
 @dataclass
@@ -55,6 +55,7 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps; 0 = run all epochs
     batch_size: int = 4  # documents per micro-step and process
     grad_accum: int = 1  # micro-steps per optimizer step
+    max_batch_tokens: int = 0  # split a batch whose documents x padded length exceeds this (same gradient, less memory); 0 = never
     encoder_lr: float = 5e-5
     head_lr: float = 1e-4  # extractors and bilinear classifier
     warmup_ratio: float = 0.06  # share of optimizer steps with linear warm-up, then linear decay

@@ -23,7 +23,7 @@ from docre import distributed
 from docre.checkpoint import find_training_state, load_training_state, load_weights, save_training_state, save_weights
 from docre.config import Config, TrainConfig, save_config, to_dict
 from docre.data import FIXED_RELATIONS, Split, load_rel2id, load_split, read_split
-from docre.data.collate import collate, stack_labels
+from docre.data.collate import collate, split_by_tokens, stack_labels
 from docre.data.feature import Feature, probe_tokenizer
 from docre.errors import DocreError
 from docre.losses import build_loss
@@ -176,7 +176,8 @@ def train(cfg: Config) -> dict:
                 group = batches[epoch_step * cfg.train.grad_accum : (epoch_step + 1) * cfg.train.grad_accum]
                 micro = [[train_split.features[i] for i in batch[rank * cfg.train.batch_size : (rank + 1) * cfg.train.batch_size]] for batch in group]
                 loss, grad_norm, finite = _optimizer_step(model, loss_fn, optimizer, scheduler, scaler, micro, len(rel2id),
-                                                          tokenizer.pad_token_id or 0, device, dtype, cfg.train.max_grad_norm)
+                                                          tokenizer.pad_token_id or 0, device, dtype, cfg.train.max_grad_norm,
+                                                          cfg.train.max_batch_tokens, raw_model.window)
                 counters["step"] += 1
                 counters["epoch_step"] = epoch_step + 1
                 counters["train_seconds"] += time.perf_counter() - started
@@ -305,31 +306,35 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, bu
     return batches
 
 
-def _optimizer_step(model, loss_fn, optimizer, scheduler, scaler, micro_batches: list[list[Feature]],
-                    num_classes: int, pad_id: int, device, dtype, max_grad_norm: float) -> tuple[float, float, bool]:
+def _optimizer_step(model, loss_fn, optimizer, scheduler, scaler, micro_batches: list[list[Feature]], num_classes: int,
+                    pad_id: int, device, dtype, max_grad_norm: float, max_batch_tokens: int = 0,
+                    window: int = 512) -> tuple[float, float, bool]:
     """One optimizer step over accumulated micro-batches; returns (loss, grad norm, finite).
 
-    Each process's loss is weighted by its share of the global batch's pairs, so the gradient
-    equals the single-process mean over all pairs however the documents are split over processes.
-    A non-finite loss or gradient skips the update (fp16: the grad scaler's own skip).
+    Every part's loss is weighted by its share of its micro-batch's pairs over all processes, so the
+    gradient equals the single-process mean over all pairs however the documents are split: over
+    processes (DDP) or into parts of at most `max_batch_tokens` (memory). A non-finite loss or
+    gradient skips the update (fp16: the grad scaler's own skip).
     """
     model.train()
     world = distributed.world_size()
     total_loss, loss_finite = 0.0, True
     for index, features in enumerate(micro_batches):
-        batch = collate(features, num_classes, pad_id).to(device)
-        pairs = batch.labels.size(0)
-        global_pairs = distributed.sum_across(pairs, device)
-        last = index == len(micro_batches) - 1
-        sync = contextlib.nullcontext() if last or world == 1 else model.no_sync()
-        with sync:
-            with autocast(device, dtype):
-                logits = model(batch)
-            loss = loss_fn(logits, batch.labels)
-            weight = pairs * world / global_pairs / len(micro_batches)
-            scaler.scale(loss * weight).backward()
-        loss_finite &= bool(torch.isfinite(loss))
-        total_loss += loss.item() * pairs / global_pairs / len(micro_batches)
+        parts = split_by_tokens(features, max_batch_tokens, window)
+        global_pairs = distributed.sum_across(sum(len(f.hts) for f in features), device)
+        for part_index, part in enumerate(parts):
+            batch = collate(part, num_classes, pad_id).to(device)
+            pairs = batch.labels.size(0)
+            last = index == len(micro_batches) - 1 and part_index == len(parts) - 1
+            sync = contextlib.nullcontext() if last or world == 1 else model.no_sync()
+            with sync:
+                with autocast(device, dtype):
+                    logits = model(batch)
+                loss = loss_fn(logits, batch.labels)
+                weight = pairs * world / global_pairs / len(micro_batches)
+                scaler.scale(loss * weight).backward()
+            loss_finite &= bool(torch.isfinite(loss))
+            total_loss += loss.item() * pairs / global_pairs / len(micro_batches)
     total_loss = distributed.sum_across(total_loss, device)
     loss_finite = distributed.sum_across(not loss_finite, device) == 0
     scaler.unscale_(optimizer)

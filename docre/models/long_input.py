@@ -20,6 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from docre.models.attention import encoder_attention
+
+ATTENTION_NAME = "docre"  # our attention function's name in transformers' AttentionInterface
+
 # Position ids of these families start after the padding index, so fewer positions are usable.
 POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2, "bertweet": 2}
 
@@ -33,24 +37,31 @@ def encoder_window(config) -> int:
 
 
 class AttentionTap:
-    """Runs the pooled layers' attention eagerly and keeps their probabilities; the rest use SDPA.
+    """Routes the encoder's attention through docre's function and keeps the pooled layers' rows.
 
     Finds the self-attention modules through `_can_record_outputs["attentions"]` (the class that
-    transformers itself records attentions from). Each non-pooled module gets a copy of the config
-    that names SDPA; the model keeps the eager config, so masks stay in the additive form both accept.
+    transformers itself records attentions from) and gives them a copy of the config naming
+    `models.attention.encoder_attention`, registered with transformers' AttentionInterface: SDPA
+    where no probabilities are needed, probabilities for the pooled layers, and a memory-lean
+    dropout path in training. The model keeps its eager config, so masks stay additive floats.
     """
 
     def __init__(self, encoder: nn.Module, num_pooled: int):
+        from transformers import AttentionInterface
+
         recorded = getattr(encoder, "_can_record_outputs", None) or {}
         target = recorded.get("attentions")
         target = getattr(target, "target_class", target)
         modules = [m for m in encoder.modules() if isinstance(target, type) and isinstance(m, target)]
         if not modules:
             raise ValueError(f"cannot find the attention modules of {type(encoder).__name__}")
-        sdpa_config = copy.copy(encoder.config)
-        sdpa_config._attn_implementation = "sdpa"
-        for module in modules[:-num_pooled]:
-            module.config = sdpa_config
+        AttentionInterface.register(ATTENTION_NAME, encoder_attention)
+        routed = copy.copy(encoder.config)
+        routed._attn_implementation = ATTENTION_NAME
+        for module in modules:
+            module.config = routed
+        for module in modules[-num_pooled:]:
+            module.docre_pooled = True
         self.rows: tuple[torch.Tensor, torch.Tensor] | None = None  # (sequence, position) of the rows to keep
         self.capturing = False
         self.kept: list[torch.Tensor] = []

@@ -1,0 +1,351 @@
+"""Speed and memory of docre against the floor set by its encoder (issue 4 figures).
+
+    python scripts/benchmark.py [--encoder minilm|bert-base] [--threads 2] [--quick] [--json]
+
+Measured in one process, side by side, on batches of 4 Re-DocRED documents from the training
+sampler: a full training step of the ATLOP model (forward, loss, backward, optimizer step) against
+the same encoder's own forward+backward with its fastest attention (SDPA), and inference per
+document against the encoder's forward. Each figure is the median over repetitions after a
+warm-up; the ratios are medians of per-repetition ratios, so slow moments of the machine hit both
+sides. Peak memory comes from a real `train.py` run and the 4,096-word-piece document from a
+separate process, since a process's peak resident memory cannot be reset. `--json` prints one JSON
+object as the last line. "bert-base" is a randomly initialised BertConfig() model (no download)
+with the MiniLM tokenizer (same vocabulary). Results and how to read them: docs/performance.md.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DEV = "dev_revised.json.gz"
+DATA_DIR = str(ROOT / "data" / "redocred")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--encoder", choices=("minilm", "bert-base"), default="minilm")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="smaller samples: finishes in about a minute")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON line at the end")
+    parser.add_argument("--part", choices=("long-doc",), help=argparse.SUPPRESS)  # internal: run in a subprocess
+    parser.add_argument("--gradient-checkpointing", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from docre.utils import setup_logging, tune_cpu_allocator
+
+    setup_logging()
+    tune_cpu_allocator()  # as train() does on CPU; applies to both sides of every ratio
+    if args.part == "long-doc":
+        print(json.dumps(long_document_step(args.encoder, args.gradient_checkpointing)))
+        return 0
+
+    figures = {"encoder": args.encoder, "threads": args.threads, "quick": args.quick} | machine_record()
+    with tempfile.TemporaryDirectory() as scratch:
+        backbone = backbone_folder(args.encoder, Path(scratch))
+        figures |= preprocessing(Path(scratch) / "cache")
+        figures |= step_ratios(backbone, batches=1 if args.quick else 5, reps=2 if args.quick else 4)
+        figures |= inference_ratio(backbone, docs=16 if args.quick else 100, reps=1 if args.quick else 2)
+        figures |= memory_options(backbone, reps=1 if args.quick else 2)
+        figures |= training_run_memory(backbone, Path(scratch), steps=2 if args.quick else 10, quick=args.quick)
+        if not args.quick:
+            for checkpointing in (False, True):
+                long = run_part(["--part", "long-doc", "--encoder", args.encoder, "--threads", str(args.threads)]
+                                + (["--gradient-checkpointing"] if checkpointing else []))
+                prefix = "long_doc_checkpointing" if checkpointing else "long_doc"
+                figures |= {f"{prefix}_{k}": v for k, v in long.items()}
+    report(figures)
+    if args.json:
+        print(json.dumps(figures))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- setup
+def machine_record() -> dict:
+    import torch
+    import transformers
+
+    cpu = platform.processor() or "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "platform": platform.platform()}
+
+
+def backbone_folder(encoder: str, scratch: Path) -> str:
+    """The embedded MiniLM folder, or a random BERT-base (BertConfig()) saved with MiniLM's tokenizer."""
+    from docre.models import load_tokenizer, resolve_backbone
+
+    if encoder == "minilm":
+        return resolve_backbone("minilm")
+    import torch
+    from transformers import BertConfig, BertModel
+
+    folder = scratch / "bert-base-random"
+    torch.manual_seed(0)
+    BertModel(BertConfig()).save_pretrained(folder)
+    load_tokenizer("minilm").save_pretrained(folder)
+    return str(folder)
+
+
+def timed(function) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def median_of(samples: list[float]) -> float:
+    return statistics.median(samples)
+
+
+# ---------------------------------------------------------------------------------------------- figures
+def preprocessing(cache: Path) -> dict:
+    """Read, validate and featurise the 500 Re-DocRED dev documents: empty cache, then cached."""
+    from docre.data import load_rel2id, load_split
+    from docre.models import load_tokenizer
+
+    tokenizer = load_tokenizer("minilm")
+    rel2id = load_rel2id("docred", str(ROOT / "data/docred/rel2id.json"))
+    kept = []  # keep results alive: freeing a million objects inside the next timing is not preprocessing
+
+    def load():
+        kept.append(load_split("dev", "docred", DEV, DATA_DIR, tokenizer, rel2id, "*", 1024, str(cache)))
+
+    cold = timed(load)
+    cached = median_of([timed(load) for _ in range(3)])
+    return {"prep_cold_s_per_500": cold, "prep_cached_s_per_500": cached}
+
+
+def build(backbone: str, **options):
+    """(ATLOP model, SDPA-only encoder with the same weights, loss, tokenizer, rel2id)."""
+    from transformers import AutoModel
+
+    from docre.data import load_rel2id
+    from docre.data.feature import probe_tokenizer
+    from docre.losses import build_loss
+    from docre.models import build_model, load_tokenizer
+
+    tokenizer = load_tokenizer(backbone)
+    rel2id = load_rel2id("docred", str(ROOT / "data/docred/rel2id.json"))
+    info = probe_tokenizer(tokenizer, "*")
+    model = build_model(backbone, len(rel2id), info.start_ids, info.end_ids, **options)
+    encoder = AutoModel.from_pretrained(backbone, attn_implementation="sdpa")
+    return model, encoder, build_loss("atgl", alpha=16.5), tokenizer, rel2id
+
+
+def training_batches(tokenizer, rel2id, count: int):
+    """`count` batches of 4 documents spread over an epoch of Re-DocRED-mini's training sampler."""
+    from docre.data import load_split
+    from docre.trainer import epoch_batches
+
+    split = load_split("train", "docred", f"{DEV}[:400]", DATA_DIR, tokenizer, rel2id, "*", 1024)
+    batches = epoch_batches([len(f.input_ids) for f in split.features], 4, seed=66, epoch=0, bucketing=True)
+    chosen = [batches[i * len(batches) // count] for i in range(count)]
+    return [[split.features[i] for i in batch] for batch in chosen]
+
+
+def encoder_inputs(batch, model):
+    """What the encoder itself sees for a batch: the padded documents, or their windows when
+    the batch is longer than the encoder window (models/long_input.py)."""
+    from docre.models.long_input import _window_tensors, plan_windows
+
+    if batch.input_ids.size(1) <= model.window:
+        return batch.input_ids, batch.attention_mask
+    lengths = batch.attention_mask.sum(1).tolist()
+    plan = plan_windows(lengths, model.window, len(model.start_ids), len(model.end_ids))
+    ids, mask, _ = _window_tensors(plan, batch.input_ids, lengths, model.window, model.start_ids, model.end_ids)
+    return ids, mask
+
+
+def step_ratios(backbone: str, batches: int, reps: int) -> dict:
+    """A training step as train() runs it (collate, forward, loss, backward, clipping, AdamW step,
+    with the MiniLM config's max_batch_tokens) vs the encoder's forward+backward on the same
+    documents (their windows where they are longer than the encoder window)."""
+    import torch
+
+    from docre.config import TrainConfig, load_config
+    from docre.data.collate import collate
+    from docre.trainer import _optimizer_step, build_optimizer, linear_warmup_decay
+
+    budget = load_config(ROOT / "configs/redocred_mini/minilm_atgl.yaml").train.max_batch_tokens
+    model, encoder, loss_fn, tokenizer, rel2id = build(backbone)
+    encoder.train()
+    optimizer = build_optimizer(model, TrainConfig())
+    scheduler = linear_warmup_decay(optimizer, 0, 10**6)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    data = training_batches(tokenizer, rel2id, batches)
+    inputs = [encoder_inputs(collate(features, len(rel2id), tokenizer.pad_token_id), model) for features in data]
+
+    def train_step(features):
+        _optimizer_step(model, loss_fn, optimizer, scheduler, scaler, [features], len(rel2id), tokenizer.pad_token_id,
+                        torch.device("cpu"), torch.float32, 1.0, budget, model.window)
+
+    def encoder_step(ids, mask):
+        encoder(input_ids=ids, attention_mask=mask).last_hidden_state.sum().backward()
+        encoder.zero_grad(set_to_none=True)
+
+    ours, theirs = [], []
+    for rep in range(reps + 1):  # the first repetition warms up
+        ours_rep = sum(timed(lambda: train_step(features)) for features in data)
+        theirs_rep = sum(timed(lambda: encoder_step(*pair)) for pair in inputs)
+        if rep:
+            ours.append(ours_rep / len(data))
+            theirs.append(theirs_rep / len(data))
+    return {
+        "train_step_s": median_of(ours),
+        "encoder_train_s": median_of(theirs),
+        "train_ratio": median_of([a / b for a, b in zip(ours, theirs)]),
+        "pairs_per_batch": sum(len(f.hts) for features in data for f in features) / len(data),
+        "tokens_per_batch": sum(int(mask.sum()) for _, mask in inputs) / len(data),
+        "max_batch_tokens": budget,
+    }
+
+
+def inference_ratio(backbone: str, docs: int, reps: int) -> dict:
+    """Prediction per document (eval batches of 8, as evaluation runs) vs the encoder's forward."""
+    import torch
+
+    from docre.data import load_split
+    from docre.data.collate import collate
+    from docre.trainer import predict_logits
+
+    model, encoder, _, tokenizer, rel2id = build(backbone)
+    encoder.eval()
+    split = load_split("dev", "docred", f"{DEV}[400:{400 + docs}]", DATA_DIR, tokenizer, rel2id, "*", 1024)
+    features = split.features
+    order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))  # the batching predict_logits uses
+    batches = [encoder_inputs(collate([features[i] for i in order[s : s + 8]], len(rel2id), tokenizer.pad_token_id), model)
+               for s in range(0, len(order), 8)]
+
+    @torch.no_grad()
+    def encoder_only():
+        for ids, mask in batches:
+            encoder(input_ids=ids, attention_mask=mask)
+
+    def ours_run():
+        predict_logits(model, features, len(rel2id), tokenizer.pad_token_id, 8, torch.device("cpu"), torch.float32, show=False)
+
+    ours, theirs = [], []
+    for rep in range(reps + 1):
+        o, t = timed(ours_run), timed(encoder_only)
+        if rep:
+            ours.append(o / len(features))
+            theirs.append(t / len(features))
+    return {"infer_doc_s": median_of(ours), "encoder_infer_doc_s": median_of(theirs),
+            "infer_ratio": median_of([a / b for a, b in zip(ours, theirs)])}
+
+
+def memory_options(backbone: str, reps: int) -> dict:
+    """Time cost of the memory switches (gradient checkpointing, small pair chunks), as step ratios."""
+    import torch
+
+    from docre.data.collate import collate
+
+    results = {}
+    for name, options in (("default", {}), ("checkpointing", {"gradient_checkpointing": True}), ("pair_chunk_32", {"pair_chunk_size": 32})):
+        model, _, loss_fn, tokenizer, rel2id = build(backbone, **options)
+        model.train()
+        data = [collate(f, len(rel2id), tokenizer.pad_token_id) for f in training_batches(tokenizer, rel2id, 2)]
+        torch.manual_seed(0)
+        times = []
+        for rep in range(reps + 1):
+            elapsed = sum(timed(lambda: loss_fn(model(b), b.labels).backward()) for b in data)
+            if rep:
+                times.append(elapsed / len(data))
+        results[name] = median_of(times)
+    return {"checkpointing_step_ratio": results["checkpointing"] / results["default"],
+            "pair_chunk_32_step_ratio": results["pair_chunk_32"] / results["default"]}
+
+
+def training_run_memory(backbone: str, scratch: Path, steps: int, quick: bool) -> dict:
+    """Peak resident memory of a real `train.py` run (training steps plus a dev evaluation)."""
+    dev = f"{DEV}[400:420]" if quick else f"{DEV}[400:]"
+    command = [sys.executable, str(ROOT / "train.py"), str(ROOT / "configs/redocred_mini/minilm_atgl.yaml"),
+               f"model.backbone={backbone}", f"train.max_steps={steps}", f"data.dev_file={dev}", "data.test_file=",
+               f"output_dir={scratch / 'runs'}", "run_name=benchmark", "train.overwrite=true", "train.num_threads=2",
+               f"data.cache_dir={scratch / 'cache'}"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if result.returncode:
+        raise RuntimeError(f"train.py failed: {result.stderr[-2000:]}")
+    results = json.loads((scratch / "runs" / "benchmark" / "results.json").read_text())
+    return {"peak_rss_mb": results["peak_rss_mb"], "run_seconds_per_step": results["seconds_per_step"], "run_steps": steps}
+
+
+def long_document_step(encoder: str, gradient_checkpointing: bool) -> dict:
+    """One training step on a single document of at least 4,096 word-pieces (no truncation): a
+    Re-DocRED document repeated, its entities' mentions repeated with it."""
+    import torch
+
+    from docre.data.collate import collate
+    from docre.data.docred import parse_json_list, read_bytes
+    from docre.data.feature import featurize
+    from docre.utils import peak_rss_mb
+
+    with tempfile.TemporaryDirectory() as scratch:
+        backbone = backbone_folder(encoder, Path(scratch))
+        model, _, loss_fn, tokenizer, rel2id = build(backbone, gradient_checkpointing=gradient_checkpointing)
+        base = parse_json_list(Path(DATA_DIR) / DEV, read_bytes(Path(DATA_DIR) / DEV))[0]
+        doc = {"title": "long", "sents": [], "vertexSet": [[] for _ in base["vertexSet"]], "labels": base["labels"]}
+        while True:
+            shift = len(doc["sents"])
+            doc["sents"] += base["sents"]
+            for entity, mentions in zip(doc["vertexSet"], base["vertexSet"]):
+                entity += [dict(m, sent_id=m["sent_id"] + shift) for m in mentions]
+            feature = featurize([doc], tokenizer, rel2id, "*", 0)[0][0]
+            if len(feature.input_ids) >= 4096:
+                break
+        batch = collate([feature], len(rel2id), tokenizer.pad_token_id)
+        model.train()
+        before = peak_rss_mb()
+        times = []
+        for _ in range(2):
+            times.append(timed(lambda: loss_fn(model(batch), batch.labels).backward()))
+        return {"tokens": len(feature.input_ids), "pairs": len(feature.hts), "step_s": times[-1],
+                "finite": bool(all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)),
+                "peak_rss_mb": peak_rss_mb(), "peak_rss_before_mb": before}
+
+
+def run_part(arguments: list[str]) -> dict:
+    result = subprocess.run([sys.executable, __file__, *arguments], capture_output=True, text=True, cwd=ROOT)
+    if result.returncode:
+        raise RuntimeError(f"benchmark part failed: {result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def report(figures: dict) -> None:
+    lines = [
+        f"docre benchmark: encoder {figures['encoder']}, {figures['threads']} threads, {figures['cpu']} ({figures['cores']} cores), "
+        f"torch {figures['torch']}, transformers {figures['transformers']}",
+        f"training step      {figures['train_step_s']:.3f} s   encoder fwd+bwd {figures['encoder_train_s']:.3f} s   "
+        f"ratio {figures['train_ratio']:.2f}   ({figures['pairs_per_batch']:.0f} pairs, {figures['tokens_per_batch']:.0f} tokens per batch)",
+        f"inference per doc  {figures['infer_doc_s']:.4f} s  encoder forward {figures['encoder_infer_doc_s']:.4f} s  "
+        f"ratio {figures['infer_ratio']:.2f}",
+        f"peak memory of a training run {figures['peak_rss_mb']:.0f} MiB ({figures['run_steps']} steps + dev evaluation)",
+        f"preprocessing 500 docs: cold {figures['prep_cold_s_per_500']:.2f} s, cached {figures['prep_cached_s_per_500']:.2f} s",
+        f"gradient checkpointing costs x{figures['checkpointing_step_ratio']:.2f} per step, pair chunks of 32 x{figures['pair_chunk_32_step_ratio']:.2f}",
+    ]
+    if "long_doc_tokens" in figures:
+        for prefix, label in (("long_doc", "plain"), ("long_doc_checkpointing", "gradient checkpointing")):
+            lines.append(f"{figures[prefix + '_tokens']}-token document ({figures[prefix + '_pairs']} pairs), {label}: "
+                         f"step {figures[prefix + '_step_s']:.2f} s, peak {figures[prefix + '_peak_rss_mb']:.0f} MiB, "
+                         f"finite gradients {figures[prefix + '_finite']}")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

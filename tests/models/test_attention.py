@@ -1,0 +1,46 @@
+"""The memory-lean dropout attention equals plain autograd attention given the same dropout mask:
+outputs, returned probabilities, and gradients (including gradients through the probabilities)."""
+
+import pytest
+import torch
+
+from docre.models.attention import dropout_attention
+
+
+def reference(query, key, value, mask, keep, scale, dropout):
+    scores = query @ key.transpose(-1, -2) * scale + mask
+    dropped = torch.softmax(scores, dim=-1) * keep / (1 - dropout)
+    return (dropped @ value).transpose(1, 2), dropped
+
+
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_matches_autograd_reference(with_mask):
+    generator = torch.Generator().manual_seed(0)
+    shape = (2, 3, 7, 5)
+    inputs = [torch.randn(shape, generator=generator, dtype=torch.float64) for _ in range(3)]
+    mask = torch.zeros(2, 1, 7, 7, dtype=torch.float64)
+    if with_mask:
+        mask[1, :, :, 5:] = torch.finfo(torch.float64).min  # padding keys of the second sequence
+    keep = torch.rand(2, 3, 7, 7, generator=generator) >= 0.3
+    weight_out = torch.randn(2, 7, 3, 5, generator=generator, dtype=torch.float64)
+    weight_probs = torch.randn(2, 3, 7, 7, generator=generator, dtype=torch.float64)
+    results = []
+    for fast in (True, False):
+        q, k, v = (x.clone().requires_grad_(True) for x in inputs)
+        if fast:
+            out, probs = dropout_attention(q, k, v, mask if with_mask else None, 0.4, 0.3, return_probs=True, keep=keep)
+        else:
+            out, probs = reference(q, k, v, mask, keep, 0.4, 0.3)
+        ((out * weight_out).sum() + (probs * weight_probs).sum()).backward()
+        results.append((out.detach(), probs.detach(), q.grad, k.grad, v.grad))
+    for fast, slow in zip(*results):
+        torch.testing.assert_close(fast, slow)
+
+
+def test_without_probabilities_and_with_random_mask():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 6, 4, requires_grad=True) for _ in range(3))
+    out, probs = dropout_attention(q, k, v, None, 0.5, 0.1, return_probs=False)
+    assert probs is None and out.shape == (1, 6, 2, 4)
+    out.sum().backward()
+    assert all(torch.isfinite(x.grad).all() for x in (q, k, v))

@@ -1,0 +1,96 @@
+"""Training-loop pieces: the epoch sampler, the learning-rate schedule, and splitting a batch by
+tokens (the same gradient as the whole batch, less memory)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from docre.config import TrainConfig
+from docre.data.collate import split_by_tokens
+from docre.data.feature import featurize, probe_tokenizer
+from docre.losses import build_loss
+from docre.models import build_model
+from docre.trainer import _optimizer_step, build_optimizer, epoch_batches, linear_warmup_decay
+from tests.conftest import FIXTURES
+
+
+def test_epoch_batches_are_a_deterministic_permutation():
+    lengths = list(np.random.default_rng(0).integers(50, 600, size=103))
+    for bucketing in (False, True):
+        first = epoch_batches(lengths, 4, seed=66, epoch=2, bucketing=bucketing)
+        assert first == epoch_batches(lengths, 4, seed=66, epoch=2, bucketing=bucketing)
+        assert first != epoch_batches(lengths, 4, seed=66, epoch=3, bucketing=bucketing)
+        flat = [i for batch in first for i in batch]
+        assert len(first) == 103 // 4 and all(len(b) == 4 for b in first)  # the incomplete batch is dropped
+        assert len(set(flat)) == len(flat) and set(flat) <= set(range(103))
+
+
+def test_bucketing_reduces_padding():
+    lengths = list(np.random.default_rng(1).integers(50, 600, size=400))
+    padded = lambda batches: sum(len(b) * max(lengths[i] for i in b) for b in batches)  # noqa: E731
+    assert padded(epoch_batches(lengths, 4, 66, 0, True)) < 0.85 * padded(epoch_batches(lengths, 4, 66, 0, False))
+
+
+def test_linear_warmup_then_decay():
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    schedule = linear_warmup_decay(optimizer, warmup_steps=2, total_steps=6)
+    rates = []
+    for _ in range(7):
+        rates.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert rates == pytest.approx([0.0, 0.5, 1.0, 0.75, 0.5, 0.25, 0.0])
+
+
+def test_split_by_tokens_respects_the_budget():
+    class F:
+        def __init__(self, n):
+            self.input_ids = [0] * n
+
+    features = [F(n) for n in (100, 300, 250, 90, 400)]
+    parts = split_by_tokens(features, 600, window=512)
+    assert sorted(len(f.input_ids) for p in parts for f in p) == [90, 100, 250, 300, 400]
+    for part in parts:
+        assert len(part) == 1 or len(part) * max(len(f.input_ids) for f in part) <= 600
+    assert split_by_tokens(features, 0, window=512) == [features]
+
+
+def test_split_by_tokens_counts_windows_of_long_documents():
+    class F:
+        def __init__(self, n):
+            self.input_ids = [0] * n
+
+    # a 600-token document is encoded as two 512-token windows (1024 tokens), so two such documents
+    # (2048) exceed a 1500 budget although their 1150 raw tokens would fit; 550 + 100 needs 3 windows
+    parts = split_by_tokens([F(600), F(550), F(100)], 1500, window=512)
+    assert [[len(f.input_ids) for f in p] for p in parts] == [[600], [550], [100]]
+    assert [[len(f.input_ids) for f in p] for p in split_by_tokens([F(600), F(100)], 2048, window=512)] == [[600, 100]]
+
+
+def test_split_batch_gives_the_same_step(tiny_backbone, tiny_tokenizer, rel2id):
+    docs = json.loads((FIXTURES / "docred_tiny.json").read_text())
+    features, _ = featurize(docs, tiny_tokenizer, rel2id, "*", 0)
+    info = probe_tokenizer(tiny_tokenizer, "*")
+    weights = []
+    for budget in (0, 40):
+        torch.manual_seed(0)
+        model = build_model(tiny_backbone, 97, info.start_ids, info.end_ids, emb_size=64, block_size=16)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        model.encoder.config.attention_probs_dropout_prob = 0.0
+        optimizer = build_optimizer(model, TrainConfig(encoder_lr=1e-3, head_lr=1e-3))
+        schedule = linear_warmup_decay(optimizer, 0, 10)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        assert budget == 0 or len(split_by_tokens(features, budget, window=64)) == 3
+        loss, _, finite = _optimizer_step(model, build_loss("atgl"), optimizer, schedule, scaler, [features], 97, 0,
+                                          torch.device("cpu"), torch.float32, 1.0, budget, model.window)
+        assert finite
+        weights.append((loss, {n: p.detach().clone() for n, p in model.named_parameters()}))
+    (loss_whole, whole), (loss_split, split) = weights
+    assert loss_split == pytest.approx(loss_whole, rel=1e-5)
+    for name in whole:
+        torch.testing.assert_close(split[name], whole[name], atol=1e-6, rtol=1e-5, msg=name)
