@@ -78,12 +78,25 @@ class ATLOP(nn.Module):
 
     @staticmethod
     def _context(hidden, entity_attention, heads, tails, pairs_per_doc: list[int]) -> torch.Tensor:
-        """Localized context pooling: weight tokens by how much both entities attend to them."""
+        """Localized context pooling: weight tokens by how much both entities attend to them.
+
+        Per document, one batched product gives the head-summed attention products of all n x n
+        entity pairs ([L, n, n]); the candidate pairs are gathered from it. This never builds the
+        [P, H, L] products of the pairs (10x more memory at DocRED sizes) and costs the same FLOPs.
+        """
         num_heads = entity_attention.size(1)
-        pair_attention = torch.einsum("phl,phl->pl", entity_attention[heads], entity_attention[tails]) / num_heads  # [P, L]
-        pair_attention = pair_attention / (pair_attention.sum(1, keepdim=True) + 1e-5)
-        chunks = pair_attention.split(pairs_per_doc)  # per document: [P_i, L]
-        return torch.cat([chunk @ hidden[doc] for doc, chunk in enumerate(chunks)])  # [P, D]
+        contexts, pair_start, entity_start = [], 0, 0
+        for doc, num_pairs in enumerate(pairs_per_doc):
+            doc_heads, doc_tails = heads[pair_start : pair_start + num_pairs], tails[pair_start : pair_start + num_pairs]
+            first = int(torch.minimum(doc_heads.min(), doc_tails.min())) if num_pairs else entity_start
+            last = int(torch.maximum(doc_heads.max(), doc_tails.max())) + 1 if num_pairs else entity_start
+            attention = entity_attention[first:last].permute(2, 0, 1)  # [L, n, H]
+            products = torch.bmm(attention, attention.transpose(1, 2))  # [L, n, n]: sum over heads of a_i * a_j
+            pair_attention = products[:, doc_heads - first, doc_tails - first].t() / num_heads  # [P_doc, L]
+            pair_attention = pair_attention / (pair_attention.sum(1, keepdim=True) + 1e-5)
+            contexts.append(pair_attention @ hidden[doc])  # [P_doc, D]
+            pair_start, entity_start = pair_start + num_pairs, last
+        return torch.cat(contexts)  # [P, D]
 
     def _classify_in_chunks(self, head_rep: torch.Tensor, tail_rep: torch.Tensor) -> torch.Tensor:
         """Group bilinear: per block of `block_size`, the outer product of head and tail blocks,
