@@ -115,7 +115,9 @@ def train(cfg: Config) -> dict:
         logger.info("resumed from %s at step %d (epoch %d)", resume_state, counters["step"], counters["epoch"])
     raw_model = model
     if world > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # find_unused_parameters: the encoder runs its pooler, which the head never reads (no gradient)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                    find_unused_parameters=True)
     wandb_run = _start_wandb(cfg, run_dir) if rank == 0 and cfg.log.wandb else None
     logger.info(
         "%d train documents, %d optimizer steps (%d per epoch), effective batch %d documents "
