@@ -8,6 +8,8 @@ import json
 import math
 from pathlib import Path
 
+from docre.summary import LABELS
+
 
 def read_metrics(run_dir: Path) -> list[dict]:
     """The rows of a run's metrics.jsonl (a torn last line, from a kill, is skipped)."""
@@ -71,7 +73,8 @@ def plot_curves(groups: dict[str, list[Path]], path: Path, title: str = "") -> P
                 continue
             label = f"{name} (n={sum(1 for c in curves if c[key][0])})"
             axis.plot(xs, means, marker="o", markersize=3, color=color, label=label)
-            axis.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], color=color, alpha=0.2)
+            low, high = [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)]
+            axis.fill_between(xs, low, high, color=color, alpha=0.2)
     dev_axis.set(xlabel="epoch", ylabel="dev F1 (%)", title="dev F1")
     loss_axis.set(xlabel="epoch", ylabel="training loss", title="training loss (mean per epoch)")
     for axis in (dev_axis, loss_axis):
@@ -97,10 +100,13 @@ def plot_bars(rows: list[dict], path: Path, title: str = "") -> Path:
         stats = [row[split].get(metric) for row in rows]
         heights = [100 * s["mean"] if s else 0.0 for s in stats]
         errors = [100 * s["std"] if s and s["std"] is not None else 0.0 for s in stats]
-        axis.bar(offsets, heights, width, yerr=errors, capsize=3, color=f"C{m}", label=f"{split} {'Ign F1' if metric == 'ign_f1' else 'F1'}")
-        paper = [(x, row["published"][f"{split}_{metric}"]) for x, row in zip(offsets, rows) if f"{split}_{metric}" in row["published"]]
+        label = f"{split} {LABELS[metric]}"
+        axis.bar(offsets, heights, width, yerr=errors, capsize=3, color=f"C{m}", label=label)
+        key = f"{split}_{metric}"
+        paper = [(x, row["published"][key]) for x, row in zip(offsets, rows) if key in row["published"]]
         if paper:
-            axis.scatter([x for x, _ in paper], [v for _, v in paper], marker="_", s=400, color="black", zorder=3, label=paper_label)
+            axis.scatter([x for x, _ in paper], [v for _, v in paper], marker="_", s=400, color="black", zorder=3,
+                         label=paper_label)
             paper_label = None
     axis.set_xticks(range(len(rows)), [row["name"] for row in rows], rotation=20, ha="right")
     axis.set_ylabel("%")

@@ -70,7 +70,8 @@ def train(cfg: Config) -> dict:
     set_seed(cfg.seed)
     if rank == 0:
         save_config(cfg, run_dir / "config.yaml")
-        write_environment(run_dir / "environment.json", {"device": str(device), "world_size": world}, resumed=resume_state is not None)
+        write_environment(run_dir / "environment.json", {"device": str(device), "world_size": world},
+                          resumed=resume_state is not None)
 
     # ---- data ------------------------------------------------------------------------------
     data = cfg.data

@@ -37,7 +37,8 @@ class ChildSignals:
 
     def _handle(self, signum, frame) -> None:
         self.received.append(signum)
-        print(f"\n{signal.Signals(signum).name}: stopping the current run at its next step (again: at once)", file=sys.stderr, flush=True)
+        name = signal.Signals(signum).name
+        print(f"\n{name}: stopping the current run at its next step (again: at once)", file=sys.stderr, flush=True)
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signum)
 

@@ -2,7 +2,6 @@
 interrupted by SIGTERM, resumed by the same command, tabulated and plotted; a finished grid is not
 trained again; summarize_runs.py rebuilds the same table. Also the train.py command of each state."""
 
-import importlib.util
 import json
 import signal
 import subprocess
@@ -14,15 +13,9 @@ import pytest
 
 from docre.errors import DocreError
 from docre.tables import Row, Table, plan_runs
+from tests.cli import load_script, run_main
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_train_command_per_state(tmp_path, tiny_backbone):
@@ -36,7 +29,8 @@ def test_train_command_per_state(tmp_path, tiny_backbone):
     assert reproduce.train_command(run, 1)[-1] == "train.overwrite=true"
     run.state = "unfinished"
     assert reproduce.train_command(run, 1) == [sys.executable, train_py, "--resume", str(run.run_dir)]
-    assert reproduce.train_command(run, 2)[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert reproduce.train_command(run, 2) == [*launcher, train_py, "--resume", str(run.run_dir)]
     assert reproduce.parse_seeds("66, 67,68") == [66, 67, 68]
     for bad in ("66,x", "66,66", ""):
         with pytest.raises(DocreError, match="--seeds"):
@@ -47,11 +41,13 @@ def reproduce(*args, **kwargs):
     return subprocess.run([sys.executable, "scripts/reproduce.py", *args], cwd=ROOT, capture_output=True, text=True, **kwargs)
 
 
+@pytest.mark.slow  # three training processes of the tiny model (about 30 s on 2 idle cores)
 def test_interrupted_grid_resumes_and_is_tabulated(tmp_path, tiny_backbone, capsys):
     table = tmp_path / "smoke_grid.yaml"
     table.write_text(
         "title: Smoke grid\nsource: invented numbers\nseeds: [1, 2]\n"
-        f"overrides: [model.backbone={tiny_backbone}, train.epochs=6, train.eval_every=3, train.save_every=1, train.log_every=1]\n"
+        f"overrides: [model.backbone={tiny_backbone}, train.epochs=6, train.eval_every=3, train.save_every=1, "
+        "train.log_every=1]\n"
         "rows:\n  - {name: atgl, config: configs/smoke.yaml, published: {test_f1: 40.0, note: invented}}\n"
     )
     out = tmp_path / "runs"
@@ -99,7 +95,7 @@ def test_interrupted_grid_resumes_and_is_tabulated(tmp_path, tiny_backbone, caps
     assert {run.state for run in plan_runs(_table(table), [1, 2], out)} == {"done"}
 
     # 4. summarize_runs.py gives the same table from the directories alone
-    assert run_main("summarize_runs", [str(grid)], capsys) == 0
+    assert run_main("summarize_runs", [str(grid)]) == 0
     assert capsys.readouterr().out.strip() == table_md.strip()
 
 
@@ -107,17 +103,6 @@ def _table(path: Path) -> Table:
     from docre.tables import load_table
 
     return load_table(path)
-
-
-def run_main(script: str, argv: list[str], capsys=None) -> int:
-    """A script's main() in this process (no interpreter start-up), as its command line would run it."""
-    module = load_script(script)
-    saved = sys.argv
-    sys.argv = [f"{script}.py", *argv]
-    try:
-        return module.main()
-    finally:
-        sys.argv = saved
 
 
 def test_runner_errors(tmp_path, capsys):
@@ -130,11 +115,16 @@ def test_runner_errors(tmp_path, capsys):
                                 "unknown key 'train.epoch' (did you mean train.epochs?)")
     with pytest.raises(DocreError, match="--seeds '5,x': expected comma-separated integers"):
         run_main("reproduce", ["redocred_mini", "--dry-run", "--seeds", "5,x"])
+    same_name = tmp_path / "copy" / "minilm_atl.yaml"
+    same_name.parent.mkdir()
+    same_name.write_text((ROOT / "configs/redocred_mini/minilm_atl.yaml").read_text())
     with pytest.raises(DocreError, match="two configs are named 'minilm_atl'"):
-        run_main("reproduce", ["configs/redocred_mini/minilm_atl.yaml", str(ROOT / "configs/redocred_mini/minilm_atl.yaml"), "--dry-run"])
-    assert run_main("reproduce", ["redocred_mini", "--dry-run", "--seeds", "5", "train.epochs=1", "--output-dir", str(tmp_path)]) == 0
+        run_main("reproduce", [str(ROOT / "configs/redocred_mini/minilm_atl.yaml"), str(same_name), "--dry-run"])
+    args = ["redocred_mini", "--dry-run", "--seeds", "5", "train.epochs=1", "--output-dir", str(tmp_path)]
+    assert run_main("reproduce", args) == 0
     out = capsys.readouterr().out
     assert "minilm-atl-s5" in out and "minilm-atgl-s5" in out and "2 missing. Nothing was run" in out
-    assert not any(tmp_path.iterdir())  # a dry run writes nothing
-    assert run_main("reproduce", ["configs/redocred_mini/minilm_atl.yaml", "--dry-run", "--name", "mine", "--output-dir", str(tmp_path)]) == 0
+    assert not (tmp_path / "redocred_mini").exists()  # a dry run writes nothing
+    config = str(ROOT / "configs/redocred_mini/minilm_atl.yaml")
+    assert run_main("reproduce", [config, "--dry-run", "--name", "mine", "--output-dir", str(tmp_path)]) == 0
     assert f"mine: 1 rows x 1 seeds = 1 runs in {tmp_path.resolve() / 'mine'}" in capsys.readouterr().out

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from docre.errors import DocreError
 from docre.plots import epoch_curves, mean_band, plot_bars, plot_curves
 from docre.summary import collect, group_runs, markdown_table, mean_std, summarize, write_summary
+from tests.cli import run_main
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -43,7 +45,8 @@ def test_runs_group_by_name_without_the_seed(tmp_path):
 
 
 def test_summary_table_by_hand(tmp_path):
-    a = [fake_run(tmp_path / f"a-s{s}", s, f1, {"f1": f1 - 0.1, "ign_f1": f1 - 0.2}) for s, f1 in ((1, 0.70), (2, 0.72), (3, 0.74))]
+    a = [fake_run(tmp_path / f"a-s{s}", s, f1, {"f1": f1 - 0.1, "ign_f1": f1 - 0.2})
+         for s, f1 in ((1, 0.70), (2, 0.72), (3, 0.74))]
     b = [fake_run(tmp_path / "b-s1", 1, 0.60), fake_run(tmp_path / "b-s2", 2, None)]
     rows = summarize({"a": a, "b": b}, {"a": {"test_f1": 77.26, "dev_f1": 61.09, "dev_f1_std": 0.16, "note": "from a paper"}},
                      {"a": 3, "b": 2})
@@ -60,7 +63,8 @@ def test_summary_table_by_hand(tmp_path):
     assert lines[0] == "### T"
     header = [cell.strip() for cell in lines[2].strip("|").split("|")]
     assert header == ["row", "", "n", "dev P", "dev F1", "test F1", "test Ign F1", "time/run", "s/step", "peak memory"]
-    assert lines[4].startswith("| a | docre | 3/3 | 50.00 ± 0.00 | 72.00 ± 2.00 | 62.00 ± 2.00 | 52.00 ± 2.00 | 3.0 min | 0.50 | 2.0 GiB RAM |")
+    assert lines[4] == ("| a | docre | 3/3 | 50.00 ± 0.00 | 72.00 ± 2.00 | 62.00 ± 2.00 | 52.00 ± 2.00 "
+                        "| 3.0 min | 0.50 | 2.0 GiB RAM |")
     assert lines[5] == "|  | paper |  | – | 61.09 ± 0.16 | 77.26 | – |  |  |  |"
     assert lines[6].startswith("| b | docre | 1/2 | 50.00 | 60.00 | – | – | 90 s |")
     assert "- a: from a paper" in lines and "Published numbers: a paper." in lines
@@ -84,17 +88,25 @@ def test_collect_takes_order_and_published_numbers_from_grid_json(tmp_path):
     assert collect(table / "z-s1")["groups"] == {"z": [table / "z-s1"]}  # a single run directory
 
 
-def test_summarize_runs_cli(tmp_path):
+def test_summarize_runs_cli(tmp_path, capsys):
     fake_run(tmp_path / "runs" / "x-s1", 1, 0.5)
-    result = subprocess.run([sys.executable, "scripts/summarize_runs.py", str(tmp_path / "runs"), "-o", str(tmp_path / "o")],
-                            cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "| x | docre | 1 | 50.00 | 50.00 |" in result.stdout and (tmp_path / "o" / "table.json").is_file()
-    missing = subprocess.run([sys.executable, "scripts/summarize_runs.py", str(tmp_path / "none")], cwd=ROOT, capture_output=True, text=True)
+    assert run_main("summarize_runs", [str(tmp_path / "runs"), "-o", str(tmp_path / "o")]) == 0
+    assert "| x | docre | 1 | 50.00 | 50.00 |" in capsys.readouterr().out and (tmp_path / "o" / "table.json").is_file()
+    with pytest.raises(DocreError, match=r"--table nope: no such table \(configs/tables/NAME.yaml or a table file\)"):
+        run_main("summarize_runs", [str(tmp_path / "runs"), "--table", "nope"])
+    with pytest.raises(DocreError, match="no run directories"):
+        run_main("summarize_runs", [str(tmp_path / "o")])
+    missing = subprocess.run([sys.executable, "scripts/summarize_runs.py", str(tmp_path / "none")],
+                             cwd=ROOT, capture_output=True, text=True)
     assert missing.returncode == 1 and missing.stderr.strip() == f"error: {tmp_path / 'none'}: not a directory"
-    empty = subprocess.run([sys.executable, "scripts/summarize_runs.py", str(tmp_path / "o"), "--table", "nope"],
-                           cwd=ROOT, capture_output=True, text=True)
-    assert empty.returncode == 1 and empty.stderr.strip().splitlines() == ["error: --table nope: no such table (configs/tables/NAME.yaml or a table file)"]
+
+
+def test_plot_runs_cli(tmp_path, capsys):
+    run = fake_run(tmp_path / "runs" / "x-s1", 1, 0.5, {"f1": 0.4})
+    write_metrics(run, [{"type": "eval", "split": "dev", "step": 1, "epoch": 1, "f1": 0.5}])
+    assert run_main("plot_runs", [str(tmp_path / "runs"), "--table", "redocred_mini"]) == 0
+    assert capsys.readouterr().out.startswith("written: ")
+    assert (tmp_path / "runs" / "curves.png").is_file() and (tmp_path / "runs" / "bars.png").is_file()
 
 
 def write_metrics(run_dir: Path, rows: list[dict], torn: bool = False) -> None:

@@ -96,7 +96,8 @@ def test_malformed_tables_fail_with_one_line(tmp_path, text, message):
 
 def smoke_table(backbone: str) -> Table:
     return Table(name="t", seeds=[1, 2], overrides=[f"model.backbone={backbone}", "train.epochs=5", "train.batch_size=1"],
-                 rows=[Row("atgl", "configs/smoke.yaml", ["train.epochs=7"]), Row("atl", "configs/smoke.yaml", ["loss.name=atl"])])
+                 rows=[Row("atgl", "configs/smoke.yaml", ["train.epochs=7"]),
+                       Row("atl", "configs/smoke.yaml", ["loss.name=atl"])])
 
 
 def test_plan_expands_rows_over_seeds_with_the_override_order(tmp_path, tiny_backbone):
