@@ -34,7 +34,6 @@ from docre.utils import (
     atomic_save_safetensors,
     atomic_write_json,
     autocast,
-    environment_record,
     logger,
     peak_rss_mb,
     resolve_device,
@@ -42,6 +41,7 @@ from docre.utils import (
     set_seed,
     setup_logging,
     tune_cpu_allocator,
+    write_environment,
 )
 
 
@@ -57,6 +57,7 @@ def train(cfg: Config) -> dict:
         checkpoint, step counts, seconds per step, peak memory.
     """
     # ---- processes, device, run directory -----------------------------------------------
+    wall_start = time.perf_counter()
     rank, world, device = distributed.init_distributed(resolve_device(cfg.train.device))
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
@@ -69,7 +70,8 @@ def train(cfg: Config) -> dict:
     set_seed(cfg.seed)
     if rank == 0:
         save_config(cfg, run_dir / "config.yaml")
-        atomic_write_json(run_dir / "environment.json", environment_record() | {"device": str(device), "world_size": world})
+        write_environment(run_dir / "environment.json", {"device": str(device), "world_size": world},
+                          resumed=resume_state is not None)
 
     # ---- data ------------------------------------------------------------------------------
     data = cfg.data
@@ -108,14 +110,17 @@ def train(cfg: Config) -> dict:
     scheduler = linear_warmup_decay(optimizer, int(cfg.train.warmup_ratio * total_steps), total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     counters = {"step": 0, "epoch": 0, "epoch_step": 0, "best_f1": None, "best_step": None,
-                "nonfinite_in_row": 0, "skipped_steps": 0, "train_seconds": 0.0}
+                "nonfinite_in_row": 0, "skipped_steps": 0, "train_seconds": 0.0, "wall_seconds": 0.0}
     if resume_state is not None:
         counters = load_training_state(resume_state, model, optimizer, scheduler, scaler)
         _truncate_metrics(run_dir / "metrics.jsonl", counters["step"])
         logger.info("resumed from %s at step %d (epoch %d)", resume_state, counters["step"], counters["epoch"])
+    wall_before = counters.get("wall_seconds", 0.0)  # wall time of the earlier processes of a resumed run
     raw_model = model
     if world > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # find_unused_parameters: the encoder runs its pooler, which the head never reads (no gradient)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                    find_unused_parameters=True)
     wandb_run = _start_wandb(cfg, run_dir) if rank == 0 and cfg.log.wandb else None
     logger.info(
         "%d train documents, %d optimizer steps (%d per epoch), effective batch %d documents "
@@ -216,6 +221,7 @@ def train(cfg: Config) -> dict:
                 interrupted = distributed.sum_across(stop.signal is not None, device) > 0
                 save_due = cfg.train.save_every and counters["step"] % cfg.train.save_every == 0
                 if rank == 0 and (interrupted or save_due or end_of_epoch or last_step):
+                    counters["wall_seconds"] = wall_before + time.perf_counter() - wall_start
                     save_training_state(run_dir / "last", raw_model, optimizer, scheduler, scaler, counters)
                 distributed.barrier()
                 if interrupted:
@@ -257,6 +263,7 @@ def train(cfg: Config) -> dict:
         "train_seconds": counters["train_seconds"],
         "seconds_per_step": counters["train_seconds"] / max(counters["step"], 1),
         "skipped_steps": counters["skipped_steps"],
+        "wall_seconds": wall_before + time.perf_counter() - wall_start,  # start-up, training, evaluation
         "peak_rss_mb": peak_rss_mb(),
         "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
     }

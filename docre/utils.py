@@ -11,6 +11,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -192,11 +193,15 @@ def environment_record() -> dict:
 
     project = Path(__file__).resolve().parent.parent
     record = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": sys.argv,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "numpy": np.__version__,
         "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "git_commit": None,
@@ -212,3 +217,15 @@ def environment_record() -> dict:
             )
             record["git_dirty"] = bool(status.stdout.strip())
     return record
+
+
+def write_environment(path: Path, extra: dict, resumed: bool = False) -> None:
+    """Write `environment_record()` plus `extra` to `path`. A resumed run may continue under other
+    versions, another commit or another device, so the records of its earlier processes are kept
+    under "earlier" (oldest first)."""
+    record = environment_record() | extra
+    if resumed and path.is_file():
+        with contextlib.suppress(ValueError):
+            previous = json.loads(path.read_text(encoding="utf-8"))
+            record["earlier"] = previous.pop("earlier", []) + [previous]
+    atomic_write_json(path, record)

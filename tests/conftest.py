@@ -33,7 +33,10 @@ def tiny_vocab(words: list[str] = ()) -> dict[str, int]:
     return {token: i for i, token in enumerate(tokens)}
 
 
-def build_tiny_backbone(path: Path, words: list[str] = (), max_positions: int = 64, layers: int = 3, hidden: int = 32) -> str:
+def build_tiny_backbone(path: Path, words: list[str] = (), max_positions: int = 64, layers: int = 3, hidden: int = 32,
+                        dropout: float = 0.1) -> str:
+    """A random BERT and its tokenizer in `path`; `dropout=0` makes training deterministic however
+    the random stream is consumed (e.g. split over processes)."""
     from transformers import BertConfig, BertModel, BertTokenizer
 
     vocab = tiny_vocab(words)
@@ -42,6 +45,7 @@ def build_tiny_backbone(path: Path, words: list[str] = (), max_positions: int = 
     config = BertConfig(
         vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
         intermediate_size=2 * hidden, max_position_embeddings=max_positions,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
     )
     BertModel(config).save_pretrained(path)
     return str(path)

@@ -1,0 +1,259 @@
+"""Result tables as grids of runs: table files, the runs they expand to, and where each run stands.
+
+A table file (`configs/tables/NAME.yaml`) names rows; each row is a run config plus `key=value`
+overrides and, where a paper reports it, the published numbers. `scripts/reproduce.py` expands the
+rows over seeds into runs `<output_dir>/<table>/<row>-s<seed>/`, skips the finished ones, resumes
+the interrupted ones and tabulates them next to the published numbers (docre.summary).
+
+    # ATGL Table 2, Re-DocRED, BERT-base (a comment saying what it reproduces, and the command)
+    title: ATLOP on Re-DocRED with BERT-base, ATL vs ATGL
+    source: ATGL paper (ACL 2026) Table 2
+    seeds: [66, 67, 68]
+    overrides: []                       # for every row
+    rows:
+      - name: atlop-atl
+        config: configs/redocred/bert_atl.yaml
+        overrides: []
+        published: {dev_f1: 74.22, dev_ign_f1: 73.35, test_f1: 74.02, test_ign_f1: 73.22, note: ...}
+
+Published numbers are percentages, keyed `<split>_<metric>` with metric in precision, recall, f1,
+ign_f1, optionally with a `_std` twin when the paper reports one.
+"""
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from docre.config import PROJECT_ROOT, Config, load_config, to_dict
+from docre.errors import DocreError
+
+TABLES_DIR = PROJECT_ROOT / "configs" / "tables"
+METRICS = ("precision", "recall", "f1", "ign_f1")
+PUBLISHED_KEYS = {f"{split}_{metric}{std}" for split in ("dev", "test") for metric in METRICS for std in ("", "_std")}
+TABLE_KEYS = {"title", "source", "seeds", "overrides", "rows"}
+ROW_KEYS = {"name", "config", "overrides", "published"}
+# Fields that differ between the processes of one run without changing what is trained.
+IGNORED_FIELDS = {"train.resume", "train.overwrite"}
+SEED_SUFFIX = re.compile(r"-s(\d+)$")
+
+
+@dataclass
+class Row:
+    name: str  # row label; its runs are <name>-s<seed>
+    config: str  # config file, relative to the project root (or absolute)
+    overrides: list[str] = field(default_factory=list)
+    published: dict = field(default_factory=dict)  # <split>_<metric>[_std] -> %, plus "note"
+
+
+@dataclass
+class Table:
+    name: str  # the table's folder under the output directory
+    title: str = ""
+    source: str = ""  # where the published numbers come from
+    seeds: list[int] = field(default_factory=lambda: [66])
+    overrides: list[str] = field(default_factory=list)  # for every row
+    rows: list[Row] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    """One (row, seed) of a table, with its resolved config and its state on disk."""
+
+    row: Row
+    seed: int
+    config_path: Path
+    overrides: list[str]  # everything train.py gets after the config file
+    cfg: Config
+    run_dir: Path
+    state: str = "missing"  # done | unfinished | stale | missing
+    detail: str = ""  # e.g. "at step 120 of 400"
+
+
+def table_path(name_or_path: str) -> Path | None:
+    """The table file meant by a name (configs/tables/NAME.yaml) or a path, if it is a table."""
+    candidate = Path(name_or_path)
+    if candidate.suffix not in (".yaml", ".yml"):
+        candidate = TABLES_DIR / f"{name_or_path}.yaml"
+        return candidate if candidate.is_file() else None
+    if candidate.is_file() and _is_table_file(candidate):
+        return candidate
+    return None
+
+
+def _is_table_file(path: Path) -> bool:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "rows" in data
+
+
+def load_table(path: Path) -> Table:
+    """Read and check a table file (structure only; `plan_runs` checks the configs).
+
+    Raises:
+        DocreError: one line naming the file and the offending field.
+    """
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise DocreError(f"{path}: cannot read table file ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        raise DocreError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise DocreError(f"{path}: a table file is a mapping with title, source, seeds, overrides, rows")
+    _check_keys(data, TABLE_KEYS, f"{path}")
+    table = Table(name=Path(path).stem, title=str(data.get("title", "")), source=str(data.get("source", "")))
+    if "seeds" in data:
+        seeds = data["seeds"]
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise DocreError(f"{path}: seeds: expected a non-empty list of integers, got {seeds!r}")
+        table.seeds = list(seeds)
+    table.overrides = _overrides(data.get("overrides"), f"{path}: overrides")
+    rows = data.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise DocreError(f"{path}: rows: expected a non-empty list of rows")
+    for index, item in enumerate(rows):
+        where = f"{path}: rows[{index}]"
+        if not isinstance(item, dict):
+            raise DocreError(f"{where}: expected a mapping with name, config, overrides, published")
+        _check_keys(item, ROW_KEYS, where)
+        for key in ("name", "config"):
+            if not isinstance(item.get(key), str) or not item[key]:
+                raise DocreError(f"{where}: {key}: expected a non-empty string")
+        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", item["name"]) or SEED_SUFFIX.search(item["name"]):
+            raise DocreError(f"{where}: name {item['name']!r}: use letters, digits, _ . + - and no -s<number> ending")
+        table.rows.append(Row(item["name"], item["config"], _overrides(item.get("overrides"), f"{where}: overrides"),
+                              _published(item.get("published"), f"{where}: published")))
+    names = [row.name for row in table.rows]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise DocreError(f"{path}: rows: the name {duplicates[0]!r} is used twice")
+    return table
+
+
+def table_from_configs(paths: list[str], name: str) -> Table:
+    """A table with one row per config file, named by the file (for `reproduce.py CONFIG ...`)."""
+    rows = [Row(Path(p).stem, str(Path(p).resolve()), [], {}) for p in paths]
+    names = [row.name for row in rows]
+    for row_name in names:
+        if names.count(row_name) > 1:
+            raise DocreError(f"two configs are named {row_name!r}; write a table file (configs/tables/) to name the rows")
+    return Table(name=name, rows=rows)
+
+
+def plan_runs(table: Table, seeds: list[int], output_dir: Path, overrides: list[str] = ()) -> list[Run]:
+    """Every (row, seed) run with its resolved config and state; the configs are loaded and checked
+    here, so a bad override or a missing config fails before anything runs.
+
+    Override order: the table's, the row's, the command line's; then seed, run name and output folder.
+
+    Raises:
+        DocreError: a config is missing or does not load, or a run directory holds a run of another
+            config (it would otherwise be counted, or resumed, as this one).
+    """
+    out = Path(output_dir).resolve() / table.name
+    runs = []
+    for row in table.rows:
+        config_path = Path(row.config) if Path(row.config).is_absolute() else PROJECT_ROOT / row.config
+        if not config_path.is_file():
+            raise DocreError(f"table {table.name}: row {row.name}: config {row.config} not found")
+        for seed in seeds:
+            run_overrides = [*table.overrides, *row.overrides, *overrides,
+                             f"seed={seed}", f"run_name={row.name}-s{seed}", f"output_dir={out}"]
+            try:
+                cfg = load_config(config_path, run_overrides)
+            except DocreError as error:
+                raise DocreError(f"table {table.name}: row {row.name}: {error}") from None
+            run = Run(row, seed, config_path, run_overrides, cfg, out / cfg.run_name)
+            run.state, run.detail = run_state(run.run_dir)
+            if run.state in ("done", "unfinished"):
+                _check_same_config(run)
+            runs.append(run)
+    return runs
+
+
+def run_state(run_dir: Path) -> tuple[str, str]:
+    """(state, detail) of a run directory: done (results.json), unfinished (a resume checkpoint),
+    stale (files but no checkpoint: stopped before its first save), or missing."""
+    import json
+
+    from docre.checkpoint import find_training_state
+
+    if (run_dir / "results.json").is_file():
+        return "done", ""
+    state = find_training_state(run_dir / "last")
+    if state is not None:
+        try:
+            counters = json.loads((state / "state.json").read_text(encoding="utf-8"))["counters"]
+            return "unfinished", f"checkpoint at step {counters['step']}"
+        except (OSError, ValueError, KeyError):
+            return "unfinished", "checkpoint present"
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        return "stale", "no checkpoint: starts again"
+    return "missing", ""
+
+
+def config_differences(saved: Config, intended: Config) -> list[str]:
+    """`key: saved -> intended` for every field that differs (resume bookkeeping ignored)."""
+    a, b = _flatten(to_dict(saved)), _flatten(to_dict(intended))
+    keys = sorted((a.keys() | b.keys()) - IGNORED_FIELDS)
+    return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in keys if a.get(key) != b.get(key)]
+
+
+def _check_same_config(run: Run) -> None:
+    saved_path = run.run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    try:
+        saved = load_config(saved_path)
+    except DocreError as error:
+        raise DocreError(f"{run.run_dir}: its config.yaml does not load ({error}); move the run away") from None
+    differences = config_differences(saved, run.cfg)
+    if differences:
+        shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
+        raise DocreError(f"{run.run_dir}: holds a {run.state} run of another config ({shown}); "
+                         "use another --output-dir or move that run away")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "loss":  # the loss mapping compares as one value
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_keys(data: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(map(str, data)) - allowed)
+    if unknown:
+        raise DocreError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _overrides(value, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and "=" in v for v in value):
+        raise DocreError(f"{where}: expected a list of key=value strings, got {value!r}")
+    return list(value)
+
+
+def _published(value, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise DocreError(f"{where}: expected a mapping such as {{test_f1: 77.26, note: ...}}")
+    for key, number in value.items():
+        if key == "note":
+            continue
+        if key not in PUBLISHED_KEYS:
+            raise DocreError(f"{where}: unknown key {key!r} (expected <dev|test>_<precision|recall|f1|ign_f1>[_std] or note)")
+        if not isinstance(number, (int, float)) or isinstance(number, bool) or not 0 <= number <= 100:
+            raise DocreError(f"{where}: {key}: expected a percentage, got {number!r}")
+    return dict(value)

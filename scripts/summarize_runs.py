@@ -1,0 +1,48 @@
+"""The mean ± std table of any set of run directories (the same table reproduce.py writes).
+
+    python scripts/summarize_runs.py RUNS_DIR [--table NAME] [-o DIR]
+
+Runs are the folders under RUNS_DIR with a config.yaml; finished ones (results.json) are counted,
+grouped by their name without the -s<seed> suffix (prefixed by their folder when RUNS_DIR holds
+several). The published numbers come from --table, else from the grid.json that reproduce.py
+leaves in a table's folder. Prints the markdown table; -o DIR also writes DIR/table.md and
+DIR/table.json.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from docre.errors import DocreError, run_cli  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs_dir")
+    parser.add_argument("--table", help="table name or file whose published numbers to show")
+    parser.add_argument("-o", "--output-dir", help="also write table.md and table.json here")
+    args = parser.parse_args()
+
+    from docre.summary import collect, markdown_table, summarize, write_summary
+    from docre.tables import load_table, table_path
+
+    table = None
+    if args.table:
+        path = table_path(args.table)
+        if path is None:
+            raise DocreError(f"--table {args.table}: no such table (configs/tables/NAME.yaml or a table file)")
+        table = load_table(path)
+    found = collect(Path(args.runs_dir), table)
+    rows = summarize(found["groups"], found["published"], found["expected"])
+    print(markdown_table(rows, found["title"], found["source"]))
+    if args.output_dir:
+        paths = write_summary(rows, Path(args.output_dir), found["title"], found["source"])
+        print("written: " + ", ".join(map(str, paths)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,130 @@
+"""scripts/reproduce.py end to end on the tiny model: a table of the smoke config over 2 seeds is
+interrupted by SIGTERM, resumed by the same command, tabulated and plotted; a finished grid is not
+trained again; summarize_runs.py rebuilds the same table. Also the train.py command of each state."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from docre.errors import DocreError
+from docre.tables import Row, Table, plan_runs
+from tests.cli import load_script, run_main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_train_command_per_state(tmp_path, tiny_backbone):
+    reproduce = load_script("reproduce")
+    table = Table(name="t", rows=[Row("a", "configs/smoke.yaml", [f"model.backbone={tiny_backbone}"])])
+    run = plan_runs(table, [5], tmp_path)[0]
+    train_py = str(ROOT / "train.py")
+    assert reproduce.train_command(run, 1) == [sys.executable, train_py, str(ROOT / "configs/smoke.yaml"), *run.overrides]
+    assert run.overrides[-3:] == ["seed=5", "run_name=a-s5", f"output_dir={tmp_path.resolve() / 't'}"]
+    run.state = "stale"
+    assert reproduce.train_command(run, 1)[-1] == "train.overwrite=true"
+    run.state = "unfinished"
+    assert reproduce.train_command(run, 1) == [sys.executable, train_py, "--resume", str(run.run_dir)]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert reproduce.train_command(run, 2) == [*launcher, train_py, "--resume", str(run.run_dir)]
+    assert reproduce.parse_seeds("66, 67,68") == [66, 67, 68]
+    for bad in ("66,x", "66,66", ""):
+        with pytest.raises(DocreError, match="--seeds"):
+            reproduce.parse_seeds(bad)
+
+
+def reproduce(*args, **kwargs):
+    return subprocess.run([sys.executable, "scripts/reproduce.py", *args], cwd=ROOT, capture_output=True, text=True, **kwargs)
+
+
+@pytest.mark.slow  # three training processes of the tiny model (about 30 s on 2 idle cores)
+def test_interrupted_grid_resumes_and_is_tabulated(tmp_path, tiny_backbone, capsys):
+    table = tmp_path / "smoke_grid.yaml"
+    table.write_text(
+        "title: Smoke grid\nsource: invented numbers\nseeds: [1, 2]\n"
+        f"overrides: [model.backbone={tiny_backbone}, train.epochs=6, train.eval_every=3, train.save_every=1, "
+        "train.log_every=1]\n"
+        "rows:\n  - {name: atgl, config: configs/smoke.yaml, published: {test_f1: 40.0, note: invented}}\n"
+    )
+    out = tmp_path / "runs"
+    grid = out / "smoke_grid"
+    first, second = grid / "atgl-s1", grid / "atgl-s2"
+
+    # 1. SIGTERM to the runner once the first run has a checkpoint: it stops there, resumable
+    runner = subprocess.Popen([sys.executable, "scripts/reproduce.py", str(table), "--output-dir", str(out)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not (first / "last" / "state.json").is_file() and runner.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    runner.send_signal(signal.SIGTERM)
+    stdout, stderr = runner.communicate(timeout=180)
+    assert runner.returncode == 1, stderr[-3000:]
+    assert "error: interrupted during atgl-s1" in stderr and "Traceback" not in stderr.split("error: interrupted")[-1]
+    assert (first / "last").is_dir() and not (first / "results.json").exists() and not second.exists()
+    states = {run.cfg.run_name: run.state for run in plan_runs(_table(table), [1, 2], out)}
+    assert states == {"atgl-s1": "unfinished", "atgl-s2": "missing"}
+
+    # 2. the same command resumes the first run, runs the second and writes the table and plots
+    result = reproduce(str(table), "--output-dir", str(out), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "atgl-s1: unfinished -> training" in result.stdout and "atgl-s2: missing -> training" in result.stdout
+    assert "resumed from" in (first / "train.log").read_text()
+    steps = [json.loads(line)["step"] for line in (first / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["type"] == "train"]
+    assert steps == list(range(1, 7))  # every step logged once across the interruption
+    results = [json.loads((run / "results.json").read_text()) for run in (first, second)]
+    assert all(r["wall_seconds"] >= r["train_seconds"] > 0 for r in results)
+    environment = json.loads((first / "environment.json").read_text())
+    assert {"torch", "transformers", "numpy", "cpu_threads", "git_commit", "git_dirty", "device", "command"} <= environment.keys()
+    assert len(environment["earlier"]) == 1  # the interrupted process's record is kept
+    saved = json.loads((grid / "table.json").read_text())
+    row = saved["rows"][0]
+    assert row["n"] == 2 and row["seeds"] == [1, 2]
+    assert row["test"]["f1"]["mean"] == pytest.approx(sum(r["test"]["f1"] for r in results) / 2)
+    assert row["published"] == {"test_f1": 40.0, "note": "invented"}
+    table_md = (grid / "table.md").read_text()
+    assert table_md in result.stdout and "| atgl | docre | 2/2 |" in table_md and "|  | paper |" in table_md
+    for png in ("curves.png", "bars.png"):
+        assert (grid / png).read_bytes()[:4] == b"\x89PNG"
+
+    # 3. a finished grid trains nothing: both runs plan as done (and the runner only trains the rest)
+    assert {run.state for run in plan_runs(_table(table), [1, 2], out)} == {"done"}
+
+    # 4. summarize_runs.py gives the same table from the directories alone
+    assert run_main("summarize_runs", [str(grid)]) == 0
+    assert capsys.readouterr().out.strip() == table_md.strip()
+
+
+def _table(path: Path) -> Table:
+    from docre.tables import load_table
+
+    return load_table(path)
+
+
+def test_runner_errors(tmp_path, capsys):
+    unknown = reproduce("no_such_table", "--dry-run")  # through the real CLI wrapper: one line, status 1
+    assert unknown.returncode == 1 and unknown.stderr.startswith("error: no_such_table: neither a table name (")
+    assert len(unknown.stderr.strip().splitlines()) == 1
+    with pytest.raises(DocreError) as error:
+        run_main("reproduce", ["redocred_mini", "--dry-run", "train.epoch=2"])
+    assert str(error.value) == (f"table redocred_mini: row minilm-atl: {ROOT / 'configs/redocred_mini/minilm_atl.yaml'}: "
+                                "unknown key 'train.epoch' (did you mean train.epochs?)")
+    with pytest.raises(DocreError, match="--seeds '5,x': expected comma-separated integers"):
+        run_main("reproduce", ["redocred_mini", "--dry-run", "--seeds", "5,x"])
+    same_name = tmp_path / "copy" / "minilm_atl.yaml"
+    same_name.parent.mkdir()
+    same_name.write_text((ROOT / "configs/redocred_mini/minilm_atl.yaml").read_text())
+    with pytest.raises(DocreError, match="two configs are named 'minilm_atl'"):
+        run_main("reproduce", [str(ROOT / "configs/redocred_mini/minilm_atl.yaml"), str(same_name), "--dry-run"])
+    args = ["redocred_mini", "--dry-run", "--seeds", "5", "train.epochs=1", "--output-dir", str(tmp_path)]
+    assert run_main("reproduce", args) == 0
+    out = capsys.readouterr().out
+    assert "minilm-atl-s5" in out and "minilm-atgl-s5" in out and "2 missing. Nothing was run" in out
+    assert not (tmp_path / "redocred_mini").exists()  # a dry run writes nothing
+    config = str(ROOT / "configs/redocred_mini/minilm_atl.yaml")
+    assert run_main("reproduce", [config, "--dry-run", "--name", "mine", "--output-dir", str(tmp_path)]) == 0
+    assert f"mine: 1 rows x 1 seeds = 1 runs in {tmp_path.resolve() / 'mine'}" in capsys.readouterr().out
