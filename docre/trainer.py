@@ -118,9 +118,7 @@ def train(cfg: Config) -> dict:
     wall_before = counters.get("wall_seconds", 0.0)  # wall time of the earlier processes of a resumed run
     raw_model = model
     if world > 1:
-        # find_unused_parameters: the encoder runs its pooler, which the head never reads (no gradient)
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                                    find_unused_parameters=True)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     wandb_run = _start_wandb(cfg, run_dir) if rank == 0 and cfg.log.wandb else None
     logger.info(
         "%d train documents, %d optimizer steps (%d per epoch), effective batch %d documents "

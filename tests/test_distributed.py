@@ -90,7 +90,8 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     for name, value in weights_one.items():
         torch.testing.assert_close(weights_two[name], value, rtol=1e-4, atol=1e-5, msg=name)
     initial = load_file(str(Path(backbone) / "model.safetensors"))
-    moved = max((weights_one[f"encoder.{name}"] - value).abs().max().item() for name, value in initial.items())
+    moved = max((weights_one[f"encoder.{name}"] - value).abs().max().item()
+                for name, value in initial.items() if not name.startswith("pooler."))  # the pooler is dropped
     assert moved > 1e-3  # the comparison is not between two untrained models
 
     # evaluation sharded over the ranks and gathered back in document order

@@ -81,6 +81,10 @@ def build_model(
             encoder = AutoModel.from_config(config, attn_implementation="eager", trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         raise _hub_error(backbone, error) from None
+    if getattr(encoder, "pooler", None) is not None:
+        # BERT-style encoders handle a missing pooler; ATLOP never reads it, so it would cost compute
+        # and leave parameters without gradient (which stops DistributedDataParallel)
+        encoder.pooler = None
     if gradient_checkpointing:
         kwargs = {"use_reentrant": False}  # non-reentrant: the captured attention keeps its graph
         if hasattr(encoder, "activation_checkpointing_enable"):  # transformers >= 5.x name
