@@ -40,6 +40,7 @@ from docre.utils import (
     resolve_precision,
     set_seed,
     setup_logging,
+    release_free_memory,
     tune_cpu_allocator,
     write_environment,
 )
@@ -208,6 +209,8 @@ def train(cfg: Config) -> dict:
                     if wandb_run is not None:
                         wandb_run.log({f"train/{k}": v for k, v in row.items() if k != "type"}, step=counters["step"])
                     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+                if counters["step"] % 10 == 0 and device.type == "cpu":
+                    release_free_memory()  # bounds the heap's growth from batches of varying shapes
                 last_step = counters["step"] >= total_steps
                 end_of_epoch = epoch_step + 1 == steps_per_epoch
                 if end_of_epoch:
@@ -350,7 +353,9 @@ def _optimizer_step(model, loss_fn, optimizer, scheduler, scaler, micro_batches:
         scaler.step(optimizer)  # with fp16 the scaler itself skips steps with inf gradients
     scaler.update()
     scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    # zeroed in place, not freed: gradients allocated afresh every step, between the activations,
+    # fragment the CPU heap (see release_free_memory); the update is the same either way
+    optimizer.zero_grad(set_to_none=False)
     return total_loss, grad_norm, finite
 
 
@@ -361,6 +366,7 @@ def predict_logits(model, features: list[Feature], num_classes: int, pad_id: int
     """Logits [P_i, C] (float32, CPU) for each document, in the order given. Documents are batched
     by length (less padding); the result does not depend on the order."""
     model.eval()
+    release_free_memory()  # the training heap's free blocks (see release_free_memory)
     order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
     logits: list = [None] * len(features)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show or None, leave=False):
@@ -370,6 +376,7 @@ def predict_logits(model, features: list[Feature], num_classes: int, pad_id: int
             output = model(batch).float().cpu()
         for i, doc_logits in zip(indices, output.split(batch.pairs_per_doc)):
             logits[i] = doc_logits
+    release_free_memory()  # and evaluation's, before training goes on
     return logits
 
 
