@@ -49,7 +49,7 @@ def read_documents(path: str | Path, fmt: str = "auto") -> list[dict]:
     if not path.exists():
         name, part = split_spec(str(path))
         path = Path(name)
-    raw = read_bytes(path)
+    raw = read_bytes(path).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark (some Windows editors write one)
     if raw.lstrip()[:1] == b"[":
         docs = parse_json_list(path, raw)
     else:
@@ -136,7 +136,7 @@ class Predictor:
                    resolve_precision(cfg.train.precision, torch_device))
 
     def predict(self, documents: list[dict], batch_size: int | None = None, top_k: int | None = None,
-                progress: bool = False) -> list[list[dict]]:
+                progress: bool = False, prepared: bool = False) -> list[list[dict]]:
         """Relation triples of each document.
 
         Args:
@@ -144,6 +144,8 @@ class Predictor:
             batch_size: documents per forward pass (default: the run's eval.batch_size).
             top_k: most relations per entity pair (default: the run's eval.top_k).
             progress: show a progress bar.
+            prepared: the documents come from `read_documents` or `prepare_documents` (already
+                checked and in DocRED format): skip checking them again.
 
         Returns:
             Per document, its triples, highest score first: {"h_idx", "h_name", "t_idx", "t_name",
@@ -152,28 +154,39 @@ class Predictor:
             loss's decision boundary: the relation logit minus the TH logit for ATL/ATGL), and the
             sentence ids of the head's and of the tail's mentions.
         """
-        docs = prepare_documents(documents)
+        docs = documents if prepared else prepare_documents(documents)
+        rows, scores, pair_rows = self._decode(docs, batch_size or self.cfg.eval.batch_size, self._top_k(top_k), progress)
+        scores = scores.numpy()
+        rows_of: dict[str, list[dict]] = {doc["title"]: [] for doc in docs}  # titles are unique (validated)
+        for row in rows:
+            rows_of[row["title"]].append(row)
+        results = []
+        for doc, doc_pairs in zip(docs, pair_rows):
+            names = doc.get("entity_names") or [entity[0]["name"] for entity in doc["vertexSet"]]
+            sents = [sorted({m["sent_id"] for m in entity}) for entity in doc["vertexSet"]]
+            triples = [
+                {"h_idx": h, "h_name": names[h], "t_idx": t, "t_name": names[t], "r": r, "r_name": self.rel_info.get(r, r),
+                 "score": round(float(scores[doc_pairs[(h, t)], self.rel2id[r]]), 4), "h_sents": sents[h], "t_sents": sents[t]}
+                for h, t, r in ((row["h_idx"], row["t_idx"], row["r"]) for row in rows_of[doc["title"]])
+            ]
+            results.append(sorted(triples, key=lambda x: (-x["score"], x["h_idx"], x["t_idx"], x["r"])))
+        return results
+
+    def leaderboard_rows(self, documents: list[dict], batch_size: int | None = None, top_k: int | None = None,
+                         progress: bool = False, prepared: bool = False) -> list[dict]:
+        """The official result.json rows {"title", "h_idx", "t_idx", "r", "evidence": []}, exactly as
+        evaluate.py scores them (arguments as for `predict`)."""
+        docs = documents if prepared else prepare_documents(documents)
+        return self._decode(docs, batch_size or self.cfg.eval.batch_size, self._top_k(top_k), progress)[0]
+
+    def _top_k(self, top_k: int | None) -> int:
         top_k = self.cfg.eval.top_k if top_k is None else top_k
         if top_k < 1:
             raise DocreError(f"top_k must be at least 1, got {top_k}")
-        rows, scores, starts = self._decode(docs, batch_size or self.cfg.eval.batch_size, top_k, progress)
-        by_title: dict[str, list[dict]] = {doc["title"]: [] for doc in docs}
-        index = {doc["title"]: i for i, doc in enumerate(docs)}
-        for row in rows:
-            i = index[row["title"]]
-            by_title[row["title"]].append(self._triple(docs[i], row, scores[starts[i][(row["h_idx"], row["t_idx"])], self.rel2id[row["r"]]]))
-        return [sorted(by_title[doc["title"]], key=lambda t: (-t["score"], t["h_idx"], t["t_idx"], t["r"])) for doc in docs]
-
-    def leaderboard_rows(self, documents: list[dict], batch_size: int | None = None, top_k: int | None = None,
-                         progress: bool = False) -> list[dict]:
-        """The official result.json rows {"title", "h_idx", "t_idx", "r", "evidence": []}, exactly as
-        evaluate.py scores them."""
-        docs = prepare_documents(documents)
-        top_k = self.cfg.eval.top_k if top_k is None else top_k
-        return self._decode(docs, batch_size or self.cfg.eval.batch_size, top_k, progress)[0]
+        return top_k
 
     def _decode(self, docs: list[dict], batch_size: int, top_k: int, progress: bool):
-        """(leaderboard rows, decision scores [P_total, C], per document {(h, t): row in the scores})."""
+        """(leaderboard rows, decision scores [P_total, C], per document {(head, tail): its row in the scores})."""
         from docre.trainer import decode_predictions, predict_logits
 
         unlabelled = [{k: v for k, v in doc.items() if k != "labels"} for doc in docs]  # labels may name unknown relations
@@ -190,22 +203,11 @@ class Predictor:
             logits[i] = doc_logits
         rows = decode_predictions(features, logits, self.loss_fn, top_k, self.rel2id)
         scores = decision_scores(self.loss_fn, torch.cat(logits)) if features else torch.zeros(0, num_classes)
-        starts, offset = [], 0
+        pair_rows, offset = [], 0
         for feature in features:
-            starts.append({(int(h), int(t)): offset + p for p, (h, t) in enumerate(feature.hts)})
+            pair_rows.append({(int(h), int(t)): offset + p for p, (h, t) in enumerate(feature.hts.tolist())})
             offset += len(feature.hts)
-        return rows, scores, starts
-
-    def _triple(self, doc: dict, row: dict, score: torch.Tensor) -> dict:
-        names = doc.get("entity_names") or [entity[0]["name"] for entity in doc["vertexSet"]]
-        head, tail, relation = row["h_idx"], row["t_idx"], row["r"]
-        return {
-            "h_idx": head, "h_name": names[head], "t_idx": tail, "t_name": names[tail],
-            "r": relation, "r_name": self.rel_info.get(relation, relation), "score": round(float(score), 4),
-            "h_sents": sorted({m["sent_id"] for m in doc["vertexSet"][head]}),
-            "t_sents": sorted({m["sent_id"] for m in doc["vertexSet"][tail]}),
-        }
-
+        return rows, scores, pair_rows
 
 def model_kind(path: Path) -> str:
     """"run" (a training run directory) or "export" (a folder from scripts/export.py); else DocreError."""

@@ -64,7 +64,7 @@ def main() -> int:
         else:
             rows = []
             for start in range(0, len(docs), CHUNK):
-                rows += predictor.leaderboard_rows(docs[start : start + CHUNK], args.batch_size, args.top_k)
+                rows += predictor.leaderboard_rows(docs[start : start + CHUNK], args.batch_size, args.top_k, prepared=True)
                 progress.update(len(docs[start : start + CHUNK]))
             _write_leaderboard(output, rows)
             count = len(rows)
@@ -83,7 +83,7 @@ def _write_jsonl(output: Path, predictor, docs: list[dict], args, progress) -> i
     with atomic_open(output) as handle:  # streamed into a temporary file, renamed when complete
         for start in range(0, len(docs), CHUNK):
             chunk = docs[start : start + CHUNK]
-            for doc, triples in zip(chunk, predictor.predict(chunk, args.batch_size, args.top_k)):
+            for doc, triples in zip(chunk, predictor.predict(chunk, args.batch_size, args.top_k, prepared=True)):
                 line = {"title": doc["title"], "triples": triples}
                 if "sent_spans" in doc:
                     line["sent_spans"] = doc["sent_spans"]

@@ -410,3 +410,21 @@ def test_export_carries_tuned_decode_parameters_and_refuses_to_overwrite(run_dir
     assert json.loads((out / "decode.json").read_text()) == {"alpha": 3.0}
     assert "alpha=3.0" in (out / "README.md").read_text()
     assert Predictor.from_pretrained(out, device="cpu").loss_fn.alpha == 3.0
+
+
+def test_read_documents_takes_json_lists_slices_gzip_and_json_lines(fixture_docs, tmp_path):
+    import gzip
+
+    assert read_documents(FIXTURE) == fixture_docs
+    assert read_documents(f"{FIXTURE}[1:]") == fixture_docs[1:]
+    (tmp_path / "docs.json.gz").write_bytes(gzip.compress(FIXTURE.read_bytes()))
+    assert read_documents(tmp_path / "docs.json.gz", "docred") == fixture_docs
+    raw = {"text": "Alpha works for Beta.", "entities": [{"mentions": [[0, 5]]}, {"mentions": [[16, 20]]}]}
+    lines = tmp_path / "mixed.jsonl"
+    lines.write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps(d) for d in [fixture_docs[0], raw]).encode() + b"\n")
+    docs = read_documents(lines)
+    assert docs[0] == fixture_docs[0] and docs[1]["sents"] == [["Alpha", "works", "for", "Beta", "."]]
+    with pytest.raises(DocreError, match=r"document 1: raw text \(a 'text' field\) given with --format docred"):
+        read_documents(lines, "docred")
+    with pytest.raises(DocreError, match=r"--format 'xml'"):
+        read_documents(lines, "xml")
