@@ -25,7 +25,9 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the scores as one JSON line at the end")
     args = parser.parse_args()
 
+    from docre.config import resolve_path
     from docre.data import load_split, read_split
+    from docre.data.docred import split_spec
     from docre.metrics import score
     from docre.report import results_table
     from docre.trainer import decode_predictions, load_trained, predict_logits
@@ -43,9 +45,12 @@ def main() -> int:
     split = load_split(args.split, data.dataset, spec, "" if args.data else data.dir, tokenizer, rel2id,
                        cfg.model.marker, cfg.model.max_seq_length, data.cache_dir)
     if not all("labels" in doc for doc in split.docs):
+        name, _ = split_spec(spec)
+        path = resolve_path(name, "" if args.data else data.dir)
         raise DocreError(
-            f"{spec}: documents without labels (e.g. DocRED test) cannot be scored locally; write a leaderboard "
-            f"file with: python scripts/predict.py {args.run_dir} {spec} -o result.zip, and submit it to CodaLab"
+            f"{spec}: documents without labels (e.g. DocRED test) cannot be scored locally; write the leaderboard "
+            f"file with: python scripts/predict.py {args.run_dir} {path}{spec[len(name):]} -o result.zip "
+            "and submit result.zip to the CodaLab competition"
         )
     train_docs = read_split(data.dataset, data.ign_train_file or data.train_file, data.dir, None)[2]
     logits = predict_logits(model, split.features, len(rel2id), tokenizer.pad_token_id or 0, cfg.eval.batch_size,

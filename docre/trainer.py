@@ -413,7 +413,8 @@ def save_logits(path: Path, features: list[Feature], logits: list[torch.Tensor])
 
 
 def load_trained(run_dir: Path, device: torch.device, overrides: list[str] = ()):
-    """Rebuild config, tokenizer, model (best weights), loss and relation map from a run directory.
+    """Rebuild config, tokenizer, model (best weights), loss and relation map from a run directory,
+    or from a model folder written by scripts/export.py (its own encoder/ and model.safetensors).
 
     Returns:
         (cfg, tokenizer, model, loss_fn, rel2id); the model is in eval mode on `device`.
@@ -424,6 +425,9 @@ def load_trained(run_dir: Path, device: torch.device, overrides: list[str] = ())
     if not (run_dir / "config.yaml").is_file():
         raise DocreError(f"{run_dir}: not a run directory (no config.yaml)")
     cfg = load_config(run_dir / "config.yaml", list(overrides))
+    weights = run_dir / "best.safetensors"
+    if (run_dir / "encoder").is_dir() and (run_dir / "model.safetensors").is_file():  # exported: no original backbone needed
+        cfg.model.backbone, cfg.model.revision, weights = str(run_dir / "encoder"), "", run_dir / "model.safetensors"
     rel2id = _read_json(run_dir / "rel2id.json")
     tokenizer = load_tokenizer(cfg.model.backbone, cfg.model.revision, cfg.model.trust_remote_code)
     info = probe_tokenizer(tokenizer, cfg.model.marker)
@@ -432,7 +436,7 @@ def load_trained(run_dir: Path, device: torch.device, overrides: list[str] = ())
         cfg.model.emb_size, cfg.model.block_size, cfg.model.window, cfg.model.pair_chunk_size,
         revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code, pretrained=False,
     )
-    load_weights(model, run_dir / "best.safetensors")
+    load_weights(model, weights)
     decode_file = run_dir / "decode.json"
     decode_params = _read_json(decode_file) if decode_file.is_file() else {}  # tuned on dev (e.g. BCE's threshold)
     return cfg, tokenizer, model.to(device).eval(), build_loss(**{**cfg.loss, **decode_params}), rel2id

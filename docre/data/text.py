@@ -1,0 +1,198 @@
+"""Raw text with entity mentions given as character spans -> DocRED-format documents.
+
+Input, one JSON object per document:
+    {"text": str, "title": str (optional),
+     "entities": [{"name": str (optional), "type": str (optional), "mentions": [[char_start, char_end], ...]}]}
+Offsets are Python string indices (Unicode code points), `char_end` exclusive: text[start:end] is
+the mention.
+
+docre's own tokenizer, deterministic and with no model or language data behind it:
+* words: a run of letters, digits and combining marks is one word; every other visible character
+  (punctuation, symbol, emoji, a CJK ideograph) is a word of its own; whitespace and invisible
+  format characters (zero-width space, BOM, soft hyphen) separate words and are dropped. Every word
+  is the exact substring text[start:end], so each mention maps to whole words or is refused.
+* sentences: a blank line always ends one; otherwise a sentence ends after ". ! ? 。 ！ ？ …"
+  (plus closing quotes or brackets) when whitespace follows and the next word does not begin with
+  a lowercase letter, except after an abbreviation (a single letter, as in "J. Smith" or "U.S.",
+  or one of ABBREVIATIONS). A sentence never ends inside a mention. Sentences only number the
+  mentions in the output; the model reads the words the same way wherever they break.
+
+Splitting finer than a linguistic tokenizer ("U.S." -> U . S .) is deliberate: it never makes a
+correct span cut a word, and BERT-style word-piece tokenizers split punctuation the same way.
+"""
+
+import unicodedata
+
+from docre.errors import DocreError
+
+TERMINATORS = frozenset(".!?。！？…")
+CLOSERS = frozenset(")]}\"'”’»」』")
+ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof st jr sr vs etc inc ltd co corp no gen col lt sgt capt mt fig approx dept est "
+    "jan feb mar apr jun jul aug sep sept oct nov dec".split()
+)
+
+
+def _is_word_char(char: str) -> bool:
+    # letters, digits and combining marks (a decomposed "é" is "e" + U+0301 and stays one word)
+    return char.isalnum() or unicodedata.category(char).startswith("M")
+
+
+def _is_cjk(char: str) -> bool:
+    """CJK ideographs are written without spaces: each is a word (as BERT's basic tokenizer does)."""
+    code = ord(char)
+    return (0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0x20000 <= code <= 0x2FA1F
+            or 0xF900 <= code <= 0xFAFF)
+
+
+def _is_separator(char: str) -> bool:
+    return char.isspace() or unicodedata.category(char) in ("Cc", "Cf")
+
+
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """[start, end) character spans of the words of `text`, in order."""
+    spans, start = [], None
+    for i, char in enumerate(text):
+        if _is_word_char(char) and not _is_cjk(char):
+            if start is None:
+                start = i
+            continue
+        if start is not None:
+            spans.append((start, i))
+            start = None
+        if not _is_separator(char):
+            spans.append((i, i + 1))
+    if start is not None:
+        spans.append((start, len(text)))
+    return spans
+
+
+def sentence_starts(text: str, words: list[tuple[int, int]], protected: list[tuple[int, int]] = ()) -> list[int]:
+    """Indices of the words that begin a sentence (always 0 first, if there are words).
+
+    Args:
+        words: the word spans of `text` (`word_spans`).
+        protected: character spans (mentions) no sentence boundary may fall inside.
+    """
+    def inside_mention(left: int, right: int) -> bool:  # a break between words `left` and `right`
+        return any(start < words[right][0] and end > words[left][1] for start, end in protected)
+
+    starts = [0] if words else []
+    i = 0
+    while i < len(words) - 1:
+        gap = text[words[i][1] : words[i + 1][0]]
+        last = i
+        if text[words[i][0] : words[i][1]] in TERMINATORS:
+            # a run of terminators and closers ("?!", '."', "...)") ends together
+            while (last + 1 < len(words) and words[last + 1][0] == words[last][1]
+                   and text[words[last + 1][0]] in TERMINATORS | CLOSERS):
+                last += 1
+            if last + 1 < len(words) and _ends_sentence(text, words, i, last) and not inside_mention(last, last + 1):
+                starts.append(last + 1)
+                i = last + 1
+                continue
+        if gap.count("\n") >= 2 and not inside_mention(i, i + 1):  # a blank line: a new paragraph
+            starts.append(i + 1)
+        i += 1
+    return starts
+
+
+def _ends_sentence(text: str, words: list[tuple[int, int]], first: int, last: int) -> bool:
+    """Whether the terminator run words[first..last] ends a sentence."""
+    after = text[words[last][1] : words[last + 1][0]]
+    if not after or not all(_is_separator(c) for c in after):
+        return False  # "3.5", "e.g.x": no whitespace after the terminator
+    following = text[words[last + 1][0]]
+    if following.islower():
+        return False
+    if text[words[first][0]] == "." and first > 0 and words[first - 1][1] == words[first][0]:
+        previous = text[words[first - 1][0] : words[first - 1][1]]
+        if (len(previous) == 1 and previous.isalpha()) or previous.lower() in ABBREVIATIONS:
+            return False
+    return True
+
+
+def text_to_docred(doc, index: int, source: str = "input") -> dict:
+    """One raw-text document -> a DocRED-format document.
+
+    The result also carries "entity_names" (the given names, else the first mention's text) and
+    "sent_spans", the [start, end) character span of each sentence, so that sentence ids in
+    predictions can be traced back to the text.
+
+    Raises:
+        DocreError: one line naming `source`, the document (index and title), the entity and the
+            field, for a malformed document or a mention span outside the text or cutting a word.
+    """
+    where = f"{source}: document {index}"
+    if not isinstance(doc, dict):
+        raise DocreError(f"{where}: a document must be a JSON object, got {type(doc).__name__}")
+    title = doc.get("title", f"document {index}")
+    if not isinstance(title, str):
+        raise DocreError(f"{where}: title: must be a string")
+    where = f"{where} ({title!r})"
+    text = doc.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise DocreError(f"{where}: text: must be a non-empty string")
+    entities = doc.get("entities")
+    if not isinstance(entities, list) or not entities:
+        raise DocreError(f"{where}: entities: must be a non-empty list of entities")
+
+    words = word_spans(text)
+    word_at_start = {start: w for w, (start, _) in enumerate(words)}
+    word_at_end = {end: w for w, (_, end) in enumerate(words)}
+    mentions = []  # per entity: [(first word, last word, start, end), ...]
+    for e, entity in enumerate(entities):
+        field = f"{where}: entities[{e}]"
+        if not isinstance(entity, dict):
+            raise DocreError(f"{field}: an entity must be a JSON object")
+        for key in ("name", "type"):
+            if key in entity and not isinstance(entity[key], str):
+                raise DocreError(f"{field}.{key}: must be a string")
+        spans = entity.get("mentions")
+        if not isinstance(spans, list) or not spans:
+            raise DocreError(f"{field}.mentions: must be a non-empty list of [char_start, char_end] spans")
+        found = []
+        for m, span in enumerate(spans):
+            found.append(_locate(span, text, words, word_at_start, word_at_end, f"{field}.mentions[{m}]"))
+        mentions.append(found)
+
+    starts = sentence_starts(text, words, [(start, end) for found in mentions for _, _, start, end in found])
+    sentence_of = [0] * len(words)
+    for s, (first, stop) in enumerate(zip(starts, starts[1:] + [len(words)])):
+        sentence_of[first:stop] = [s] * (stop - first)
+    sents = [[text[a:b] for a, b in words[first:stop]] for first, stop in zip(starts, starts[1:] + [len(words)])]
+    vertex_set = []
+    for entity, found in zip(entities, mentions):
+        vertex_set.append([
+            {"name": text[start:end], "sent_id": sentence_of[first],
+             "pos": [first - starts[sentence_of[first]], last + 1 - starts[sentence_of[first]]],
+             "type": entity.get("type", "")}
+            for first, last, start, end in found
+        ])
+    # the names predictions show: the given one, else the first mention's text (as DocRED's first mention name)
+    names = [entity.get("name", found[0]["name"]) for entity, found in zip(entities, vertex_set)]
+    sent_spans = [[words[first][0], words[stop - 1][1]] for first, stop in zip(starts, starts[1:] + [len(words)])]
+    return {"title": title, "sents": sents, "vertexSet": vertex_set, "entity_names": names, "sent_spans": sent_spans}
+
+
+def _locate(span, text: str, words: list[tuple[int, int]], word_at_start: dict, word_at_end: dict, field: str):
+    """A mention's (first word, last word, start, end), or a DocreError saying what is wrong."""
+    if not (isinstance(span, list) and len(span) == 2 and all(type(x) is int for x in span)):
+        raise DocreError(f"{field}: must be [char_start, char_end] (two integers), got {span!r}")
+    start, end = span
+    if not 0 <= start < end <= len(text):
+        raise DocreError(
+            f"{field}: [{start}, {end}] lies outside the text ({len(text)} characters) or is empty; "
+            "spans are [start, end) with end exclusive"
+        )
+    for position, edge, index in ((start, "begins", word_at_start), (end, "ends", word_at_end)):
+        if position in index:
+            continue
+        cut = next((w for w in words if w[0] < position < w[1]), None)
+        if cut is not None:
+            raise DocreError(
+                f"{field}: [{start}, {end}] {text[start:end]!r} {edge} inside the word {text[cut[0]:cut[1]]!r} at "
+                f"[{cut[0]}, {cut[1]}]; a mention must cover whole words (spans are [start, end), end exclusive)"
+            )
+        raise DocreError(f"{field}: [{start}, {end}] {text[start:end]!r} {edge} with whitespace; trim the span to its words")
+    return word_at_start[start], word_at_end[end], start, end

@@ -1,0 +1,241 @@
+"""Use a trained model: relation triples for new documents, from a run directory or an exported folder.
+
+    from docre import Predictor
+    predictor = Predictor.from_pretrained("runs/minilm_atgl-s66")   # or a folder from scripts/export.py
+    triples = predictor.predict(documents)                          # one list of triples per document
+
+Documents are DocRED-format dicts (labels, if any, are ignored) or raw text with mentions given as
+character spans (`docre.data.text`). Prediction runs the very path `evaluate.py` scores:
+`trainer.predict_logits` for the logits and `trainer.decode_predictions` (the loss's own decode,
+with its tuned decode.json) for which relations are predicted; the score only annotates them.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+from docre.data.docred import parse_json_list, read_bytes, split_spec, validate_docred
+from docre.data.feature import featurize
+from docre.data.text import text_to_docred
+from docre.errors import DocreError
+from docre.utils import logger
+
+FORMATS = ("auto", "docred", "text")
+
+
+def decision_scores(loss_fn, logits: torch.Tensor) -> torch.Tensor:
+    """[P, C] how far each relation lies past the loss's decision boundary; > 0 exactly where its
+    decode predicts the relation before the top-k cap.
+
+    A loss with its own rule (e.g. BCE: probability minus its tuned threshold) provides
+    `decision_scores(logits)`; the threshold-class losses (ATL, ATGL, ...) predict s_r > s_TH, so
+    their score is the margin of the relation logit over the TH logit.
+    """
+    own = getattr(loss_fn, "decision_scores", None)
+    if own is not None:
+        return own(logits)
+    return logits.float() - logits[:, :1].float()  # [P, C]
+
+
+def read_documents(path: str | Path, fmt: str = "auto") -> list[dict]:
+    """Read an input file: a JSON list (DocRED format, plain or gzipped, `file[a:b]` takes a slice) or
+    JSON lines (one document per line, DocRED-format or raw text), validated and converted to
+    DocRED-format documents (`prepare_documents`)."""
+    if fmt not in FORMATS:
+        raise DocreError(f"--format {fmt!r}: not one of {', '.join(FORMATS)}")
+    path = Path(path)
+    part = slice(None)
+    if not path.exists():
+        name, part = split_spec(str(path))
+        path = Path(name)
+    raw = read_bytes(path).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark (some Windows editors write one)
+    if raw.lstrip()[:1] == b"[":
+        docs = parse_json_list(path, raw)
+    else:
+        docs = _parse_json_lines(path, raw)
+    first = part.indices(len(docs))[0]
+    return prepare_documents(docs[part], fmt, str(path), first)
+
+
+def _parse_json_lines(path: Path, raw: bytes) -> list:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DocreError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    docs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                docs.append(json.loads(line))
+            except ValueError as error:
+                raise DocreError(f"{path}: line {number}: invalid JSON ({error})") from None
+    return docs
+
+
+def prepare_documents(documents: list, fmt: str = "auto", source: str = "input", first_index: int = 0) -> list[dict]:
+    """Validate documents and turn raw-text ones into DocRED format.
+
+    Args:
+        documents: dicts, each DocRED-format ({"title", "sents", "vertexSet", ...}) or raw text
+            ({"text", "entities", "title"?}); with `fmt` "auto" each is recognised by its keys.
+        source: name used in error messages (the file).
+        first_index: index of the first document in `source`, for error messages.
+
+    Raises:
+        DocreError: one line naming the source, the document (index and title) and the field.
+    """
+    if not isinstance(documents, list):
+        raise DocreError(f"{source}: documents must be a list, got {type(documents).__name__}")
+    converted = []
+    for offset, doc in enumerate(documents):
+        index = first_index + offset
+        kind = fmt
+        if fmt == "auto":
+            kind = "docred" if isinstance(doc, dict) and "sents" in doc else "text" if isinstance(doc, dict) and "text" in doc else None
+            if kind is None:
+                raise DocreError(
+                    f"{source}: document {index}: neither DocRED format (title, sents, vertexSet) nor raw text (text, entities)"
+                )
+        if kind == "text":
+            converted.append(text_to_docred(doc, index, source))
+        else:
+            if isinstance(doc, dict) and "text" in doc and "sents" not in doc:
+                raise DocreError(f"{source}: document {index}: raw text (a 'text' field) given with --format docred")
+            converted.append(doc)
+    # every document, raw-text ones included, passes the DocRED checks (titles unique, spans in range)
+    validate_docred(converted, source, None, first_index)
+    return converted
+
+
+class Predictor:
+    """A trained model ready to predict: tokenizer, model, loss (for its decode) and relation names."""
+
+    def __init__(self, cfg, tokenizer, model, loss_fn, rel2id: dict[str, int], rel_info: dict[str, str],
+                 device: torch.device, dtype: torch.dtype):
+        self.cfg, self.tokenizer, self.model, self.loss_fn = cfg, tokenizer, model, loss_fn
+        self.rel2id, self.rel_info, self.device, self.dtype = rel2id, rel_info, device, dtype
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str = "auto") -> "Predictor":
+        """Load a run directory (config.yaml, best.safetensors, rel2id.json) or a folder written by
+        scripts/export.py (which also carries the encoder's config and tokenizer, so it loads offline
+        without the original backbone).
+
+        Args:
+            device: "auto" (CUDA if available), "cpu", "cuda", "cuda:N".
+        """
+        from docre.trainer import load_trained
+        from docre.utils import resolve_device, resolve_precision
+
+        path = Path(path)
+        model_kind(path)
+        torch_device = resolve_device(device)
+        cfg, tokenizer, model, loss_fn, rel2id = load_trained(path, torch_device)
+        return cls(cfg, tokenizer, model, loss_fn, rel2id, _rel_info(path, cfg, rel2id), torch_device,
+                   resolve_precision(cfg.train.precision, torch_device))
+
+    def predict(self, documents: list[dict], batch_size: int | None = None, top_k: int | None = None,
+                progress: bool = False, prepared: bool = False) -> list[list[dict]]:
+        """Relation triples of each document.
+
+        Args:
+            documents: DocRED-format or raw-text dicts (see `prepare_documents`).
+            batch_size: documents per forward pass (default: the run's eval.batch_size).
+            top_k: most relations per entity pair (default: the run's eval.top_k).
+            progress: show a progress bar.
+            prepared: the documents come from `read_documents` or `prepare_documents` (already
+                checked and in DocRED format): skip checking them again.
+
+        Returns:
+            Per document, its triples, highest score first: {"h_idx", "h_name", "t_idx", "t_name",
+            "r", "r_name", "score", "h_sents", "t_sents"}: entity indices into the document's
+            entities (vertexSet), their names, the relation id and name, the score (how far past the
+            loss's decision boundary: the relation logit minus the TH logit for ATL/ATGL), and the
+            sentence ids of the head's and of the tail's mentions.
+        """
+        docs = documents if prepared else prepare_documents(documents)
+        rows, scores, pair_rows = self._decode(docs, batch_size or self.cfg.eval.batch_size, self._top_k(top_k), progress)
+        scores = scores.numpy()
+        rows_of: dict[str, list[dict]] = {doc["title"]: [] for doc in docs}  # titles are unique (validated)
+        for row in rows:
+            rows_of[row["title"]].append(row)
+        results = []
+        for doc, doc_pairs in zip(docs, pair_rows):
+            names = doc.get("entity_names") or [entity[0]["name"] for entity in doc["vertexSet"]]
+            sents = [sorted({m["sent_id"] for m in entity}) for entity in doc["vertexSet"]]
+            triples = [
+                {"h_idx": h, "h_name": names[h], "t_idx": t, "t_name": names[t], "r": r, "r_name": self.rel_info.get(r, r),
+                 "score": round(float(scores[doc_pairs[(h, t)], self.rel2id[r]]), 4), "h_sents": sents[h], "t_sents": sents[t]}
+                for h, t, r in ((row["h_idx"], row["t_idx"], row["r"]) for row in rows_of[doc["title"]])
+            ]
+            results.append(sorted(triples, key=lambda x: (-x["score"], x["h_idx"], x["t_idx"], x["r"])))
+        return results
+
+    def leaderboard_rows(self, documents: list[dict], batch_size: int | None = None, top_k: int | None = None,
+                         progress: bool = False, prepared: bool = False) -> list[dict]:
+        """The official result.json rows {"title", "h_idx", "t_idx", "r", "evidence": []}, exactly as
+        evaluate.py scores them (arguments as for `predict`)."""
+        docs = documents if prepared else prepare_documents(documents)
+        return self._decode(docs, batch_size or self.cfg.eval.batch_size, self._top_k(top_k), progress)[0]
+
+    def _top_k(self, top_k: int | None) -> int:
+        top_k = self.cfg.eval.top_k if top_k is None else top_k
+        if top_k < 1:
+            raise DocreError(f"top_k must be at least 1, got {top_k}")
+        return top_k
+
+    def _decode(self, docs: list[dict], batch_size: int, top_k: int, progress: bool):
+        """(leaderboard rows, decision scores [P_total, C], per document {(head, tail): its row in the scores})."""
+        from docre.trainer import decode_predictions, predict_logits
+
+        unlabelled = [{k: v for k, v in doc.items() if k != "labels"} for doc in docs]  # labels may name unknown relations
+        features, report = featurize(unlabelled, self.tokenizer, self.rel2id, self.cfg.model.marker, self.cfg.model.max_seq_length)
+        if report:
+            logger.warning("%s", report)
+        num_classes = len(self.rel2id)
+        # a document with fewer than two entities has no pair: nothing to run the model on
+        with_pairs = [i for i, f in enumerate(features) if len(f.hts)]
+        logits = [torch.zeros(0, num_classes) for _ in features]  # per document [P_i, C]
+        computed = predict_logits(self.model, [features[i] for i in with_pairs], num_classes, self.tokenizer.pad_token_id or 0,
+                                  batch_size, self.device, self.dtype, desc="predict", show=progress)
+        for i, doc_logits in zip(with_pairs, computed):
+            logits[i] = doc_logits
+        rows = decode_predictions(features, logits, self.loss_fn, top_k, self.rel2id)
+        scores = decision_scores(self.loss_fn, torch.cat(logits)) if features else torch.zeros(0, num_classes)
+        pair_rows, offset = [], 0
+        for feature in features:
+            pair_rows.append({(int(h), int(t)): offset + p for p, (h, t) in enumerate(feature.hts.tolist())})
+            offset += len(feature.hts)
+        return rows, scores, pair_rows
+
+def model_kind(path: Path) -> str:
+    """"run" (a training run directory) or "export" (a folder from scripts/export.py); else DocreError."""
+    if not path.is_dir():
+        raise DocreError(f"{path}: model directory not found")
+    if (path / "config.yaml").is_file() and (path / "encoder").is_dir() and (path / "model.safetensors").is_file():
+        return "export"
+    if (path / "config.yaml").is_file() and (path / "best.safetensors").is_file():
+        return "run"
+    raise DocreError(
+        f"{path}: neither a run directory (config.yaml, best.safetensors) nor an exported model folder "
+        "(config.yaml, model.safetensors, encoder/)"
+    )
+
+
+def _rel_info(path: Path, cfg, rel2id: dict) -> dict[str, str]:
+    """Relation id -> name: the exported folder's rel_info.json, else the run's data.rel_info file."""
+    from docre.config import resolve_path
+
+    candidates = [path / "rel_info.json"]
+    if cfg.data.rel_info:
+        candidates.append(resolve_path(cfg.data.rel_info))
+    for candidate in candidates:
+        if candidate.is_file():
+            try:
+                names = json.loads(read_bytes(candidate))
+            except (UnicodeDecodeError, ValueError) as error:
+                raise DocreError(f"{candidate}: invalid relation names ({error})") from None
+            return {r: str(names[r]) for r in rel2id if r in names}
+    logger.info("no rel_info.json found: relations are shown by id")
+    return {}

@@ -1,0 +1,430 @@
+"""Using a trained model: the Predictor API and scripts/predict.py give exactly the rows evaluate.py
+scores, on fixture and real Re-DocRED documents; raw text predicts like the same document in DocRED
+format; leaderboard files are valid; an exported folder loads offline and predicts identically;
+evaluate.py refuses unlabelled splits with a command that works; bad input is one line, exit 1."""
+
+import copy
+import importlib.util
+import json
+import logging
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from docre.config import load_config
+from docre.errors import DocreError, run_cli
+from docre.losses import LOSSES, build_loss
+from docre.metrics import docred_scores
+from docre.predict import Predictor, decision_scores, prepare_documents, read_documents
+from docre.trainer import train
+from tests.conftest import FIXTURES, REDOCRED_DEV, ROOT
+
+FIXTURE = FIXTURES / "docred_tiny.json"
+REDOCRED_SLICE = f"{REDOCRED_DEV}[:2]"
+
+
+def run(args, **kwargs):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, **kwargs)
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def call(script: str, argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run a CLI's main() in this process (no start-up cost); returns (exit status, stdout, stderr)."""
+    module = load_script(script)
+    handlers = list(logging.getLogger("docre").handlers)
+    old_argv = sys.argv
+    sys.argv = [script, *map(str, argv)]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(module.main)
+    finally:
+        sys.argv = old_argv
+        logger = logging.getLogger("docre")  # setup_logging bound a handler to the captured stderr
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        for handler in handlers:
+            logger.addHandler(handler)
+    out, err = capsys.readouterr()
+    return exit_info.value.code or 0, out, err
+
+
+@pytest.fixture(scope="module")
+def backbone(tiny_backbone, tmp_path_factory) -> Path:
+    """A private copy of the tiny backbone, so one test can hide it to prove offline loading."""
+    return Path(shutil.copytree(tiny_backbone, tmp_path_factory.mktemp("predict") / "backbone"))
+
+
+@pytest.fixture(scope="module")
+def run_dir(backbone, tmp_path_factory) -> Path:
+    """configs/smoke.yaml trained for 3 steps: barely trained, so it predicts many relations."""
+    out = tmp_path_factory.mktemp("predict_runs")
+    cfg = load_config(ROOT / "configs/smoke.yaml", [f"model.backbone={backbone}", f"output_dir={out}", "train.max_steps=3",
+                                                    "model.max_seq_length=256"])  # cuts real documents: faster, and tested
+    return Path(train(cfg)["run_dir"])
+
+
+@pytest.fixture(scope="module")
+def predictor(run_dir) -> Predictor:
+    return Predictor.from_pretrained(run_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def fixture_docs() -> list[dict]:
+    return json.loads(FIXTURE.read_text())
+
+
+@pytest.fixture(scope="module")
+def redocred_docs() -> list[dict]:
+    return read_documents(REDOCRED_SLICE)
+
+
+@pytest.fixture(scope="module")
+def redocred_triples(predictor, redocred_docs) -> list[list[dict]]:
+    return predictor.predict(redocred_docs)
+
+
+def row_set(rows) -> set:
+    return {(r["title"], r["h_idx"], r["t_idx"], r["r"]) for r in rows}
+
+
+def assert_valid_leaderboard(rows: list[dict], docs: list[dict], rel2id: dict) -> None:
+    entities = {d["title"]: len(d["vertexSet"]) for d in docs}
+    for row in rows:
+        assert set(row) == {"title", "h_idx", "t_idx", "r", "evidence"} and row["evidence"] == []
+        assert row["title"] in entities
+        assert 0 <= row["h_idx"] < entities[row["title"]] and 0 <= row["t_idx"] < entities[row["title"]]
+        assert row["h_idx"] != row["t_idx"]
+        assert rel2id.get(row["r"], 0) > 0
+    assert len(row_set(rows)) == len(rows)  # no duplicates
+
+
+# ---------------------------------------------------------------------------------------------- API
+def test_import_docre_stays_light_and_predictor_is_lazy():
+    code = ("import sys, docre; assert 'torch' not in sys.modules; "
+            "from docre import Predictor; assert 'torch' in sys.modules and Predictor.__name__ == 'Predictor'")
+    result = run(["-c", code])
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_predictions_are_the_rows_training_and_evaluate_score(run_dir, predictor, fixture_docs, capsys):
+    rows = predictor.leaderboard_rows(fixture_docs)
+    logged = json.loads((run_dir / "dev_predictions.json").read_text())  # written by train() for the best checkpoint
+    assert rows and row_set(rows) == row_set(logged) and len(rows) == len(logged)
+    status, out, _ = call("evaluate", [run_dir, "--data", FIXTURE, "--json"], capsys)
+    assert status == 0
+    evaluated = json.loads(out.strip().splitlines()[-1])
+    ours = docred_scores(rows, fixture_docs, fixture_docs)
+    for key in ("num_predicted", "num_correct", "precision", "recall", "f1", "ign_f1"):
+        assert ours[key] == evaluated[key], key
+    triples = predictor.predict(fixture_docs)
+    assert row_set(rows) == {(d["title"], t["h_idx"], t["t_idx"], t["r"]) for d, ts in zip(fixture_docs, triples) for t in ts}
+
+
+def test_real_redocred_documents_score_as_evaluate_scores_them(predictor, redocred_docs, redocred_triples, capsys):
+    rows = predictor.leaderboard_rows(redocred_docs)
+    assert_valid_leaderboard(rows, redocred_docs, predictor.rel2id)
+    assert row_set(rows) == {(d["title"], t["h_idx"], t["t_idx"], t["r"]) for d, ts in zip(redocred_docs, redocred_triples) for t in ts}
+    status, out, _ = call("evaluate", [predictor_dir(predictor), "--data", REDOCRED_SLICE, "--json"], capsys)
+    assert status == 0
+    evaluated = json.loads(out.strip().splitlines()[-1])
+    ours = docred_scores(rows, redocred_docs, json.loads(FIXTURE.read_text()))
+    for key in ("num_predicted", "num_correct", "num_gold", "f1", "ign_f1"):
+        assert ours[key] == evaluated[key], key
+
+
+def predictor_dir(predictor: Predictor) -> Path:
+    return Path(predictor.cfg.output_dir) / predictor.cfg.run_name
+
+
+def test_triples_carry_names_sentences_and_the_loss_margin(predictor, fixture_docs):
+    from docre.data.feature import featurize
+    from docre.trainer import predict_logits
+
+    triples = predictor.predict(fixture_docs)
+    rel_info = json.loads((ROOT / "data/docred/rel_info.json").read_text())
+    features, _ = featurize(fixture_docs, predictor.tokenizer, predictor.rel2id, "*", 1024)
+    logits = predict_logits(predictor.model, features, len(predictor.rel2id), 0, 1, torch.device("cpu"), torch.float32, show=False)
+    for doc, doc_triples, feature, doc_logits in zip(fixture_docs, triples, features, logits):
+        assert doc_triples
+        pair = {(int(h), int(t)): p for p, (h, t) in enumerate(feature.hts)}
+        for t in doc_triples:
+            assert t["h_name"] == doc["vertexSet"][t["h_idx"]][0]["name"] and t["t_name"] == doc["vertexSet"][t["t_idx"]][0]["name"]
+            assert t["r_name"] == rel_info[t["r"]]
+            assert t["h_sents"] == sorted({m["sent_id"] for m in doc["vertexSet"][t["h_idx"]]})
+            assert t["t_sents"] == sorted({m["sent_id"] for m in doc["vertexSet"][t["t_idx"]]})
+            row = doc_logits[pair[(t["h_idx"], t["t_idx"])]]
+            margin = float(row[predictor.rel2id[t["r"]]] - row[0])  # ATGL: relation logit minus TH logit
+            assert t["score"] == pytest.approx(margin, abs=1e-4) and t["score"] > 0
+        assert [t["score"] for t in doc_triples] == sorted((t["score"] for t in doc_triples), reverse=True)
+
+
+def test_top_k_caps_relations_per_pair(predictor, fixture_docs):
+    def per_pair(triples):
+        counts = {}
+        for doc, ts in zip(fixture_docs, triples):
+            for t in ts:
+                counts[(doc["title"], t["h_idx"], t["t_idx"])] = counts.get((doc["title"], t["h_idx"], t["t_idx"]), 0) + 1
+        return counts
+
+    default, one, every = (predictor.predict(fixture_docs, top_k=k) for k in (None, 1, 1000))
+    assert max(per_pair(default).values()) <= predictor.cfg.eval.top_k
+    assert set(per_pair(one).values()) == {1} and per_pair(one).keys() == per_pair(every).keys()
+    flat = [{(d["title"], t["h_idx"], t["t_idx"], t["r"]) for d, ts in zip(fixture_docs, out) for t in ts} for out in (one, default, every)]
+    assert flat[0] <= flat[1] <= flat[2] and len(flat[0]) < len(flat[2])
+    with pytest.raises(DocreError, match="top_k must be at least 1"):
+        predictor.predict(fixture_docs, top_k=0)
+
+
+def test_batch_size_does_not_change_predictions(predictor, fixture_docs):
+    assert predictor.predict(fixture_docs, batch_size=1) == predictor.predict(fixture_docs, batch_size=3)
+
+
+def test_raw_text_predicts_like_the_same_document_in_docred_format(predictor, fixture_docs):
+    doc = fixture_docs[0]  # "Alpha works for Beta . Beta is in Gamma City ."
+    text = "Alpha works for Beta.  Beta is in\nGamma City."
+    raw = {"title": doc["title"], "text": text, "entities": [
+        {"mentions": [[0, 5]]},
+        {"mentions": [[16, 20], [23, 27]]},
+        {"name": "Gamma City (the city)", "mentions": [[34, 44]]},
+    ]}
+    converted = prepare_documents([raw])[0]
+    assert converted["sents"] == doc["sents"]
+    assert [[(m["sent_id"], m["pos"]) for m in e] for e in converted["vertexSet"]] == [[(m["sent_id"], m["pos"]) for m in e] for e in doc["vertexSet"]]
+    from_text, from_docred = predictor.predict([raw])[0], predictor.predict([doc])[0]
+    assert from_text
+    assert [{**t, "t_name": None, "h_name": None} for t in from_text] == [{**t, "t_name": None, "h_name": None} for t in from_docred]
+    assert {t["h_name"] for t in from_text if t["h_idx"] == 2} <= {"Gamma City (the city)"}
+
+
+def test_documents_with_one_entity_get_no_triples(predictor, fixture_docs):
+    lonely = {"title": "lonely", "sents": [["alpha", "works", "."]], "vertexSet": [[{"name": "alpha", "sent_id": 0, "pos": [0, 1]}]]}
+    assert predictor.predict([lonely]) == [[]]
+    mixed = predictor.predict([lonely, fixture_docs[1]])
+    assert mixed[0] == [] and mixed[1] == predictor.predict([fixture_docs[1]])[0]
+
+
+def test_labels_with_relations_unknown_to_the_model_are_ignored(predictor, fixture_docs):
+    doc = copy.deepcopy(fixture_docs[0])
+    doc["labels"].append({"h": 0, "t": 2, "r": "P_NOT_A_RELATION", "evidence": []})
+    assert predictor.predict([doc]) == predictor.predict([fixture_docs[0]])
+
+
+def test_api_input_errors_are_docre_errors(predictor, fixture_docs):
+    with pytest.raises(DocreError, match=r"document 1: neither DocRED format"):
+        predictor.predict([fixture_docs[0], {"words": []}])
+    with pytest.raises(DocreError, match=r"duplicate of document 0"):
+        predictor.predict([fixture_docs[0], fixture_docs[0]])
+    with pytest.raises(DocreError, match=r"vertexSet\[0\]\[0\]\.pos"):
+        bad = copy.deepcopy(fixture_docs[0])
+        bad["vertexSet"][0][0]["pos"] = [3, 99]
+        predictor.predict([bad])
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_decision_score_is_positive_exactly_where_the_loss_decodes_a_relation(name):
+    """The score shown with a triple agrees with the loss's own decode (before the top-k cap)."""
+    torch.manual_seed(0)
+    logits = torch.randn(64, 7) * 3
+    loss_fn = build_loss(name)
+    predicted = loss_fn.decode(logits, top_k=logits.size(1))[:, 1:] > 0
+    assert torch.equal(predicted, decision_scores(loss_fn, logits)[:, 1:] > 0)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def test_cli_writes_triples_leaderboard_and_codalab_zip(run_dir, predictor, fixture_docs, tmp_path, capsys):
+    status, out, _ = call("scripts/predict", [run_dir, FIXTURE, "-o", tmp_path / "out.jsonl"], capsys)
+    assert status == 0 and "3 documents" in out and "documents/s" in out
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [line["title"] for line in lines] == [d["title"] for d in fixture_docs]
+    assert [line["triples"] for line in lines] == predictor.predict(fixture_docs)
+
+    expected = predictor.leaderboard_rows(fixture_docs, top_k=2)
+    assert call("scripts/predict", [run_dir, FIXTURE, "-o", tmp_path / "result.json", "--top-k", "2", "--batch-size", "1"], capsys)[0] == 0
+    rows = json.loads((tmp_path / "result.json").read_text())
+    assert rows == expected
+    assert_valid_leaderboard(rows, fixture_docs, predictor.rel2id)
+    assert call("scripts/predict", [run_dir, FIXTURE, "-o", tmp_path / "result.zip", "--top-k", "2"], capsys)[0] == 0
+    with zipfile.ZipFile(tmp_path / "result.zip") as archive:
+        assert archive.namelist() == ["result.json"]
+        assert json.loads(archive.read("result.json")) == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "result.json", "result.zip"]  # no temporary files left
+
+
+def test_cli_reads_raw_text_json_lines(run_dir, predictor, tmp_path, capsys):
+    docs = [
+        {"text": "Alpha works for Beta in the city of Gamma.", "entities": [
+            {"mentions": [[0, 5]], "type": "PER"}, {"mentions": [[16, 20]]}, {"name": "Gamma", "mentions": [[36, 41]]}]},
+        {"title": "second", "text": "Beta met alpha.\n\nAlpha lives in Delta.", "entities": [
+            {"mentions": [[0, 4]]}, {"mentions": [[9, 14], [17, 22]]}, {"mentions": [[32, 37]]}]},
+    ]
+    source = tmp_path / "docs.jsonl"
+    source.write_text("\n".join(json.dumps(d, ensure_ascii=False) for d in docs) + "\n\n")
+    status, _, _ = call("scripts/predict", [run_dir, source, "-o", tmp_path / "out.jsonl", "--format", "text"], capsys)
+    assert status == 0
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [line["title"] for line in lines] == ["document 0", "second"]
+    assert lines[1]["sent_spans"] == [[0, 15], [17, 38]]
+    assert [line["triples"] for line in lines] == predictor.predict(docs)
+    assert any(t["h_sents"] == [0, 1] for t in lines[1]["triples"] if t["h_idx"] == 1)
+
+
+def test_cli_on_real_redocred_slice_agrees_with_the_api(run_dir, redocred_triples, tmp_path, capsys):
+    status, _, _ = call("scripts/predict", [run_dir, REDOCRED_SLICE, "-o", tmp_path / "out.jsonl"], capsys)
+    assert status == 0
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [line["triples"] for line in lines] == redocred_triples
+
+
+def hostile_inputs(tmp_path: Path) -> dict:
+    good_text = {"text": "Alpha works for Beta.", "entities": [{"mentions": [[0, 5]]}, {"mentions": [[16, 20]]}]}
+    cases = {
+        "bad_json.jsonl": (json.dumps(good_text) + "\n{not json\n", r"bad_json\.jsonl: line 2: invalid JSON"),
+        "cut_word.jsonl": (json.dumps({**good_text, "title": "T", "entities": [{"mentions": [[0, 3]]}]}),
+                           r"document 0 \('T'\): entities\[0\]\.mentions\[0\]: \[0, 3\] 'Alp' ends inside the word 'Alpha'"),
+        "outside.jsonl": (json.dumps({**good_text, "entities": [{"mentions": [[0, 5]]}, {"mentions": [[16, 80]]}]}),
+                          r"entities\[1\]\.mentions\[0\]: \[16, 80\] lies outside the text"),
+        "list.json": ("[1, 2]", r"document 0: neither DocRED format"),
+        "docred_bad.json": (json.dumps([{"title": "x", "sents": [["a"]], "vertexSet": []}]), r"vertexSet: must be a non-empty list"),
+        "latin1.jsonl": (None, r"not UTF-8 text"),
+        "empty.jsonl": ("", r"file is empty"),
+    }
+    paths = {}
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        if content is None:
+            path.write_bytes(b'{"text": "caf\xe9"}\n')
+        else:
+            path.write_text(content)
+        paths[name] = (path, message)
+    return paths
+
+
+def test_cli_refuses_hostile_input_with_one_line(run_dir, tmp_path, capsys):
+    output = tmp_path / "out.jsonl"
+    output.write_text("previous\n")
+    for name, (path, message) in hostile_inputs(tmp_path).items():
+        status, out, err = call("scripts/predict", [run_dir, path, "-o", output], capsys)
+        assert status == 1, name
+        assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and re.search(message, err), (name, err)
+    for args, message in [
+        ([run_dir, tmp_path / "missing.json", "-o", output], r"missing\.json: file not found"),
+        ([run_dir, FIXTURE, "-o", tmp_path / "out.csv"], r"out\.csv: the output must end in \.jsonl, \.json, \.zip"),
+        ([run_dir, FIXTURE, "-o", output, "--top-k", "0"], r"--top-k must be at least 1"),
+        ([run_dir, FIXTURE, "-o", output, "--format", "text"], r"document 0 \('Alpha at Beta'\): text: must be a non-empty string"),
+        ([tmp_path, FIXTURE, "-o", output], r"neither a run directory .* nor an exported model folder"),
+        ([tmp_path / "no_run", FIXTURE, "-o", output], r"no_run: model directory not found"),
+    ]:
+        status, _, err = call("scripts/predict", args, capsys)
+        assert status == 1 and len(err.strip().splitlines()) == 1 and re.search(message, err), err
+    assert output.read_text() == "previous\n"  # nothing half-written over the old output
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+# ---------------------------------------------------------------------------------------------- evaluate.py
+def test_evaluate_refuses_unlabelled_split_and_its_suggested_command_works(run_dir, fixture_docs, tmp_path, capsys):
+    unlabelled = tmp_path / "test.json"
+    unlabelled.write_text(json.dumps([{k: v for k, v in d.items() if k != "labels"} for d in fixture_docs]))
+    status, _, err = call("evaluate", [run_dir, "--data", f"{unlabelled}[1:]"], capsys)
+    assert status == 1
+    message = err.strip().splitlines()[-1]
+    assert message.startswith("error: ") and "cannot be scored locally" in message and "CodaLab" in message
+    command = re.search(r"with: (python scripts/predict\.py .*? -o result\.zip)", message).group(1)
+    assert command == f"python scripts/predict.py {run_dir} {unlabelled}[1:] -o result.zip"
+    args = shlex.split(command)[1:]
+    args[-1] = str(tmp_path / "result.zip")
+    result = run(args)  # the real entry point, as a user runs it
+    assert result.returncode == 0, result.stderr[-2000:]
+    with zipfile.ZipFile(tmp_path / "result.zip") as archive:
+        rows = json.loads(archive.read("result.json"))
+    logged = json.loads((run_dir / "dev_predictions.json").read_text())
+    assert row_set(rows) == {r for r in row_set(logged) if r[0] != fixture_docs[0]["title"]}
+    assert_valid_leaderboard(rows, fixture_docs[1:], json.loads((run_dir / "rel2id.json").read_text()))
+
+
+# ---------------------------------------------------------------------------------------------- export
+@pytest.fixture
+def exported(run_dir, tmp_path, capsys) -> Path:
+    out = tmp_path / "model"
+    status, printed, err = call("scripts/export", [run_dir, out], capsys)
+    assert status == 0, err
+    assert printed.startswith(f"{out}: README.md, config.yaml, encoder/config.json")
+    return out
+
+
+def test_export_writes_a_self_contained_folder_with_a_card(exported, run_dir):
+    files = sorted(str(p.relative_to(exported)) for p in exported.rglob("*") if p.is_file())
+    assert {"README.md", "config.yaml", "model.safetensors", "rel2id.json", "rel_info.json", "results.json",
+            "encoder/config.json", "encoder/tokenizer_config.json"} <= set(files)
+    assert not (exported.parent / "model.tmp").exists()
+    from safetensors.torch import load_file
+
+    original, copied = load_file(str(run_dir / "best.safetensors")), load_file(str(exported / "model.safetensors"))
+    assert original.keys() == copied.keys() and all(torch.equal(original[k], copied[k]) for k in original)
+    card = (exported / "README.md").read_text()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert card.startswith("---\nlibrary_name: docre\n")
+    assert f"| dev | {results['dev']['precision'] * 100:.2f} | {results['dev']['recall'] * 100:.2f} | {results['dev']['f1'] * 100:.2f} |" in card
+    assert f"| test | {results['test']['precision'] * 100:.2f} |" in card
+    assert "docred_tiny.json" in card and "`atgl` loss (alpha=16.5)" in card
+    assert json.loads((exported / "rel2id.json").read_text()) == json.loads((run_dir / "rel2id.json").read_text())
+
+
+def test_exported_folder_loads_offline_and_predicts_identically(exported, backbone, predictor, fixture_docs, redocred_docs,
+                                                                redocred_triples):
+    expected = predictor.predict(fixture_docs) + redocred_triples
+    hidden = backbone.with_name("backbone_hidden")
+    backbone.rename(hidden)  # the original backbone is gone: only the exported folder remains
+    try:
+        loaded = Predictor.from_pretrained(exported, device="cpu")
+        assert loaded.predict(fixture_docs + redocred_docs) == expected
+        card = (exported / "README.md").read_text()
+        snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1).replace("path/to/this/folder", str(exported))
+        exec(compile(snippet, "README.md", "exec"), {})  # the card's example runs as written
+    finally:
+        hidden.rename(backbone)
+
+
+def test_export_carries_tuned_decode_parameters_and_refuses_to_overwrite(run_dir, exported, tmp_path):
+    from docre.export import export_model
+
+    with pytest.raises(DocreError, match="exists and is not empty"):
+        export_model(run_dir, exported)
+    with pytest.raises(DocreError, match="already an exported model folder"):
+        export_model(exported, tmp_path / "again")
+    tuned = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    (tuned / "decode.json").write_text(json.dumps({"alpha": 3.0}))  # stands in for a loss's tuned decision parameter
+    out = export_model(tuned, tmp_path / "tuned_model")
+    assert json.loads((out / "decode.json").read_text()) == {"alpha": 3.0}
+    assert "alpha=3.0" in (out / "README.md").read_text()
+    assert Predictor.from_pretrained(out, device="cpu").loss_fn.alpha == 3.0
+
+
+def test_read_documents_takes_json_lists_slices_gzip_and_json_lines(fixture_docs, tmp_path):
+    import gzip
+
+    assert read_documents(FIXTURE) == fixture_docs
+    assert read_documents(f"{FIXTURE}[1:]") == fixture_docs[1:]
+    (tmp_path / "docs.json.gz").write_bytes(gzip.compress(FIXTURE.read_bytes()))
+    assert read_documents(tmp_path / "docs.json.gz", "docred") == fixture_docs
+    raw = {"text": "Alpha works for Beta.", "entities": [{"mentions": [[0, 5]]}, {"mentions": [[16, 20]]}]}
+    lines = tmp_path / "mixed.jsonl"
+    lines.write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps(d) for d in [fixture_docs[0], raw]).encode() + b"\n")
+    docs = read_documents(lines)
+    assert docs[0] == fixture_docs[0] and docs[1]["sents"] == [["Alpha", "works", "for", "Beta", "."]]
+    with pytest.raises(DocreError, match=r"document 1: raw text \(a 'text' field\) given with --format docred"):
+        read_documents(lines, "docred")
+    with pytest.raises(DocreError, match=r"--format 'xml'"):
+        read_documents(lines, "xml")
