@@ -18,9 +18,10 @@ class BalancedSoftmaxLoss(nn.Module):
         logits = logits.float()
         positives = positive_mask(labels)  # [P, C-1]
         targets = torch.cat([~positives.any(1, keepdim=True), positives], dim=1)  # [P, C]; NA pairs target class 0
-        zero = torch.zeros_like(logits[:, :1])  # [P, 1]: the "1 +" inside each log
-        negative_part = torch.logsumexp(torch.cat([zero, logits.masked_fill(targets, NEG)], dim=1), dim=1)
-        positive_part = torch.logsumexp(torch.cat([zero, (-logits).masked_fill(~targets, NEG)], dim=1), dim=1)
+        # log(1 + sum e^x) = logaddexp(0, logsumexp(x)); an empty side is all NEG and gives log 1 = 0
+        zero = torch.zeros((), device=logits.device)
+        negative_part = torch.logaddexp(zero, torch.logsumexp(logits.masked_fill(targets, NEG), dim=1))  # [P]
+        positive_part = torch.logaddexp(zero, torch.logsumexp((-logits).masked_fill(~targets, NEG), dim=1))  # [P]
         return (negative_part + positive_part).mean()
 
     def decode(self, logits: torch.Tensor, top_k: int) -> torch.Tensor:
