@@ -38,12 +38,9 @@ def loss_signature(loss: dict) -> tuple[str, dict]:
     """(name(k=v, ...), kwargs) with the constructor's defaults filled in."""
     from docre.losses import LOSSES
 
-    signature = inspect.signature(LOSSES[loss["name"]])
-    bound = signature.bind(**{k: v for k, v in loss.items() if k != "name"})
+    bound = inspect.signature(LOSSES[loss["name"]]).bind(**{k: v for k, v in loss.items() if k != "name"})
     bound.apply_defaults()
-    # a loss without its own __init__ shows nn.Module's (*args, **kwargs): not keywords of the loss
-    variadic = {name for name, p in signature.parameters.items() if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-    kwargs = {k: v for k, v in bound.arguments.items() if k not in variadic}
+    kwargs = dict(bound.arguments)
     return f"{loss['name']}({', '.join(f'{k}={v}' for k, v in kwargs.items())})", kwargs
 
 

@@ -5,6 +5,8 @@ stays finite at extreme logit scales and on degenerate label rows (all NA, no ne
 import pytest
 import torch
 
+from docre.config import check_loss_kwargs
+from docre.errors import DocreError
 from docre.losses import LOSSES, build_loss
 from tests.losses.helpers import random_case
 
@@ -72,3 +74,11 @@ def test_degenerate_label_rows(loss_fn):
         loss = loss_fn(x, labels)
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_config_check_rejects_a_stray_keyword(name):
+    # each constructor has an explicit signature (no nn.Module *args/**kwargs), so a typo in a
+    # config fails in load_config, before any model is loaded
+    with pytest.raises(DocreError, match="unexpected keyword argument 'bogus'"):
+        check_loss_kwargs(name, {"bogus": 1})
