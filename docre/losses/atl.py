@@ -12,6 +12,10 @@ from docre.losses.common import NEG, threshold_decode
 
 
 class ATLoss(nn.Module):
+    def __init__(self):
+        """No hyperparameters; the explicit signature makes config checks reject stray keywords."""
+        super().__init__()
+
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         positives = labels.float().clone()  # never touch the caller's labels (ATLOP zeroes column 0 in place)

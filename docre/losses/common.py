@@ -45,3 +45,30 @@ def threshold_decode(logits: torch.Tensor, top_k: int, offset: float = 0.0) -> t
     output = predicted.to(logits.dtype)
     output[:, 0] = (output[:, 1:].sum(1) == 0).to(logits.dtype)
     return output
+
+
+def relation_top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """[P, C-1] True where relation class r+1 ranks among the pair's `top_k` largest relation logits.
+
+    For the losses without a threshold class (BCE, balanced softmax) the cap ranks the relation
+    classes only (class 0 is no threshold there). As in `threshold_decode`, a logit equal to the
+    k-th value passes (`>=`), so exact ties may let more than k through.
+    """
+    relations = logits[:, 1:]  # [P, C-1]
+    if top_k >= relations.size(1):
+        return torch.ones_like(relations, dtype=torch.bool)
+    kth = relations.topk(top_k, dim=1).values[:, -1:]  # [P, 1]
+    return relations >= kth
+
+
+def relations_to_multi_hot(predicted: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[P, C-1] bool predictions of the relation classes -> [P, C] multi-hot, column 0 = nothing predicted."""
+    output = torch.zeros(predicted.size(0), predicted.size(1) + 1, dtype=dtype, device=predicted.device)
+    output[:, 1:] = predicted.to(dtype)
+    output[:, 0] = (~predicted.any(1)).to(dtype)
+    return output
+
+
+def positive_mask(labels: torch.Tensor) -> torch.Tensor:
+    """[P, C-1] True for the gold relations of each pair (column 0, NA, is not a relation)."""
+    return labels[:, 1:] > 0

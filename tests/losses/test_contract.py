@@ -1,9 +1,12 @@
 """Every loss in LOSSES keeps the contract: finite scalar, gradient, inputs untouched, float32
-under autocast, decode shape, column 0 set iff nothing predicted, at most top_k relations."""
+under autocast, decode shape, column 0 set iff nothing predicted, at most top_k relations; and
+stays finite at extreme logit scales and on degenerate label rows (all NA, no negatives)."""
 
 import pytest
 import torch
 
+from docre.config import check_loss_kwargs
+from docre.errors import DocreError
 from docre.losses import LOSSES, build_loss
 from tests.losses.helpers import random_case
 
@@ -48,3 +51,34 @@ def test_decode_contract(loss_fn, top_k):
     assert torch.equal(decoded[:, 0], (relations == 0).float())
     assert (relations <= top_k).all()
     assert set(decoded.unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("scale", [1e-3, 50.0, 1e4])
+def test_finite_loss_and_gradient_at_extreme_scales(loss_fn, scale):
+    logits, labels = random_case(seed=6)
+    logits = (logits * scale).requires_grad_(True)
+    loss = loss_fn(logits, labels)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+
+
+def test_degenerate_label_rows(loss_fn):
+    # an all-NA batch, and a pair whose every relation is gold (no negatives at all)
+    logits, _ = random_case(pairs=4, classes=5, seed=8)
+    all_na = torch.zeros(4, 5)
+    all_na[:, 0] = 1.0
+    every_relation = torch.ones(4, 5)
+    every_relation[:, 0] = 0.0
+    for labels in (all_na, every_relation):
+        x = logits.clone().requires_grad_(True)
+        loss = loss_fn(x, labels)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_config_check_rejects_a_stray_keyword(name):
+    # each constructor has an explicit signature (no nn.Module *args/**kwargs), so a typo in a
+    # config fails in load_config, before any model is loaded
+    with pytest.raises(DocreError, match="unexpected keyword argument 'bogus'"):
+        check_loss_kwargs(name, {"bogus": 1})

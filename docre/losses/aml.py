@@ -1,0 +1,27 @@
+"""AML, the adaptive margin loss of SagDRE (as in the HingeABL repository, REFERENCE §2.6).
+
+A hinge of width 1 on each side of the threshold class, with d_r = s_r - s_TH:
+    L = sum_{r in P} [1 - d_r]_+ + sum_{r in N} [1 + d_r]_+,   mean over pairs.
+Decode: the shared threshold rule.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from docre.losses.common import positive_mask, threshold_decode
+
+
+class AdaptiveMarginLoss(nn.Module):
+    def __init__(self):
+        """No hyperparameters; the explicit signature makes config checks reject stray keywords."""
+        super().__init__()
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        positives = positive_mask(labels)  # [P, C-1]
+        margins = logits[:, 1:] - logits[:, :1]  # [P, C-1]
+        return torch.where(positives, F.relu(1.0 - margins), F.relu(1.0 + margins)).sum(1).mean()
+
+    def decode(self, logits: torch.Tensor, top_k: int) -> torch.Tensor:
+        return threshold_decode(logits.float(), top_k)

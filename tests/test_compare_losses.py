@@ -1,0 +1,121 @@
+"""scripts/compare_losses.py end to end with the tiny backbone (2 losses x 1 seed, two steps each):
+runs, table, plots, BCE's tuned threshold carried through decode.json to test and load_trained,
+skipping finished runs, and the argument errors."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from docre.errors import DocreError
+
+ROOT = Path(__file__).resolve().parent.parent
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def compare(*args):
+    return subprocess.run([sys.executable, "scripts/compare_losses.py", "configs/smoke.yaml", *args],
+                          cwd=ROOT, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def comparison(tiny_backbone, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    # no top-k cap: after two steps gold relations are rarely among a pair's top 4 of 96, and BCE's
+    # threshold is only tuned when some cut reaches F1 > 0
+    overrides = [f"model.backbone={tiny_backbone}", "train.max_steps=2", "eval.top_k=97"]
+    result = compare("--losses", "atgl,bce", "--output-dir", str(out), *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, overrides, result
+
+
+def test_runs_table_and_plots(comparison):
+    out, _, result = comparison
+    report = json.loads((out / "comparison.json").read_text())
+    assert [row["label"] for row in report["runs"]] == ["atgl(alpha=16.5)", "bce(threshold=0.5)"]
+    for row in report["runs"]:
+        run_dir = Path(row["run_dir"])
+        assert run_dir.name == f"smoke-{row['loss']}-s66"
+        results = json.loads((run_dir / "results.json").read_text())
+        assert results["steps"] == 2
+        test = results["test"]
+        assert row["f1"] == test["f1"] and row["ign_f1"] == test["ign_f1"]
+        assert row["false_positives"] == test["num_predicted"] - test["num_correct"]
+        assert row["false_negatives"] == test["num_gold"] - test["num_correct"]
+        assert row["seconds_per_step"] == results["seconds_per_step"]
+        assert row["violation_rate"] is not None and 0 <= row["violation_rate"] <= 1
+        assert (out / "plots" / run_dir.name / "margins-test.png").read_bytes().startswith(PNG)
+    assert (out / "plots" / "comparison.png").read_bytes().startswith(PNG)
+    table = (out / "comparison.md").read_text()
+    assert "| atgl(alpha=16.5) | 66 |" in table and "| bce(threshold=0.5) | 66 | threshold=" in table
+    assert "| loss (keywords as trained) | seed | decode (tuned on dev) | P | R | F1 | Ign F1 | FP | FN |" in table
+    assert table.strip() in result.stdout.replace("\r", "")
+
+
+def test_bce_threshold_is_tuned_on_dev_and_reused(comparison):
+    from docre.trainer import load_trained
+
+    out, _, _ = comparison
+    run_dir = out / "smoke-bce-s66"
+    decode = json.loads((run_dir / "decode.json").read_text())
+    assert set(decode) == {"threshold"} and 0 <= decode["threshold"] <= 1 and decode["threshold"] != 0.5
+    results = json.loads((run_dir / "results.json").read_text())
+    best = json.loads((run_dir / "best.json").read_text())
+    assert results["decode"] == decode and best["threshold"] == decode["threshold"]
+    _, _, _, loss_fn, _ = load_trained(run_dir, torch.device("cpu"))
+    assert loss_fn.threshold == decode["threshold"]
+    assert not (out / "smoke-atgl-s66" / "decode.json").read_text().strip("{}\n ")  # nothing to tune for ATGL
+
+
+def test_finished_runs_are_skipped_and_settings_checked(comparison):
+    out, overrides, _ = comparison
+    before = json.loads((out / "comparison.json").read_text())["runs"]
+    again = compare("--losses", "atgl,bce", "--output-dir", str(out), *overrides)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("finished earlier, skipped") == 2
+    assert json.loads((out / "comparison.json").read_text())["runs"] == before
+    changed = compare("--losses", "atgl", "--output-dir", str(out), overrides[0], "train.max_steps=3", overrides[2])
+    assert changed.returncode == 1 and "was trained with train.max_steps=2" in changed.stderr
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("compare_losses", ROOT / "scripts" / "compare_losses.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--losses", "atgl,focal"], "unknown loss 'focal'"),
+    (["--losses", "atgl,atgl"], "names an item twice"),
+    (["--losses", "atgl", "--seeds", "1,x"], "not a comma-separated list of integers"),
+    (["--losses", "atgl", "loss.alpha=3"], "set by compare_losses.py for each run"),
+    (["--losses", "atgl", "seed=3"], "set by compare_losses.py for each run"),
+    (["--losses", "atgl", "train.epoch=3"], "unknown key 'train.epoch'"),
+])
+def test_argument_errors(script, monkeypatch, argv, message):
+    monkeypatch.setattr(sys, "argv", ["compare_losses.py", "configs/smoke.yaml", *argv])
+    with pytest.raises(DocreError, match=message):
+        script.main()
+
+
+def test_loss_signature_fills_in_defaults(script):
+    assert script.loss_signature({"name": "hingeabl"}) == ("hingeabl(margin=5.0)", {"margin": 5.0})
+    assert script.loss_signature({"name": "atl"}) == ("atl()", {})
+    assert script.loss_signature({"name": "ncrl", "shift": 0.1})[0] == "ncrl(shift=0.1)"
+
+
+def test_summary_over_seeds(script):
+    rows = [{"label": "atl()", "loss": "atl", "seed": s, "precision": 0.5, "recall": 0.5, "f1": f1, "ign_f1": 0.4,
+             "false_positives": fp, "false_negatives": 10, "offset_std": 0.1, "violation_rate": None,
+             "seconds_per_step": 1.0} for s, f1, fp in ((1, 0.6, 10), (2, 0.7, 20))]
+    (entry,) = script.summarise(rows)
+    assert entry["seeds"] == [1, 2] and entry["f1"] == pytest.approx(0.65) and entry["f1_std"] == pytest.approx(0.0707107, rel=1e-5)
+    assert entry["false_positives"] == 15 and entry["violation_rate"] is None
+    assert "Mean ± std over seeds" in script.markdown([r | {"decode": {}, "logits_false_positives": None} for r in rows],
+                                                      [entry], "test", "cmd")
