@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from docre.data.bio import read_cdr, read_gda
 from docre.data.cache import cache_key, default_cache_dir, load_features, save_features, tokenizer_fingerprint
 from docre.data.docred import read_bytes, read_docred, split_spec
 from docre.data.feature import Feature, featurize
@@ -18,11 +19,16 @@ from docre.errors import DocreError
 from docre.utils import gc_paused, logger
 
 READERS = {
-    "docred": read_docred,
+    "docred": read_docred,  # DocRED, Re-DocRED, DocGNRE, DWIE (DocRED-style JSON)
+    "cdr": read_cdr,  # BC5CDR in the EoG format, chemical-induced disease
+    "gda": read_gda,  # GDA in the EoG format, gene-disease association
 }
 
 # Datasets whose relation set is fixed by the format rather than given by a rel2id file.
-FIXED_RELATIONS: dict[str, dict[str, int]] = {}
+FIXED_RELATIONS: dict[str, dict[str, int]] = {
+    "cdr": {"Na": 0, "CID": 1},
+    "gda": {"Na": 0, "GDA": 1},
+}
 
 
 @dataclass
