@@ -64,6 +64,23 @@ def load_rel2id(dataset: str, rel2id_file: str, train_docs: list[dict] | None = 
     return {"Na": 0, **{r: i + 1 for i, r in enumerate(relations)}}
 
 
+def load_rel_names(rel_info_file: str) -> dict[str, str]:
+    """Relation id -> readable name from a rel_info.json file (e.g. "P17" -> "country"), for the
+    per-relation table; "" gives {} (ids are shown as they are)."""
+    if not rel_info_file:
+        return {}
+    from docre.config import resolve_path
+
+    path = resolve_path(rel_info_file)
+    try:
+        names = json.loads(read_bytes(path))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise DocreError(f"{path}: invalid relation names ({error})") from None
+    if not isinstance(names, dict) or not all(isinstance(v, str) for v in names.values()):
+        raise DocreError(f"{path}: relation names must be a JSON object of relation id -> name")
+    return names
+
+
 def read_split(dataset: str, spec: str, data_dir: str, rel2id: dict[str, int] | None) -> tuple[Path, slice, list[dict]]:
     """Read and validate the documents of a split spec ('file' or 'file[a:b]')."""
     from docre.config import resolve_path
