@@ -26,10 +26,10 @@ def main() -> int:
     args = parser.parse_args()
 
     from docre.config import resolve_path
-    from docre.data import load_split, read_split
+    from docre.data import load_rel_names, load_split, read_split
     from docre.data.docred import split_spec
-    from docre.metrics import score
-    from docre.report import results_table
+    from docre.metrics import breakdown, score
+    from docre.report import breakdown_table, per_relation_table, results_table
     from docre.trainer import decode_predictions, load_trained, predict_logits
     from docre.utils import resolve_device, resolve_precision, setup_logging, tune_cpu_allocator
 
@@ -52,14 +52,18 @@ def main() -> int:
             f"file with: python scripts/predict.py {args.run_dir} {path}{spec[len(name):]} -o result.zip "
             "and submit result.zip to the CodaLab competition"
         )
-    train_docs = read_split(data.dataset, data.ign_train_file or data.train_file, data.dir, None)[2]
+    train_docs = read_split(data.dataset, data.train_file, data.dir, None)[2]
+    ign_docs = read_split(data.dataset, data.ign_train_file, data.dir, None)[2] if data.ign_train_file else train_docs
+    rel_names = load_rel_names(data.rel_info)
     logits = predict_logits(model, split.features, len(rel2id), tokenizer.pad_token_id or 0, cfg.eval.batch_size,
                             device, resolve_precision(cfg.train.precision, device), desc=args.split)
     predictions = decode_predictions(split.features, logits, loss_fn, args.top_k or cfg.eval.top_k, rel2id)
-    scores = score(data.dataset, predictions, split.docs, train_docs)
+    scores = score(data.dataset, predictions, split.docs, ign_docs)
+    details = breakdown(data.dataset, predictions, split.docs, train_docs, rel_names)
     print(results_table({args.split: scores}))
+    print(f"\n{breakdown_table({args.split: details})}\n\n{per_relation_table(details['per_relation'])}")
     if args.json:
-        print(json.dumps({"split": args.split, **scores}))
+        print(json.dumps({"split": args.split, **scores, "breakdown": details}))
     return 0
 
 

@@ -32,12 +32,15 @@ def main() -> int:
         parser.error("give a config file, or --resume RUN_DIR")
     cfg = load_config(config, overrides)  # fails here, before any model is loaded, on a bad key or value
 
-    from docre.report import results_table
+    from docre.report import breakdown_table, results_table
     from docre.trainer import train
 
     results = train(cfg)
     print(f"\n{cfg.run_name}: best dev checkpoint at step {results['best_step']} ({results['run_dir']})")
     print(results_table(results))
+    details = breakdown_table(results.get("breakdown", {}))
+    if details:  # the per-relation tables are in results.json; evaluate.py prints them
+        print(f"\n{details}")
     print(f"{results['seconds_per_step']:.2f} s/step, peak memory {results['peak_rss_mb']:.0f} MiB")
     return 0
 

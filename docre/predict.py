@@ -25,17 +25,13 @@ FORMATS = ("auto", "docred", "text")
 
 
 def decision_scores(loss_fn, logits: torch.Tensor) -> torch.Tensor:
-    """[P, C] how far each relation lies past the loss's decision boundary; > 0 exactly where its
-    decode predicts the relation before the top-k cap.
+    """[P, C] how far each relation logit lies past the loss's decision threshold; > 0 exactly where
+    its decode predicts the relation before the top-k cap. The threshold is the TH logit for the
+    threshold-class losses (ATL, ATGL, ...), or the loss's own (`decision_threshold`: 0 for balanced
+    softmax, logit(theta) for BCE), as the diagnostics use it."""
+    from docre.diagnostics import decision_thresholds
 
-    A loss with its own rule (e.g. BCE: probability minus its tuned threshold) provides
-    `decision_scores(logits)`; the threshold-class losses (ATL, ATGL, ...) predict s_r > s_TH, so
-    their score is the margin of the relation logit over the TH logit.
-    """
-    own = getattr(loss_fn, "decision_scores", None)
-    if own is not None:
-        return own(logits)
-    return logits.float() - logits[:, :1].float()  # [P, C]
+    return logits.float() - decision_thresholds(loss_fn, logits)[:, None]  # [P, C]
 
 
 def read_documents(path: str | Path, fmt: str = "auto") -> list[dict]:

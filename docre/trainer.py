@@ -22,12 +22,12 @@ from tqdm.auto import tqdm
 from docre import distributed
 from docre.checkpoint import find_training_state, load_training_state, load_weights, save_training_state, save_weights
 from docre.config import Config, TrainConfig, save_config, to_dict
-from docre.data import FIXED_RELATIONS, Split, load_rel2id, load_split, read_split
+from docre.data import FIXED_RELATIONS, Split, load_rel2id, load_rel_names, load_split, read_split
 from docre.data.collate import collate, split_by_tokens, stack_labels
 from docre.data.feature import Feature, probe_tokenizer
 from docre.errors import DocreError
 from docre.losses import build_loss
-from docre.metrics import score
+from docre.metrics import breakdown, score
 from docre.models import build_model, load_tokenizer
 from docre.utils import (
     append_jsonl,
@@ -87,6 +87,7 @@ def train(cfg: Config) -> dict:
     dev_split = featurise("dev", spec=data.dev_file) if data.dev_file else None
     test_split = featurise("test", spec=data.test_file) if data.test_file else None
     ign_docs = read_split(data.dataset, data.ign_train_file, data.dir, None)[2] if data.ign_train_file else train_split.docs
+    rel_names = load_rel_names(data.rel_info)  # read now: a bad file fails before training, not after
     if rank == 0:
         atomic_write_json(run_dir / "rel2id.json", rel2id)
 
@@ -246,6 +247,9 @@ def train(cfg: Config) -> dict:
     if dev_split is not None:
         best = _read_json(run_dir / "best.json")
         results["dev"] = {k: v for k, v in best.items() if k not in ("type", "split", "step", "epoch")}
+        if has_labels(dev_split):  # intra/inter, frequent/long-tail, per relation (docs/metrics.md)
+            dev_predictions = _read_json(run_dir / "dev_predictions.json")
+            results.setdefault("breakdown", {})["dev"] = breakdown(data.dataset, dev_predictions, dev_split.docs, train_split.docs, rel_names)
         decode_params = _read_json(run_dir / "decode.json")
         if decode_params:  # the decision parameters tuned on dev with the best weights
             loss_fn = build_loss(**{**cfg.loss, **decode_params})
@@ -258,6 +262,7 @@ def train(cfg: Config) -> dict:
                 save_logits(run_dir / "test_logits.safetensors", test_split.features, logits)
         if scores:
             results["test"] = scores
+            results.setdefault("breakdown", {})["test"] = breakdown(data.dataset, predictions, test_split.docs, train_split.docs, rel_names)
         else:
             logger.info("test split has no labels: %s is the leaderboard file", run_dir / "test_predictions.json")
     results |= {

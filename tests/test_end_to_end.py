@@ -96,3 +96,20 @@ def test_learns_a_planted_relation_pattern(tmp_path):
     ])
     results = train(cfg)
     assert results["dev"]["f1"] >= 0.8, results["dev"]
+
+
+def test_results_hold_the_breakdowns_with_relation_names(smoke_run):
+    """results.json and evaluate.py carry intra/inter, frequent/long-tail and per-relation scores
+    (docs/metrics.md), with relation names from rel_info.json."""
+    run_dir, result = smoke_run
+    results = json.loads((run_dir / "results.json").read_text())
+    for split in ("dev", "test"):
+        details = results["breakdown"][split]
+        assert {"intra", "inter", "frequent", "long_tail", "frequent_relations", "per_relation"} <= details.keys()
+        assert details["intra"]["num_gold"] + details["inter"]["num_gold"] == results[split]["num_gold"]
+    assert results["breakdown"]["test"]["per_relation"]["P108"]["name"] == "employer"
+    assert "| test | intra-sentence |" in result.stdout
+    evaluated = run(["evaluate.py", str(run_dir), "--split", "test", "--json"])
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert json.loads(evaluated.stdout.strip().splitlines()[-1])["breakdown"] == results["breakdown"]["test"]
+    assert "| P108 | employer |" in evaluated.stdout

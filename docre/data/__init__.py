@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from docre.data.bio import read_cdr, read_gda
 from docre.data.cache import cache_key, default_cache_dir, load_features, save_features, tokenizer_fingerprint
 from docre.data.docred import read_bytes, read_docred, split_spec
 from docre.data.feature import Feature, featurize
@@ -18,11 +19,16 @@ from docre.errors import DocreError
 from docre.utils import gc_paused, logger
 
 READERS = {
-    "docred": read_docred,
+    "docred": read_docred,  # DocRED, Re-DocRED, DocGNRE, DWIE (DocRED-style JSON)
+    "cdr": read_cdr,  # BC5CDR in the EoG format, chemical-induced disease
+    "gda": read_gda,  # GDA in the EoG format, gene-disease association
 }
 
 # Datasets whose relation set is fixed by the format rather than given by a rel2id file.
-FIXED_RELATIONS: dict[str, dict[str, int]] = {}
+FIXED_RELATIONS: dict[str, dict[str, int]] = {
+    "cdr": {"Na": 0, "CID": 1},
+    "gda": {"Na": 0, "GDA": 1},
+}
 
 
 @dataclass
@@ -56,6 +62,23 @@ def load_rel2id(dataset: str, rel2id_file: str, train_docs: list[dict] | None = 
         raise DocreError("data.rel2id is empty and there are no training documents to take relations from")
     relations = sorted({label["r"] for doc in train_docs for label in doc.get("labels", [])})
     return {"Na": 0, **{r: i + 1 for i, r in enumerate(relations)}}
+
+
+def load_rel_names(rel_info_file: str) -> dict[str, str]:
+    """Relation id -> readable name from a rel_info.json file (e.g. "P17" -> "country"), for the
+    per-relation table; "" gives {} (ids are shown as they are)."""
+    if not rel_info_file:
+        return {}
+    from docre.config import resolve_path
+
+    path = resolve_path(rel_info_file)
+    try:
+        names = json.loads(read_bytes(path))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise DocreError(f"{path}: invalid relation names ({error})") from None
+    if not isinstance(names, dict) or not all(isinstance(v, str) for v in names.values()):
+        raise DocreError(f"{path}: relation names must be a JSON object of relation id -> name")
+    return names
 
 
 def read_split(dataset: str, spec: str, data_dir: str, rel2id: dict[str, int] | None) -> tuple[Path, slice, list[dict]]:
