@@ -24,6 +24,9 @@ def main() -> int:
 
     if args.resume:
         config, overrides = Path(args.resume) / "config.yaml", args.args + [f"train.resume={args.resume}"]
+        stray = next((arg for arg in args.args if "=" not in arg), None)
+        if stray is not None:
+            raise DocreError(f"--resume continues a run with its own config.yaml: give only key=value overrides, not {stray!r}")
         if not config.is_file():
             raise DocreError(f"{args.resume}: not a run directory (no config.yaml)")
     elif args.args:

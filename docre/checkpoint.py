@@ -2,10 +2,12 @@
 
 No pickle anywhere: `torch.save` is never used, so nothing docre writes can run code when read.
 A resume checkpoint is a directory (`last/`) written completely under a temporary name and then
-swapped in by renames, so a kill at any moment leaves the previous complete checkpoint.
+swapped in by renames, so a kill at any moment leaves a complete checkpoint (`last/`, or
+`last.old/` between the two renames); tests/test_atomic.py crashes a save at every step.
 """
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -65,19 +67,25 @@ def save_training_state(directory: Path, model, optimizer, scheduler, scaler, st
         "rng_python": random.getstate(),
         "rng_numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
     })
-    # swap: directory -> .old, staging -> directory, drop .old; each rename is atomic
+    # swap: directory -> .old, staging -> directory, drop .old; each rename is atomic. Without a
+    # `directory` (a kill fell between the renames of the previous save), .old is the only complete
+    # checkpoint: it is kept until the new one is in place.
     old = directory.with_name(directory.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
     if directory.exists():
-        directory.rename(old)
-    staging.rename(directory)
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(directory, old)
+    os.rename(staging, directory)
     shutil.rmtree(old, ignore_errors=True)
+
+
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors", "state.json")
 
 
 def find_training_state(directory: Path) -> Path | None:
-    """`directory`, or its `.old` twin if a kill fell between the two renames of a save."""
+    """`directory`, or its `.old` twin if a kill fell between the two renames of a save; None if
+    neither holds a complete checkpoint."""
     for candidate in (directory, directory.with_name(directory.name + ".old")):
-        if (candidate / "state.json").is_file():
+        if all((candidate / name).is_file() for name in CHECKPOINT_FILES):
             return candidate
     return None
 
@@ -87,11 +95,15 @@ def load_training_state(directory: Path, model, optimizer, scheduler, scaler) ->
     from safetensors.torch import load_file
 
     load_weights(model, directory / "model.safetensors")
-    saved = json.loads((directory / "state.json").read_text(encoding="utf-8"))
-    tensors = load_file(str(directory / "optimizer.safetensors"))
-    optimizer.load_state_dict(_join_optimizer_state(tensors, saved["optimizer"]))
-    scheduler.load_state_dict(saved["scheduler"])
-    scaler.load_state_dict(saved["scaler"])
+    try:
+        saved = json.loads((directory / "state.json").read_text(encoding="utf-8"))
+        tensors = load_file(str(directory / "optimizer.safetensors"))
+        optimizer.load_state_dict(_join_optimizer_state(tensors, saved["optimizer"]))
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+    except Exception as error:  # damaged files, or an optimizer built from a different config
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DocreError(f"{directory}: cannot restore the training state ({first})") from None
     torch.set_rng_state(tensors["rng.torch"])
     for name, value in tensors.items():
         if name.startswith("rng.cuda.") and torch.cuda.is_available():

@@ -124,14 +124,23 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         if not Path(path).is_file():
             raise DocreError(f"{path}: config file not found")
         try:
-            layers.append(OmegaConf.load(path))
-        except Exception as error:  # yaml.YAMLError and friends: report the first line only
-            raise DocreError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+            layers.append(_check_sections(OmegaConf.load(path), path))
+        except DocreError:
+            raise
+        except Exception as error:  # yaml.YAMLError and friends: one line, with the place
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+            raise DocreError(f"{path}: not valid YAML{where}: {_yaml_problem(error)}") from None
     for item in overrides:
-        if "=" not in item:
+        if "=" not in item or item.startswith("="):
             raise DocreError(f"override {item!r}: expected key=value")
     # "key=" means the empty string (e.g. data.test_file= for no test split), not null
     overrides = [item + "''" if item.endswith("=") else item for item in overrides]
+    for item in overrides:
+        try:
+            OmegaConf.from_dotlist([item])
+        except Exception as error:  # a value that is not valid YAML, e.g. train.epochs=[1
+            raise DocreError(f"override {item!r}: not a valid value ({_yaml_problem(error)})") from None
     try:
         command_line = OmegaConf.from_dotlist(overrides)
     except OmegaConfBaseException as error:
@@ -155,6 +164,34 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     return cfg
 
 
+def _check_sections(loaded, path):
+    """The file's top level must be a mapping whose sections are mappings; an empty section
+    (a header whose entries are all commented out) counts as absent."""
+    from omegaconf import DictConfig, OmegaConf
+
+    names = [f.name for f in dataclasses.fields(Config)]
+    if not isinstance(loaded, DictConfig):
+        raise DocreError(f"{path}: top level must be a mapping of sections ({', '.join(names)}), got a list")
+    values = OmegaConf.to_container(loaded)
+    for name, value in values.items():
+        if value is None and name in names:
+            loaded.pop(name)
+        elif name in ("data", "model", "loss", "train", "eval", "log") and not isinstance(value, dict):
+            raise DocreError(f"{path}: {name}: must be a section of key: value lines, got {value!r}")
+    return loaded
+
+
+# (key, lowest allowed value, what to say): numbers the schema's types cannot restrict
+MINIMUMS = [
+    ("train.batch_size", 1, "at least 1"), ("train.grad_accum", 1, "at least 1"), ("eval.batch_size", 1, "at least 1"),
+    ("eval.top_k", 1, "at least 1"), ("train.log_every", 1, "at least 1"), ("train.max_nonfinite_steps", 1, "at least 1"),
+    ("train.max_steps", 0, "0 or more"), ("train.eval_every", 0, "0 or more"), ("train.save_every", 0, "0 or more"),
+    ("train.num_threads", 0, "0 or more"), ("model.max_seq_length", 0, "0 or more"), ("model.window", 0, "0 or more"),
+    ("model.pair_chunk_size", 0, "0 or more"), ("model.emb_size", 1, "at least 1"), ("model.block_size", 1, "at least 1"),
+    ("train.max_grad_norm", 0, "0 or more"), ("train.weight_decay", 0, "0 or more"),
+]
+
+
 def check_config(cfg: Config, source: str = "config") -> None:
     """Checks OmegaConf cannot do: enumerated choices, registry names and loss keywords."""
     for key, allowed in CHOICES.items():
@@ -169,10 +206,14 @@ def check_config(cfg: Config, source: str = "config") -> None:
     loss_kwargs = dict(cfg.loss)
     name = loss_kwargs.pop("name", None)
     check_loss_kwargs(name, loss_kwargs, source)
-    if cfg.train.batch_size < 1 or cfg.train.grad_accum < 1 or cfg.eval.batch_size < 1:
-        raise DocreError(f"{source}: batch sizes and train.grad_accum must be at least 1")
-    if cfg.eval.top_k < 1:
-        raise DocreError(f"{source}: eval.top_k must be at least 1")
+    for key, lowest, allowed in MINIMUMS:
+        section, field_name = key.split(".")
+        if getattr(getattr(cfg, section), field_name) < lowest:
+            raise DocreError(f"{source}: {key} must be {allowed}")
+    if cfg.train.max_steps == 0 and cfg.train.epochs < 1:
+        raise DocreError(f"{source}: train.epochs must be at least 1 (or set train.max_steps)")
+    if not 0 <= cfg.train.warmup_ratio <= 1:
+        raise DocreError(f"{source}: train.warmup_ratio must lie in [0, 1]")
     if cfg.model.emb_size % cfg.model.block_size:
         raise DocreError(f"{source}: model.emb_size must be a multiple of model.block_size")
 
@@ -183,8 +224,11 @@ def check_loss_kwargs(name: Any, kwargs: dict, source: str = "config") -> None:
 
     if name not in LOSSES:
         raise DocreError(f"{source}: loss.name={name!r} is not one of {', '.join(LOSSES)}")
+    signature = inspect.signature(LOSSES[name])
+    if all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.parameters.values()):
+        signature = inspect.Signature()  # no __init__ of its own (nn.Module's *args, **kwargs): no keywords
     try:
-        inspect.signature(LOSSES[name]).bind(**kwargs)
+        signature.bind(**kwargs)
     except TypeError as error:
         raise DocreError(f"{source}: loss {name!r}: {error}") from None
 
@@ -216,6 +260,11 @@ def resolve_path(path: str, base: str = "") -> Path:
 
 def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0]
+
+
+def _yaml_problem(error: Exception) -> str:
+    """A YAML parser error's problem ("did not find expected ',' or ']'"), else its first line."""
+    return getattr(error, "problem", None) or _first_line(error)
 
 
 def _describe(error: Exception) -> str:

@@ -47,7 +47,11 @@ from docre.utils import (
 
 
 class Interrupted(DocreError):
-    """Training stopped by SIGINT/SIGTERM after saving a resume checkpoint."""
+    """Training stopped by SIGINT/SIGTERM; the CLI exits with 128 + the signal's number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_status = 128 + signum
 
 
 def train(cfg: Config) -> dict:
@@ -68,6 +72,8 @@ def train(cfg: Config) -> dict:
     run_dir = Path(cfg.train.resume) if cfg.train.resume else Path(cfg.output_dir) / cfg.run_name
     resume_state = _prepare_run_dir(run_dir, cfg, rank)
     setup_logging(run_dir / "train.log", rank)
+    if resume_state is not None and rank == 0:
+        _warn_changed_settings(run_dir, cfg)  # before config.yaml is rewritten below
     set_seed(cfg.seed)
     if rank == 0:
         save_config(cfg, run_dir / "config.yaml")
@@ -78,12 +84,16 @@ def train(cfg: Config) -> dict:
     data = cfg.data
     tokenizer = load_tokenizer(cfg.model.backbone, cfg.model.revision, cfg.model.trust_remote_code)
     needs_train_relations = not data.rel2id and data.dataset not in FIXED_RELATIONS
-    rel2id = load_rel2id(data.dataset, data.rel2id, read_split(data.dataset, data.train_file, data.dir, None)[2] if needs_train_relations else None)
+    rel2id = load_rel2id(data.dataset, data.rel2id, read_split(data.dataset, data.train_file, data.dir, None, True)[2] if needs_train_relations else None)
     featurise = partial(
         load_split, dataset=data.dataset, data_dir=data.dir, tokenizer=tokenizer, rel2id=rel2id,
         marker=cfg.model.marker, max_seq_length=cfg.model.max_seq_length, cache_dir=data.cache_dir,
     )
-    train_split = featurise("train", spec=data.train_file)
+    train_split = featurise("train", spec=data.train_file, require_labels=True)
+    pairless = sum(len(f.hts) == 0 for f in train_split.features)
+    if pairless:  # nothing to learn from, and a batch of only such documents has no pairs at all
+        logger.warning("train: %d documents with no candidate pair (fewer than two entities) are left out of training", pairless)
+        train_split.features = [f for f in train_split.features if len(f.hts)]
     dev_split = featurise("dev", spec=data.dev_file) if data.dev_file else None
     test_split = featurise("test", spec=data.test_file) if data.test_file else None
     ign_docs = read_split(data.dataset, data.ign_train_file, data.dir, None)[2] if data.ign_train_file else train_split.docs
@@ -169,8 +179,10 @@ def train(cfg: Config) -> dict:
     # ---- training loop -----------------------------------------------------------------------
     lengths = [len(f.input_ids) for f in train_split.features]
     eval_every = cfg.train.eval_every
-    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-    with _StopSignals() as stop:
+    # the loss average of the current metrics.jsonl window travels with the checkpoint (exact rows after a resume)
+    window_loss, window_steps = counters.pop("window", (0.0, 0))
+    window_start = time.perf_counter()
+    with _StopSignals(run_dir, counters) as stop:
         for epoch in range(counters["epoch"], epochs):
             batches = epoch_batches(lengths, cfg.train.batch_size * world, cfg.seed, epoch, cfg.train.length_bucketing)
             batches = batches[: steps_per_epoch * cfg.train.grad_accum]
@@ -192,9 +204,9 @@ def train(cfg: Config) -> dict:
                     logger.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)", counters["step"], counters["nonfinite_in_row"])
                     if counters["nonfinite_in_row"] >= cfg.train.max_nonfinite_steps:
                         raise DocreError(
-                            f"stopped at step {counters['step']}: {counters['nonfinite_in_row']} non-finite steps in a row "
-                            "(lower the learning rate, use fp32 or bf16, or check the data); weights of the last good step are in "
-                            f"{run_dir / 'last'} if a checkpoint was saved"
+                            f"stopped at step {counters['step']}: {counters['nonfinite_in_row']} non-finite losses or gradients "
+                            f"in a row (train.max_nonfinite_steps={cfg.train.max_nonfinite_steps}); lower the learning rate, "
+                            f"use fp32 or bf16, or check the data. {_last_checkpoint(run_dir, resume_hint=False)}"
                         )
                 else:
                     window_loss, window_steps = window_loss + loss, window_steps + 1
@@ -202,7 +214,8 @@ def train(cfg: Config) -> dict:
                 progress.set_postfix(loss=f"{loss:.4f}")
                 if counters["step"] % cfg.train.log_every == 0 and rank == 0:
                     row = {"type": "train", "step": counters["step"], "epoch": epoch + counters["epoch_step"] / steps_per_epoch,
-                           "loss": window_loss / max(window_steps, 1), "grad_norm": grad_norm,
+                           "loss": window_loss / window_steps if window_steps else None,  # None: every step skipped
+                           "grad_norm": grad_norm if math.isfinite(grad_norm) else None,  # NaN/inf are not JSON
                            "lr_encoder": scheduler.get_last_lr()[0], "lr_head": scheduler.get_last_lr()[-1],
                            "seconds_per_step": (time.perf_counter() - window_start) / cfg.train.log_every,
                            "skipped_steps": counters["skipped_steps"]}
@@ -224,13 +237,15 @@ def train(cfg: Config) -> dict:
                 save_due = cfg.train.save_every and counters["step"] % cfg.train.save_every == 0
                 if rank == 0 and (interrupted or save_due or end_of_epoch or last_step):
                     counters["wall_seconds"] = wall_before + time.perf_counter() - wall_start
-                    save_training_state(run_dir / "last", raw_model, optimizer, scheduler, scaler, counters)
+                    save_training_state(run_dir / "last", raw_model, optimizer, scheduler, scaler,
+                                        counters | {"window": [window_loss, window_steps]})
                 distributed.barrier()
                 if interrupted:
                     progress.close()
+                    name = signal.Signals(stop.signal or signal.SIGTERM).name  # other ranks: SIGTERM sent to rank 0
                     raise Interrupted(
-                        f"interrupted at step {counters['step']}; checkpoint saved. Resume with: "
-                        f"python train.py --resume {run_dir}"
+                        f"interrupted by {name} after step {counters['step']}; checkpoint saved in {run_dir / 'last'}. "
+                        f"Resume with: python train.py --resume {run_dir}", stop.signal or signal.SIGTERM
                     )
                 if last_step:
                     break
@@ -372,8 +387,9 @@ def predict_logits(model, features: list[Feature], num_classes: int, pad_id: int
     by length (less padding); the result does not depend on the order."""
     model.eval()
     release_free_memory()  # the training heap's free blocks (see release_free_memory)
-    order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
-    logits: list = [None] * len(features)
+    # documents without candidate pairs (fewer than two entities) have empty logits and skip the model
+    order = sorted((i for i in range(len(features)) if len(features[i].hts)), key=lambda i: len(features[i].input_ids))
+    logits: list = [torch.zeros(0, num_classes) for _ in features]
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show or None, leave=False):
         indices = order[start : start + batch_size]
         batch = collate([features[i] for i in indices], num_classes, pad_id).to(device)
@@ -448,15 +464,24 @@ def load_trained(run_dir: Path, device: torch.device, overrides: list[str] = ())
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+# What a start writes before its first checkpoint. A run directory holding nothing else (apart from
+# the temporary files of killed writes) saved nothing worth keeping: a failed start (bad data, a
+# missing backbone, out of memory at step 1) must not block the next attempt under the same name.
+START_FILES = {"config.yaml", "environment.json", "rel2id.json", "train.log", "metrics.jsonl", "last.tmp"}
+
+
 def _prepare_run_dir(run_dir: Path, cfg: Config, rank: int) -> Path | None:
     """Create the run directory; return the checkpoint to resume from, if resuming."""
     if cfg.train.resume:
+        if (run_dir / "results.json").exists():
+            raise DocreError(f"{run_dir}: this run already finished (results.json); there is nothing to resume")
         state = find_training_state(run_dir / "last")
         if state is None:
-            raise DocreError(f"{run_dir}: no checkpoint to resume from (no last/ directory)")
+            raise DocreError(f"{run_dir}: no checkpoint to resume from (no complete last/ directory)")
         return state
     if run_dir.exists() and any(run_dir.iterdir()):
-        if cfg.train.overwrite:
+        leftovers = [p.name for p in run_dir.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))]
+        if cfg.train.overwrite or set(leftovers) <= START_FILES:
             if rank == 0:
                 shutil.rmtree(run_dir)
         elif (run_dir / "results.json").exists():
@@ -469,6 +494,41 @@ def _prepare_run_dir(run_dir: Path, cfg: Config, rank: int) -> Path | None:
     distributed.barrier()
     run_dir.mkdir(parents=True, exist_ok=True)
     return None
+
+
+def _last_checkpoint(run_dir: Path, resume_hint: bool = True) -> str:
+    """Where the last complete checkpoint is (and how to resume from it), for stop messages."""
+    state = find_training_state(run_dir / "last")
+    if state is None:
+        return "No checkpoint was saved yet."
+    step = _read_json(state / "state.json")["counters"]["step"]
+    hint = f" Resume with: python train.py --resume {run_dir}" if resume_hint else ""
+    return f"The last checkpoint (step {step}) is in {state}.{hint}"
+
+
+def _warn_changed_settings(run_dir: Path, cfg: Config) -> None:
+    """Say which settings differ from the run's config.yaml: the continuation is then no exact
+    replay (and the optimizer's learning rates and schedule still come from the checkpoint)."""
+    from docre.config import load_config
+
+    try:
+        saved = to_dict(load_config(run_dir / "config.yaml"))
+    except DocreError:
+        return
+    ignored = {"train.resume", "train.overwrite", "train.device", "train.num_threads", "data.cache_dir", "eval.batch_size"}
+    changed = [f"{key} {saved_value!r} -> {value!r}" for key, value, saved_value in _flat_pairs(to_dict(cfg), saved)
+               if key not in ignored and not key.startswith("log.") and value != saved_value]
+    if changed:
+        logger.warning("resuming with settings that differ from %s: %s", run_dir / "config.yaml", ", ".join(changed))
+
+
+def _flat_pairs(new: dict, old: dict, prefix: str = ""):
+    for key in sorted(new.keys() | old.keys()):
+        a, b = new.get(key), old.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            yield from _flat_pairs(a, b, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", a, b
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -507,15 +567,19 @@ def _start_wandb(cfg: Config, run_dir: Path):
 
 
 class _StopSignals:
-    """Turn SIGINT/SIGTERM into a request to stop after the current step; a second one stops at once."""
+    """Turn SIGINT/SIGTERM into a request to stop after the current step; a second one stops at once
+    (an `Interrupted` error naming the last checkpoint); a third one gets the default action."""
 
-    def __init__(self):
+    def __init__(self, run_dir: Path, counters: dict):
         self.signal: int | None = None
+        self.forced: int | None = None
         self._previous: dict = {}
+        self._run_dir, self._counters = run_dir, counters
 
     def _handle(self, signum, frame) -> None:
         if self.signal is not None:
             signal.signal(signum, signal.SIG_DFL)
+            self.forced = signum
             raise KeyboardInterrupt
         self.signal = signum
         logger.warning("received %s: stopping after this step (send again to stop at once)", signal.Signals(signum).name)
@@ -526,6 +590,11 @@ class _StopSignals:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, traceback) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        if self.forced is not None and exc_type is KeyboardInterrupt:
+            raise Interrupted(
+                f"stopped at once by a second {signal.Signals(self.forced).name} during step {self._counters['step'] + 1}. "
+                f"{_last_checkpoint(self._run_dir)}", self.forced
+            ) from None

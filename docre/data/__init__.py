@@ -81,14 +81,33 @@ def load_rel_names(rel_info_file: str) -> dict[str, str]:
     return names
 
 
-def read_split(dataset: str, spec: str, data_dir: str, rel2id: dict[str, int] | None) -> tuple[Path, slice, list[dict]]:
-    """Read and validate the documents of a split spec ('file' or 'file[a:b]')."""
+def read_split(dataset: str, spec: str, data_dir: str, rel2id: dict[str, int] | None,
+               require_labels: bool = False) -> tuple[Path, slice, list[dict]]:
+    """Read and validate the documents of a split spec ('file' or 'file[a:b]').
+
+    The whole file is read and validated, then sliced, so error messages give a document's index
+    in the file. `require_labels` (training splits) refuses documents without labels.
+    """
     from docre.config import resolve_path
 
     name, part = split_spec(spec)
     path = resolve_path(name, data_dir)
     with gc_paused():
-        return path, part, READERS[dataset](path, part, rel2id)
+        every = READERS[dataset](path, slice(None), rel2id)
+    docs = every[part]
+    if not docs:
+        bounds = f"the slice [{_bound(part.start)}:{_bound(part.stop)}] " if every else ""
+        raise DocreError(f"{path}: {bounds}holds no documents" + (f" (the file has {len(every)})" if every else ""))
+    if require_labels:
+        first = part.indices(len(every))[0]
+        for index, doc in enumerate(docs, first):
+            if "labels" not in doc:
+                raise DocreError(f"{path}: document {index} ({doc['title']!r}): missing field 'labels' (training documents need labels)")
+    return path, part, docs
+
+
+def _bound(value: int | None) -> str:
+    return "" if value is None else str(value)
 
 
 def load_split(
@@ -101,10 +120,11 @@ def load_split(
     marker: str,
     max_seq_length: int,
     cache_dir: str = "",
+    require_labels: bool = False,
 ) -> Split:
     """Read, validate and featurise one split, reusing cached features when nothing changed."""
     started = time.perf_counter()
-    path, part, docs = read_split(dataset, spec, data_dir, rel2id)
+    path, part, docs = read_split(dataset, spec, data_dir, rel2id, require_labels)
     cache = default_cache_dir(cache_dir)
     cached = None
     if cache is not None:

@@ -10,6 +10,7 @@ an entity (kept as ATLOP keeps it, so the numbers match). Policy: docs/data.md.
 """
 
 import gzip
+import json
 import re
 import zlib
 from pathlib import Path
@@ -36,35 +37,50 @@ def read_bytes(path: Path) -> bytes:
     if not path.is_file():
         raise DocreError(f"{path}: file not found")
     raw = path.read_bytes()
-    if not raw.strip():
-        raise DocreError(f"{path}: file is empty")
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as error:
             raise DocreError(f"{path}: not a valid gzip file ({error})") from None
+    if not raw.strip():
+        raise DocreError(f"{path}: file is empty")
     return raw
 
 
 def parse_json_list(path: Path, raw: bytes) -> list:
-    """Parse a JSON document list, with one-line errors for bad encodings, syntax and shape."""
+    """Parse a JSON document list, with one-line errors for bad encodings, syntax and shape.
+    A leading UTF-8 byte order mark (some Windows editors write one) is ignored."""
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as error:
-        raise DocreError(f"{path}: not UTF-8 text (byte {error.start})") from None
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise DocreError(f"{path}: not UTF-8 text (byte {error.start}, line {line})") from None
     try:
         data = ujson.loads(text)
     except ValueError as error:
-        raise DocreError(f"{path}: invalid JSON ({error})") from None
+        raise DocreError(f"{path}: invalid JSON {_json_error_position(text, error)}") from None
     if not isinstance(data, list):
         raise DocreError(f"{path}: top level must be a JSON list of documents, got {type(data).__name__}")
     return data
 
 
+def _json_error_position(text: str, error: ValueError) -> str:
+    """Where the JSON is broken. ujson does not say, so the standard parser reads it again (only
+    on this error path)."""
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as std:
+        return f"at line {std.lineno} column {std.colno}: {std.msg}"
+    except (ValueError, RecursionError):
+        pass
+    return f"({error})"
+
+
 def read_docred(path: Path, part: slice, rel2id: dict[str, int] | None) -> list[dict]:
     """Read, slice and validate a DocRED-style file. `rel2id=None` accepts any relation id."""
-    docs = parse_json_list(path, read_bytes(path))[part]
-    validate_docred(docs, path, rel2id, first_index=part.indices(10**12)[0] if part.start else 0)
+    every = parse_json_list(path, read_bytes(path))
+    docs = every[part]
+    validate_docred(docs, path, rel2id, first_index=part.indices(len(every))[0])
     return docs
 
 

