@@ -92,6 +92,8 @@ def read_split(dataset: str, spec: str, data_dir: str, rel2id: dict[str, int] | 
 
     name, part = split_spec(spec)
     path = resolve_path(name, data_dir)
+    if not path.exists() and path.with_name(path.name + ".gz").exists():
+        path = path.with_name(path.name + ".gz")  # a gzipped copy under the usual name (readers take both)
     with gc_paused():
         every = READERS[dataset](path, slice(None), rel2id)
     docs = every[part]
