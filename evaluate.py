@@ -56,7 +56,8 @@ def main() -> int:
     ign_docs = read_split(data.dataset, data.ign_train_file, data.dir, None)[2] if data.ign_train_file else train_docs
     rel_names = load_rel_names(data.rel_info)
     logits = predict_logits(model, split.features, len(rel2id), tokenizer.pad_token_id or 0, cfg.eval.batch_size,
-                            device, resolve_precision(cfg.train.precision, device), desc=args.split)
+                            device, resolve_precision(cfg.train.precision, device), desc=args.split,
+                            max_tokens=cfg.eval.max_batch_tokens)
     predictions = decode_predictions(split.features, logits, loss_fn, args.top_k or cfg.eval.top_k, rel2id)
     scores = score(data.dataset, predictions, split.docs, ign_docs)
     details = breakdown(data.dataset, predictions, split.docs, train_docs, rel_names)

@@ -78,6 +78,7 @@ class TrainConfig:
 class EvalConfig:
     top_k: int = 4  # most relations predicted per entity pair (ATLOP's num_labels)
     batch_size: int = 8  # documents per evaluation batch
+    max_batch_tokens: int = 4096  # and at most this many encoder tokens per batch (bounds memory); 0 = no cap
     save_logits: bool = True  # keep dev/test logits (fp16 safetensors) for threshold diagnostics
 
 

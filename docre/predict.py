@@ -194,7 +194,8 @@ class Predictor:
         with_pairs = [i for i, f in enumerate(features) if len(f.hts)]
         logits = [torch.zeros(0, num_classes) for _ in features]  # per document [P_i, C]
         computed = predict_logits(self.model, [features[i] for i in with_pairs], num_classes, self.tokenizer.pad_token_id or 0,
-                                  batch_size, self.device, self.dtype, desc="predict", show=progress)
+                                  batch_size, self.device, self.dtype, desc="predict", show=progress,
+                                  max_tokens=self.cfg.eval.max_batch_tokens)
         for i, doc_logits in zip(with_pairs, computed):
             logits[i] = doc_logits
         rows = decode_predictions(features, logits, self.loss_fn, top_k, self.rel2id)

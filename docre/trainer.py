@@ -23,7 +23,7 @@ from docre import distributed
 from docre.checkpoint import find_training_state, load_training_state, load_weights, save_training_state, save_weights
 from docre.config import Config, TrainConfig, save_config, to_dict
 from docre.data import FIXED_RELATIONS, Split, load_rel2id, load_rel_names, load_split, read_split
-from docre.data.collate import collate, split_by_tokens, stack_labels
+from docre.data.collate import collate, encoded_tokens, split_by_tokens, stack_labels
 from docre.data.feature import Feature, probe_tokenizer
 from docre.errors import DocreError
 from docre.losses import build_loss
@@ -145,7 +145,8 @@ def train(cfg: Config) -> dict:
         split; they are returned as the last item."""
         mine = list(range(rank, len(split.features), world))
         logits = predict_logits(raw_model, [split.features[i] for i in mine], len(rel2id), tokenizer.pad_token_id or 0,
-                                cfg.eval.batch_size, device, dtype, desc=split.name, show=rank == 0)
+                                cfg.eval.batch_size, device, dtype, desc=split.name, show=rank == 0,
+                                max_tokens=cfg.eval.max_batch_tokens)
         ordered: list = [None] * len(split.features)
         for indices, part in zip(distributed.gather(mine), distributed.gather(logits)):
             for i, doc_logits in zip(indices, part):
@@ -382,16 +383,23 @@ def _optimizer_step(model, loss_fn, optimizer, scheduler, scaler, micro_batches:
 # ---------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def predict_logits(model, features: list[Feature], num_classes: int, pad_id: int, batch_size: int,
-                   device, dtype, desc: str = "predict", show: bool = True) -> list[torch.Tensor]:
+                   device, dtype, desc: str = "predict", show: bool = True, max_tokens: int = 0) -> list[torch.Tensor]:
     """Logits [P_i, C] (float32, CPU) for each document, in the order given. Documents are batched
-    by length (less padding); the result does not depend on the order."""
+    by length (less padding), at most `batch_size` per batch and, with `max_tokens`, at most that
+    many encoder tokens (a longer document alone); the result does not depend on the batching."""
     model.eval()
     release_free_memory()  # the training heap's free blocks (see release_free_memory)
     # documents without candidate pairs (fewer than two entities) have empty logits and skip the model
     order = sorted((i for i in range(len(features)) if len(features[i].hts)), key=lambda i: len(features[i].input_ids))
     logits: list = [torch.zeros(0, num_classes) for _ in features]
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show or None, leave=False):
-        indices = order[start : start + batch_size]
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < batch_size and (
+                max_tokens <= 0 or encoded_tokens([features[j] for j in batches[-1] + [i]], model.window) <= max_tokens):
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    for indices in tqdm(batches, desc=desc, disable=not show or None, leave=False):
         batch = collate([features[i] for i in indices], num_classes, pad_id).to(device)
         with autocast(device, dtype):
             output = model(batch).float().cpu()

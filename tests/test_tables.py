@@ -122,6 +122,8 @@ def test_plan_reads_each_run_state_and_refuses_another_config(tmp_path, tiny_bac
     (done.run_dir / "results.json").write_text("{}")
     (unfinished.run_dir / "last").mkdir()
     (unfinished.run_dir / "last" / "state.json").write_text(json.dumps({"counters": {"step": 3}}))
+    for name in ("model.safetensors", "optimizer.safetensors"):  # a complete checkpoint has all three files
+        (unfinished.run_dir / "last" / name).write_bytes(b"")
     states = {run.cfg.run_name: (run.state, run.detail) for run in plan_runs(table, [1, 2], tmp_path)}
     assert states == {"atgl-s1": ("done", ""), "atgl-s2": ("unfinished", "checkpoint at step 3"),
                       "atl-s1": ("stale", "no checkpoint: starts again"), "atl-s2": ("missing", "")}

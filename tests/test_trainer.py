@@ -94,3 +94,25 @@ def test_split_batch_gives_the_same_step(tiny_backbone, tiny_tokenizer, rel2id):
     assert loss_split == pytest.approx(loss_whole, rel=1e-5)
     for name in whole:
         torch.testing.assert_close(split[name], whole[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_prediction_batches_under_a_token_cap_give_the_same_logits(tiny_backbone, tiny_tokenizer, rel2id, monkeypatch):
+    import docre.trainer as trainer
+    from docre.data.collate import collate, encoded_tokens
+
+    docs = json.loads((FIXTURES / "docred_tiny.json").read_text())
+    features, _ = featurize(docs, tiny_tokenizer, rel2id, "*", 0)
+    info = probe_tokenizer(tiny_tokenizer, "*")
+    torch.manual_seed(0)
+    model = build_model(tiny_backbone, 97, info.start_ids, info.end_ids, emb_size=64, block_size=16)
+    seen = []
+    monkeypatch.setattr(trainer, "collate", lambda part, *a: seen.append(part) or collate(part, *a))
+    whole = trainer.predict_logits(model, features, 97, 0, 8, torch.device("cpu"), torch.float32, show=False)
+    assert len(seen) == 1
+    cap = 40
+    capped = trainer.predict_logits(model, features, 97, 0, 8, torch.device("cpu"), torch.float32, show=False, max_tokens=cap)
+    parts = seen[1:]
+    assert len(parts) > 1 and sorted(id(f) for part in parts for f in part) == sorted(id(f) for f in features)
+    assert all(len(part) == 1 or encoded_tokens(part, model.window) <= cap for part in parts)
+    for a, b in zip(whole, capped):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)

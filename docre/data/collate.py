@@ -98,26 +98,26 @@ def stack_labels(features: list[Feature], num_classes: int) -> torch.Tensor:
     return labels
 
 
-def split_by_tokens(features: list[Feature], max_tokens: int, window: int) -> list[list[Feature]]:
-    """Split a batch into parts whose encoder input has at most `max_tokens` tokens, longest
-    documents first; a document above the budget is a part of its own. 0 = no split.
+def encoded_tokens(part: list[Feature], window: int) -> int:
+    """Tokens of a batch's encoder input: its documents padded to the longest, or, when that
+    exceeds the encoder `window`, every document's windows padded to the window
+    (models/long_input.py)."""
+    longest = max(len(f.input_ids) for f in part)
+    if longest <= window:
+        return len(part) * longest
+    content = window - 2  # windows keep about window - 2 content tokens; an upper bound is enough
+    return window * sum(max(1, -(-(len(f.input_ids) - 2) // content)) for f in part)
 
-    A part's encoder input is its documents padded to the longest, or, when that exceeds the
-    encoder `window`, every document's windows padded to the window (models/long_input.py).
-    """
+
+def split_by_tokens(features: list[Feature], max_tokens: int, window: int) -> list[list[Feature]]:
+    """Split a batch into parts whose encoder input has at most `max_tokens` tokens (see
+    `encoded_tokens`), longest documents first; a document above the budget is a part of its own.
+    0 = no split."""
     if max_tokens <= 0:
         return [features]
-
-    def encoded_tokens(part: list[Feature]) -> int:
-        longest = max(len(f.input_ids) for f in part)
-        if longest <= window:
-            return len(part) * longest
-        content = window - 2  # windows keep about window - 2 content tokens; an upper bound is enough
-        return window * sum(max(1, -(-(len(f.input_ids) - 2) // content)) for f in part)
-
     parts: list[list[Feature]] = []
     for feature in sorted(features, key=lambda f: len(f.input_ids), reverse=True):
-        if parts and encoded_tokens(parts[-1] + [feature]) <= max_tokens:
+        if parts and encoded_tokens(parts[-1] + [feature], window) <= max_tokens:
             parts[-1].append(feature)
         else:
             parts.append([feature])

@@ -86,8 +86,8 @@ def test_slices_and_gzip(tmp_path):
     whole = read_split("cdr", "x.data.gz", str(tmp_path), None)[2]
     assert [d["title"] for d in read_split("cdr", "x.data.gz[1:]", str(tmp_path), None)[2]] == ["1002", "1003"]
     assert read_split("cdr", "blank.data", str(tmp_path), None)[2] == whole  # blank lines are ignored
-    with pytest.raises(DocreError, match=r"document 1 \(line 4, PMID 1002\)"):  # numbering counts the blank lines
-        read_split("cdr", "blank.data[1:]", str(tmp_path), {"Na": 0, "GDA": 1})
+    with pytest.raises(DocreError, match=r"document 0 \(line 2, PMID 1001\)"):  # numbering counts the blank lines
+        read_split("cdr", "blank.data[1:]", str(tmp_path), {"Na": 0, "GDA": 1})  # the whole file is validated
 
 
 def test_document_without_candidate_pairs_is_skipped(tmp_path, caplog):
