@@ -1,0 +1,103 @@
+"""scripts/download_data.py without a network: verification, atomic rename, resume, refusals."""
+
+import gzip
+import hashlib
+import importlib.util
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from docre.errors import DocreError
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+spec = importlib.util.spec_from_file_location("download_data", ROOT / "scripts" / "download_data.py")
+dd = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(dd)
+
+CONTENT = b"hello\n"
+HELLO_BLOB = "ce013625030ba8dba906f756967f9e9ca394464a"  # `git hash-object` of "hello\n"
+
+
+def test_digests_sha256_and_git_blob(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(CONTENT)
+    assert dd.digest_matches(path, dd.Source("f", sha256=hashlib.sha256(CONTENT).hexdigest()))
+    assert dd.digest_matches(path, dd.Source("f", git_blob=HELLO_BLOB))
+    assert not dd.digest_matches(path, dd.Source("f", git_blob="0" * 40))
+    assert not dd.digest_matches(path, dd.Source("f", sha256="0" * 64))
+
+
+def test_download_verifies_then_renames(tmp_path):
+    upstream = tmp_path / "upstream.json"
+    upstream.write_bytes(CONTENT)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    good = dd.Source("x.json", upstream.as_uri(), git_blob=HELLO_BLOB)
+    assert dd.download(good, dest, progress=False).read_bytes() == CONTENT
+    assert sorted(p.name for p in dest.iterdir()) == ["x.json"]  # no .part left
+
+    bad = dd.Source("y.json", upstream.as_uri(), sha256="0" * 64)
+    with pytest.raises(DocreError, match="does not match its recorded sha256"):
+        dd.download(bad, dest, progress=False)
+    assert sorted(p.name for p in dest.iterdir()) == ["x.json"]  # nothing half-written under either name
+
+
+class Partial(io.BytesIO):
+    """A 206 response carrying the rest of the file."""
+    status = 206
+
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self.headers = {"Content-Length": str(len(data))}
+
+
+def test_an_interrupted_download_resumes_from_its_part_file(tmp_path, monkeypatch):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "x.json.part").write_bytes(CONTENT[:3])
+    asked = []
+
+    def urlopen(request, timeout):
+        asked.append(request.headers.get("Range"))
+        return Partial(CONTENT[3:])
+
+    monkeypatch.setattr(dd.urllib.request, "urlopen", urlopen)
+    path = dd.download(dd.Source("x.json", "https://example.org/x.json", git_blob=HELLO_BLOB), dest, progress=False)
+    assert asked == ["bytes=3-"] and path.read_bytes() == CONTENT
+
+
+def test_a_server_without_ranges_restarts_the_file(tmp_path):
+    upstream = tmp_path / "upstream.json"
+    upstream.write_bytes(CONTENT)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "x.json.part").write_bytes(b"garbage")  # file:// ignores the range: the whole file comes again
+    assert dd.download(dd.Source("x.json", upstream.as_uri(), git_blob=HELLO_BLOB), dest, progress=False).read_bytes() == CONTENT
+
+
+def test_offline_is_a_clear_error(tmp_path):
+    with pytest.raises(DocreError, match="cannot download .*are you offline"):
+        dd.download(dd.Source("x.json", "http://127.0.0.1:9/x.json"), tmp_path, progress=False)
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "scripts/download_data.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_cdr_is_never_downloaded_but_placed_copies_are_verified(tmp_path):
+    result = run("cdr", "--dest", str(tmp_path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "cannot download" in result.stderr and "edge-oriented-graph" in result.stderr and len(result.stderr.splitlines()) == 1
+    if not (SHARED / "cdr").exists():
+        pytest.skip("the CDR files are not in ../shared/data")
+    for name in ("train_filter.data", "dev_filter.data", "test_filter.data"):
+        (tmp_path / "cdr" / name).write_bytes(gzip.decompress((SHARED / "cdr" / f"{name}.gz").read_bytes()))
+    result = run("cdr", "--dest", str(tmp_path))
+    assert result.returncode == 0 and result.stdout.count("verified") == 3
+    (tmp_path / "cdr" / "dev_filter.data").write_bytes(b"changed")
+    result = run("cdr", "--dest", str(tmp_path))
+    assert result.returncode == 1 and "dev_filter.data: does not match the recorded sha256" in result.stderr
