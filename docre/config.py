@@ -79,6 +79,7 @@ class EvalConfig:
     top_k: int = 4  # most relations predicted per entity pair (ATLOP's num_labels)
     batch_size: int = 8  # documents per evaluation batch
     max_batch_tokens: int = 4096  # and at most this many encoder tokens per batch (bounds memory); 0 = no cap
+    tune_threshold_offset: bool = False  # add a dev-tuned offset to the TH logit when decoding (threshold-class losses)
     save_logits: bool = True  # keep dev/test logits (fp16 safetensors) for threshold diagnostics
 
 
@@ -207,6 +208,10 @@ def check_config(cfg: Config, source: str = "config") -> None:
     loss_kwargs = dict(cfg.loss)
     name = loss_kwargs.pop("name", None)
     check_loss_kwargs(name, loss_kwargs, source)
+    from docre.losses import LOSSES
+
+    if cfg.eval.tune_threshold_offset and "th_offset" not in inspect.signature(LOSSES[name]).parameters:
+        raise DocreError(f"{source}: eval.tune_threshold_offset needs a loss that decodes with the TH class; {name!r} does not")
     for key, lowest, allowed in MINIMUMS:
         section, field_name = key.split(".")
         if getattr(getattr(cfg, section), field_name) < lowest:

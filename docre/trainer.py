@@ -27,6 +27,7 @@ from docre.data.collate import collate, encoded_tokens, split_by_tokens, stack_l
 from docre.data.feature import Feature, probe_tokenizer
 from docre.errors import DocreError
 from docre.losses import build_loss
+from docre.losses.common import tune_threshold_offset
 from docre.metrics import breakdown, score
 from docre.models import build_model, load_tokenizer
 from docre.utils import (
@@ -154,6 +155,9 @@ def train(cfg: Config) -> dict:
         decode_params = {}
         if tune and hasattr(loss_fn, "tune_decode"):
             decode_params = loss_fn.tune_decode(torch.cat(ordered), stack_labels(split.features, len(rel2id)), cfg.eval.top_k)
+        if tune and cfg.eval.tune_threshold_offset:  # the decode-side correction (docs/losses.md)
+            loss_fn.th_offset = tune_threshold_offset(torch.cat(ordered), stack_labels(split.features, len(rel2id)), cfg.eval.top_k)
+            decode_params = {"th_offset": loss_fn.th_offset}
         predictions = decode_predictions(split.features, ordered, loss_fn, cfg.eval.top_k, rel2id)
         scores = score(data.dataset, predictions, split.docs, ign_docs) if has_labels(split) else {}
         return scores, predictions, ordered, decode_params

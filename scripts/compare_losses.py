@@ -41,6 +41,8 @@ def loss_signature(loss: dict) -> tuple[str, dict]:
     bound = inspect.signature(LOSSES[loss["name"]]).bind(**{k: v for k, v in loss.items() if k != "name"})
     bound.apply_defaults()
     kwargs = dict(bound.arguments)
+    if kwargs.get("th_offset") == 0.0:  # the official decode: a decode setting, not a loss hyperparameter
+        del kwargs["th_offset"]
     return f"{loss['name']}({', '.join(f'{k}={v}' for k, v in kwargs.items())})", kwargs
 
 

@@ -113,3 +113,27 @@ def test_results_hold_the_breakdowns_with_relation_names(smoke_run):
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert json.loads(evaluated.stdout.strip().splitlines()[-1])["breakdown"] == results["breakdown"]["test"]
     assert "| P108 | employer |" in evaluated.stdout
+
+
+def test_tuned_threshold_offset_is_chosen_on_dev_saved_and_reapplied(tiny_backbone, tmp_path):
+    from docre.diagnostics import load_logits
+    from docre.losses.common import threshold_decode, tune_threshold_offset
+
+    out = tmp_path / "runs"
+    result = run(["train.py", "configs/smoke.yaml", f"model.backbone={tiny_backbone}", f"output_dir={out}", "train.epochs=8",
+                  "eval.tune_threshold_offset=true", "run_name=offset"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = out / "offset"
+    offset = json.loads((run_dir / "decode.json").read_text())["th_offset"]
+    logits, labels, _ = load_logits(run_dir / "dev_logits.safetensors")  # the best checkpoint's dev logits
+    assert offset == pytest.approx(tune_threshold_offset(logits, labels, 4), abs=1e-3)  # fp16 logits on disk
+    best = json.loads((run_dir / "best.json").read_text())
+    decoded = threshold_decode(logits, 4, offset)[:, 1:] > 0
+    assert best["num_predicted"] == int(decoded.sum())  # the logged dev score used the offset
+    scores = json.loads(run(["evaluate.py", str(run_dir), "--json"]).stdout.strip().splitlines()[-1])
+    assert scores["f1"] == best["f1"] and scores["num_predicted"] == best["num_predicted"]  # evaluate.py reapplies it
+
+
+def test_threshold_offset_needs_a_threshold_class_loss(tiny_backbone):
+    with pytest.raises(DocreError, match="tune_threshold_offset needs a loss that decodes with the TH class"):
+        load_config(ROOT / "configs/smoke.yaml", ["loss.name=bce", "eval.tune_threshold_offset=true"])

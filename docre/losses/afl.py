@@ -15,9 +15,10 @@ from docre.losses.common import NEG, positive_mask, threshold_decode
 
 
 class AdaptiveFocalLoss(nn.Module):
-    def __init__(self, gamma: float = 1.0):
+    def __init__(self, gamma: float = 1.0, th_offset: float = 0.0):
         """gamma: focusing exponent on positives (KD-DocRE's gamma_pos; 1.0 in its scripts)."""
         super().__init__()
+        self.th_offset = float(th_offset)  # decode: added to the TH logit (0 = the official rule)
         if not gamma >= 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
         self.gamma = float(gamma)
@@ -35,4 +36,4 @@ class AdaptiveFocalLoss(nn.Module):
         return (positive_part + negative_part).mean()
 
     def decode(self, logits: torch.Tensor, top_k: int) -> torch.Tensor:
-        return threshold_decode(logits.float(), top_k)
+        return threshold_decode(logits.float(), top_k, self.th_offset)

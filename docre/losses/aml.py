@@ -13,9 +13,11 @@ from docre.losses.common import positive_mask, threshold_decode
 
 
 class AdaptiveMarginLoss(nn.Module):
-    def __init__(self):
-        """No hyperparameters; the explicit signature makes config checks reject stray keywords."""
+    def __init__(self, th_offset: float = 0.0):
+        """th_offset: added to the TH logit when decoding (0 = the official rule; tuned on dev with
+        eval.tune_threshold_offset). The explicit signature makes config checks reject stray keywords."""
         super().__init__()
+        self.th_offset = float(th_offset)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
@@ -24,4 +26,4 @@ class AdaptiveMarginLoss(nn.Module):
         return torch.where(positives, F.relu(1.0 - margins), F.relu(1.0 + margins)).sum(1).mean()
 
     def decode(self, logits: torch.Tensor, top_k: int) -> torch.Tensor:
-        return threshold_decode(logits.float(), top_k)
+        return threshold_decode(logits.float(), top_k, self.th_offset)

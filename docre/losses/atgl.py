@@ -15,10 +15,11 @@ from docre.losses.common import threshold_decode
 
 
 class ATGLoss(nn.Module):
-    def __init__(self, alpha: float = 16.5):
+    def __init__(self, alpha: float = 16.5, th_offset: float = 0.0):
         """alpha: weight of each positive relation (the official code's p_weight; paper values:
         CDR 7.5, DWIE 6.0, Re-DocRED 16.5, DocGNRE 20.0)."""
         super().__init__()
+        self.th_offset = float(th_offset)  # decode: added to the TH logit (0 = the official rule)
         if not alpha > 0:
             raise ValueError(f"alpha must be positive, got {alpha}")
         self.alpha = float(alpha)
@@ -29,4 +30,4 @@ class ATGLoss(nn.Module):
         return -(weights * torch.log_softmax(logits.float(), dim=1)).sum(1).mean()
 
     def decode(self, logits: torch.Tensor, top_k: int) -> torch.Tensor:
-        return threshold_decode(logits.float(), top_k)
+        return threshold_decode(logits.float(), top_k, self.th_offset)

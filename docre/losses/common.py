@@ -72,3 +72,49 @@ def relations_to_multi_hot(predicted: torch.Tensor, dtype: torch.dtype) -> torch
 def positive_mask(labels: torch.Tensor) -> torch.Tensor:
     """[P, C-1] True for the gold relations of each pair (column 0, NA, is not a relation)."""
     return labels[:, 1:] > 0
+
+
+@torch.no_grad()
+def tune_threshold_offset(logits: torch.Tensor, labels: torch.Tensor, top_k: int) -> float:
+    """The TH offset o that maximises F1 of `threshold_decode(logits, top_k, o)` over the facts of
+    (logits, labels): a dev-tuned decode-side correction for any threshold-class loss.
+
+    Exact, not a grid: the top-k cap does not depend on o (the ranking uses the raw logits, TH
+    included), so the candidates are the relations inside each pair's top k, and o predicts exactly
+    those whose margin s_r - s_TH exceeds it. Sorted by margin, every cut between two distinct
+    margins is one decision, and F1 = 2 TP / (predicted + gold) is evaluated for all cuts at once;
+    gold facts outside the top k count as misses. The offset returned lies in the middle of the best
+    cut's gap (one unit below the last margin when every candidate is kept); margins closer than
+    float32 rounding can separate count as tied; ties in F1 go to the
+    cut with fewer predictions, and 0 comes back when no cut gives F1 > 0.
+
+    Args:
+        logits: [P, C], column 0 = TH. labels: [P, C] multi-hot. top_k: as in `threshold_decode`.
+    """
+    logits = logits.double()  # margins of float32 logits are exact in float64
+    in_top_k = torch.ones_like(logits, dtype=torch.bool)
+    if top_k < logits.size(1):
+        in_top_k = logits >= logits.topk(top_k, dim=1).values[:, -1:]  # [P, C]
+    in_top_k[:, 0] = False
+    gold = labels > 0
+    gold[:, 0] = False
+    margins = (logits - logits[:, :1])[in_top_k]  # [N] candidate margins
+    hits = gold[in_top_k]  # [N]
+    num_gold = int(gold.sum())
+    if num_gold == 0 or len(margins) == 0:
+        return 0.0
+    margins, order = margins.sort(descending=True)
+    true_positives = hits[order].double().cumsum(0)  # [N] after keeping the first i + 1
+    kept = torch.arange(1, len(margins) + 1, dtype=torch.float64)
+    f1 = 2 * true_positives / (kept + num_gold)
+    # a cut after i must separate margin i from i + 1 by more than decode's float32 rounding of
+    # s_TH + o can blur (margins closer than that are treated as tied)
+    distinct = torch.ones_like(f1, dtype=torch.bool)
+    distinct[:-1] = margins[:-1] - margins[1:] > 1e-5 * margins[:-1].abs().clamp_min(1.0)
+    f1 = torch.where(distinct, f1, torch.full_like(f1, -1.0))
+    best = int(torch.argmax(f1))  # the first maximum: the fewest predictions among ties
+    if f1[best] <= 0:
+        return 0.0
+    if best == len(margins) - 1:
+        return float(margins[best]) - 1.0
+    return float((margins[best] + margins[best + 1]) / 2)

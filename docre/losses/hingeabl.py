@@ -22,9 +22,10 @@ TINY = 1e-12
 
 
 class HingeABLoss(nn.Module):
-    def __init__(self, margin: float = 5.0):
+    def __init__(self, margin: float = 5.0, th_offset: float = 0.0):
         """margin: the hinge margin m around the threshold (the reference's --margin, default 5)."""
         super().__init__()
+        self.th_offset = float(th_offset)  # decode: added to the TH logit (0 = the official rule)
         if not margin >= 0:
             raise ValueError(f"margin must be >= 0, got {margin}")
         self.margin = float(margin)
@@ -42,4 +43,4 @@ class HingeABLoss(nn.Module):
         return loss.sum(1).mean()
 
     def decode(self, logits: torch.Tensor, top_k: int) -> torch.Tensor:
-        return threshold_decode(logits.float(), top_k)
+        return threshold_decode(logits.float(), top_k, self.th_offset)

@@ -14,9 +14,11 @@ from docre.losses.common import positive_mask, threshold_decode
 
 
 class MeanSATLoss(nn.Module):
-    def __init__(self):
-        """No hyperparameters; the explicit signature makes config checks reject stray keywords."""
+    def __init__(self, th_offset: float = 0.0):
+        """th_offset: added to the TH logit when decoding (0 = the official rule; tuned on dev with
+        eval.tune_threshold_offset). The explicit signature makes config checks reject stray keywords."""
         super().__init__()
+        self.th_offset = float(th_offset)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
@@ -28,4 +30,4 @@ class MeanSATLoss(nn.Module):
         return (positive_part + negative_part).mean()
 
     def decode(self, logits: torch.Tensor, top_k: int) -> torch.Tensor:
-        return threshold_decode(logits.float(), top_k)
+        return threshold_decode(logits.float(), top_k, self.th_offset)

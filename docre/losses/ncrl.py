@@ -17,10 +17,11 @@ CLAMP = 1e-8
 
 
 class NoneClassRankingLoss(nn.Module):
-    def __init__(self, shift: float = 0.05):
+    def __init__(self, shift: float = 0.05, th_offset: float = 0.0):
         """shift: margin shift on the negatives' probabilities (the DocRED code's clip = 0.05; the
         standalone loss file defaults to 0)."""
         super().__init__()
+        self.th_offset = float(th_offset)  # decode: added to the TH logit (0 = the official rule)
         if not 0 <= shift < 1:
             raise ValueError(f"shift must be in [0, 1), got {shift}")
         self.shift = float(shift)
@@ -40,4 +41,4 @@ class NoneClassRankingLoss(nn.Module):
         return (relation_part + regulariser).mean()
 
     def decode(self, logits: torch.Tensor, top_k: int) -> torch.Tensor:
-        return threshold_decode(logits.float(), top_k)
+        return threshold_decode(logits.float(), top_k, self.th_offset)
