@@ -206,7 +206,8 @@ def margin_samples(logits: torch.Tensor, labels: torch.Tensor, thresholds: torch
     margins = logits[:, 1:].float() - thresholds.float()[:, None]  # [P, R]
     negative = margins[~gold]
     if len(negative) > limit:
-        negative = negative[torch.linspace(0, len(negative) - 1, limit).long()]
+        # integer spacing: float32 linspace rounds the last index up to len(negative) past ~16 M values
+        negative = negative[torch.arange(limit, dtype=torch.int64) * (len(negative) - 1) // (limit - 1)]
     offset = relative_offsets(logits, labels, thresholds)
     return {"positive": _finite(margins[gold]), "negative": _finite(negative), "offset": _finite(offset)}
 

@@ -214,3 +214,13 @@ def test_cli_prints_the_table_and_writes_the_report(tmp_path):
     failed = subprocess.run([sys.executable, "scripts/diagnose.py", str(tmp_path / "nowhere")], cwd=ROOT,
                             capture_output=True, text=True)
     assert failed.returncode == 1 and failed.stderr.startswith("error: ") and "Traceback" not in failed.stderr
+
+
+def test_margin_sample_of_a_huge_negative_set_stays_in_range():
+    from docre.diagnostics import margin_samples
+
+    logits = torch.zeros(170_000, 101)  # 17 M negatives: float32 linspace indexing overran here
+    labels = torch.zeros_like(logits)
+    labels[:, 0] = 1
+    samples = margin_samples(logits, labels, logits[:, 0], limit=1000)
+    assert len(samples["negative"]) == 1000 and len(samples["positive"]) == 0
