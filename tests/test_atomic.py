@@ -225,13 +225,13 @@ def direct_writes(source: str) -> list[str]:
             continue
         name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
         if name in WRITERS:
-            found.append(f"line {node.lineno}: {name}")
+            found.append((node.lineno, name))
         if name in ("open", "fdopen"):
             modes = [a.value for a in node.args[1:2] if isinstance(a, ast.Constant)]
             modes += [k.value.value for k in node.keywords if k.arg == "mode" and isinstance(k.value, ast.Constant)]
             if any(isinstance(m, str) and set(m) & set("wax+") for m in modes):
-                found.append(f"line {node.lineno}: open for writing")
-    return found
+                found.append((node.lineno, "open for writing"))
+    return [f"line {line}: {what}" for line, what in sorted(found)]  # ast.walk is breadth-first
 
 
 def test_the_write_scanner_finds_direct_writes():
