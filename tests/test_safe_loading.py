@@ -17,7 +17,9 @@ PICKLERS = {"pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "sh
 
 
 def violations(source: str) -> list[str]:
-    """Unsafe loading in Python source, found on its syntax tree (comments and strings do not count)."""
+    """Unsafe loading in Python source, found on its syntax tree (comments and strings do not count):
+    pickle modules, torch.load without weights_only=True, torch.save, pickle-allowing keywords,
+    trust_remote_code=True, and AutoModel.from_pretrained without use_safetensors=True."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -38,6 +40,8 @@ def violations(source: str) -> list[str]:
             found.append(f"line {node.lineno}: {call} allows pickle")
         if constant.get("trust_remote_code") is True:
             found.append(f"line {node.lineno}: {call} with trust_remote_code=True")
+        if call == "AutoModel.from_pretrained" and constant.get("use_safetensors") is not True:
+            found.append(f"line {node.lineno}: AutoModel.from_pretrained may read pytorch_model.bin (pickle)")
     return found
 
 
@@ -57,9 +61,12 @@ def test_the_scanner_finds_each_kind_of_violation():
         "line 1: imports pickle", "line 2: imports dill", "line 3: torch.load without weights_only=True",
         "line 4: torch.load without weights_only=True", "line 4: torch.load allows pickle", "line 5: torch.save (pickle)",
         "line 6: np.load allows pickle", "line 7: AutoModel.from_pretrained with trust_remote_code=True",
-        "line 8: AutoModel.from_pretrained allows pickle", "line 9: read_pickle",
+        "line 7: AutoModel.from_pretrained may read pytorch_model.bin (pickle)",
+        "line 8: AutoModel.from_pretrained allows pickle",
+        "line 8: AutoModel.from_pretrained may read pytorch_model.bin (pickle)", "line 9: read_pickle",
     ]
-    assert violations("torch.load(path, weights_only=True)\n# import pickle\nx = 'torch.save'\n") == []
+    assert violations("torch.load(path, weights_only=True)\n# import pickle\nx = 'torch.save'\n"
+                      "AutoModel.from_pretrained(name, use_safetensors=True)\n") == []
 
 
 def test_docre_has_no_unsafe_loading():
@@ -119,3 +126,24 @@ def test_a_pickle_posing_as_weights_is_refused_and_never_run(tmp_path):
         load_weights(nn.Linear(2, 2), weights)
     assert str(error.value).startswith(f"{weights}: cannot read weights (") and "\n" not in str(error.value)
     assert not marker.exists()
+
+
+def test_a_backbone_with_pickled_weights_only_is_refused(tmp_path, tiny_backbone):
+    """A folder with pytorch_model.bin and no model.safetensors: transformers would unpickle the
+    .bin by default; docre asks for safetensors and says what to do in one line."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from docre.models import build_model
+
+    folder = tmp_path / "bin_only"
+    shutil.copytree(tiny_backbone, folder)
+    weights = next(folder.glob("*.safetensors"))
+    torch.save(load_file(weights), folder / "pytorch_model.bin")  # the test builds the pickle docre must refuse
+    weights.unlink()
+    with pytest.raises(DocreError) as error:
+        build_model(str(folder), 3, [1], [2])
+    assert str(error.value) == (f"model.backbone: folder {str(folder)!r} has its weights only as a pickle (*.bin); "
+                                "docre reads safetensors only: convert them once (load the model and save_pretrained it)")

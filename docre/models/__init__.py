@@ -33,7 +33,11 @@ def resolve_backbone(name: str) -> str:
 
 def _hub_error(name: str, error: Exception) -> DocreError:
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if name not in ALIASES and Path(name).expanduser().is_dir():
+    folder = Path(name).expanduser()
+    if name not in ALIASES and folder.is_dir():
+        if any(folder.glob("*.bin")) and not any(folder.glob("*.safetensors")):
+            return DocreError(f"model.backbone: folder {name!r} has its weights only as a pickle (*.bin); docre reads "
+                              "safetensors only: convert them once (load the model and save_pretrained it)")
         return DocreError(f"model.backbone: folder {name!r} holds no loadable tokenizer and model (config.json, tokenizer files)")
     return DocreError(
         f"model.backbone: cannot load {name!r} ({first}); use a local folder, or a hub id with network "
@@ -79,7 +83,8 @@ def build_model(
     try:
         if pretrained:
             # eager: the pooled layers must return attention probabilities (others switch to SDPA)
-            encoder = AutoModel.from_pretrained(source, attn_implementation="eager", **options)
+            # use_safetensors: never fall back to pytorch_model.bin (a pickle); weights are safetensors only
+            encoder = AutoModel.from_pretrained(source, attn_implementation="eager", use_safetensors=True, **options)
         else:
             config = AutoConfig.from_pretrained(source, **options)
             encoder = AutoModel.from_config(config, attn_implementation="eager", trust_remote_code=trust_remote_code)
