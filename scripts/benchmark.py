@@ -144,7 +144,7 @@ def build(backbone: str, **options):
     rel2id = load_rel2id("docred", str(ROOT / "data/docred/rel2id.json"))
     info = probe_tokenizer(tokenizer, "*")
     model = build_model(backbone, len(rel2id), info.start_ids, info.end_ids, **options)
-    encoder = AutoModel.from_pretrained(backbone, attn_implementation="sdpa")
+    encoder = AutoModel.from_pretrained(backbone, attn_implementation="sdpa", use_safetensors=True)
     return model, encoder, build_loss("atgl", alpha=16.5), tokenizer, rel2id
 
 
