@@ -32,8 +32,9 @@ METRICS = ("precision", "recall", "f1", "ign_f1")
 PUBLISHED_KEYS = {f"{split}_{metric}{std}" for split in ("dev", "test") for metric in METRICS for std in ("", "_std")}
 TABLE_KEYS = {"title", "source", "seeds", "overrides", "rows"}
 ROW_KEYS = {"name", "config", "overrides", "published"}
-# Fields that differ between the processes of one run without changing what is trained.
-IGNORED_FIELDS = {"train.resume", "train.overwrite"}
+# Fields that may differ between the runs of one table without changing what is trained: resume
+# bookkeeping and CPU thread count (seeds of a table may run side by side with fewer threads each).
+IGNORED_FIELDS = {"train.resume", "train.overwrite", "train.num_threads"}
 SEED_SUFFIX = re.compile(r"-s(\d+)$")
 
 
