@@ -2,6 +2,7 @@
 
     python train.py CONFIG [key=value ...]           e.g. python train.py configs/quickstart.yaml train.epochs=2
     python train.py --resume RUN_DIR [key=value ...]  continue an interrupted run from RUN_DIR/last/
+    python train.py CONFIG loss.name=atgl loss.alpha=auto  ATGL with alpha tuned on dev (docs/alpha.md)
 
 Writes runs/<run_name>/ (config, metrics.jsonl, best.safetensors, predictions, results.json) and
 prints the dev/test results table. Multi-GPU: torchrun --nproc-per-node N train.py CONFIG.
@@ -36,9 +37,11 @@ def main() -> int:
     cfg = load_config(config, overrides)  # fails here, before any model is loaded, on a bad key or value
 
     from docre.report import breakdown_table, results_table
-    from docre.trainer import train
+    from docre.sweep import run
 
-    results = train(cfg)
+    results = run(cfg)  # train(cfg), or the dev-tuned alpha sweep when loss.alpha=auto (docre/sweep.py)
+    if "alpha" in results:
+        print(f"\n{cfg.run_name}: alpha {results['alpha']:g} chosen on dev ({results['run_dir']}/alpha_sweep.json)")
     print(f"\n{cfg.run_name}: best dev checkpoint at step {results['best_step']} ({results['run_dir']})")
     print(results_table(results))
     details = breakdown_table(results.get("breakdown", {}))

@@ -14,7 +14,7 @@ import inspect
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from docre.errors import DocreError
 
@@ -84,6 +84,13 @@ class EvalConfig:
 
 
 @dataclass
+class SweepConfig:
+    # loss.alpha=auto (ATGL): alpha values tried, as multiples of alpha_base; the best dev F1 wins
+    alpha_grid: List[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0])
+    alpha_base: float = 0.0  # 0 = the dataset's paper alpha (docre.sweep.PAPER_ALPHA); 1 = the grid holds the values
+
+
+@dataclass
 class LogConfig:
     wandb: bool = False  # also log to Weights & Biases (honours WANDB_MODE=offline)
     wandb_project: str = "docre"
@@ -100,6 +107,7 @@ class Config:
     loss: Dict[str, Any] = field(default_factory=lambda: {"name": "atl"})
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -178,7 +186,7 @@ def _check_sections(loaded, path):
     for name, value in values.items():
         if value is None and name in names:
             loaded.pop(name)
-        elif name in ("data", "model", "loss", "train", "eval", "log") and not isinstance(value, dict):
+        elif name in ("data", "model", "loss", "train", "eval", "sweep", "log") and not isinstance(value, dict):
             raise DocreError(f"{path}: {name}: must be a section of key: value lines, got {value!r}")
     return loaded
 
@@ -222,6 +230,8 @@ def check_config(cfg: Config, source: str = "config") -> None:
         raise DocreError(f"{source}: train.warmup_ratio must lie in [0, 1]")
     if cfg.model.emb_size % cfg.model.block_size:
         raise DocreError(f"{source}: model.emb_size must be a multiple of model.block_size")
+    if not cfg.sweep.alpha_grid or min(cfg.sweep.alpha_grid) <= 0 or cfg.sweep.alpha_base < 0:
+        raise DocreError(f"{source}: sweep.alpha_grid must hold positive numbers and sweep.alpha_base be >= 0")
 
 
 def check_loss_kwargs(name: Any, kwargs: dict, source: str = "config") -> None:
@@ -230,6 +240,9 @@ def check_loss_kwargs(name: Any, kwargs: dict, source: str = "config") -> None:
 
     if name not in LOSSES:
         raise DocreError(f"{source}: loss.name={name!r} is not one of {', '.join(LOSSES)}")
+    for key, value in kwargs.items():  # "auto" means a dev-tuned sweep (docre.sweep), only for ATGL's alpha
+        if value == "auto" and (name, key) != ("atgl", "alpha"):
+            raise DocreError(f"{source}: loss.{key}=auto: only loss.alpha of atgl can be tuned automatically")
     signature = inspect.signature(LOSSES[name])
     if all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.parameters.values()):
         signature = inspect.Signature()  # no __init__ of its own (nn.Module's *args, **kwargs): no keywords

@@ -117,6 +117,49 @@ def plot_bars(rows: list[dict], path: Path, title: str = "") -> Path:
     return _save(figure, path)
 
 
+def sweep_curves(run_dir: Path) -> dict[tuple[str, str], tuple[list[float], list[float]]]:
+    """{(split, metric): (alphas, values in %)} from RUN_DIR/alpha_sweep.json (docre.sweep), for
+    split dev/test and metric f1/precision/recall; values a run lacks are left out."""
+    from docre.errors import DocreError
+
+    path = Path(run_dir) / "alpha_sweep.json"
+    if not path.is_file():
+        raise DocreError(f"{run_dir}: no alpha_sweep.json (not a finished loss.alpha=auto run)")
+    runs = json.loads(path.read_text(encoding="utf-8"))["runs"]
+    curves = {}
+    for split in ("dev", "test"):
+        for metric in ("f1", "precision", "recall"):
+            points = [(row["alpha"], 100 * row[split][metric]) for row in runs if metric in row.get(split, {})]
+            curves[(split, metric)] = ([a for a, _ in points], [v for _, v in points])
+    return curves
+
+
+def plot_alpha_sweep(run_dirs: list[Path], path: Path, title: str = "") -> Path:
+    """F1, precision and recall (dev and test) against alpha on a log axis: the mean over the runs
+    (e.g. seeds) with a band of ± one std, and the chosen alphas as dotted lines."""
+    plt = _pyplot()
+    all_curves = [sweep_curves(run_dir) for run_dir in run_dirs]
+    figure, axes = plt.subplots(1, 3, figsize=(13, 4), sharex=True)
+    for axis, metric in zip(axes, ("f1", "precision", "recall")):
+        for color, split in (("C0", "dev"), ("C1", "test")):
+            xs, means, stds = mean_band([curves[(split, metric)] for curves in all_curves if curves[(split, metric)][0]])
+            if not xs:
+                continue
+            axis.plot(xs, means, marker="o", color=color, label=f"{split} (n={len(run_dirs)})")
+            axis.fill_between(xs, [m - d for m, d in zip(means, stds)], [m + d for m, d in zip(means, stds)],
+                              color=color, alpha=0.2)
+        for run_dir in run_dirs:
+            chosen = json.loads((Path(run_dir) / "alpha_sweep.json").read_text(encoding="utf-8"))["chosen_alpha"]
+            axis.axvline(chosen, color="gray", linestyle=":", linewidth=1)
+        axis.set_xscale("log")
+        axis.set(xlabel="alpha (log scale)", ylabel=f"{LABELS[metric]} (%)", title=LABELS[metric])
+        axis.grid(alpha=0.3, which="both")
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
+    figure.suptitle((f"{title}: " if title else "") + "ATGL alpha sweep (dotted: chosen alpha)")
+    return _save(figure, path)
+
+
 def _steps_per_epoch(train_rows: list[dict]) -> int | None:
     """A train row at step s in epoch e (0-based) has epoch = e + (s - e * spe) / spe = s / spe."""
     for row in reversed(train_rows):

@@ -1,0 +1,152 @@
+"""`loss.alpha=auto` for ATGL: train once per alpha of a small grid, keep the best dev F1.
+
+The ATGL paper picks alpha by label-space size and then tries {0.5, 1, 2} x alpha on dev (REFERENCE
+§0); this does it for the user. Layout of RUN_DIR (= output_dir/run_name):
+
+    alpha_sweep/alpha=<v>/   one normal run per value (resume, skip and evaluate work on each)
+    alpha_sweep.json         every value's dev/test scores and the chosen alpha
+    alpha_sweep.png          dev/test F1, P and R against alpha
+    config.yaml              the sweep's own config (loss.alpha: auto), so --resume RUN_DIR resumes it
+    best.safetensors, rel2id.json, decode.json, best.json, results.json, *_predictions.json
+                             the chosen run's, so evaluate.py RUN_DIR and load_trained work on RUN_DIR:
+                             decode.json carries the chosen alpha, which overrides "auto" when the
+                             loss is rebuilt (load_trained merges decode.json into the loss keywords).
+
+Running the same command again skips finished values and resumes an interrupted one. A finished
+sweep is not redone unless train.overwrite=true; an unfinished sweep of the same config is always
+continued (its runs are resume-safe), also under train.overwrite=true, which is how
+scripts/reproduce.py restarts runs that have no checkpoint of their own.
+"""
+
+import copy
+import json
+import os
+import shutil
+from pathlib import Path
+
+from docre.config import Config, load_config, save_config
+from docre.errors import DocreError
+from docre.utils import atomic_write_json, logger
+
+# The ATGL paper's alpha per dataset (data.dataset, or the data folder's name for DocRED-format sets).
+PAPER_ALPHA = {"docred": 16.5, "redocred": 16.5, "cdr": 7.5, "dwie": 6.0, "docgnre": 20.0}
+SWEEP_DIR = "alpha_sweep"
+# The chosen run's files that make RUN_DIR usable as a run of its own.
+ADOPTED = ("best.safetensors", "rel2id.json", "best.json", "dev_predictions.json", "test_predictions.json",
+           "dev_logits.safetensors", "test_logits.safetensors")
+
+
+def is_auto(cfg: Config) -> bool:
+    return cfg.loss.get("alpha") == "auto"
+
+
+def run(cfg: Config) -> dict:
+    """train(cfg), or the alpha sweep when loss.alpha is auto (what train.py calls)."""
+    from docre.trainer import train
+
+    return tune_alpha(cfg) if is_auto(cfg) else train(cfg)
+
+
+def alpha_values(cfg: Config) -> list[float]:
+    """The grid: sweep.alpha_grid x sweep.alpha_base (else the dataset's paper alpha), ascending."""
+    base = cfg.sweep.alpha_base or PAPER_ALPHA.get(cfg.data.dataset) or PAPER_ALPHA.get(Path(cfg.data.dir).name)
+    if base is None:
+        raise DocreError(f"loss.alpha=auto: no paper alpha for data.dataset={cfg.data.dataset!r} (known: "
+                         f"{', '.join(PAPER_ALPHA)}); set sweep.alpha_base")
+    return sorted({round(base * multiple, 6) for multiple in cfg.sweep.alpha_grid})
+
+
+def tune_alpha(cfg: Config) -> dict:
+    """Train every alpha of the grid in RUN_DIR/alpha_sweep/, pick the best dev F1 (the smaller alpha
+    on a tie), record the sweep and adopt the chosen run's results as RUN_DIR's.
+
+    Returns:
+        The chosen run's results with run_dir = RUN_DIR, plus "alpha" and "alpha_sweep" (every value).
+    """
+    from docre.trainer import train
+
+    values = alpha_values(cfg)  # fails before anything is trained on an unknown dataset
+    if not cfg.data.dev_file:
+        raise DocreError("loss.alpha=auto needs a dev split to choose alpha (data.dev_file is empty)")
+    run_dir = Path(cfg.train.resume) if cfg.train.resume else Path(cfg.output_dir) / cfg.run_name
+    _prepare(run_dir, cfg)
+    rows = []
+    for alpha in values:
+        sub_dir = run_dir / SWEEP_DIR / f"alpha={alpha:g}"
+        if (sub_dir / "results.json").is_file():
+            logger.info("alpha %g: finished earlier (%s), skipped", alpha, sub_dir)
+            results = json.loads((sub_dir / "results.json").read_text(encoding="utf-8"))
+        else:
+            logger.info("alpha %g: training in %s", alpha, sub_dir)
+            results = train(_sub_config(cfg, alpha, sub_dir))
+        rows.append({"alpha": alpha, "run_dir": str(sub_dir), "dev": results.get("dev", {}), "test": results.get("test", {})})
+    chosen = max(rows, key=lambda row: row["dev"]["f1"])  # max keeps the first (smallest alpha) of equal F1s
+    logger.info("alpha sweep: dev F1 %s; chosen alpha %g",
+                ", ".join(f"{row['alpha']:g}: {row['dev']['f1']:.4f}" for row in rows), chosen["alpha"])
+
+    chosen_dir = Path(chosen["run_dir"])
+    for name in ADOPTED:
+        if (chosen_dir / name).is_file():
+            _link_or_copy(chosen_dir / name, run_dir / name)
+    decode = json.loads((chosen_dir / "decode.json").read_text(encoding="utf-8"))
+    atomic_write_json(run_dir / "decode.json", {**decode, "alpha": chosen["alpha"]})
+    sweep = {"chosen_alpha": chosen["alpha"], "chosen_run": str(chosen_dir), "dataset": cfg.data.dataset,
+             "alpha_base": cfg.sweep.alpha_base or None, "alpha_grid": cfg.sweep.alpha_grid, "runs": rows}
+    atomic_write_json(run_dir / "alpha_sweep.json", sweep)
+    from docre.plots import plot_alpha_sweep
+
+    plot_alpha_sweep([run_dir], run_dir / "alpha_sweep.png", cfg.run_name)
+    results = json.loads((chosen_dir / "results.json").read_text(encoding="utf-8"))
+    results |= {"run_dir": str(run_dir), "alpha": chosen["alpha"], "alpha_sweep": rows}
+    atomic_write_json(run_dir / "results.json", results)  # last: its presence marks the sweep finished
+    return results
+
+
+def _prepare(run_dir: Path, cfg: Config) -> None:
+    """Create RUN_DIR with the sweep's config; refuse or replace a finished or different sweep."""
+    saved_path = run_dir / "config.yaml"
+    if run_dir.exists() and any(run_dir.iterdir()) and not cfg.train.resume:
+        from docre.tables import config_differences
+
+        # the folder is the sweep's identity, so a moved or copied sweep continues where it is
+        differences = ["no config.yaml"] if not saved_path.is_file() else [
+            d for d in config_differences(load_config(saved_path), cfg) if not d.startswith("output_dir:")]
+        finished = (run_dir / "results.json").is_file()
+        if cfg.train.overwrite and (finished or differences):
+            shutil.rmtree(run_dir)
+        elif finished:
+            raise DocreError(f"{run_dir}: this alpha sweep already finished; choose another run_name or set train.overwrite=true")
+        elif differences:
+            raise DocreError(f"{run_dir}: holds a run of another config ({'; '.join(differences[:3])}); "
+                             "choose another run_name or set train.overwrite=true")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = copy.deepcopy(cfg)
+    saved.train.resume, saved.train.overwrite = "", False
+    save_config(saved, saved_path)
+
+
+def _sub_config(cfg: Config, alpha: float, sub_dir: Path) -> Config:
+    """The config of one grid value: a normal ATGL run in sub_dir, resumed if it has a checkpoint,
+    started again if it stopped before its first one."""
+    from docre.checkpoint import find_training_state
+
+    sub = copy.deepcopy(cfg)
+    sub.loss = {**cfg.loss, "alpha": alpha}
+    sub.output_dir, sub.run_name = str(sub_dir.parent), sub_dir.name
+    sub.train.resume, sub.train.overwrite = "", False
+    if find_training_state(sub_dir / "last") is not None:
+        sub.train.resume = str(sub_dir)
+    elif sub_dir.exists():
+        sub.train.overwrite = True
+    return sub
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard link (no second copy of the weights), else copy; replaces target either way."""
+    temporary = target.with_name(target.name + ".tmp")
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(source, temporary)
+    except OSError:
+        shutil.copy2(source, temporary)
+    os.replace(temporary, target)
