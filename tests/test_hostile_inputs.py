@@ -394,6 +394,21 @@ class Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+def test_a_repeat_of_one_kind_names_only_that_kind(tmp_path, rel2id, tiny_tokenizer):
+    def repeat(docs):
+        docs[1]["vertexSet"][4].append(dict(docs[1]["vertexSet"][4][0]))
+
+    (tmp_path / "docs.json").write_bytes(edited(repeat))
+    records = Records()
+    logging.getLogger("docre").addHandler(records)
+    try:
+        load_split("x", "docred", "docs.json", str(tmp_path), tiny_tokenizer, rel2id, "*", 1024, "none")
+    finally:
+        logging.getLogger("docre").removeHandler(records)
+    assert [m for m in records.messages if "repeated" in m] == [
+        f"{tmp_path / 'docs.json'}: 1 repeated mentions (kept, as ATLOP keeps them)"]
+
+
 def test_repeats_warn_once_with_counts_and_go_on(tmp_path, rel2id, tiny_tokenizer):
     def repeat(docs):
         docs[1]["labels"] += [dict(docs[1]["labels"][3]), dict(docs[1]["labels"][3])]  # 2 repeated labels

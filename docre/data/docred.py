@@ -135,11 +135,10 @@ def validate_docred(docs: list, path, rel2id: dict[str, int] | None, first_index
                 seen.add(key)
         if "labels" in doc:
             repeated_labels += _check_labels(doc["labels"], len(entities), rel2id, where)
-    if repeated_labels or repeated_mentions:
-        logger.warning(
-            "%s: %d repeated labels (scored once) and %d repeated mentions (kept, as ATLOP keeps them)",
-            path, repeated_labels, repeated_mentions,
-        )
+    repeats = [f"{repeated_labels} repeated labels (scored once)"] * bool(repeated_labels) + [
+        f"{repeated_mentions} repeated mentions (kept, as ATLOP keeps them)"] * bool(repeated_mentions)
+    if repeats:
+        logger.warning("%s: %s", path, " and ".join(repeats))
 
 
 def _check_mention(mention, sents: list, where: str, e: int, m: int) -> None:
