@@ -31,12 +31,10 @@ def main() -> int:
     from docre.metrics import breakdown, score
     from docre.report import breakdown_table, per_relation_table, results_table
     from docre.trainer import decode_predictions, load_trained, predict_logits
-    from docre.utils import resolve_device, resolve_precision, setup_logging, tune_cpu_allocator
+    from docre.utils import resolve_device, resolve_precision, setup_logging
 
     setup_logging()
     device = resolve_device(args.device)
-    if device.type == "cpu":
-        tune_cpu_allocator()
     cfg, tokenizer, model, loss_fn, rel2id = load_trained(args.run_dir, device)
     data = cfg.data
     spec = args.data or (data.dev_file if args.split == "dev" else data.test_file)

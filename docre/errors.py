@@ -17,7 +17,12 @@ class DocreError(Exception):
 
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run a CLI `main()` and turn a `DocreError` into `error: <message>` on stderr and its exit
-    status (1); Ctrl-C outside a training loop prints one line too (exit status 130)."""
+    status (1); Ctrl-C outside a training loop prints one line too (exit status 130). Every docre
+    command starts here, before torch is imported, so this is also where the process asks for huge
+    pages (docre/allocator.py)."""
+    from docre.allocator import use_huge_pages
+
+    use_huge_pages()
     try:
         status = main()
     except DocreError as error:

@@ -42,7 +42,6 @@ from docre.utils import (
     set_seed,
     setup_logging,
     release_free_memory,
-    tune_cpu_allocator,
     write_environment,
 )
 
@@ -67,8 +66,6 @@ def train(cfg: Config) -> dict:
     rank, world, device = distributed.init_distributed(resolve_device(cfg.train.device))
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    if device.type == "cpu":
-        tune_cpu_allocator()
     dtype = resolve_precision(cfg.train.precision, device)
     run_dir = Path(cfg.train.resume) if cfg.train.resume else Path(cfg.output_dir) / cfg.run_name
     resume_state = _prepare_run_dir(run_dir, cfg, rank)

@@ -144,35 +144,12 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def tune_cpu_allocator() -> bool:
-    """Keep freed memory in the process instead of handing large blocks back to the OS.
-
-    glibc maps every allocation above 32 MB freshly from the OS and unmaps it on free, so each
-    training step page-faults in its big activations again (attention maps, group-bilinear
-    features); on the 2-core VM of docs/performance.md that was a third of the CPU time.
-    Raising the mmap and trim thresholds makes such blocks reusable; numbers are unchanged and
-    peak memory stays the same (it is the high-water mark either way). Linux/glibc only; returns
-    whether it applied.
-    """
-    import ctypes
-    import ctypes.util
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mmap_threshold, trim_threshold = -3, -1  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD in <malloc.h>
-        return bool(libc.mallopt(mmap_threshold, 2**30) and libc.mallopt(trim_threshold, 2**31 - 1))
-    except (OSError, AttributeError):  # not glibc (e.g. musl): keep the defaults
-        return False
-
-
 def release_free_memory() -> None:
     """Hand the heap's free pages back to the OS (glibc malloc_trim; elsewhere nothing).
 
-    With tune_cpu_allocator the heap keeps what training freed, laid out for training's block
-    sizes; evaluation allocates other sizes, so without a trim between the phases its blocks come
-    on top of the training heap and the peak is the sum of both phases instead of the larger one.
+    Blocks below glibc's mmap threshold (up to 32 MB) live in the heap, laid out for training's
+    block sizes; evaluation allocates other sizes, so without a trim between the phases its blocks
+    come on top of the training heap and the peak is the sum of both phases, not the larger one.
     """
     if sys.platform.startswith("linux"):
         import ctypes

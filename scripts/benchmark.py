@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from docre.errors import run_cli  # noqa: E402  (no torch import: run_cli sets the allocator up first)
+
 DEV = "dev_revised.json.gz"
 DATA_DIR = str(ROOT / "data" / "redocred")
 
@@ -45,10 +47,9 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from docre.utils import setup_logging, tune_cpu_allocator
+    from docre.utils import setup_logging
 
     setup_logging()
-    tune_cpu_allocator()  # as train() does on CPU; applies to both sides of every ratio
     if args.part == "long-doc":
         print(json.dumps(long_document_step(args.encoder, args.gradient_checkpointing)))
         return 0
@@ -348,4 +349,4 @@ def report(figures: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

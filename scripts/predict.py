@@ -49,14 +49,12 @@ def main() -> int:
     from tqdm.auto import tqdm
 
     from docre.predict import Predictor, model_kind, read_documents
-    from docre.utils import setup_logging, tune_cpu_allocator
+    from docre.utils import setup_logging
 
     model_kind(Path(args.model))  # a wrong model path fails before the input is read
     docs = read_documents(args.input, args.format)  # bad input fails before the model is loaded
     setup_logging()
     predictor = Predictor.from_pretrained(args.model, args.device)
-    if predictor.device.type == "cpu":
-        tune_cpu_allocator()
     started = time.perf_counter()
     with tqdm(total=len(docs), desc="predict", unit="doc") as progress:
         if output.suffix == ".jsonl":
