@@ -4,8 +4,9 @@
 
 For each run: the offset o that maximises dev F1 of `threshold_decode(logits, top_k, o)`
 (`docre.losses.common.tune_threshold_offset`, exact), then dev and test P/R/F1 at o = 0 (the official
-rule) and at the tuned o. Scores are over (pair, relation) facts of the saved fp16 logits, i.e. the
-official P/R/F1 up to fp16 rounding of the logits; Ign F1 needs the documents and is not shown.
+rule) and at the tuned o, with the official scorer (P, R, F1, Ign F1 against the run's training
+documents). The logits are the saved fp16 ones, so a score can differ from the run's own
+results.json in the last digit.
 """
 
 import argparse
@@ -15,14 +16,37 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from docre.errors import run_cli  # noqa: E402
+from docre.errors import DocreError, run_cli  # noqa: E402
 
 
-def prf(decoded, labels) -> dict:
-    predicted, gold = decoded[:, 1:] > 0, labels[:, 1:] > 0
-    tp, p, g = int((predicted & gold).sum()), int(predicted.sum()), int(gold.sum())
-    precision, recall = (tp / p if p else 0.0), (tp / g if g else 0.0)
-    return {"precision": precision, "recall": recall, "f1": 2 * tp / (p + g) if p + g else 0.0}
+def official_scores(run_dir: Path, splits: dict, offsets: dict) -> dict:
+    """{f"{split}_{name}": official scores} for the saved logits decoded with each offset."""
+    from docre.config import load_config
+    from docre.data import load_split, read_split
+    from docre.losses import build_loss
+    from docre.metrics import score
+    from docre.models import load_tokenizer
+    from docre.trainer import decode_predictions
+
+    cfg = load_config(run_dir / "config.yaml")
+    data = cfg.data
+    rel2id = json.loads((run_dir / "rel2id.json").read_text(encoding="utf-8"))
+    tokenizer = load_tokenizer(cfg.model.backbone, cfg.model.revision, cfg.model.trust_remote_code)
+    ign_docs = read_split(data.dataset, data.ign_train_file or data.train_file, data.dir, None)[2]
+    decode = json.loads((run_dir / "decode.json").read_text(encoding="utf-8")) if (run_dir / "decode.json").is_file() else {}
+    scores = {}
+    for split, (logits, _, pairs_per_doc) in splits.items():
+        spec = data.dev_file if split == "dev" else data.test_file
+        features = load_split(split, data.dataset, spec, data.dir, tokenizer, rel2id, cfg.model.marker,
+                              cfg.model.max_seq_length, data.cache_dir)
+        if [len(f.hts) for f in features.features] != pairs_per_doc.tolist():
+            raise DocreError(f"{run_dir}: {split}_logits.safetensors does not match the documents of {spec}")
+        per_doc = list(logits.split(pairs_per_doc.tolist()))
+        for name, offset in offsets.items():
+            loss_fn = build_loss(**{**cfg.loss, **decode, "th_offset": offset})
+            predictions = decode_predictions(features.features, per_doc, loss_fn, cfg.eval.top_k, rel2id)
+            scores[f"{split}_{name}"] = score(data.dataset, predictions, features.docs, ign_docs)
+    return scores
 
 
 def main() -> int:
@@ -33,7 +57,7 @@ def main() -> int:
 
     from docre.config import load_config
     from docre.diagnostics import load_logits
-    from docre.losses.common import threshold_decode, tune_threshold_offset
+    from docre.losses.common import tune_threshold_offset
 
     rows = []
     for run_dir in map(Path, args.run_dirs):
@@ -42,20 +66,21 @@ def main() -> int:
         dev, test = load_logits(run_dir / "dev_logits.safetensors"), load_logits(run_dir / "test_logits.safetensors")
         offset = tune_threshold_offset(dev[0], dev[1], top_k)
         row = {"run": run_dir.name, "loss": cfg.loss["name"], "offset": offset}
-        for split, (logits, labels, _) in (("dev", dev), ("test", test)):
-            for name, o in (("official", 0.0), ("tuned", offset)):
-                row[f"{split}_{name}"] = prf(threshold_decode(logits, top_k, o), labels)
+        row |= official_scores(run_dir, {"dev": dev, "test": test}, {"official": 0.0, "tuned": offset})
         rows.append(row)
-    print("| run | loss | dev-tuned offset | test P / R / F1, offset 0 | test P / R / F1, tuned | dev F1 0 → tuned |")
+    print("| run | loss | dev-tuned offset | test P / R / F1 / Ign F1, offset 0 | test P / R / F1 / Ign F1, tuned | dev F1 0 → tuned |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         a, b = row["test_official"], row["test_tuned"]
-        print(f"| {row['run']} | {row['loss']} | {row['offset']:+.3f} | {100 * a['precision']:.2f} / {100 * a['recall']:.2f} / "
-              f"{100 * a['f1']:.2f} | {100 * b['precision']:.2f} / {100 * b['recall']:.2f} / {100 * b['f1']:.2f} | "
+        print(f"| {row['run']} | {row['loss']} | {row['offset']:+.3f} | {_prfi(a)} | {_prfi(b)} | "
               f"{100 * row['dev_official']['f1']:.2f} → {100 * row['dev_tuned']['f1']:.2f} |")
     if args.json:
         print(json.dumps(rows))
     return 0
+
+
+def _prfi(scores: dict) -> str:
+    return " / ".join(f"{100 * scores[k]:.2f}" for k in ("precision", "recall", "f1", "ign_f1"))
 
 
 if __name__ == "__main__":
