@@ -37,7 +37,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--encoder", choices=("minilm", "bert-base"), default="minilm")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="smaller samples: finishes in about a minute")
+    parser.add_argument("--quick", action="store_true", help="smaller samples, no memory-switch or long-document figures: under a minute")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line at the end")
     parser.add_argument("--part", choices=("long-doc",), help=argparse.SUPPRESS)  # internal: run in a subprocess
     parser.add_argument("--gradient-checkpointing", action="store_true", help=argparse.SUPPRESS)
@@ -58,11 +58,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         backbone = backbone_folder(args.encoder, Path(scratch))
         figures |= preprocessing(Path(scratch) / "cache")
-        figures |= step_ratios(backbone, batches=1 if args.quick else 5, reps=2 if args.quick else 4)
+        figures |= step_ratios(backbone, batches=1 if args.quick else 5, reps=1 if args.quick else 4)
         figures |= inference_ratio(backbone, docs=16 if args.quick else 100, reps=1 if args.quick else 2)
-        figures |= memory_options(backbone, reps=1 if args.quick else 2)
         figures |= training_run_memory(backbone, Path(scratch), steps=2 if args.quick else 10, quick=args.quick)
-        if not args.quick:
+        if not args.quick:  # the memory switches' costs and the long document: a few minutes more
+            figures |= memory_options(backbone, reps=2)
             for checkpointing in (False, True):
                 long = run_part(["--part", "long-doc", "--encoder", args.encoder, "--threads", str(args.threads)]
                                 + (["--gradient-checkpointing"] if checkpointing else []))
@@ -338,8 +338,10 @@ def report(figures: dict) -> None:
         f"ratio {figures['infer_ratio']:.2f}",
         f"peak memory of a training run {figures['peak_rss_mb']:.0f} MiB ({figures['run_steps']} steps + dev evaluation)",
         f"preprocessing 500 docs: cold {figures['prep_cold_s_per_500']:.2f} s, cached {figures['prep_cached_s_per_500']:.2f} s",
-        f"gradient checkpointing costs x{figures['checkpointing_step_ratio']:.2f} per step, pair chunks of 32 x{figures['pair_chunk_32_step_ratio']:.2f}",
     ]
+    if "checkpointing_step_ratio" in figures:
+        lines.append(f"gradient checkpointing costs x{figures['checkpointing_step_ratio']:.2f} per step, "
+                     f"pair chunks of 32 x{figures['pair_chunk_32_step_ratio']:.2f}")
     if "long_doc_tokens" in figures:
         for prefix, label in (("long_doc", "plain"), ("long_doc_checkpointing", "gradient checkpointing")):
             lines.append(f"{figures[prefix + '_tokens']}-token document ({figures[prefix + '_pairs']} pairs), {label}: "
