@@ -82,7 +82,8 @@ def build_model(
     options = {"revision": revision or None, "trust_remote_code": trust_remote_code}
     try:
         if pretrained:
-            # eager: the pooled layers must return attention probabilities (others switch to SDPA)
+            # eager config: additive float masks; AttentionTap then routes every layer through docre's
+            # attention function (SDPA, plus the marker rows of the pooled layers)
             # use_safetensors: never fall back to pytorch_model.bin (a pickle); weights are safetensors only
             encoder = AutoModel.from_pretrained(source, attn_implementation="eager", use_safetensors=True, **options)
         else:

@@ -7,8 +7,10 @@ DocRE step (a two-window 512-token document: ~100 MB per layer). This function k
 and a boolean keep-mask, and recomputes the softmax in backward (one extra q.k product per layer).
 The arithmetic, including where dropout applies, is that of transformers' eager attention.
 
-Layers whose attention the model pools (localized context pooling) also return their dropped
-probabilities, as eager attention does, and gradients flow back through them.
+Layers whose attention the model pools (localized context pooling) also return the probability
+rows the model asks for (`module.docre_rows`, the mention markers), and gradients flow back through
+them. Outside dropout training those rows are computed on their own (a few dozen queries instead of
+the whole [L, L] map) and the layer's output comes from SDPA like every other layer's.
 """
 
 import torch
@@ -68,18 +70,35 @@ def dropout_attention(query, key, value, mask, scale: float, dropout: float, ret
 def encoder_attention(module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0, **kwargs):
     """A transformers attention function (AttentionInterface) for docre's encoders.
 
-    Training with dropout: the memory-lean function above for every layer. Otherwise the fastest
-    path: SDPA where no probabilities are needed, eager attention where the model pools them.
-    `module.docre_pooled` marks the layers whose probabilities the model reads.
+    Training with dropout: the memory-lean function above for every layer. Otherwise SDPA, the
+    fastest path. Layers the model pools (`module.docre_rows` is set: (sequence [K], position [K]))
+    return as their attention weights only those rows of the probabilities, [K, H, Lk].
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    pooled = getattr(module, "docre_pooled", False)
+    rows = getattr(module, "docre_rows", None)
     scale = scaling if scaling is not None else query.size(-1) ** -0.5
     mask = attention_mask[..., : key.size(2)] if attention_mask is not None else None
     if module.training and dropout > 0:
-        return dropout_attention(query, key, value, mask, scale, dropout, return_probs=pooled)
-    if pooled:  # no dropout: plain attention that returns its probabilities
-        probs = torch.softmax(_scores(query, key, mask, scale), dim=-1)  # [B, H, Lq, Lk]
-        return (probs @ value).transpose(1, 2).contiguous(), probs
-    return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scale, dropout=0.0, **kwargs)
+        output, probs = dropout_attention(query, key, value, mask, scale, dropout, return_probs=rows is not None)
+        return output, None if rows is None else probs[rows[0], :, rows[1]]  # [K, H, Lk]
+    output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scale, dropout=0.0, **kwargs)
+    return output, None if rows is None else probability_rows(query, key, mask, scale, *rows)
+
+
+def probability_rows(query, key, mask, scale: float, sequence: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) at rows (sequence[k], position[k]) only: [K, H, Lk].
+
+    One product per sequence of the batch between its requested query rows and all its keys.
+    """
+    pieces, picked_all = [], []
+    for b in sequence.unique().tolist():
+        picked = (sequence == b).nonzero(as_tuple=True)[0]  # [k]
+        scores = (query[b][:, position[picked]] @ key[b].transpose(-1, -2)) * scale  # [H, k, Lk]
+        if mask is not None and mask.numel():
+            scores = scores + mask[b][:, position[picked]]  # mask[b]: [1, Lq, Lk]
+        pieces.append(torch.softmax(scores, dim=-1).transpose(0, 1))  # [k, H, Lk]
+        picked_all.append(picked)
+    if not pieces:
+        return query.new_zeros(0, query.size(1), key.size(2))
+    return torch.cat(pieces)[torch.argsort(torch.cat(picked_all))]  # back to the requested order

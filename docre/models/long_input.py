@@ -8,9 +8,10 @@ ATLOP's pair. The first window keeps the start token(s), the last the end token(
 document of the batch fits the window, the batch is encoded as it is.
 
 Attention. Localized context pooling needs the attention probabilities of the pooled layers,
-and only at the rows of mention markers. Those layers run the eager attention (which returns
-probabilities; a forward hook keeps them), every other layer runs SDPA, and only the marker
-rows ([M, H, L]) are kept, never whole [H, L, L] maps of the document.
+and only at the rows of mention markers. Every layer runs SDPA (or, in training with dropout,
+docre's memory-lean attention); the pooled layers also compute the probabilities of the marker
+rows alone ([M, H, L], models/attention.py) and a forward hook keeps them. Whole [H, L, L] maps
+of the document are never kept.
 """
 
 import copy
@@ -41,9 +42,10 @@ class AttentionTap:
 
     Finds the self-attention modules through `_can_record_outputs["attentions"]` (the class that
     transformers itself records attentions from) and gives them a copy of the config naming
-    `models.attention.encoder_attention`, registered with transformers' AttentionInterface: SDPA
-    where no probabilities are needed, probabilities for the pooled layers, and a memory-lean
-    dropout path in training. The model keeps its eager config, so masks stay additive floats.
+    `models.attention.encoder_attention`, registered with transformers' AttentionInterface. The
+    pooled modules get the rows to compute (`docre_rows`) before each pass and return them as their
+    attention weights; a forward hook keeps them. The model keeps its eager config, so masks stay
+    additive floats.
     """
 
     def __init__(self, encoder: nn.Module, num_pooled: int):
@@ -60,23 +62,23 @@ class AttentionTap:
         routed._attn_implementation = ATTENTION_NAME
         for module in modules:
             module.config = routed
-        for module in modules[-num_pooled:]:
-            module.docre_pooled = True
-        self.rows: tuple[torch.Tensor, torch.Tensor] | None = None  # (sequence, position) of the rows to keep
+        self.pooled = modules[-num_pooled:]
         self.capturing = False
         self.kept: list[torch.Tensor] = []
-        for module in modules[-num_pooled:]:
+        for module in self.pooled:
+            module.docre_rows = None
             module.register_forward_hook(self._keep)
 
+    def set_rows(self, rows: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """(sequence [K], position [K]) of the rows the next passes compute. They stay set, because
+        gradient-checkpoint recomputation in backward must repeat the forward exactly."""
+        for module in self.pooled:
+            module.docre_rows = rows
+
     def _keep(self, module, inputs, outputs) -> None:
-        # Keep only the requested rows, so whole [N, H, L, L] maps are never held here. The gather
-        # also runs during gradient-checkpoint recomputation (which must repeat the forward exactly),
-        # but only our own forward call keeps its result.
-        if self.rows is not None:
-            sequence, position = self.rows
-            rows = outputs[1][sequence, :, position]  # [Q, H, L]
-            if self.capturing:
-                self.kept.append(rows)
+        # recomputation under gradient checkpointing also runs this hook; only our own forward keeps
+        if self.capturing:
+            self.kept.append(outputs[1])  # [K, H, L]
 
 
 @dataclass
@@ -162,7 +164,8 @@ def encode(
 def _run(encoder, tap: AttentionTap, layer_pooling: str, input_ids, attention_mask, rows):
     """One encoder pass: pooled hidden states [N, L, D] and the pooled attention rows `rows`
     (sequence, position) of the pooled layers, [K, H, L]."""
-    tap.rows, tap.kept, tap.capturing = rows, [], True
+    tap.set_rows(rows)
+    tap.kept, tap.capturing = [], True
     try:
         output = encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
     finally:

@@ -1,10 +1,11 @@
 """The memory-lean dropout attention equals plain autograd attention given the same dropout mask:
-outputs, returned probabilities, and gradients (including gradients through the probabilities)."""
+outputs, returned probabilities, and gradients (including gradients through the probabilities).
+The marker-row probabilities equal those rows of the full softmax, values and gradients."""
 
 import pytest
 import torch
 
-from docre.models.attention import dropout_attention
+from docre.models.attention import dropout_attention, probability_rows
 
 
 def reference(query, key, value, mask, keep, scale, dropout):
@@ -44,3 +45,26 @@ def test_without_probabilities_and_with_random_mask():
     assert probs is None and out.shape == (1, 6, 2, 4)
     out.sum().backward()
     assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
+
+
+def test_probability_rows_equal_rows_of_the_full_softmax():
+    generator = torch.Generator().manual_seed(1)
+    query, key = (torch.randn(3, 2, 6, 4, generator=generator, dtype=torch.float64) for _ in range(2))
+    mask = torch.zeros(3, 1, 6, 6, dtype=torch.float64)
+    mask[2, :, :, 4:] = torch.finfo(torch.float64).min  # padding keys of the third sequence
+    # rows out of order, repeated, and sequence 1 never asked for
+    sequence, position = torch.tensor([2, 0, 2, 0, 2]), torch.tensor([3, 5, 0, 5, 1])
+    weight = torch.randn(5, 2, 6, generator=generator, dtype=torch.float64)
+    results = []
+    for fast in (True, False):
+        q, k = query.clone().requires_grad_(True), key.clone().requires_grad_(True)
+        if fast:
+            rows = probability_rows(q, k, mask, 0.5, sequence, position)
+        else:
+            rows = torch.softmax(q @ k.transpose(-1, -2) * 0.5 + mask, dim=-1)[sequence, :, position]
+        (rows * weight).sum().backward()
+        results.append((rows.detach(), q.grad, k.grad))
+    assert results[0][0].shape == (5, 2, 6) and results[0][0][0, :, 4:].abs().max() == 0
+    for fast, slow in zip(*results):
+        torch.testing.assert_close(fast, slow)
+    assert probability_rows(query, key, None, 0.5, sequence[:0], position[:0]).shape == (0, 2, 6)
