@@ -4,10 +4,11 @@
 
 Every file is downloaded into `DEST/NAME/FILE.part` (resumed there after an interruption, with an
 HTTP range request), checked against its recorded sha256 or git blob id, and only then renamed to
-its final name; a file already in place is verified and kept. Datasets whose files cannot be
-fetched from a stable address, or whose licence forbids redistribution (CDR and GDA: the EoG
-preprocessing's NaCTeM non-commercial no-redistribution licence), are not downloaded: the command
-says where to get them and verifies the copies you place in `DEST/NAME/`. Sources:
+its final name; a file already in place is verified and kept. Re-DocRED, DocRED and DWIE come
+from git repositories at pinned commits. Datasets without a verifiable copy (DocGNRE: a zip
+without a published checksum) or whose licence forbids redistribution (CDR and GDA: the EoG
+preprocessing's NaCTeM non-commercial no-redistribution licence) are not downloaded: the command
+says where to get them and verifies the copies you place in `DEST/NAME/` where a hash is known. Sources:
 ../shared/data/SOURCES.md.
 """
 
@@ -34,6 +35,10 @@ class Source:
 
 
 REDOCRED = "https://raw.githubusercontent.com/tonytan48/Re-DocRED/ccfb54f5ddf5836027c87badda10f6dfc56efaac/data/"
+# Copies in plain git at pinned commits, identified by the blob ids recorded in ../shared/data/SOURCES.md
+# (the same blobs are in guojiapub/PEMSCL and tri154/DocReDataParse; DWIE also in XingYing-stack/MILR).
+DOCRED = "https://raw.githubusercontent.com/xiaoyuxin1002/SAIS/2b5e52be875cbc62241e681059ff19be498b8214/Data/DocRED/Original/"
+DWIE = "https://raw.githubusercontent.com/RidongHan/DocRE-Co-Occur/15b3280fdad49922ab1edf921c6c0d75caeb8aac/dataset/dwie/"
 DATASETS: dict[str, tuple[list[Source], str]] = {
     "redocred": ([
         Source("train_revised.json", REDOCRED + "train_revised.json", git_blob="1ba485adf8e4cb789c441de2f6fe41de95690caa"),
@@ -43,18 +48,22 @@ DATASETS: dict[str, tuple[list[Source], str]] = {
                sha256="ea673b7ef91e16510d7eb88863d3903e47318dc5653ef361266f27ae3b84723c"),
     ], "Re-DocRED (Tan et al. 2022), MIT licence, github.com/tonytan48/Re-DocRED"),
     "docred": ([
-        Source("train_annotated.json", git_blob="7917c6888ccb22d684265503337717f4ca5fb2a7"),
-        Source("dev.json", git_blob="40da9836a911cae97cec74223a03e1b0ad770e7a"),
-        Source("test.json"),
-    ], "DocRED (Yao et al. 2019), MIT licence: the files are linked from github.com/thunlp/DocRED (Google Drive) "
-       "and mirrored by the Hugging Face dataset thunlp/docred; rel2id.json and rel_info.json ship in data/docred/"),
+        Source("train_annotated.json", DOCRED + "train_annotated.json", git_blob="7917c6888ccb22d684265503337717f4ca5fb2a7"),
+        Source("dev.json", DOCRED + "dev.json", git_blob="40da9836a911cae97cec74223a03e1b0ad770e7a"),
+        Source("test.json", DOCRED + "test.json", git_blob="be709b16335335de621c0437c2f16f1ae80d92cb"),  # unlabelled
+    ], "DocRED (Yao et al. 2019), MIT licence: github.com/thunlp/DocRED links the files (Google Drive) and the "
+       "Hugging Face dataset thunlp/docred mirrors them; rel2id.json and rel_info.json ship in data/docred/"),
     "docgnre": ([Source("re_docred_test_data_enhancement.json")],
-                "DocGNRE (Li et al. 2023): the LLM-supplemented Re-DocRED test file from github.com/bigai-nlco/DocGNRE; "
-                "training uses Re-DocRED (python scripts/download_data.py redocred)"),
-    "dwie": ([Source("train_annotated.json", git_blob="d1695b97727f97e896ca86e2090a8612b7e2eeb2"), Source("dev.json"),
-              Source("test.json")],
-             "DWIE (Zaporojets et al. 2021) in DocRED form as the ATGL/LogiRE code reads it; the original is at "
-             "github.com/klimzaporojets/DWIE"),
+                "DocGNRE (Li et al. 2023, MIT): its files ship only inside "
+                "https://bigai-nlco.s3.ap-southeast-1.amazonaws.com/DocGNRE/enhancement_data.zip (linked from "
+                "github.com/bigai-nlco/DocGNRE), for which no checksum is published, so docre does not fetch it "
+                "unverified; training uses Re-DocRED (python scripts/download_data.py redocred)"),
+    "dwie": ([
+        Source("train_annotated.json", DWIE + "train_annotated.json", git_blob="d1695b97727f97e896ca86e2090a8612b7e2eeb2"),
+        Source("dev.json", DWIE + "dev.json", git_blob="14c5c2c2fd12e870f24214ffbd1ac013a680c383"),
+        Source("test.json", DWIE + "test.json", git_blob="65b494fe6d5aa6246804ac5a71f1aabadd6508bd"),
+    ], "DWIE (Zaporojets et al. 2021) in DocRED form (LogiRE's preprocessing, as the ATGL code reads it); the "
+       "original data and its terms: github.com/klimzaporojets/DWIE"),
     "cdr": ([
         Source("train_filter.data", sha256="d12936a70c4e96fa9081b36ae342dadc32aae953c6505bd411a84ebce0672329"),
         Source("dev_filter.data", sha256="f2390876853ea8e2f64ebf3eb7d278d384f82f656aa8fffbda2023e9c93ebe7e"),

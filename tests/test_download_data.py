@@ -4,6 +4,7 @@ import gzip
 import hashlib
 import importlib.util
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,29 @@ def test_cdr_is_never_downloaded_but_placed_copies_are_verified(tmp_path):
     (tmp_path / "cdr" / "dev_filter.data").write_bytes(b"changed")
     result = run("cdr", "--dest", str(tmp_path))
     assert result.returncode == 1 and "dev_filter.data: does not match the recorded sha256" in result.stderr
+
+
+def test_every_downloaded_file_is_pinned_and_has_a_digest():
+    downloadable = [(name, s) for name, (sources, _) in dd.DATASETS.items() for s in sources if s.url]
+    assert {name for name, _ in downloadable} == {"redocred", "docred", "dwie"}
+    for name, source in downloadable:
+        # a commit in the address: the bytes cannot change under the recorded digest
+        assert re.search(r"/[0-9a-f]{40}/", source.url), (name, source.url)
+        assert re.fullmatch(r"[0-9a-f]{64}", source.sha256) or re.fullmatch(r"[0-9a-f]{40}", source.git_blob), (name, source)
+    # CDR and GDA (no redistribution) and DocGNRE (no checksum published) are never fetched
+    assert all(not s.url for name in ("cdr", "gda", "docgnre") for s in dd.DATASETS[name][0])
+
+
+def test_shipped_redocred_files_match_the_downloaders_digests(tmp_path):
+    """The recorded digests are those of the real files (the two shipped with docre)."""
+    sources = {s.name: s for s in dd.DATASETS["redocred"][0]}
+    for name in ("dev_revised.json", "test_revised.json"):
+        path = tmp_path / name
+        path.write_bytes(gzip.decompress((ROOT / "data" / "redocred" / f"{name}.gz").read_bytes()))
+        assert dd.digest_matches(path, sources[name])
+
+
+def test_docgnre_says_where_to_get_it(tmp_path):
+    result = run("docgnre", "--dest", str(tmp_path))
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+    assert "enhancement_data.zip" in result.stderr and "no checksum" in result.stderr
