@@ -1,5 +1,6 @@
 """Every docre command asks torch for huge-page-backed large CPU blocks before torch is imported
-(docre/allocator.py); a user's own setting wins; too late is reported, not pretended."""
+(docre/allocator.py); a user's own setting wins; too late is reported, not pretended. The peak
+memory a command reports is its own, not its parent's."""
 
 import subprocess
 import sys
@@ -53,3 +54,11 @@ def test_too_late_once_torch_is_imported(monkeypatch):
     import os
 
     assert "THP_MEM_ALLOC_ENABLE" not in os.environ
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork/exec accounting of peak memory is Linux's")
+def test_peak_memory_of_a_command_started_from_a_large_process_is_its_own():
+    held = b"\1" * (1 << 30)  # this process: over 1 GiB resident when the child is forked
+    code = "from docre.utils import peak_rss_mb; print(peak_rss_mb())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert len(held) and 10 < float(out.stdout) < 900  # importing torch: a few hundred MiB, not the parent's GiB
