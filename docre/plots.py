@@ -152,8 +152,11 @@ def plot_alpha_sweep(run_dirs: list[Path], path: Path, title: str = "") -> Path:
             chosen = json.loads((Path(run_dir) / "alpha_sweep.json").read_text(encoding="utf-8"))["chosen_alpha"]
             axis.axvline(chosen, color="gray", linestyle=":", linewidth=1)
         axis.set_xscale("log")
+        alphas = sorted({x for curves in all_curves for x in curves[("dev", metric)][0]})
+        axis.set_xticks(alphas, [f"{x:g}" for x in alphas])  # the grid's own values, not powers of ten
+        axis.minorticks_off()
         axis.set(xlabel="alpha (log scale)", ylabel=f"{LABELS[metric]} (%)", title=LABELS[metric])
-        axis.grid(alpha=0.3, which="both")
+        axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=8)
     figure.suptitle((f"{title}: " if title else "") + "ATGL alpha sweep (dotted: chosen alpha)")
