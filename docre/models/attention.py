@@ -94,9 +94,8 @@ def probability_rows(query, key, mask, scale: float, sequence: torch.Tensor, pos
     pieces, picked_all = [], []
     for b in sequence.unique().tolist():
         picked = (sequence == b).nonzero(as_tuple=True)[0]  # [k]
-        scores = (query[b][:, position[picked]] @ key[b].transpose(-1, -2)) * scale  # [H, k, Lk]
-        if mask is not None and mask.numel():
-            scores = scores + mask[b][:, position[picked]]  # mask[b]: [1, Lq, Lk]
+        row_mask = None if mask is None else mask[b][:, position[picked]]  # [1, k, Lk]
+        scores = _scores(query[b][:, position[picked]], key[b], row_mask, scale)  # [H, k, Lk]
         pieces.append(torch.softmax(scores, dim=-1).transpose(0, 1))  # [k, H, Lk]
         picked_all.append(picked)
     if not pieces:
