@@ -92,13 +92,20 @@ def append_jsonl(path: str | Path, row: dict) -> None:
 
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector. Parsing a JSON corpus allocates about a million
-    small acyclic objects, which triggers repeated full collections over everything alive and
-    doubles the reading time; nothing is lost by collecting once afterwards."""
+    """Pause Python's cyclic garbage collector while a corpus is parsed, then freeze what it built.
+
+    Parsing a JSON corpus allocates about a million small acyclic objects that live for the whole
+    run. Left to the collector, they trigger repeated full collections while they are being built,
+    and every later full collection walks them again: one pass over six copies of the 500
+    Re-DocRED dev documents takes 0.85 s, and training holds three splits. `gc.freeze()` moves
+    everything alive to the permanent generation, which the collector skips; reference counting
+    still frees these objects when they are dropped (only reference cycles among them would stay,
+    and documents and features have none)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
+        gc.freeze()  # not on an error: what was half-built is dropped, not kept
     finally:
         if was_enabled:
             gc.enable()

@@ -1,15 +1,18 @@
 """DocRED reader and featurisation: batched tokenisation equals ATLOP's per-word loop, marker
 positions, candidate pairs, labels, truncation, slices, gzip, and the feature cache."""
 
+import gc
 import gzip
 import json
 import shutil
+import weakref
 
 import numpy as np
 import pytest
 
 from docre.data import load_split, read_split
 from docre.data.feature import featurize, probe_tokenizer
+from docre.errors import DocreError
 from tests.conftest import FIXTURES, REDOCRED_DEV
 
 
@@ -138,6 +141,28 @@ def test_slices_and_gzip_give_the_same_features(tmp_path, tiny_tokenizer, rel2id
     for a, b in zip(whole.features, zipped.features):
         assert np.array_equal(a.input_ids, b.input_ids) and a.entity_pos == b.entity_pos
     assert np.array_equal(tail.features[0].input_ids, whole.features[1].input_ids)
+
+
+def test_a_loaded_split_is_frozen_out_of_the_collector_yet_freed_when_dropped(tmp_path, tiny_tokenizer, rel2id):
+    # Every full collection walks each tracked object; a split's million parsed objects live for the
+    # whole run, so loading moves them to the permanent generation. Reference counting must still free them.
+    shutil.copy(FIXTURES / "docred_tiny.json", tmp_path / "docs.json")
+    before = gc.get_freeze_count()
+    split = load_split("x", "docred", "docs.json", str(tmp_path), tiny_tokenizer, rel2id, "*", 1024, "none")
+    mentions = [m for doc in split.docs for entity in doc["vertexSet"] for m in entity]
+    assert gc.get_freeze_count() - before >= len(split.docs) + len(mentions)
+    assert gc.isenabled()
+    probe = weakref.ref(split.features[0])
+    del split, mentions
+    assert probe() is None
+
+
+def test_a_failed_load_freezes_nothing(tmp_path, tiny_tokenizer, rel2id):
+    (tmp_path / "docs.json").write_text('[{"title": "a"}]')
+    before = gc.get_freeze_count()
+    with pytest.raises(DocreError, match="missing field 'sents'"):
+        load_split("x", "docred", "docs.json", str(tmp_path), tiny_tokenizer, rel2id, "*", 1024, "none")
+    assert gc.get_freeze_count() == before and gc.isenabled()
 
 
 def test_real_mini_split_sizes(minilm_tokenizer, rel2id):
