@@ -17,54 +17,64 @@ import torch
 
 
 class _DropoutAttention(torch.autograd.Function):
-    """out = dropout(softmax(q k^T * scale + mask)) v; saves q, k, v, mask and the keep-mask."""
+    """out = (softmax(q k^T * scale + mask) * keep) v / keep_probability; also returns the kept
+    probabilities before the 1 / keep_probability scaling. Saves q, k, v, mask and the keep-mask.
+
+    The [B, H, L, L] tensors are the expensive ones here (each elementwise pass over them costs
+    about as much as a layer's q.k product), so the scale is applied to q, 1 / keep_probability to
+    the [B, H, L, d] side of each product, and the rest works in place.
+    """
 
     @staticmethod
-    def forward(ctx, query, key, value, mask, keep, scale: float, keep_probability: float, return_probs: bool):
+    def forward(ctx, query, key, value, mask, keep, scale: float, keep_probability: float):
         # mask: additive [B, 1, Lq, Lk], or an empty tensor for none (save_for_backward takes tensors)
-        probs = torch.softmax(_scores(query, key, mask, scale), dim=-1)  # [B, H, Lq, Lk]
-        dropped = probs * keep / keep_probability
+        kept = torch.softmax(_scores(query * scale, key, mask), dim=-1).mul_(keep)  # [B, H, Lq, Lk]
         ctx.save_for_backward(query, key, value, mask, keep)
         ctx.scale, ctx.keep_probability = scale, keep_probability
-        output = dropped @ value  # [B, H, Lq, d]
-        return (output, dropped) if return_probs else (output, None)
+        ctx.set_materialize_grads(False)  # an unused `kept` gets None in backward, not a zero [B, H, L, L]
+        output = (kept @ value).div_(keep_probability)  # [B, H, Lq, d]
+        return output, kept
 
     @staticmethod
-    def backward(ctx, grad_output, grad_dropped):
+    def backward(ctx, grad_output, grad_kept):
         query, key, value, mask, keep = ctx.saved_tensors
-        probs = torch.softmax(_scores(query, key, mask, ctx.scale), dim=-1)  # recomputed
-        dropped = probs * keep / ctx.keep_probability
-        grad_value = dropped.transpose(-1, -2) @ grad_output
-        grad_dropped_total = grad_output @ value.transpose(-1, -2)
-        if grad_dropped is not None:
-            grad_dropped_total = grad_dropped_total + grad_dropped
-        grad_probs = grad_dropped_total * keep / ctx.keep_probability
-        grad_scores = probs * (grad_probs - (grad_probs * probs).sum(-1, keepdim=True))  # softmax backward
-        grad_query = (grad_scores @ key) * ctx.scale
-        grad_key = (grad_scores.transpose(-1, -2) @ query) * ctx.scale
-        return grad_query, grad_key, grad_value, None, None, None, None, None
+        probs = torch.softmax(_scores(query * ctx.scale, key, mask), dim=-1)  # recomputed
+        grad_output = grad_output / ctx.keep_probability  # [B, H, Lq, d]
+        grad_value = (probs * keep).transpose(-1, -2) @ grad_output
+        grad_probs = grad_output @ value.transpose(-1, -2)  # [B, H, Lq, Lk]
+        if grad_kept is not None:
+            grad_probs.add_(grad_kept)
+        grad_probs.mul_(keep)
+        # softmax backward: probs * (g - sum(g * probs)), in place on grad_probs
+        grad_scores = grad_probs.sub_((grad_probs * probs).sum(-1, keepdim=True)).mul_(probs)
+        grad_query = (grad_scores @ key).mul_(ctx.scale)
+        grad_key = (grad_scores.transpose(-1, -2) @ query).mul_(ctx.scale)
+        return grad_query, grad_key, grad_value, None, None, None, None
 
 
-def _scores(query, key, mask, scale: float) -> torch.Tensor:
-    scores = (query @ key.transpose(-1, -2)) * scale  # [B, H, Lq, Lk]
-    return scores if mask is None or mask.numel() == 0 else scores + mask
+def _scores(query, key, mask) -> torch.Tensor:
+    scores = query @ key.transpose(-1, -2)  # [B, H, Lq, Lk]
+    return scores if mask is None or mask.numel() == 0 else scores.add_(mask)
 
 
-def dropout_attention(query, key, value, mask, scale: float, dropout: float, return_probs: bool,
-                      keep: torch.Tensor | None = None):
-    """Attention with dropout on the probabilities; returns (output [B, Lq, H, d], probs or None).
+def dropout_attention(query, key, value, mask, scale: float, dropout: float,
+                      rows: tuple[torch.Tensor, torch.Tensor] | None = None, keep: torch.Tensor | None = None):
+    """Attention with dropout on the probabilities: (output [B, Lq, H, d], probability rows or None).
 
     Args:
         query, key, value: [B, H, L, d]. mask: additive [B, 1, Lq, Lk] or None.
+        rows: (sequence [K], position [K]) of the dropped-out probability rows to return, [K, H, Lk].
         keep: the dropout keep-mask to use (tests); drawn from the global RNG otherwise.
     """
     batch, heads, length, _ = query.shape
     if keep is None:
         keep = torch.rand(batch, heads, length, key.size(2), device=query.device) >= dropout  # [B, H, Lq, Lk] bool
     empty = query.new_zeros(0)  # a tensor placeholder keeps save_for_backward simple when there is no mask
-    output, probs = _DropoutAttention.apply(query, key, value, empty if mask is None else mask, keep, scale,
-                                            1.0 - dropout, return_probs)
-    return output.transpose(1, 2).contiguous(), probs
+    keep_probability = 1.0 - dropout
+    output, kept = _DropoutAttention.apply(query, key, value, empty if mask is None else mask, keep, scale,
+                                           keep_probability)
+    picked = None if rows is None else kept[rows[0], :, rows[1]] / keep_probability  # [K, H, Lk]
+    return output.transpose(1, 2).contiguous(), picked
 
 
 def encoder_attention(module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0, **kwargs):
@@ -80,8 +90,7 @@ def encoder_attention(module, query, key, value, attention_mask, scaling=None, d
     scale = scaling if scaling is not None else query.size(-1) ** -0.5
     mask = attention_mask[..., : key.size(2)] if attention_mask is not None else None
     if module.training and dropout > 0:
-        output, probs = dropout_attention(query, key, value, mask, scale, dropout, return_probs=rows is not None)
-        return output, None if rows is None else probs[rows[0], :, rows[1]]  # [K, H, Lk]
+        return dropout_attention(query, key, value, mask, scale, dropout, rows)
     output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scale, dropout=0.0, **kwargs)
     return output, None if rows is None else probability_rows(query, key, mask, scale, *rows)
 
@@ -95,7 +104,7 @@ def probability_rows(query, key, mask, scale: float, sequence: torch.Tensor, pos
     for b in sequence.unique().tolist():
         picked = (sequence == b).nonzero(as_tuple=True)[0]  # [k]
         row_mask = None if mask is None else mask[b][:, position[picked]]  # [1, k, Lk]
-        scores = _scores(query[b][:, position[picked]], key[b], row_mask, scale)  # [H, k, Lk]
+        scores = _scores(query[b][:, position[picked]] * scale, key[b], row_mask)  # [H, k, Lk]
         pieces.append(torch.softmax(scores, dim=-1).transpose(0, 1))  # [k, H, Lk]
         picked_all.append(picked)
     if not pieces:
