@@ -13,21 +13,28 @@ The arithmetic is the same as ATLOP's; only the order of the work changes.
 import torch
 
 
-def _outer(head: torch.Tensor, tail: torch.Tensor, block: int) -> torch.Tensor:
-    """[P, k*b] x [P, k*b] -> [P, k*b*b] per-block outer products."""
+def _outer(head: torch.Tensor, tail: torch.Tensor, block: int, out: torch.Tensor) -> torch.Tensor:
+    """[n, k*b] x [n, k*b] -> per-block outer products [n, k*b*b], written into out[:n]."""
     pairs = head.size(0)
-    return torch.bmm(head.reshape(-1, block, 1), tail.reshape(-1, 1, block)).view(pairs, -1)  # [P*k, b, b] -> [P, k*b*b]
+    features = out[:pairs]
+    torch.mul(head.reshape(-1, block, 1), tail.reshape(-1, 1, block), out=features.view(-1, block, block))  # [n*k, b, b]
+    return features
 
 
 class _GroupBilinear(torch.autograd.Function):
+    # Every chunk's [n, k*b*b] temporaries go into buffers allocated once per call: a fresh tensor
+    # of that size per chunk is mapped and page-faulted in anew (64 MB; the outer product took 8x
+    # longer into a fresh tensor than into a reused one on the 2-core machine, docs/performance.md).
+
     @staticmethod
     def forward(ctx, head, tail, weight, bias, block: int, chunk: int):
         # Under autocast the matrix products run in the autocast dtype, as nn.Linear would.
         dtype = torch.get_autocast_dtype(head.device.type) if torch.is_autocast_enabled(head.device.type) else head.dtype
         head, tail = head.to(dtype), tail.to(dtype)
         weight_c, bias_c = weight.to(dtype), bias.to(dtype)
+        features = head.new_empty(min(chunk, head.size(0)), weight.size(1))  # [chunk, k*b*b]
         logits = torch.cat([
-            torch.addmm(bias_c, _outer(h, t, block), weight_c.t())  # [chunk, C]
+            torch.addmm(bias_c, _outer(h, t, block, features), weight_c.t())  # [n, C]
             for h, t in zip(head.split(chunk), tail.split(chunk))
         ])
         ctx.save_for_backward(head, tail, weight)
@@ -41,12 +48,14 @@ class _GroupBilinear(torch.autograd.Function):
         grad_logits = grad_logits.to(head.dtype)
         weight_c = weight.to(head.dtype)
         grad_weight = torch.zeros_like(weight_c)
+        features = head.new_empty(min(chunk, head.size(0)), weight.size(1))  # [chunk, k*b*b]
+        grad_features = torch.empty_like(features)
         grad_head, grad_tail = [], []
         for h, t, g in zip(head.split(chunk), tail.split(chunk), grad_logits.split(chunk)):
-            grad_weight.addmm_(g.t(), _outer(h, t, block))  # [C, k*b*b]
-            grad_features = (g @ weight_c).view(-1, block, block)  # [chunk*k, b, b]
-            grad_head.append(torch.bmm(grad_features, t.reshape(-1, block, 1)).view(h.shape))  # sum over j
-            grad_tail.append(torch.bmm(grad_features.transpose(1, 2), h.reshape(-1, block, 1)).view(t.shape))  # sum over i
+            grad_weight.addmm_(g.t(), _outer(h, t, block, features))  # [C, k*b*b]
+            gf = torch.mm(g, weight_c, out=grad_features[: g.size(0)]).view(-1, block, block)  # [n*k, b, b]
+            grad_head.append(torch.bmm(gf, t.reshape(-1, block, 1)).view(h.shape))  # sum over j
+            grad_tail.append(torch.bmm(gf.transpose(1, 2), h.reshape(-1, block, 1)).view(t.shape))  # sum over i
         grad_bias = grad_logits.sum(0)
         return (torch.cat(grad_head), torch.cat(grad_tail), grad_weight.to(weight.dtype),
                 grad_bias.to(ctx.bias_dtype), None, None)
