@@ -5,7 +5,7 @@
 For each run: the offset o that maximises dev F1 of `threshold_decode(logits, top_k, o)`
 (`docre.losses.common.tune_threshold_offset`, exact), then dev and test P/R/F1 at o = 0 (the official
 rule) and at the tuned o, with the official scorer (P, R, F1, Ign F1 against the run's training
-documents). The logits are the saved fp16 ones, so a score can differ from the run's own
+documents; CDR and GDA: binary P, R, F1, no Ign F1). The logits are the saved fp16 ones, so a score can differ from the run's own
 results.json in the last digit.
 """
 
@@ -80,7 +80,8 @@ def main() -> int:
 
 
 def _prfi(scores: dict) -> str:
-    return " / ".join(f"{100 * scores[k]:.2f}" for k in ("precision", "recall", "f1", "ign_f1"))
+    # CDR and GDA have no Ign F1 (no relation facts to ignore): "–" there
+    return " / ".join(f"{100 * scores[k]:.2f}" if k in scores else "–" for k in ("precision", "recall", "f1", "ign_f1"))
 
 
 if __name__ == "__main__":

@@ -1,19 +1,22 @@
 """CDR through the one training loop: the EoG fixture trains with the tiny model, results.json
-holds binary F1 with its intra/inter split and the breakdown, and evaluate.py scores the run the
-same way."""
+holds binary F1 with its intra/inter split and the breakdown, and evaluate.py and
+scripts/tune_offset.py score the run the same way."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from docre.config import load_config
 from docre.trainer import train
+from tests.cli import run_main
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_cdr_trains_and_evaluates(tiny_backbone, tmp_path):
+def test_cdr_trains_and_evaluates(tiny_backbone, tmp_path, capsys):
     cfg = load_config(ROOT / "configs/smoke.yaml", [
         f"model.backbone={tiny_backbone}", f"output_dir={tmp_path}", "data.dataset=cdr", "data.dir=tests/fixtures",
         "data.train_file=cdr_tiny.data", "data.dev_file=cdr_tiny.data", "data.test_file=cdr_tiny.data",
@@ -38,3 +41,11 @@ def test_cdr_trains_and_evaluates(tiny_backbone, tmp_path):
     scores = json.loads(result.stdout.strip().splitlines()[-1])
     for key in ("f1", "intra_f1", "inter_f1", "num_predicted"):
         assert scores[key] == results["test"][key], key
+
+    capsys.readouterr()
+    assert run_main("tune_offset", [str(run_dir), "--json"]) == 0  # binary scores: no Ign F1 to print
+    out = capsys.readouterr().out
+    row = json.loads(out.strip().splitlines()[-1])[0]
+    assert "ign_f1" not in row["test_official"]
+    assert row["test_official"]["f1"] == pytest.approx(results["test"]["f1"], abs=0.02)  # fp16 logits
+    assert f"| {run_dir.name} | atgl |" in out and "/ – |" in out
