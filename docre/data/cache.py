@@ -29,8 +29,19 @@ def default_cache_dir(configured: str) -> Path | None:
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
+    """Hash of what the tokenizer does to text: vocabulary, normaliser, pre-tokeniser, model, post-processor.
+
+    A fast tokenizer's truncation and padding settings are left out: they are per-call state that
+    every call through transformers sets anew (featurising asks for neither), and a tokenizer.json
+    may ship with some (MiniLM's: 128), so the first call changed the key.
+    """
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    state = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if backend is None:
+        state = json.dumps(sorted(tokenizer.get_vocab().items()))
+    else:
+        rules = json.loads(backend.to_str())
+        rules.pop("truncation", None), rules.pop("padding", None)
+        state = json.dumps(rules)
     return hashlib.sha256(f"{type(tokenizer).__name__}\n{state}".encode()).hexdigest()
 
 

@@ -1,6 +1,7 @@
 """DocRED reader and featurisation: batched tokenisation equals ATLOP's per-word loop, marker
 positions, candidate pairs, labels, truncation, slices, gzip, and the feature cache."""
 
+import copy
 import gc
 import gzip
 import json
@@ -187,6 +188,20 @@ class TestCache:
             assert a.title == b.title and np.array_equal(a.input_ids, b.input_ids) and a.entity_pos == b.entity_pos
             assert np.array_equal(a.hts, b.hts) and np.array_equal(a.labels, b.labels)
         assert list((tmp_path / "cache").glob("*.safetensors"))
+
+    def test_a_call_of_the_tokenizer_does_not_change_the_key(self, tmp_path, tiny_tokenizer, rel2id, monkeypatch):
+        # A tokenizer.json may carry truncation and padding settings (MiniLM's: 128), which any call
+        # of the tokenizer resets. They do not change docre's features, so they must not change the key:
+        # they did, and every process missed the cache once per tokenizer.
+        tokenizer = copy.deepcopy(tiny_tokenizer)
+        tokenizer.backend_tokenizer.enable_truncation(16)
+        tokenizer.backend_tokenizer.enable_padding(length=16)
+        shutil.copy(FIXTURES / "docred_tiny.json", tmp_path / "docs.json")
+        self.load(tmp_path, tokenizer, rel2id)  # featurising calls the tokenizer
+        import docre.data
+
+        monkeypatch.setattr(docre.data, "featurize", lambda *a, **k: pytest.fail("cache miss"))
+        self.load(tmp_path, tokenizer, rel2id)
 
     def test_changed_content_or_settings_miss(self, tmp_path, tiny_tokenizer, rel2id, monkeypatch):
         import docre.data
