@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from docre.errors import DocreError
-from docre.tables import METRICS, SEED_SUFFIX
+from docre.tables import METRICS, SEED_SUFFIX, load_table, table_path
 from docre.utils import atomic_write_json, atomic_write_text
 
 SPLITS = ("dev", "test")
@@ -233,3 +233,17 @@ def collect(root: Path, table=None) -> dict:
     single = grids[0][1] if len(grids) == 1 else {}
     return {"groups": ordered, "published": published, "expected": expected,
             "title": single.get("title", ""), "source": single.get("source", "")}
+
+
+def summarize_folder(runs_dir: str, table_name: str | None = None) -> tuple[dict, list[dict]]:
+    """`collect` and `summarize` of the runs under `runs_dir`, with the published numbers of the
+    table `table_name` (a name in configs/tables or a table file) when one is given, as the
+    `--table` option of the summary and plot scripts asks. Returns (collected, rows)."""
+    table = None
+    if table_name:
+        path = table_path(table_name)
+        if path is None:
+            raise DocreError(f"--table {table_name}: no such table (configs/tables/NAME.yaml or a table file)")
+        table = load_table(path)
+    found = collect(Path(runs_dir), table)
+    return found, summarize(found["groups"], found["published"], found["expected"])

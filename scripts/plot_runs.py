@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from docre.errors import DocreError, run_cli  # noqa: E402
+from docre.errors import run_cli  # noqa: E402
 
 
 def main() -> int:
@@ -25,17 +25,9 @@ def main() -> int:
     args = parser.parse_args()
 
     from docre.plots import plot_bars, plot_curves
-    from docre.summary import collect, summarize
-    from docre.tables import load_table, table_path
+    from docre.summary import summarize_folder
 
-    table = None
-    if args.table:
-        path = table_path(args.table)
-        if path is None:
-            raise DocreError(f"--table {args.table}: no such table (configs/tables/NAME.yaml or a table file)")
-        table = load_table(path)
-    found = collect(Path(args.runs_dir), table)
-    rows = summarize(found["groups"], found["published"], found["expected"])
+    found, rows = summarize_folder(args.runs_dir, args.table)
     out = Path(args.output_dir or args.runs_dir)
     title = found["title"] or Path(args.runs_dir).resolve().name
     written = [plot_curves(found["groups"], out / "curves.png", title)]

@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from docre.errors import DocreError, run_cli  # noqa: E402
+from docre.errors import run_cli  # noqa: E402
 
 
 def main() -> int:
@@ -26,17 +26,9 @@ def main() -> int:
     parser.add_argument("-o", "--output-dir", help="also write table.md and table.json here")
     args = parser.parse_args()
 
-    from docre.summary import collect, markdown_table, summarize, write_summary
-    from docre.tables import load_table, table_path
+    from docre.summary import markdown_table, summarize_folder, write_summary
 
-    table = None
-    if args.table:
-        path = table_path(args.table)
-        if path is None:
-            raise DocreError(f"--table {args.table}: no such table (configs/tables/NAME.yaml or a table file)")
-        table = load_table(path)
-    found = collect(Path(args.runs_dir), table)
-    rows = summarize(found["groups"], found["published"], found["expected"])
+    found, rows = summarize_folder(args.runs_dir, args.table)
     print(markdown_table(rows, found["title"], found["source"]))
     if args.output_dir:
         paths = write_summary(rows, Path(args.output_dir), found["title"], found["source"])
