@@ -1,11 +1,16 @@
-"""NCRL, the none-class ranking loss (Zhou & Lee, 2022; REFERENCE §2.5).
+"""NCRL, the none-class ranking loss (Zhou & Lee, "None Class Ranking Loss for Document-Level
+Relation Extraction", IJCAI 2022; official code github.com/yangzhou12/NCRL).
 
-Margins to the none class m_r = s_r - s_0 go through a sigmoid, p_r = sigmoid(m_r). Per pair:
-    relations     sum_{r in P} -log p_r + sum_{r in N} -log min(1 - p_r + shift, 1)
-    regulariser   -[y_0 log q + (1 - y_0) log(1 - q)],   q = sigmoid(s_0 - mean_{r >= 1} s_r)
-y_0 = 1 for NA pairs. Every probability inside a log is clamped at 1e-8, as in the reference. The
-shift ("margin shifting") lowers the loss of every negative and zeroes it once p_r <= shift, so
-easy negatives stop pulling. Mean over pairs. Decode: the shared threshold rule.
+One shifted binary cross-entropy, applied to the margins of the relations to the none class and to
+the none class's margin to the mean relation logit (the "margin regulariser"):
+    CE_shift(m, y) = -[y log sigmoid(m) + (1 - y) log min(1 - sigmoid(m) + shift, 1)]
+    per pair       sum_{r >= 1} CE_shift(s_r - s_0, y_r) + CE_shift(s_0 - mean_{r >= 1} s_r, y_0)
+y_0 = 1 for NA pairs. So for a pair with relations the regulariser is
+-log min(1 - sigmoid(s_0 - mean_r s_r) + shift, 1), shifted like every other negative, as in the
+official code (`ncrl_loss.py`, `DocRED/losses.py`); for an NA pair it is -log sigmoid(s_0 - mean_r s_r).
+Every probability inside a log is clamped at 1e-8, as in the official code. The shift ("margin
+shifting") lowers the loss of every negative and zeroes it once sigmoid(m) <= shift, so easy
+negatives stop pulling. Mean over pairs. Decode: the shared threshold rule.
 """
 
 import torch
@@ -30,15 +35,18 @@ class NoneClassRankingLoss(nn.Module):
         logits = logits.float()
         positives = positive_mask(labels)  # [P, C-1]
         margins = logits[:, 1:] - logits[:, :1]  # [P, C-1]
+        relation_part = self._shifted_ce(margins, positives).sum(1)  # [P]
+        is_na = ~positives.any(1)  # [P] y_0
+        na_margin = logits[:, 0] - logits[:, 1:].mean(1)  # [P]
+        regulariser = self._shifted_ce(na_margin, is_na)  # [P]; shifted too when y_0 = 0
+        return (relation_part + regulariser).mean()
+
+    def _shifted_ce(self, margins: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Elementwise -log sigmoid(m) where targets, else -log min(1 - sigmoid(m) + shift, 1)."""
         # 1 - sigmoid(m) is computed as sigmoid(-m): the same value without float32 cancellation near p = 1
         positive_term = -torch.log(torch.sigmoid(margins).clamp_min(CLAMP))
         negative_term = -torch.log((torch.sigmoid(-margins) + self.shift).clamp(CLAMP, 1.0))
-        relation_part = torch.where(positives, positive_term, negative_term).sum(1)  # [P]
-        is_na = (~positives.any(1)).float()  # [P] y_0
-        gap = logits[:, 0] - logits[:, 1:].mean(1)  # [P] q = sigmoid(gap), 1 - q = sigmoid(-gap)
-        regulariser = -(is_na * torch.log(torch.sigmoid(gap).clamp_min(CLAMP))
-                        + (1.0 - is_na) * torch.log(torch.sigmoid(-gap).clamp_min(CLAMP)))
-        return (relation_part + regulariser).mean()
+        return torch.where(targets, positive_term, negative_term)
 
     def decode(self, logits: torch.Tensor, top_k: int) -> torch.Tensor:
         return threshold_decode(logits.float(), top_k, self.th_offset)
