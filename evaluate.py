@@ -8,63 +8,7 @@ are refused: their scores come only from the CodaLab leaderboard (scripts/predic
 result.zip).
 """
 
-import argparse
-import json
-import sys
-
-from docre.errors import DocreError, run_cli
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir")
-    parser.add_argument("--split", choices=("dev", "test"), default="dev")
-    parser.add_argument("--data", help="score this file instead of the config's split file")
-    parser.add_argument("--top-k", type=int, help="most relations per pair (default: the run's eval.top_k)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--json", action="store_true", help="print the scores as one JSON line at the end")
-    args = parser.parse_args()
-
-    from docre.config import resolve_path
-    from docre.data import load_rel_names, load_split, read_split
-    from docre.data.docred import split_spec
-    from docre.metrics import breakdown, score
-    from docre.report import breakdown_table, per_relation_table, results_table
-    from docre.trainer import decode_predictions, load_trained, predict_logits
-    from docre.utils import resolve_device, resolve_precision, setup_logging
-
-    setup_logging()
-    device = resolve_device(args.device)
-    cfg, tokenizer, model, loss_fn, rel2id = load_trained(args.run_dir, device)
-    data = cfg.data
-    spec = args.data or (data.dev_file if args.split == "dev" else data.test_file)
-    if not spec:
-        raise DocreError(f"{args.run_dir}: the run's config has no {args.split} file; pass --data FILE")
-    split = load_split(args.split, data.dataset, spec, "" if args.data else data.dir, tokenizer, rel2id,
-                       cfg.model.marker, cfg.model.max_seq_length, data.cache_dir)
-    if not all("labels" in doc for doc in split.docs):
-        name, _ = split_spec(spec)
-        path = resolve_path(name, "" if args.data else data.dir)
-        raise DocreError(
-            f"{spec}: documents without labels (e.g. DocRED test) cannot be scored locally; write the leaderboard "
-            f"file with: python scripts/predict.py {args.run_dir} {path}{spec[len(name):]} -o result.zip "
-            "and submit result.zip to the CodaLab competition"
-        )
-    train_docs = read_split(data.dataset, data.train_file, data.dir, None)[2]
-    ign_docs = read_split(data.dataset, data.ign_train_file, data.dir, None)[2] if data.ign_train_file else train_docs
-    rel_names = load_rel_names(data.rel_info)
-    logits = predict_logits(model, split.features, len(rel2id), tokenizer.pad_token_id or 0, cfg.eval.batch_size,
-                            device, resolve_precision(cfg.train.precision, device), desc=args.split,
-                            max_tokens=cfg.eval.max_batch_tokens)
-    predictions = decode_predictions(split.features, logits, loss_fn, args.top_k or cfg.eval.top_k, rel2id)
-    scores = score(data.dataset, predictions, split.docs, ign_docs)
-    details = breakdown(data.dataset, predictions, split.docs, train_docs, rel_names)
-    print(results_table({args.split: scores}))
-    print(f"\n{breakdown_table({args.split: details})}\n\n{per_relation_table(details['per_relation'])}")
-    if args.json:
-        print(json.dumps({"split": args.split, **scores, "breakdown": details}))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    from docre.cli.evaluate import run
+
+    run()

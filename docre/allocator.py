@@ -1,4 +1,5 @@
-"""Huge pages for torch's large CPU blocks: the allocator setting every docre command makes.
+"""Huge pages for torch's large CPU blocks: the allocator setting every docre command that loads
+torch makes, as the first statement of its `main()` (docre/cli/).
 
 A training or evaluation step frees its large activations (attention maps, group-bilinear
 features) and allocates them again at the next batch. On 4 KB pages every fresh block is

@@ -14,7 +14,7 @@ import inspect
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 from docre.errors import DocreError
 
@@ -55,7 +55,8 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps; 0 = run all epochs
     batch_size: int = 4  # documents per micro-step and process
     grad_accum: int = 1  # micro-steps per optimizer step
-    max_batch_tokens: int = 0  # split a batch whose documents x padded length exceeds this (same gradient, less memory); 0 = never
+    # split a batch whose documents x padded length exceeds this (same gradient, less memory); 0 = never
+    max_batch_tokens: int = 0
     encoder_lr: float = 5e-5
     head_lr: float = 1e-4  # extractors and bilinear classifier
     warmup_ratio: float = 0.06  # share of optimizer steps with linear warm-up, then linear decay
@@ -86,7 +87,7 @@ class EvalConfig:
 @dataclass
 class SweepConfig:
     # loss.alpha=auto (ATGL): alpha values tried, as multiples of alpha_base; the best dev F1 wins
-    alpha_grid: List[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0])
+    alpha_grid: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0])
     alpha_base: float = 0.0  # 0 = the dataset's paper alpha (docre.sweep.PAPER_ALPHA); 1 = the grid holds the values
 
 
@@ -104,7 +105,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     # the loss: its name in docre.losses.LOSSES plus its keyword arguments, e.g. {name: atgl, alpha: 16.5}
-    loss: Dict[str, Any] = field(default_factory=lambda: {"name": "atl"})
+    loss: dict[str, Any] = field(default_factory=lambda: {"name": "atl"})
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
+from docre.data.collate import facts_to_labels
 from docre.errors import DocreError
+from docre.run_dir import BEST_SCORES, RESULTS, load_config_and_loss
 from docre.utils import atomic_open
 
 SPLITS = ("dev", "test")
@@ -47,10 +49,7 @@ def load_logits(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
         raise DocreError(f"{path}: logits {tuple(logits.shape)} do not match pairs_per_doc (sum {int(pairs_per_doc.sum())})")
     if len(facts) and (facts.min() < 0 or facts[:, 0].max() >= logits.size(0) or facts[:, 1].max() >= logits.size(1)):
         raise DocreError(f"{path}: facts refer to pairs or classes outside the logits {tuple(logits.shape)}")
-    labels = torch.zeros_like(logits)
-    labels[facts[:, 0], facts[:, 1]] = 1.0
-    labels[:, 0] = (labels[:, 1:].sum(1) == 0).float()
-    return logits, labels, pairs_per_doc
+    return logits, facts_to_labels(facts, logits.size(0), logits.size(1)), pairs_per_doc
 
 
 def decision_thresholds(loss_fn, logits: torch.Tensor) -> torch.Tensor:
@@ -142,19 +141,6 @@ def diagnose(logits: torch.Tensor, labels: torch.Tensor, loss_fn, top_k: int) ->
     return error_counts(decoded, labels) | threshold_statistics(logits, labels, decision_thresholds(loss_fn, logits))
 
 
-def load_run_loss(run_dir: Path):
-    """The run's config and its loss with the decision parameters tuned on dev (decode.json)."""
-    from docre.config import load_config
-    from docre.losses import build_loss
-
-    if not (run_dir / "config.yaml").is_file():
-        raise DocreError(f"{run_dir}: not a run directory (no config.yaml)")
-    cfg = load_config(run_dir / "config.yaml")
-    decode_file = run_dir / "decode.json"
-    decode_params = json.loads(decode_file.read_text(encoding="utf-8")) if decode_file.is_file() else {}
-    return cfg, build_loss(**{**cfg.loss, **decode_params}), decode_params
-
-
 def diagnose_run(run_dir: str | Path, splits: tuple[str, ...] = SPLITS, plot_dir: str | Path | None = None) -> dict:
     """Diagnostics of every split whose logits the run saved.
 
@@ -168,9 +154,10 @@ def diagnose_run(run_dir: str | Path, splits: tuple[str, ...] = SPLITS, plot_dir
         {"loss": {...}, "decode": {...}, "top_k": k, "<split>": {...}, ...}
     """
     run_dir = Path(run_dir)
-    cfg, loss_fn, decode_params = load_run_loss(run_dir)
+    cfg, loss_fn, decode_params = load_config_and_loss(run_dir)
+    # the run's scorer counts: best.json for dev, results.json for test
     report = {"loss": dict(cfg.loss), "decode": decode_params, "top_k": cfg.eval.top_k}
-    recorded = {"dev": _official_counts(run_dir / "best.json", None), "test": _official_counts(run_dir / "results.json", "test")}
+    recorded = {"dev": _official_counts(run_dir / BEST_SCORES, None), "test": _official_counts(run_dir / RESULTS, "test")}
     for split in splits:
         path = run_dir / f"{split}_logits.safetensors"
         if not path.is_file():
@@ -181,7 +168,8 @@ def diagnose_run(run_dir: str | Path, splits: tuple[str, ...] = SPLITS, plot_dir
             plot_margins(logits, labels, decision_thresholds(loss_fn, logits), Path(plot_dir) / f"margins-{split}.png",
                          f"{run_dir.name} ({split})")
     if not any(split in report for split in splits):
-        raise DocreError(f"{run_dir}: no {' or '.join(f'{s}_logits.safetensors' for s in splits)} (train with eval.save_logits=true)")
+        files = " or ".join(f"{s}_logits.safetensors" for s in splits)
+        raise DocreError(f"{run_dir}: no {files} (train with eval.save_logits=true)")
     return report
 
 

@@ -5,7 +5,7 @@ traceback; anything else is a bug in docre and keeps its traceback.
 """
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 class DocreError(Exception):
@@ -17,12 +17,9 @@ class DocreError(Exception):
 
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run a CLI `main()` and turn a `DocreError` into `error: <message>` on stderr and its exit
-    status (1); Ctrl-C outside a training loop prints one line too (exit status 130). Every docre
-    command starts here, before torch is imported, so this is also where the process asks for huge
-    pages (docre/allocator.py)."""
-    from docre.allocator import use_huge_pages
-
-    use_huge_pages()
+    status (1); Ctrl-C outside a training loop prints one line too (exit status 130). Errors only:
+    a command that needs process-wide settings (huge pages, docre/allocator.py) makes them itself,
+    first thing in its `main()`."""
     try:
         status = main()
     except DocreError as error:

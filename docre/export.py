@@ -1,6 +1,6 @@
 """A trained run -> a self-contained model folder, loadable offline and pushable to a model hub as is.
 
-Layout (what `trainer.load_trained` and `Predictor.from_pretrained` read):
+Layout (what `run_dir.load_trained` and `Predictor.from_pretrained` read):
     README.md           model card: backbone, loss, training data, scores (from results.json)
     config.yaml         the run's docre config (model.backbone keeps the original name, for the record)
     model.safetensors   all weights (encoder and head), the run's best checkpoint
@@ -12,7 +12,6 @@ Layout (what `trainer.load_trained` and `Predictor.from_pretrained` read):
     results.json        the run's final scores (when the run finished)
 """
 
-import json
 import shutil
 from pathlib import Path
 
@@ -31,16 +30,15 @@ def export_model(run_dir: str | Path, out_dir: str | Path, overwrite: bool = Fal
     from docre import __version__
     from docre.checkpoint import save_weights
     from docre.config import resolve_path, save_config
-    from docre.data.docred import read_bytes
-    from docre.predict import model_kind
-    from docre.trainer import load_trained
+    from docre.data import load_rel_names
+    from docre.run_dir import load_trained, model_kind, read_decode, read_json, read_results
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if model_kind(run_dir) != "run":
         raise DocreError(f"{run_dir}: already an exported model folder; copy it instead")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise DocreError(f"{out_dir}: exists and is not empty (pass --overwrite to replace it)")
-    cfg, tokenizer, model, loss_fn, rel2id = load_trained(run_dir, torch.device("cpu"))
+    cfg, tokenizer, model, _, rel2id = load_trained(run_dir, torch.device("cpu"))
 
     staging = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
@@ -52,18 +50,18 @@ def export_model(run_dir: str | Path, out_dir: str | Path, overwrite: bool = Fal
     atomic_write_json(staging / "rel2id.json", rel2id)
     rel_info = {}
     if cfg.data.rel_info and resolve_path(cfg.data.rel_info).is_file():
-        names = json.loads(read_bytes(resolve_path(cfg.data.rel_info)))
+        names = load_rel_names(cfg.data.rel_info)
         rel_info = {r: names[r] for r in rel2id if r in names}
         atomic_write_json(staging / "rel_info.json", rel_info)
-    decode = _read_json(run_dir / "decode.json")
+    decode = read_decode(run_dir)
     if decode:
         atomic_write_json(staging / "decode.json", decode)
-    results = _read_json(run_dir / "results.json")
+    results = read_results(run_dir) or {}
     if results:
         atomic_write_json(staging / "results.json", {k: v for k, v in results.items() if k != "run_dir"})
     else:
         logger.warning("%s: no results.json (unfinished run?): the model card has no scores", run_dir)
-    environment = _read_json(run_dir / "environment.json")
+    environment = read_json(run_dir / "environment.json") if (run_dir / "environment.json").is_file() else {}
     atomic_write_text(staging / "README.md", model_card(cfg, rel2id, rel_info, results, decode, environment, __version__))
 
     if out_dir.exists():
@@ -73,15 +71,24 @@ def export_model(run_dir: str | Path, out_dir: str | Path, overwrite: bool = Fal
     return out_dir
 
 
+PROVENANCE = ("torch", "transformers", "git_commit", "device")  # environment.json keys the model card names
+
+
+def is_hub_id(backbone: str) -> bool:
+    """Whether `backbone` is a hub id (not an alias, not a local folder): the model card's base_model,
+    which the hub links to."""
+    from docre.models import ALIASES
+
+    return (backbone not in ALIASES and backbone.count("/") <= 1 and not backbone.startswith((".", "/", "~"))
+            and not Path(backbone).expanduser().exists())
+
+
 def model_card(cfg, rel2id: dict, rel_info: dict, results: dict, decode: dict, environment: dict, version: str) -> str:
     """The README.md of an exported model: hub metadata, what it is, its data, scores and usage."""
-    from docre.models import ALIASES
     from docre.report import results_table
 
     backbone = cfg.model.backbone
-    # a hub id (not an alias, not a local folder) is the card's base_model, which the hub links to
-    hub_id = (backbone not in ALIASES and backbone.count("/") <= 1 and not backbone.startswith((".", "/", "~"))
-              and not Path(backbone).expanduser().exists())
+    hub_id = is_hub_id(backbone)
     loss = ", ".join(f"{k}={v}" for k, v in cfg.loss.items() if k != "name")
     data = cfg.data
     lines = [
@@ -110,7 +117,8 @@ def model_card(cfg, rel2id: dict, rel_info: dict, results: dict, decode: dict, e
         f"| test | `{data.test_file or '-'}` |",
         "",
         f"Dataset format `{data.dataset}`, files from `{data.dir}`; seed {cfg.seed}; "
-        f"max {cfg.model.max_seq_length or 'unlimited'} word-pieces per document; at most {cfg.eval.top_k} relations per entity pair.",
+        f"max {cfg.model.max_seq_length or 'unlimited'} word-pieces per document; "
+        f"at most {cfg.eval.top_k} relations per entity pair.",
         "",
         "## Scores",
         "",
@@ -150,12 +158,6 @@ def model_card(cfg, rel2id: dict, rel_info: dict, results: dict, decode: dict, e
         *(["- `results.json`: the training run's final scores"] if results else []),
     ]
     if environment:
-        keys = ("torch", "transformers", "git_commit", "device")
-        lines += ["", "## Provenance", "", "Trained with " + ", ".join(f"{k} {environment.get(k)}" for k in keys if environment.get(k)) + "."]
+        versions = ", ".join(f"{k} {environment[k]}" for k in PROVENANCE if environment.get(k))
+        lines += ["", "## Provenance", "", f"Trained with {versions}."]
     return "\n".join(lines) + "\n"
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    return json.loads(path.read_text(encoding="utf-8"))

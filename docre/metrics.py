@@ -1,5 +1,6 @@
-"""Scoring: official DocRED P/R/F1 and Ign F1 (REFERENCE §3.4), CDR/GDA binary F1 (§3.5), and the
-breakdowns of docs/metrics.md (intra/inter-sentence, frequent/long-tail, per relation).
+"""Scoring: official DocRED P/R/F1 and Ign F1 (the DocRED scorer as ATLOP's `evaluation.py` has it,
+github.com/wzhouad/ATLOP), CDR/GDA binary F1 (ATLOP's `train_bio.py`), and the breakdowns of
+docs/metrics.md (intra/inter-sentence, frequent/long-tail, per relation).
 
 Every function takes leaderboard rows {"title", "h_idx", "t_idx", "r"} and DocRED-format gold
 documents, and counts a fact (title, head, tail, relation) once however often it is repeated.
@@ -136,7 +137,7 @@ def binary_scores(predictions: list[dict], gold_docs: list[dict]) -> dict[str, f
     gold, predicted = gold_facts(gold_docs), _facts(predictions)
     scores = prf(len(predicted & gold), len(predicted), len(gold))
     for name, is_cross in (("intra", False), ("inter", True)):
-        part = _subset_prf(predicted, gold, lambda fact: cross.get(fact[:3]) is is_cross)
+        part = _subset_prf(predicted, gold, lambda fact, is_cross=is_cross: cross.get(fact[:3]) is is_cross)
         scores |= {f"{name}_{key}": value for key, value in part.items()}
     return scores
 
@@ -184,7 +185,8 @@ def frequency_scores(predictions: list[dict], gold_docs: list[dict], train_docs:
             "frequent_relations": frequent}
 
 
-def per_relation_scores(predictions: list[dict], gold_docs: list[dict], rel_names: dict[str, str] | None = None) -> dict[str, dict]:
+def per_relation_scores(predictions: list[dict], gold_docs: list[dict],
+                        rel_names: dict[str, str] | None = None) -> dict[str, dict]:
     """P/R/F1 of each relation that is gold or predicted, most gold facts first, with its name
     from `rel_names` (rel_info.json; the id itself when absent)."""
     gold, predicted = gold_facts(gold_docs), _facts(predictions)

@@ -6,7 +6,7 @@
 
 Documents are DocRED-format dicts (labels, if any, are ignored) or raw text with mentions given as
 character spans (`docre.data.text`). Prediction runs the very path `evaluate.py` scores:
-`trainer.predict_logits` for the logits and `trainer.decode_predictions` (the loss's own decode,
+`inference.predict_logits` for the logits and `inference.decode_predictions` (the loss's own decode,
 with its tuned decode.json) for which relations are predicted; the score only annotates them.
 """
 
@@ -46,10 +46,7 @@ def read_documents(path: str | Path, fmt: str = "auto") -> list[dict]:
         name, part = split_spec(str(path))
         path = Path(name)
     raw = read_bytes(path).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark (some Windows editors write one)
-    if raw.lstrip()[:1] == b"[":
-        docs = parse_json_list(path, raw)
-    else:
-        docs = _parse_json_lines(path, raw)
+    docs = parse_json_list(path, raw) if raw.lstrip()[:1] == b"[" else _parse_json_lines(path, raw)
     first = part.indices(len(docs))[0]
     return prepare_documents(docs[part], fmt, str(path), first)
 
@@ -88,7 +85,8 @@ def prepare_documents(documents: list, fmt: str = "auto", source: str = "input",
         index = first_index + offset
         kind = fmt
         if fmt == "auto":
-            kind = "docred" if isinstance(doc, dict) and "sents" in doc else "text" if isinstance(doc, dict) and "text" in doc else None
+            kind = ("docred" if isinstance(doc, dict) and "sents" in doc
+                    else "text" if isinstance(doc, dict) and "text" in doc else None)
             if kind is None:
                 raise DocreError(
                     f"{source}: document {index}: neither DocRED format (title, sents, vertexSet) nor raw text (text, entities)"
@@ -121,7 +119,7 @@ class Predictor:
         Args:
             device: "auto" (CUDA if available), "cpu", "cuda", "cuda:N".
         """
-        from docre.trainer import load_trained
+        from docre.run_dir import load_trained, model_kind
         from docre.utils import resolve_device, resolve_precision
 
         path = Path(path)
@@ -183,10 +181,11 @@ class Predictor:
 
     def _decode(self, docs: list[dict], batch_size: int, top_k: int, progress: bool):
         """(leaderboard rows, decision scores [P_total, C], per document {(head, tail): its row in the scores})."""
-        from docre.trainer import decode_predictions, predict_logits
+        from docre.inference import decode_predictions, predict_logits
 
         unlabelled = [{k: v for k, v in doc.items() if k != "labels"} for doc in docs]  # labels may name unknown relations
-        features, report = featurize(unlabelled, self.tokenizer, self.rel2id, self.cfg.model.marker, self.cfg.model.max_seq_length)
+        features, report = featurize(unlabelled, self.tokenizer, self.rel2id, self.cfg.model.marker,
+                                     self.cfg.model.max_seq_length)
         if report:
             logger.warning("%s", report)
         num_classes = len(self.rel2id)
@@ -206,33 +205,14 @@ class Predictor:
             offset += len(feature.hts)
         return rows, scores, pair_rows
 
-def model_kind(path: Path) -> str:
-    """"run" (a training run directory) or "export" (a folder from scripts/export.py); else DocreError."""
-    if not path.is_dir():
-        raise DocreError(f"{path}: model directory not found")
-    if (path / "config.yaml").is_file() and (path / "encoder").is_dir() and (path / "model.safetensors").is_file():
-        return "export"
-    if (path / "config.yaml").is_file() and (path / "best.safetensors").is_file():
-        return "run"
-    raise DocreError(
-        f"{path}: neither a run directory (config.yaml, best.safetensors) nor an exported model folder "
-        "(config.yaml, model.safetensors, encoder/)"
-    )
-
-
 def _rel_info(path: Path, cfg, rel2id: dict) -> dict[str, str]:
     """Relation id -> name: the exported folder's rel_info.json, else the run's data.rel_info file."""
     from docre.config import resolve_path
+    from docre.data import load_rel_names
 
-    candidates = [path / "rel_info.json"]
-    if cfg.data.rel_info:
-        candidates.append(resolve_path(cfg.data.rel_info))
-    for candidate in candidates:
-        if candidate.is_file():
-            try:
-                names = json.loads(read_bytes(candidate))
-            except (UnicodeDecodeError, ValueError) as error:
-                raise DocreError(f"{candidate}: invalid relation names ({error})") from None
-            return {r: str(names[r]) for r in rel2id if r in names}
+    for candidate in (path / "rel_info.json", resolve_path(cfg.data.rel_info) if cfg.data.rel_info else None):
+        if candidate is not None and candidate.is_file():
+            names = load_rel_names(str(candidate))
+            return {r: names[r] for r in rel2id if r in names}
     logger.info("no rel_info.json found: relations are shown by id")
     return {}

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from docre.errors import DocreError
+from docre.run_dir import read_results
 from docre.tables import METRICS, SEED_SUFFIX, load_table, table_path
 from docre.utils import atomic_write_json, atomic_write_text
 
@@ -43,17 +44,6 @@ def group_runs(run_dirs: list[Path], root: Path | None = None) -> dict[str, list
             name = name if str(relative) == "." else f"{relative.as_posix()}/{name}"
         groups.setdefault(name, []).append(run_dir)
     return groups
-
-
-def read_results(run_dir: Path) -> dict | None:
-    """The run's results.json, or None while it is not finished."""
-    path = Path(run_dir) / "results.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as error:
-        raise DocreError(f"{path}: not valid JSON ({error})") from None
 
 
 def run_seed(run_dir: Path) -> int | None:

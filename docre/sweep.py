@@ -1,7 +1,7 @@
 """`loss.alpha=auto` for ATGL: train once per alpha of a small grid, keep the best dev F1.
 
-The ATGL paper picks alpha by label-space size and then tries {0.5, 1, 2} x alpha on dev (REFERENCE
-§0); this does it for the user. Layout of RUN_DIR (= output_dir/run_name):
+The ATGL paper picks alpha by the size of the label space and then tries {0.5, 1, 2} x alpha on dev;
+this does it for the user. Layout of RUN_DIR (= output_dir/run_name):
 
     alpha_sweep/alpha=<v>/   one normal run per value (resume, skip and evaluate work on each)
     alpha_sweep.json         every value's dev/test scores and the chosen alpha
@@ -12,18 +12,18 @@ The ATGL paper picks alpha by label-space size and then tries {0.5, 1, 2} x alph
                              decode.json carries the chosen alpha, which overrides "auto" when the
                              loss is rebuilt (load_trained merges decode.json into the loss keywords).
 
-Running the same command again skips finished values and resumes an interrupted one. A finished
-sweep is not redone unless train.overwrite=true; an unfinished sweep of the same config is always
-continued (its runs are resume-safe), also under train.overwrite=true, which is how
-scripts/reproduce.py restarts runs that have no checkpoint of their own.
+Running the same command again skips finished values and resumes an interrupted one, by the rule every
+grid of runs follows (`run_dir.plan`). A finished sweep is not redone unless train.overwrite=true; an
+unfinished sweep of the same config is always continued (its runs are resume-safe), also under
+train.overwrite=true, which is how scripts/reproduce.py restarts runs that have no checkpoint of their own.
 """
 
 import copy
-import json
 import os
 import shutil
 from pathlib import Path
 
+from docre import run_dir as runs
 from docre.config import Config, load_config, save_config
 from docre.errors import DocreError
 from docre.utils import atomic_write_json, logger
@@ -32,8 +32,10 @@ from docre.utils import atomic_write_json, logger
 PAPER_ALPHA = {"docred": 16.5, "redocred": 16.5, "cdr": 7.5, "dwie": 6.0, "docgnre": 20.0}
 SWEEP_DIR = "alpha_sweep"
 # The chosen run's files that make RUN_DIR usable as a run of its own.
-ADOPTED = ("best.safetensors", "rel2id.json", "best.json", "dev_predictions.json", "test_predictions.json",
+ADOPTED = (runs.BEST_WEIGHTS, runs.REL2ID, runs.BEST_SCORES, "dev_predictions.json", "test_predictions.json",
            "dev_logits.safetensors", "test_logits.safetensors")
+# The folder is a sweep's identity: a moved or copied sweep continues where it is.
+IGNORED = runs.START_KEYS | {"output_dir"}
 
 
 def is_auto(cfg: Config) -> bool:
@@ -68,17 +70,19 @@ def tune_alpha(cfg: Config) -> dict:
     values = alpha_values(cfg)  # fails before anything is trained on an unknown dataset
     if not cfg.data.dev_file:
         raise DocreError("loss.alpha=auto needs a dev split to choose alpha (data.dev_file is empty)")
-    run_dir = Path(cfg.train.resume) if cfg.train.resume else Path(cfg.output_dir) / cfg.run_name
+    run_dir = runs.path_of(cfg)
     _prepare(run_dir, cfg)
     rows = []
     for alpha in values:
         sub_dir = run_dir / SWEEP_DIR / f"alpha={alpha:g}"
-        if (sub_dir / "results.json").is_file():
+        action, sub_cfg = runs.plan(sub_dir, _sub_config(cfg, alpha, sub_dir), IGNORED)
+        if action == "skip":
             logger.info("alpha %g: finished earlier (%s), skipped", alpha, sub_dir)
-            results = json.loads((sub_dir / "results.json").read_text(encoding="utf-8"))
+            results = runs.read_results(sub_dir)
         else:
-            logger.info("alpha %g: training in %s", alpha, sub_dir)
-            results = train(_sub_config(cfg, alpha, sub_dir))
+            doing = {"start": "training", "restart": "training again", "resume": "resuming"}[action]
+            logger.info("alpha %g: %s in %s", alpha, doing, sub_dir)
+            results = train(sub_cfg)
         rows.append({"alpha": alpha, "run_dir": str(sub_dir), "dev": results.get("dev", {}), "test": results.get("test", {})})
     chosen = max(rows, key=lambda row: row["dev"]["f1"])  # max keeps the first (smallest alpha) of equal F1s
     logger.info("alpha sweep: dev F1 %s; chosen alpha %g",
@@ -88,30 +92,25 @@ def tune_alpha(cfg: Config) -> dict:
     for name in ADOPTED:
         if (chosen_dir / name).is_file():
             _link_or_copy(chosen_dir / name, run_dir / name)
-    decode = json.loads((chosen_dir / "decode.json").read_text(encoding="utf-8"))
-    atomic_write_json(run_dir / "decode.json", {**decode, "alpha": chosen["alpha"]})
+    atomic_write_json(run_dir / runs.DECODE, {**runs.read_decode(chosen_dir), "alpha": chosen["alpha"]})
     sweep = {"chosen_alpha": chosen["alpha"], "chosen_run": str(chosen_dir), "dataset": cfg.data.dataset,
              "alpha_base": cfg.sweep.alpha_base or None, "alpha_grid": cfg.sweep.alpha_grid, "runs": rows}
     atomic_write_json(run_dir / "alpha_sweep.json", sweep)
     from docre.plots import plot_alpha_sweep
 
     plot_alpha_sweep([run_dir], run_dir / "alpha_sweep.png", cfg.run_name)
-    results = json.loads((chosen_dir / "results.json").read_text(encoding="utf-8"))
-    results |= {"run_dir": str(run_dir), "alpha": chosen["alpha"], "alpha_sweep": rows}
-    atomic_write_json(run_dir / "results.json", results)  # last: its presence marks the sweep finished
+    results = runs.read_results(chosen_dir) | {"run_dir": str(run_dir), "alpha": chosen["alpha"], "alpha_sweep": rows}
+    atomic_write_json(run_dir / runs.RESULTS, results)  # last: its presence marks the sweep finished
     return results
 
 
 def _prepare(run_dir: Path, cfg: Config) -> None:
     """Create RUN_DIR with the sweep's config; refuse or replace a finished or different sweep."""
-    saved_path = run_dir / "config.yaml"
+    saved_path = run_dir / runs.CONFIG
     if run_dir.exists() and any(run_dir.iterdir()) and not cfg.train.resume:
-        from docre.tables import config_differences
-
-        # the folder is the sweep's identity, so a moved or copied sweep continues where it is
-        differences = ["no config.yaml"] if not saved_path.is_file() else [
-            d for d in config_differences(load_config(saved_path), cfg) if not d.startswith("output_dir:")]
-        finished = (run_dir / "results.json").is_file()
+        differences = (runs.config_differences(load_config(saved_path), cfg, IGNORED) if saved_path.is_file()
+                       else ["no config.yaml"])
+        finished = (run_dir / runs.RESULTS).is_file()
         if cfg.train.overwrite and (finished or differences):
             shutil.rmtree(run_dir)
         elif finished:
@@ -126,18 +125,12 @@ def _prepare(run_dir: Path, cfg: Config) -> None:
 
 
 def _sub_config(cfg: Config, alpha: float, sub_dir: Path) -> Config:
-    """The config of one grid value: a normal ATGL run in sub_dir, resumed if it has a checkpoint,
-    started again if it stopped before its first one."""
-    from docre.checkpoint import find_training_state
-
+    """The config of one grid value: a normal ATGL run in sub_dir (`run_dir.plan` then decides
+    whether it is skipped, resumed, started again or started)."""
     sub = copy.deepcopy(cfg)
     sub.loss = {**cfg.loss, "alpha": alpha}
     sub.output_dir, sub.run_name = str(sub_dir.parent), sub_dir.name
     sub.train.resume, sub.train.overwrite = "", False
-    if find_training_state(sub_dir / "last") is not None:
-        sub.train.resume = str(sub_dir)
-    elif sub_dir.exists():
-        sub.train.overwrite = True
     return sub
 
 

@@ -1,4 +1,5 @@
-"""Speed and memory of docre against the floor set by its encoder (issue 4 figures).
+"""Speed and memory of docre against the floor set by its encoder (the figures of
+docs/performance.md).
 
     python scripts/benchmark.py [--encoder minilm|bert-base] [--threads 2] [--quick] [--json]
 
@@ -14,6 +15,7 @@ with the MiniLM tokenizer (same vocabulary). Results and how to read them: docs/
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -24,20 +26,22 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from docre.allocator import use_huge_pages
+from docre.errors import run_cli
 
-from docre.errors import run_cli  # noqa: E402  (no torch import: run_cli sets the allocator up first)
+ROOT = Path(__file__).resolve().parent.parent
 
 DEV = "dev_revised.json.gz"
 DATA_DIR = str(ROOT / "data" / "redocred")
 
 
 def main() -> int:
+    use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--encoder", choices=("minilm", "bert-base"), default="minilm")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="smaller samples, no memory-switch or long-document figures: under a minute")
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller samples, no memory-switch or long-document figures: under a minute")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line at the end")
     parser.add_argument("--part", choices=("long-doc",), help=argparse.SUPPRESS)  # internal: run in a subprocess
     parser.add_argument("--gradient-checkpointing", action="store_true", help=argparse.SUPPRESS)
@@ -80,10 +84,8 @@ def machine_record() -> dict:
     import transformers
 
     cpu = platform.processor() or "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as lines:
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "platform": platform.platform()}
 
@@ -203,7 +205,8 @@ def step_ratios(backbone: str, batches: int, reps: int) -> dict:
     ours, theirs = [], []
     for rep in range(reps + 1):  # the first repetition warms up
         # alternate per batch, so a change of the machine's speed hits both sides alike
-        pairs = [(timed(lambda: train_step(features)), timed(lambda: encoder_step(*inp))) for features, inp in zip(data, inputs)]
+        pairs = [(timed(lambda features=features: train_step(features)), timed(lambda inp=inp: encoder_step(*inp)))
+                 for features, inp in zip(data, inputs)]
         if rep:
             ours.append(sum(o for o, _ in pairs) / len(data))
             theirs.append(sum(t for _, t in pairs) / len(data))
@@ -223,7 +226,7 @@ def inference_ratio(backbone: str, docs: int, reps: int) -> dict:
 
     from docre.data import load_split
     from docre.data.collate import collate
-    from docre.trainer import predict_logits
+    from docre.inference import predict_logits
 
     model, encoder, _, tokenizer, rel2id = build(backbone)
     encoder.eval()
@@ -262,14 +265,15 @@ def memory_options(backbone: str, reps: int) -> dict:
     from docre.data.collate import collate
 
     results = {}
-    for name, options in (("default", {}), ("checkpointing", {"gradient_checkpointing": True}), ("pair_chunk_32", {"pair_chunk_size": 32})):
+    switches = (("default", {}), ("checkpointing", {"gradient_checkpointing": True}), ("pair_chunk_32", {"pair_chunk_size": 32}))
+    for name, options in switches:
         model, _, loss_fn, tokenizer, rel2id = build(backbone, **options)
         model.train()
         data = [collate(f, len(rel2id), tokenizer.pad_token_id) for f in training_batches(tokenizer, rel2id, 2)]
         torch.manual_seed(0)
         times = []
         for rep in range(reps + 1):
-            elapsed = sum(timed(lambda: loss_fn(model(b), b.labels).backward()) for b in data)
+            elapsed = sum(timed(lambda b=b, model=model, loss_fn=loss_fn: loss_fn(model(b), b.labels).backward()) for b in data)
             if rep:
                 times.append(elapsed / len(data))
         results[name] = median_of(times)
@@ -334,10 +338,12 @@ def run_part(arguments: list[str]) -> dict:
 
 def report(figures: dict) -> None:
     lines = [
-        f"docre benchmark: encoder {figures['encoder']}, {figures['threads']} threads, {figures['cpu']} ({figures['cores']} cores), "
+        f"docre benchmark: encoder {figures['encoder']}, {figures['threads']} threads, "
+        f"{figures['cpu']} ({figures['cores']} cores), "
         f"torch {figures['torch']}, transformers {figures['transformers']}",
         f"training step      {figures['train_step_s']:.3f} s   encoder fwd+bwd {figures['encoder_train_s']:.3f} s   "
-        f"ratio {figures['train_ratio']:.2f}   ({figures['pairs_per_batch']:.0f} pairs, {figures['tokens_per_batch']:.0f} tokens per batch)",
+        f"ratio {figures['train_ratio']:.2f}   "
+        f"({figures['pairs_per_batch']:.0f} pairs, {figures['tokens_per_batch']:.0f} tokens per batch)",
         f"inference per doc  {figures['infer_doc_s']:.4f} s  encoder forward {figures['encoder_infer_doc_s']:.4f} s  "
         f"ratio {figures['infer_ratio']:.2f}",
         f"peak memory of a training run {figures['peak_rss_mb']:.0f} MiB ({figures['run_steps']} steps + dev evaluation)",

@@ -8,65 +8,7 @@ map lacks is an error naming the document. Bad input: exit status 1 and one line
 document and field. No tokenizer is needed.
 """
 
-import argparse
-import json
-import sys
-from collections import Counter
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from docre.errors import run_cli  # noqa: E402
-
-FORMATS = ("docred", "cdr", "gda")
-
-
-def statistics(docs: list[dict]) -> dict:
-    """Counts over DocRED-format documents (CDR/GDA documents list their candidate `pairs`)."""
-    facts = {(i, label["h"], label["t"], label["r"]) for i, doc in enumerate(docs) for label in doc.get("labels", [])}
-    entities = sum(len(doc["vertexSet"]) for doc in docs)
-    pairs = sum(len(doc["pairs"]) if "pairs" in doc else len(doc["vertexSet"]) * (len(doc["vertexSet"]) - 1) for doc in docs)
-    relations = Counter(r for _, _, _, r in facts)
-    return {
-        "docs": len(docs),
-        "entities": entities,
-        "mentions": sum(len(entity) for doc in docs for entity in doc["vertexSet"]),
-        "pairs": pairs,
-        "positive_pairs": len({fact[:3] for fact in facts}),
-        "facts": len(facts),
-        "relations": len(relations),
-        "sentences": sum(len(doc["sents"]) for doc in docs),
-        "labelled": all("labels" in doc for doc in docs),
-        "most_frequent": relations.most_common(5),
-    }
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("file")
-    parser.add_argument("--format", choices=FORMATS, required=True)
-    parser.add_argument("--rel2id", help="relation map {\"Na\": 0, ...}: every label's relation must be in it")
-    parser.add_argument("--json", action="store_true", help="print the statistics as one JSON line at the end")
-    args = parser.parse_args()
-
-    from docre.data import load_rel2id, read_split
-    from docre.utils import setup_logging
-
-    setup_logging()
-    rel2id = load_rel2id(args.format, args.rel2id) if args.rel2id or args.format != "docred" else None
-    path, _, docs = read_split(args.format, args.file, "", rel2id)
-    stats = statistics(docs)
-    print(f"{path}: valid {args.format} file")
-    print(f"  {stats['docs']} documents, {stats['sentences']} sentences, {stats['entities']} entities, "
-          f"{stats['mentions']} mentions")
-    print(f"  {stats['pairs']} candidate pairs, {stats['positive_pairs']} positive pairs, {stats['facts']} relation facts "
-          f"of {stats['relations']} relations" + ("" if stats["labelled"] else " (some documents have no labels)"))
-    if stats["most_frequent"]:
-        print("  most frequent: " + ", ".join(f"{r} {n}" for r, n in stats["most_frequent"]))
-    if args.json:
-        print(json.dumps({k: v for k, v in stats.items() if k != "most_frequent"}))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    from docre.cli.check_data import run
+
+    run()

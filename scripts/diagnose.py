@@ -8,55 +8,7 @@ pairs with relations, and the NA pairs' margin and violation rate; writes RUN_DI
 and RUN_DIR/margins-<split>.png. Definitions: docs/losses.md.
 """
 
-import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
-
-from docre.errors import run_cli  # noqa: E402
-
-
-def format_report(report: dict) -> str:
-    """Markdown table, one row per split."""
-    def number(value, digits=3):
-        return "–" if value is None else f"{value:.{digits}f}"
-
-    lines = [
-        "| split | FP | FN | scorer FP | scorer FN | offset mean | offset std | violation | NA margin | NA violation |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for split in ("dev", "test"):
-        if split not in report:
-            continue
-        r = report[split]
-        lines.append(
-            f"| {split} | {r['false_positives']} | {r['false_negatives']} | {r.get('scorer_false_positives', '–')} | "
-            f"{r.get('scorer_false_negatives', '–')} | {number(r['offset_mean'])} | {number(r['offset_std'])} | "
-            f"{number(r['violation_rate'])} | {number(r['na_margin_mean'], 2)} | {number(r['na_violation_rate'], 4)} |"
-        )
-    return "\n".join(lines)
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--split", choices=("dev", "test", "both"), default="both")
-    parser.add_argument("--no-plots", action="store_true", help="skip the margin plots")
-    args = parser.parse_args()
-
-    from docre.diagnostics import diagnose_run
-    from docre.utils import atomic_write_json
-
-    splits = ("dev", "test") if args.split == "both" else (args.split,)
-    report = diagnose_run(args.run_dir, splits, plot_dir=None if args.no_plots else args.run_dir)
-    atomic_write_json(args.run_dir / "diagnostics.json", report)
-    kwargs = ", ".join(f"{k}={v}" for k, v in report["loss"].items() if k != "name")
-    print(f"{args.run_dir.name}: {report['loss']['name']}({kwargs}), decode {report['decode'] or 'as built'}, top_k {report['top_k']}")
-    print(format_report(report))
-    print(f"written: {args.run_dir / 'diagnostics.json'}" + ("" if args.no_plots else ", margins-<split>.png"))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    from docre.cli.diagnose import run
+
+    run()

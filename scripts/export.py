@@ -7,31 +7,7 @@ rel2id.json, rel_info.json, decode.json (if any), results.json and a README.md m
 Load it with Predictor.from_pretrained(OUT_DIR) or python scripts/predict.py OUT_DIR ...
 """
 
-import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from docre.errors import run_cli  # noqa: E402
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", help="a training run directory (config.yaml, best.safetensors, rel2id.json)")
-    parser.add_argument("out_dir", help="the model folder to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
-    args = parser.parse_args()
-
-    from docre.export import export_model
-    from docre.utils import setup_logging
-
-    setup_logging()
-    out_dir = export_model(args.run_dir, args.out_dir, args.overwrite)
-    files = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file())
-    print(f"{out_dir}: " + ", ".join(files))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    from docre.cli.export import run
+
+    run()

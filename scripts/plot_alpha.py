@@ -6,29 +6,7 @@ Each RUN_DIR is a finished `loss.alpha=auto` run (it holds alpha_sweep.json); se
 seeds, give the mean with a band of one standard deviation.
 """
 
-import argparse
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from docre.errors import run_cli  # noqa: E402
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    parser.add_argument("-o", "--output", help="PNG file (default: RUN_DIR/alpha_sweep.png for one run, else alpha_sweep.png)")
-    parser.add_argument("--title", default="")
-    args = parser.parse_args()
-
-    from docre.plots import plot_alpha_sweep
-
-    output = args.output or (Path(args.run_dirs[0]) / "alpha_sweep.png" if len(args.run_dirs) == 1 else "alpha_sweep.png")
-    print(f"written: {plot_alpha_sweep([Path(d) for d in args.run_dirs], Path(output), args.title)}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    from docre.cli.plot_alpha import run
+
+    run()

@@ -7,35 +7,7 @@ band. bars.png: dev F1, test F1 and test Ign F1 per row (mean, ± std error bars
 number as a black mark. Rows are grouped as in summarize_runs.py. Files go to DIR (default RUNS_DIR).
 """
 
-import argparse
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from docre.errors import run_cli  # noqa: E402
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs_dir")
-    parser.add_argument("--table", help="table name or file whose published numbers to mark")
-    parser.add_argument("-o", "--output-dir", help="folder for curves.png and bars.png (default: RUNS_DIR)")
-    args = parser.parse_args()
-
-    from docre.plots import plot_bars, plot_curves
-    from docre.summary import summarize_folder
-
-    found, rows = summarize_folder(args.runs_dir, args.table)
-    out = Path(args.output_dir or args.runs_dir)
-    title = found["title"] or Path(args.runs_dir).resolve().name
-    written = [plot_curves(found["groups"], out / "curves.png", title)]
-    if any(row["n"] for row in rows):
-        written.append(plot_bars(rows, out / "bars.png", title))
-    print("written: " + ", ".join(map(str, written)))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    from docre.cli.plot_runs import run
+
+    run()

@@ -9,32 +9,7 @@ leaves in a table's folder. Prints the markdown table; -o DIR also writes DIR/ta
 DIR/table.json.
 """
 
-import argparse
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from docre.errors import run_cli  # noqa: E402
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs_dir")
-    parser.add_argument("--table", help="table name or file whose published numbers to show")
-    parser.add_argument("-o", "--output-dir", help="also write table.md and table.json here")
-    args = parser.parse_args()
-
-    from docre.summary import markdown_table, summarize_folder, write_summary
-
-    found, rows = summarize_folder(args.runs_dir, args.table)
-    print(markdown_table(rows, found["title"], found["source"]))
-    if args.output_dir:
-        paths = write_summary(rows, Path(args.output_dir), found["title"], found["source"])
-        print("written: " + ", ".join(map(str, paths)))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    from docre.cli.summarize_runs import run
+
+    run()

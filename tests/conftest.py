@@ -14,6 +14,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# The shared data folder beside the repository: CDR/GDA files that may not be redistributed (tests
+# that need them skip when it is absent).
 SHARED = ROOT.parent / "shared" / "data"
 REDOCRED_DEV = ROOT / "data" / "redocred" / "dev_revised.json.gz"
 REL2ID = ROOT / "data" / "docred" / "rel2id.json"

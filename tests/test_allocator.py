@@ -1,7 +1,9 @@
-"""Every docre command asks torch for huge-page-backed large CPU blocks before torch is imported
-(docre/allocator.py); a user's own setting wins; too late is reported, not pretended. The peak
-memory a command reports is its own, not its parent's."""
+"""Every docre command that loads torch asks it for huge-page-backed large CPU blocks before torch
+is imported (docre/allocator.py), as the first statement of its main(); a user's own setting wins;
+too late is reported, not pretended. The peak memory a command reports is its own, not its
+parent's."""
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -9,17 +11,24 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+COMMANDS = sorted(path for path in (ROOT / "docre" / "cli").glob("*.py") if path.name != "__init__.py")
+WITHOUT_TORCH = {"download_data"}  # commands that never import torch: no allocator setting to make
 
-# A command as the CLIs are built: run_cli(main), torch imported inside main. torch's THP path
-# aligns a large block to the page size (4096) and marks it MADV_HUGEPAGE; its default path aligns
-# to 64 bytes, and glibc's mmap'd chunks then start 64 bytes past a page boundary.
+# The train command as its console entry point runs it: importing the command loads no torch; its
+# main() (stopped here by the usage error, before any work) asks for huge pages; torch comes later.
+# torch's THP path aligns a large block to the page size (4096) and marks it MADV_HUGEPAGE; its
+# default path aligns to 64 bytes, and glibc's mmap'd chunks then start 64 bytes past a page boundary.
 PROBE = """
 import os, sys
-from docre.errors import run_cli
-def main():
-    import torch
-    print(os.environ.get("THP_MEM_ALLOC_ENABLE"), torch.empty(4 << 20).data_ptr() % 4096)
-run_cli(main)
+import docre.cli.train as command
+assert "torch" not in sys.modules
+sys.argv = ["docre-train"]
+try:
+    command.main()
+except SystemExit:
+    pass
+import torch
+print(os.environ.get("THP_MEM_ALLOC_ENABLE"), torch.empty(4 << 20).data_ptr() % 4096)
 """
 
 
@@ -33,7 +42,7 @@ def probe(env_value):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="torch's THP allocation path is Linux-only")
-def test_commands_turn_huge_pages_on_before_torch_reads_the_setting():
+def test_the_train_command_turns_huge_pages_on_before_torch_reads_the_setting():
     value, offset = probe(None)
     assert value == "1" and offset == 0  # torch took its THP path: page-aligned
 
@@ -42,6 +51,16 @@ def test_commands_turn_huge_pages_on_before_torch_reads_the_setting():
 def test_a_users_setting_wins():
     value, offset = probe("0")
     assert value == "0" and offset != 0  # torch's default 64-byte-aligned path
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda path: path.stem)
+def test_each_command_asks_for_huge_pages_first(path):
+    """use_huge_pages() is the first statement of main(): nothing main() imports can load torch before it."""
+    main = next(node for node in ast.parse(path.read_text()).body if isinstance(node, ast.FunctionDef) and node.name == "main")
+    first = main.body[1] if ast.get_docstring(main) else main.body[0]
+    call = first.value if isinstance(first, ast.Expr) else None
+    asks = isinstance(call, ast.Call) and getattr(call.func, "id", "") == "use_huge_pages"
+    assert asks == (path.stem not in WITHOUT_TORCH)
 
 
 def test_too_late_once_torch_is_imported(monkeypatch):

@@ -68,7 +68,7 @@ def test_plot_and_curves(swept, tmp_path):
     assert curves[("dev", "f1")] == ([2.0, 16.0], [100 * row["dev"]["f1"] for row in record["runs"]])
     assert run_main("plot_alpha", [str(run_dir), str(run_dir), "-o", str(tmp_path / "two.png")]) == 0
     assert (tmp_path / "two.png").stat().st_size > 1000
-    with pytest.raises(DocreError, match="no alpha_sweep.json"):
+    with pytest.raises(DocreError, match=r"no alpha_sweep\.json"):
         run_main("plot_alpha", [str(tmp_path)])
 
 
@@ -121,7 +121,7 @@ def test_grid_is_the_paper_alpha_times_the_multiples():
 def test_unknown_dataset_needs_alpha_base(monkeypatch):
     monkeypatch.setattr(sweep, "PAPER_ALPHA", {})
     cfg = load_config(None, ["loss.name=atgl", "loss.alpha=auto"])
-    with pytest.raises(DocreError, match="set sweep.alpha_base"):
+    with pytest.raises(DocreError, match=r"set sweep\.alpha_base"):
         sweep.alpha_values(cfg)
 
 

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = ROOT.parent / "shared" / "data"  # the shared data folder beside the repository (CDR/GDA files)
 
 DOC = {
     "title": "Alpha",
     "sents": [["Ann", "met", "Bob", "in", "Rome", "."], ["Ann", "left", "."]],
     "vertexSet": [
-        [{"name": "Ann", "pos": [0, 1], "sent_id": 0, "type": "PER"}, {"name": "Ann", "pos": [0, 1], "sent_id": 1, "type": "PER"}],
+        [{"name": "Ann", "pos": [0, 1], "sent_id": 0, "type": "PER"},
+         {"name": "Ann", "pos": [0, 1], "sent_id": 1, "type": "PER"}],
         [{"name": "Bob", "pos": [2, 3], "sent_id": 0, "type": "PER"}],
         [{"name": "Rome", "pos": [4, 5], "sent_id": 0, "type": "LOC"}],
     ],
@@ -63,10 +64,11 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path):
 
 
 def test_real_files():
-    stats = last_json(check("data/redocred/dev_revised.json.gz", "--format", "docred", "--rel2id", "data/docred/rel2id.json", "--json"))
+    stats = last_json(check("data/redocred/dev_revised.json.gz", "--format", "docred", "--rel2id", "data/docred/rel2id.json",
+                            "--json"))
     assert stats["docs"] == 500 and stats["facts"] >= stats["positive_pairs"] > 0
     cdr = SHARED / "cdr" / "test_filter.data.gz"
     if not cdr.exists():
-        pytest.skip("the CDR files are not in ../shared/data")
+        pytest.skip("the CDR files are not in the shared data folder beside the repository")
     stats = last_json(check(str(cdr), "--format", "cdr", "--json"))
     assert stats["docs"] == 500 and stats["facts"] == stats["positive_pairs"] <= stats["pairs"]

@@ -2,7 +2,6 @@
 runs, table, plots, BCE's tuned threshold carried through decode.json to test and load_trained,
 skipping finished runs, and the argument errors."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -57,7 +56,7 @@ def test_runs_table_and_plots(comparison):
 
 
 def test_bce_threshold_is_tuned_on_dev_and_reused(comparison):
-    from docre.trainer import load_trained
+    from docre.run_dir import load_trained
 
     out, _, _ = comparison
     run_dir = out / "smoke-bce-s66"
@@ -84,10 +83,9 @@ def test_finished_runs_are_skipped_and_settings_checked(comparison):
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("compare_losses", ROOT / "scripts" / "compare_losses.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from docre.cli import compare_losses
+
+    return compare_losses
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -115,7 +113,8 @@ def test_summary_over_seeds(script):
              "false_positives": fp, "false_negatives": 10, "offset_std": 0.1, "violation_rate": None,
              "seconds_per_step": 1.0} for s, f1, fp in ((1, 0.6, 10), (2, 0.7, 20))]
     (entry,) = script.summarise(rows)
-    assert entry["seeds"] == [1, 2] and entry["f1"] == pytest.approx(0.65) and entry["f1_std"] == pytest.approx(0.0707107, rel=1e-5)
+    assert entry["seeds"] == [1, 2] and entry["f1"] == pytest.approx(0.65)
+    assert entry["f1_std"] == pytest.approx(0.0707107, rel=1e-5)
     assert entry["false_positives"] == 15 and entry["violation_rate"] is None
     assert "Mean ± std over seeds" in script.markdown([r | {"decode": {}, "logits_false_positives": None} for r in rows],
                                                       [entry], "test", "cmd")

@@ -24,9 +24,9 @@ from docre.diagnostics import (
     threshold_statistics,
 )
 from docre.errors import DocreError
+from docre.inference import decode_predictions, save_logits
 from docre.losses import build_loss
 from docre.metrics import docred_scores
-from docre.trainer import decode_predictions, save_logits
 from docre.utils import atomic_save_safetensors
 from tests.losses.helpers import random_case
 
@@ -102,7 +102,8 @@ def synthetic_split(seed: int = 0, docs: int = 5, relations: int = 6):
     for d in range(docs):
         n = int(rng.integers(2, 6))
         hts = all_pairs(n)
-        facts = sorted({(int(rng.integers(len(hts))), int(rng.integers(1, relations + 1))) for _ in range(int(rng.integers(0, 5)))})
+        facts = sorted({(int(rng.integers(len(hts))), int(rng.integers(1, relations + 1)))
+                        for _ in range(int(rng.integers(0, 5)))})
         labels = np.asarray(facts, dtype=np.int32).reshape(-1, 2)
         title = f"doc{d}"
         features.append(Feature(title, np.zeros(3, dtype=np.int32), [[1]] * n, hts, labels))
@@ -173,7 +174,7 @@ def test_diagnose_run_errors(tmp_path):
     with pytest.raises(DocreError, match="not a run directory"):
         diagnose_run(tmp_path)
     make_run(tmp_path, {"name": "atgl", "alpha": 16.5}, None, splits=())
-    with pytest.raises(DocreError, match="no dev_logits.safetensors or test_logits.safetensors"):
+    with pytest.raises(DocreError, match=r"no dev_logits\.safetensors or test_logits\.safetensors"):
         diagnose_run(tmp_path)
 
 
@@ -181,7 +182,7 @@ def test_load_logits_errors(tmp_path):
     with pytest.raises(DocreError, match="logits file not found"):
         load_logits(tmp_path / "missing.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(DocreError, match="junk.safetensors: not a readable safetensors file"):
+    with pytest.raises(DocreError, match=r"junk\.safetensors: not a readable safetensors file"):
         load_logits(tmp_path / "junk.safetensors")
     atomic_save_safetensors({"logits": torch.zeros(3, 4)}, tmp_path / "partial.safetensors")
     with pytest.raises(DocreError, match="missing tensor\\(s\\) facts, pairs_per_doc"):

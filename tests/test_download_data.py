@@ -2,7 +2,6 @@
 
 import gzip
 import hashlib
-import importlib.util
 import io
 import re
 import subprocess
@@ -11,13 +10,11 @@ from pathlib import Path
 
 import pytest
 
+import docre.cli.download_data as dd
 from docre.errors import DocreError
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data"
-spec = importlib.util.spec_from_file_location("download_data", ROOT / "scripts" / "download_data.py")
-dd = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(dd)
+SHARED = ROOT.parent / "shared" / "data"  # the shared data folder beside the repository (CDR/GDA files)
 
 CONTENT = b"hello\n"
 HELLO_BLOB = "ce013625030ba8dba906f756967f9e9ca394464a"  # `git hash-object` of "hello\n"
@@ -81,12 +78,13 @@ def test_a_server_without_ranges_restarts_the_file(tmp_path):
 
 
 def test_offline_is_a_clear_error(tmp_path):
-    with pytest.raises(DocreError, match="cannot download .*are you offline"):
+    with pytest.raises(DocreError, match=r"cannot download .*are you offline"):
         dd.download(dd.Source("x.json", "http://127.0.0.1:9/x.json"), tmp_path, progress=False)
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "scripts/download_data.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "scripts/download_data.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
 
 
 def test_cdr_is_never_downloaded_but_placed_copies_are_verified(tmp_path):
@@ -94,7 +92,7 @@ def test_cdr_is_never_downloaded_but_placed_copies_are_verified(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "cannot download" in result.stderr and "edge-oriented-graph" in result.stderr and len(result.stderr.splitlines()) == 1
     if not (SHARED / "cdr").exists():
-        pytest.skip("the CDR files are not in ../shared/data")
+        pytest.skip("the CDR files are not in the shared data folder beside the repository")
     for name in ("train_filter.data", "dev_filter.data", "test_filter.data"):
         (tmp_path / "cdr" / name).write_bytes(gzip.decompress((SHARED / "cdr" / f"{name}.gz").read_bytes()))
     result = run("cdr", "--dest", str(tmp_path))

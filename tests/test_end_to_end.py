@@ -30,7 +30,7 @@ def smoke_run(tiny_backbone, tmp_path_factory):
 
 
 def test_train_cli_prints_the_results_table(smoke_run):
-    run_dir, result = smoke_run
+    _, result = smoke_run
     assert "| split | P | R | F1 | Ign F1 |" in result.stdout
     assert "| dev |" in result.stdout and "| test |" in result.stdout
     assert "Traceback" not in result.stderr

@@ -62,10 +62,13 @@ READER_CASES = [
      "document 2 ('Alpha at Beta'): title: duplicate of document 0 (titles identify documents in scoring)"),
     ("missing sents", edited(lambda d: d[1].pop("sents")), f"{DOC}: missing field 'sents'"),
     ("empty sents", edited(lambda d: d[1].__setitem__("sents", [])), f"{DOC}: sents: must be a non-empty list of sentences"),
-    ("sents a string", edited(lambda d: d[1].__setitem__("sents", "A B C")), f"{DOC}: sents: must be a non-empty list of sentences"),
-    ("word not a string", edited(lambda d: d[1]["sents"][2].__setitem__(3, 5)), f"{DOC}: sents[2]: must be a list of word strings"),
+    ("sents a string", edited(lambda d: d[1].__setitem__("sents", "A B C")),
+     f"{DOC}: sents: must be a non-empty list of sentences"),
+    ("word not a string", edited(lambda d: d[1]["sents"][2].__setitem__(3, 5)),
+     f"{DOC}: sents[2]: must be a list of word strings"),
     ("missing vertexSet", edited(lambda d: d[1].pop("vertexSet")), f"{DOC}: missing field 'vertexSet'"),
-    ("empty vertexSet", edited(lambda d: d[1].__setitem__("vertexSet", [])), f"{DOC}: vertexSet: must be a non-empty list of entities"),
+    ("empty vertexSet", edited(lambda d: d[1].__setitem__("vertexSet", [])),
+     f"{DOC}: vertexSet: must be a non-empty list of entities"),
     ("entity with no mentions", edited(lambda d: d[1]["vertexSet"].__setitem__(4, [])),
      f"{DOC}: vertexSet[4]: an entity must be a non-empty list of mentions"),
     ("mention not an object", edited(lambda d: d[1]["vertexSet"][4].__setitem__(0, "Ann")),
@@ -105,7 +108,8 @@ READER_CASES = [
      f"{DOC}: labels[3].r: relation 'P9999' is not in the relation map"),
     ("relation is the NA class", edited(lambda d: d[1]["labels"][3].__setitem__("r", "Na")),
      f"{DOC}: labels[3].r: 'Na' is the NA class, not a relation"),
-    ("relation not a string", edited(lambda d: d[1]["labels"][3].__setitem__("r", 26)), f"{DOC}: labels[3].r: must be a relation id string"),
+    ("relation not a string", edited(lambda d: d[1]["labels"][3].__setitem__("r", 26)),
+     f"{DOC}: labels[3].r: must be a relation id string"),
     ("evidence not a list", edited(lambda d: d[1]["labels"][3].__setitem__("evidence", "1,2")),
      f"{DOC}: labels[3].evidence: must be a list of sentence indices"),
 ]
@@ -168,7 +172,8 @@ def test_bad_relation_map(tmp_path, content, message):
     ("train:\n  epoch: 3\n", "unknown key 'train.epoch' (did you mean train.epochs?)"),
     ("train:\n  batch_size: four\n", "train.batch_size: Value 'four' of type 'str' could not be converted to Integer"),
     ("train:\n  epochs: null\n", "train.epochs: Incompatible value 'None' for field of type 'int'"),
-    ("- train\n- model\n", "top level must be a mapping of sections (seed, output_dir, run_name, data, model, loss, train, eval, sweep, log), got a list"),
+    ("- train\n- model\n", "top level must be a mapping of sections "
+                          "(seed, output_dir, run_name, data, model, loss, train, eval, sweep, log), got a list"),
     ("3\n", "not valid YAML: Invalid loaded object type: int"),
     ("just words\n", "unknown key 'just words'"),
     ("train: 3\n", "train: must be a section of key: value lines, got 3"),
@@ -289,8 +294,9 @@ def test_train_cli_answers_bad_data_in_one_line_and_leaves_nothing_blocking(tmp_
     # document with one entity (no candidate pair) is left out of training and predicted without the model
     single = fixture_docs()[2] | {"title": "One entity", "vertexSet": fixture_docs()[2]["vertexSet"][:1], "labels": []}
     docs.write_text(json.dumps(fixture_docs() + [single]))
-    status, stdout, stderr = cli(capsys, "train.py", *train_args(tiny_backbone, data, out, "train.max_steps=1", "train.batch_size=1",
-                                                                "data.dev_file=docs.json", "eval.batch_size=1"))
+    status, stdout, stderr = cli(capsys, "train.py", *train_args(tiny_backbone, data, out, "train.max_steps=1",
+                                                                "train.batch_size=1", "data.dev_file=docs.json",
+                                                                "eval.batch_size=1"))
     assert status == 0, stderr[-2000:]
     assert "train: 1 documents with no candidate pair (fewer than two entities) are left out of training" in stderr
     assert json.loads((out / "hostile" / "results.json").read_text())["dev"]["num_gold"] == 7
@@ -429,4 +435,5 @@ def test_repeats_warn_once_with_counts_and_go_on(tmp_path, rel2id, tiny_tokenize
     # a repeated label is one fact; a repeated mention is kept (one more marker position)
     for got, want in zip(split.features, clean.features):
         assert got.labels.tolist() == want.labels.tolist()
-    assert [len(e) for e in split.features[1].entity_pos] == [len(e) + (i == 4) for i, e in enumerate(clean.features[1].entity_pos)]
+    expected = [len(e) + (i == 4) for i, e in enumerate(clean.features[1].entity_pos)]
+    assert [len(e) for e in split.features[1].entity_pos] == expected

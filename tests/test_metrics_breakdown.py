@@ -102,7 +102,8 @@ TRAIN = [
      "labels": [{"h": 0, "t": 1, "r": "P1"}, {"h": 1, "t": 2, "r": "P1"}, {"h": 0, "t": 2, "r": "P3"},
                 {"h": 0, "t": 2, "r": "P3"}, {"h": 2, "t": 0, "r": "P2"}]},
     {"title": "T2", "vertexSet": [mentions(0)] * 2,
-     "labels": [{"h": 0, "t": 1, "r": "P1"}, {"h": 1, "t": 0, "r": "P2"}, {"h": 1, "t": 0, "r": "P3"}, {"h": 0, "t": 1, "r": "P4"}]},
+     "labels": [{"h": 0, "t": 1, "r": "P1"}, {"h": 1, "t": 0, "r": "P2"}, {"h": 1, "t": 0, "r": "P3"},
+                {"h": 0, "t": 1, "r": "P4"}]},
 ]
 
 
@@ -183,7 +184,8 @@ def test_breakdown_and_per_relation_tables():
     lines = breakdown_table({"test": details}).splitlines()
     assert lines[0] == "| split | subset | P | R | F1 | gold | predicted |"
     assert lines[2] == "| test | intra-sentence | 50.00 | 100.00 | 66.67 | 1 | 2 |"
-    assert [line.split(" | ")[1] for line in lines[2:]] == ["intra-sentence", "inter-sentence", "frequent relations", "long-tail relations"]
+    assert [line.split(" | ")[1] for line in lines[2:]] == ["intra-sentence", "inter-sentence", "frequent relations",
+                                                            "long-tail relations"]
     assert breakdown_table({}) == ""
     relation_lines = per_relation_table(details["per_relation"]).splitlines()
     assert relation_lines[2] == "| P1 | one | 1 | 4 | 1 | 25.00 | 100.00 | 40.00 |"

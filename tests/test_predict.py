@@ -4,7 +4,7 @@ format; leaderboard files are valid; an exported folder loads offline and predic
 evaluate.py refuses unlabelled splits with a command that works; bad input is one line, exit 1."""
 
 import copy
-import importlib.util
+import importlib
 import json
 import logging
 import re
@@ -35,10 +35,8 @@ def run(args, **kwargs):
 
 
 def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The command behind `name` ("evaluate", "scripts/predict"): docre.cli.<its stem>."""
+    return importlib.import_module(f"docre.cli.{Path(name).name}")
 
 
 def call(script: str, argv: list[str], capsys) -> tuple[int, str, str]:
@@ -136,7 +134,8 @@ def test_predictions_are_the_rows_training_and_evaluate_score(run_dir, predictor
 def test_real_redocred_documents_score_as_evaluate_scores_them(predictor, redocred_docs, redocred_triples, capsys):
     rows = predictor.leaderboard_rows(redocred_docs)
     assert_valid_leaderboard(rows, redocred_docs, predictor.rel2id)
-    assert row_set(rows) == {(d["title"], t["h_idx"], t["t_idx"], t["r"]) for d, ts in zip(redocred_docs, redocred_triples) for t in ts}
+    assert row_set(rows) == {(d["title"], t["h_idx"], t["t_idx"], t["r"])
+                             for d, ts in zip(redocred_docs, redocred_triples) for t in ts}
     status, out, _ = call("evaluate", [predictor_dir(predictor), "--data", REDOCRED_SLICE, "--json"], capsys)
     assert status == 0
     evaluated = json.loads(out.strip().splitlines()[-1])
@@ -151,17 +150,19 @@ def predictor_dir(predictor: Predictor) -> Path:
 
 def test_triples_carry_names_sentences_and_the_loss_margin(predictor, fixture_docs):
     from docre.data.feature import featurize
-    from docre.trainer import predict_logits
+    from docre.inference import predict_logits
 
     triples = predictor.predict(fixture_docs)
     rel_info = json.loads((ROOT / "data/docred/rel_info.json").read_text())
     features, _ = featurize(fixture_docs, predictor.tokenizer, predictor.rel2id, "*", 1024)
-    logits = predict_logits(predictor.model, features, len(predictor.rel2id), 0, 1, torch.device("cpu"), torch.float32, show=False)
+    logits = predict_logits(predictor.model, features, len(predictor.rel2id), 0, 1, torch.device("cpu"), torch.float32,
+                            show=False)
     for doc, doc_triples, feature, doc_logits in zip(fixture_docs, triples, features, logits):
         assert doc_triples
         pair = {(int(h), int(t)): p for p, (h, t) in enumerate(feature.hts)}
         for t in doc_triples:
-            assert t["h_name"] == doc["vertexSet"][t["h_idx"]][0]["name"] and t["t_name"] == doc["vertexSet"][t["t_idx"]][0]["name"]
+            assert t["h_name"] == doc["vertexSet"][t["h_idx"]][0]["name"]
+            assert t["t_name"] == doc["vertexSet"][t["t_idx"]][0]["name"]
             assert t["r_name"] == rel_info[t["r"]]
             assert t["h_sents"] == sorted({m["sent_id"] for m in doc["vertexSet"][t["h_idx"]]})
             assert t["t_sents"] == sorted({m["sent_id"] for m in doc["vertexSet"][t["t_idx"]]})
@@ -182,7 +183,8 @@ def test_top_k_caps_relations_per_pair(predictor, fixture_docs):
     default, one, every = (predictor.predict(fixture_docs, top_k=k) for k in (None, 1, 1000))
     assert max(per_pair(default).values()) <= predictor.cfg.eval.top_k
     assert set(per_pair(one).values()) == {1} and per_pair(one).keys() == per_pair(every).keys()
-    flat = [{(d["title"], t["h_idx"], t["t_idx"], t["r"]) for d, ts in zip(fixture_docs, out) for t in ts} for out in (one, default, every)]
+    flat = [{(d["title"], t["h_idx"], t["t_idx"], t["r"]) for d, ts in zip(fixture_docs, out) for t in ts}
+            for out in (one, default, every)]
     assert flat[0] <= flat[1] <= flat[2] and len(flat[0]) < len(flat[2])
     with pytest.raises(DocreError, match="top_k must be at least 1"):
         predictor.predict(fixture_docs, top_k=0)
@@ -202,15 +204,22 @@ def test_raw_text_predicts_like_the_same_document_in_docred_format(predictor, fi
     ]}
     converted = prepare_documents([raw])[0]
     assert converted["sents"] == doc["sents"]
-    assert [[(m["sent_id"], m["pos"]) for m in e] for e in converted["vertexSet"]] == [[(m["sent_id"], m["pos"]) for m in e] for e in doc["vertexSet"]]
+    def places(vertex_set):
+        return [[(m["sent_id"], m["pos"]) for m in e] for e in vertex_set]
+
+    assert places(converted["vertexSet"]) == places(doc["vertexSet"])
     from_text, from_docred = predictor.predict([raw])[0], predictor.predict([doc])[0]
     assert from_text
-    assert [{**t, "t_name": None, "h_name": None} for t in from_text] == [{**t, "t_name": None, "h_name": None} for t in from_docred]
+    def unnamed(triples):
+        return [{**t, "t_name": None, "h_name": None} for t in triples]
+
+    assert unnamed(from_text) == unnamed(from_docred)
     assert {t["h_name"] for t in from_text if t["h_idx"] == 2} <= {"Gamma City (the city)"}
 
 
 def test_documents_with_one_entity_get_no_triples(predictor, fixture_docs):
-    lonely = {"title": "lonely", "sents": [["alpha", "works", "."]], "vertexSet": [[{"name": "alpha", "sent_id": 0, "pos": [0, 1]}]]}
+    lonely = {"title": "lonely", "sents": [["alpha", "works", "."]],
+              "vertexSet": [[{"name": "alpha", "sent_id": 0, "pos": [0, 1]}]]}
     assert predictor.predict([lonely]) == [[]]
     mixed = predictor.predict([lonely, fixture_docs[1]])
     assert mixed[0] == [] and mixed[1] == predictor.predict([fixture_docs[1]])[0]
@@ -252,7 +261,8 @@ def test_cli_writes_triples_leaderboard_and_codalab_zip(run_dir, predictor, fixt
     assert [line["triples"] for line in lines] == predictor.predict(fixture_docs)
 
     expected = predictor.leaderboard_rows(fixture_docs, top_k=2)
-    assert call("scripts/predict", [run_dir, FIXTURE, "-o", tmp_path / "result.json", "--top-k", "2", "--batch-size", "1"], capsys)[0] == 0
+    args = [run_dir, FIXTURE, "-o", tmp_path / "result.json", "--top-k", "2", "--batch-size", "1"]
+    assert call("scripts/predict", args, capsys)[0] == 0
     rows = json.loads((tmp_path / "result.json").read_text())
     assert rows == expected
     assert_valid_leaderboard(rows, fixture_docs, predictor.rel2id)
@@ -297,7 +307,8 @@ def hostile_inputs(tmp_path: Path) -> dict:
         "outside.jsonl": (json.dumps({**good_text, "entities": [{"mentions": [[0, 5]]}, {"mentions": [[16, 80]]}]}),
                           r"entities\[1\]\.mentions\[0\]: \[16, 80\] lies outside the text"),
         "list.json": ("[1, 2]", r"document 0: neither DocRED format"),
-        "docred_bad.json": (json.dumps([{"title": "x", "sents": [["a"]], "vertexSet": []}]), r"vertexSet: must be a non-empty list"),
+        "docred_bad.json": (json.dumps([{"title": "x", "sents": [["a"]], "vertexSet": []}]),
+                            r"vertexSet: must be a non-empty list"),
         "latin1.jsonl": (None, r"not UTF-8 text"),
         "empty.jsonl": ("", r"file is empty"),
     }
@@ -316,14 +327,15 @@ def test_cli_refuses_hostile_input_with_one_line(run_dir, tmp_path, capsys):
     output = tmp_path / "out.jsonl"
     output.write_text("previous\n")
     for name, (path, message) in hostile_inputs(tmp_path).items():
-        status, out, err = call("scripts/predict", [run_dir, path, "-o", output], capsys)
+        status, _, err = call("scripts/predict", [run_dir, path, "-o", output], capsys)
         assert status == 1, name
         assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and re.search(message, err), (name, err)
     for args, message in [
         ([run_dir, tmp_path / "missing.json", "-o", output], r"missing\.json: file not found"),
         ([run_dir, FIXTURE, "-o", tmp_path / "out.csv"], r"out\.csv: the output must end in \.jsonl, \.json, \.zip"),
         ([run_dir, FIXTURE, "-o", output, "--top-k", "0"], r"--top-k must be at least 1"),
-        ([run_dir, FIXTURE, "-o", output, "--format", "text"], r"document 0 \('Alpha at Beta'\): text: must be a non-empty string"),
+        ([run_dir, FIXTURE, "-o", output, "--format", "text"],
+         r"document 0 \('Alpha at Beta'\): text: must be a non-empty string"),
         ([tmp_path, FIXTURE, "-o", output], r"neither a run directory .* nor an exported model folder"),
         ([tmp_path / "no_run", FIXTURE, "-o", output], r"no_run: model directory not found"),
     ]:
@@ -376,7 +388,8 @@ def test_export_writes_a_self_contained_folder_with_a_card(exported, run_dir):
     card = (exported / "README.md").read_text()
     results = json.loads((run_dir / "results.json").read_text())
     assert card.startswith("---\nlibrary_name: docre\n")
-    assert f"| dev | {results['dev']['precision'] * 100:.2f} | {results['dev']['recall'] * 100:.2f} | {results['dev']['f1'] * 100:.2f} |" in card
+    dev = results["dev"]
+    assert f"| dev | {dev['precision'] * 100:.2f} | {dev['recall'] * 100:.2f} | {dev['f1'] * 100:.2f} |" in card
     assert f"| test | {results['test']['precision'] * 100:.2f} |" in card
     assert "docred_tiny.json" in card and "`atgl` loss (alpha=16.5)" in card
     assert json.loads((exported / "rel2id.json").read_text()) == json.loads((run_dir / "rel2id.json").read_text())

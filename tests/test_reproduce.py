@@ -61,7 +61,7 @@ def test_interrupted_grid_resumes_and_is_tabulated(tmp_path, tiny_backbone, caps
     while not (first / "last" / "state.json").is_file() and runner.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     runner.send_signal(signal.SIGTERM)
-    stdout, stderr = runner.communicate(timeout=180)
+    _, stderr = runner.communicate(timeout=180)
     assert runner.returncode == 1, stderr[-3000:]
     assert "error: interrupted during atgl-s1" in stderr and "Traceback" not in stderr.split("error: interrupted")[-1]
     assert (first / "last").is_dir() and not (first / "results.json").exists() and not second.exists()

@@ -195,7 +195,8 @@ runpy.run_path("train.py", run_name="__main__")
 def test_sigkill_loses_at_most_save_every_steps(tmp_path, tiny_backbone, reference, monkeypatch):
     run_dir = tmp_path / "run"
     args = run_args(tiny_backbone, tmp_path, "run", "train.save_every=2")
-    killed = subprocess.run([sys.executable, "-c", KILL_AT_STEP, "5", *args], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_STEP, "5", *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=240)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert saved_step(run_dir) == 4  # saves after steps 2, 3 (end of epoch), 4; killed after step 5
     assert not (run_dir / "results.json").exists()

@@ -36,7 +36,8 @@ def violations(source: str) -> list[str]:
             found.append(f"line {node.lineno}: torch.load without weights_only=True")
         if call == "torch.save":
             found.append(f"line {node.lineno}: torch.save (pickle)")
-        if constant.get("allow_pickle") is True or constant.get("weights_only") is False or constant.get("use_safetensors") is False:
+        if (constant.get("allow_pickle") is True or constant.get("weights_only") is False
+                or constant.get("use_safetensors") is False):
             found.append(f"line {node.lineno}: {call} allows pickle")
         if constant.get("trust_remote_code") is True:
             found.append(f"line {node.lineno}: {call} with trust_remote_code=True")
@@ -98,16 +99,22 @@ def test_remote_code_is_off_unless_the_config_turns_it_on(monkeypatch):
     monkeypatch.setattr(transformers.AutoModel, "from_pretrained", record("model"))
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", record("config"))
     for trust in (False, True):
-        for load in (lambda: load_tokenizer("org/model", trust_remote_code=trust),
-                     lambda: build_model("org/model", 3, [1], [2], trust_remote_code=trust),
-                     lambda: build_model("org/model", 3, [1], [2], trust_remote_code=trust, pretrained=False)):
+        for load in (lambda trust=trust: load_tokenizer("org/model", trust_remote_code=trust),
+                     lambda trust=trust: build_model("org/model", 3, [1], [2], trust_remote_code=trust),
+                     lambda trust=trust: build_model("org/model", 3, [1], [2], trust_remote_code=trust, pretrained=False)):
             with pytest.raises(Stop):
                 load()
-    assert calls == [("tokenizer", False), ("model", False), ("config", False), ("tokenizer", True), ("model", True), ("config", True)]
-    # the trainer passes the config's value wherever it loads a backbone
-    tree = ast.parse((ROOT / "docre" / "trainer.py").read_text())
-    loads = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) in ("load_tokenizer", "build_model")]
-    assert len(loads) >= 4 and all("cfg.model.trust_remote_code" in ast.unparse(n) for n in loads)
+    assert calls == [("tokenizer", False), ("model", False), ("config", False),
+                     ("tokenizer", True), ("model", True), ("config", True)]
+    # training and loading a trained run build the backbone through one function, which passes the config's value
+    tree = ast.parse((ROOT / "docre" / "models" / "__init__.py").read_text())
+    builder = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "build_model_from_config")
+    assert "model_cfg.trust_remote_code" in ast.unparse(builder)
+    for module in ("trainer.py", "run_dir.py"):
+        tree = ast.parse((ROOT / "docre" / module).read_text())
+        loads = [n for n in ast.walk(tree)
+                 if isinstance(n, ast.Call) and ast.unparse(n.func) in ("load_tokenizer", "build_model")]
+        assert loads and all("cfg.model.trust_remote_code" in ast.unparse(n) for n in loads), module
 
 
 class _RunsCode:

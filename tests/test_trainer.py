@@ -97,7 +97,7 @@ def test_split_batch_gives_the_same_step(tiny_backbone, tiny_tokenizer, rel2id):
 
 
 def test_prediction_batches_under_a_token_cap_give_the_same_logits(tiny_backbone, tiny_tokenizer, rel2id, monkeypatch):
-    import docre.trainer as trainer
+    import docre.inference as inference
     from docre.data.collate import collate, encoded_tokens
 
     docs = json.loads((FIXTURES / "docred_tiny.json").read_text())
@@ -106,11 +106,11 @@ def test_prediction_batches_under_a_token_cap_give_the_same_logits(tiny_backbone
     torch.manual_seed(0)
     model = build_model(tiny_backbone, 97, info.start_ids, info.end_ids, emb_size=64, block_size=16)
     seen = []
-    monkeypatch.setattr(trainer, "collate", lambda part, *a: seen.append(part) or collate(part, *a))
-    whole = trainer.predict_logits(model, features, 97, 0, 8, torch.device("cpu"), torch.float32, show=False)
+    monkeypatch.setattr(inference, "collate", lambda part, *a: seen.append(part) or collate(part, *a))
+    whole = inference.predict_logits(model, features, 97, 0, 8, torch.device("cpu"), torch.float32, show=False)
     assert len(seen) == 1
     cap = 40
-    capped = trainer.predict_logits(model, features, 97, 0, 8, torch.device("cpu"), torch.float32, show=False, max_tokens=cap)
+    capped = inference.predict_logits(model, features, 97, 0, 8, torch.device("cpu"), torch.float32, show=False, max_tokens=cap)
     parts = seen[1:]
     assert len(parts) > 1 and sorted(id(f) for part in parts for f in part) == sorted(id(f) for f in features)
     assert all(len(part) == 1 or encoded_tokens(part, model.window) <= cap for part in parts)

@@ -104,7 +104,8 @@ def read_split(dataset: str, spec: str, data_dir: str, rel2id: dict[str, int] | 
         first = part.indices(len(every))[0]
         for index, doc in enumerate(docs, first):
             if "labels" not in doc:
-                raise DocreError(f"{path}: document {index} ({doc['title']!r}): missing field 'labels' (training documents need labels)")
+                raise DocreError(f"{path}: document {index} ({doc['title']!r}): missing field 'labels' "
+                                 "(training documents need labels)")
     return path, part, docs
 
 

@@ -1,7 +1,8 @@
 """CDR and GDA in the edge-oriented-graph ("EoG") preprocessed format: read and validate.
 
-One document per line, tab-separated (REFERENCE §A.2): PMID, the text (sentences separated by
-"|", tokens by spaces), then one 17-field block per candidate pair:
+One document per line, tab-separated (the output of the EoG preprocessing,
+github.com/fenchri/edge-oriented-graph, as ATLOP's `prepro.py` reads it): PMID, the text (sentences
+separated by "|", tokens by spaces), then one 17-field block per candidate pair:
 
     0 label (1:CID:2 / 1:GDA:2 positive, 1:NR:2 negative, not_include = skip the pair)
     1 direction (L2R: entity 1 is the head; R2L: entity 2 is the head, as ATLOP reads it)
@@ -97,7 +98,8 @@ def parse_line(line: str, relation: str, where: str) -> dict:
     sents = [sentence.split(" ") for sentence in text.split("|")]
     for s, sentence in enumerate(sents):
         if "" in sentence:
-            raise DocreError(f"{where}: text: sentence {s} has an empty token (repeated, leading or trailing space, or an empty sentence)")
+            raise DocreError(f"{where}: text: sentence {s} has an empty token "
+                             "(repeated, leading or trailing space, or an empty sentence)")
     # document token offset -> (sentence, position in the sentence)
     sentence_of, position_of = [], []
     for s, sentence in enumerate(sents):
@@ -128,10 +130,13 @@ def parse_line(line: str, relation: str, where: str) -> dict:
             if entity_id not in entity_index:
                 entity_index[entity_id] = len(vertex_set)
                 entity_fields.append(values)
-                vertex_set.append(_mentions(values, sents, sentence_of, position_of, f"{pair_where}: entity {side} ({entity_id})"))
+                entity_where = f"{pair_where}: entity {side} ({entity_id})"
+                vertex_set.append(_mentions(values, sents, sentence_of, position_of, entity_where))
             elif entity_fields[entity_index[entity_id]] != values:
-                changed = next(name for name, a, b in zip(ENTITY_FIELDS, entity_fields[entity_index[entity_id]], values) if a != b)
-                raise DocreError(f"{pair_where}: entity {side} ({entity_id}) {changed}: differ from an earlier pair naming the same entity")
+                earlier = entity_fields[entity_index[entity_id]]
+                changed = next(name for name, a, b in zip(ENTITY_FIELDS, earlier, values) if a != b)
+                raise DocreError(f"{pair_where}: entity {side} ({entity_id}) {changed}: "
+                                 "differ from an earlier pair naming the same entity")
             ids.append(entity_id)
         if ids[0] == ids[1]:
             raise DocreError(f"{pair_where}: entity 2 id: {ids[1]} is also entity 1; a pair needs two different entities")
@@ -150,7 +155,8 @@ def parse_line(line: str, relation: str, where: str) -> dict:
             "pair_cross": pair_cross, "labels": labels}
 
 
-def _mentions(values: list[str], sents: list[list[str]], sentence_of: list[int], position_of: list[int], where: str) -> list[dict]:
+def _mentions(values: list[str], sents: list[list[str]], sentence_of: list[int], position_of: list[int],
+              where: str) -> list[dict]:
     """An entity's mentions from its six fields, as DocRED mentions {name, sent_id, pos, type}."""
     _, names, entity_type, starts, ends, sentence_ids = values
     if not entity_type.strip():
@@ -170,7 +176,8 @@ def _mentions(values: list[str], sents: list[list[str]], sentence_of: list[int],
     mentions = []
     for m, (name, start, end, sentence_id) in enumerate(zip(names, starts, ends, sentence_ids)):
         if not 0 <= start < end <= num_tokens:
-            raise DocreError(f"{where} offsets: mention {m} [{start}, {end}) is not a token span of the document ({num_tokens} tokens)")
+            raise DocreError(f"{where} offsets: mention {m} [{start}, {end}) is not a token span of the document "
+                             f"({num_tokens} tokens)")
         sentence = sentence_of[start]
         if sentence_of[end - 1] != sentence:
             raise DocreError(f"{where} offsets: mention {m} [{start}, {end}) crosses from sentence {sentence} into "

@@ -91,7 +91,7 @@ def load_features(path: Path) -> tuple[list[Feature], str] | None:
         with safe_open(str(path), framework="np") as handle:
             metadata = handle.metadata()
             titles, report = json.loads(metadata["titles"]), metadata["report"]
-            arrays = {name: handle.get_tensor(name) for name in handle.keys()}
+            arrays = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a mapping: no __iter__)
     except Exception:  # a corrupt or foreign entry is rebuilt, never trusted
         return None
 

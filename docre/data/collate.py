@@ -85,17 +85,27 @@ def collate(features: list[Feature], num_classes: int, pad_id: int) -> Batch:
     )
 
 
+def stacked_facts(features: list[Feature]) -> np.ndarray:
+    """[F, 2] int32 (pair row, class) of every gold fact, pair rows counted over the features in
+    order (as in the stacked logits); features without labels have none."""
+    starts = np.cumsum([0] + [len(f.hts) for f in features[:-1]])
+    facts = [f.labels + [start, 0] for f, start in zip(features, starts) if f.labels is not None]
+    return np.concatenate(facts).reshape(-1, 2).astype(np.int32) if facts else np.zeros((0, 2), dtype=np.int32)
+
+
+def facts_to_labels(facts: torch.Tensor, num_pairs: int, num_classes: int) -> torch.Tensor:
+    """[P, C] multi-hot labels from [F, 2] (pair row, class) facts; column 0 (NA) set exactly for
+    the pairs without a fact."""
+    labels = torch.zeros(num_pairs, num_classes)
+    labels[facts[:, 0].long(), facts[:, 1].long()] = 1.0
+    labels[:, 0] = (labels[:, 1:].sum(1) == 0).float()
+    return labels
+
+
 def stack_labels(features: list[Feature], num_classes: int) -> torch.Tensor:
     """[P_total, C] multi-hot labels of the features' pairs in order; column 0 = NA. Features
     without labels contribute NA rows."""
-    pairs_per_doc = [len(f.hts) for f in features]
-    starts = np.cumsum([0] + pairs_per_doc[:-1])
-    facts = [f.labels + [start, 0] for f, start in zip(features, starts) if f.labels is not None]
-    facts = np.concatenate(facts).reshape(-1, 2) if facts else np.zeros((0, 2), dtype=np.int64)
-    labels = torch.zeros(sum(pairs_per_doc), num_classes)
-    labels[torch.from_numpy(facts[:, 0]).long(), torch.from_numpy(facts[:, 1]).long()] = 1.0
-    labels[:, 0] = (labels[:, 1:].sum(1) == 0).float()
-    return labels
+    return facts_to_labels(torch.from_numpy(stacked_facts(features)), sum(len(f.hts) for f in features), num_classes)
 
 
 def encoded_tokens(part: list[Feature], window: int) -> int:

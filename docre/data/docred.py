@@ -1,7 +1,8 @@
 """DocRED-style JSON files (DocRED, Re-DocRED, DocGNRE, DWIE in DocRED form): read and validate.
 
-A file is a JSON list of documents `{"title", "sents", "vertexSet", "labels"?}` (REFERENCE §A.1),
-plain or gzipped. A split may be a slice of a file: `dev_revised.json.gz[:400]`.
+A file is a JSON list of documents `{"title", "sents", "vertexSet", "labels"?}` (the format of
+the DocRED release, Yao et al., ACL 2019, github.com/thunlp/DocRED), plain or gzipped. A split may
+be a slice of a file: `dev_revised.json.gz[:400]`.
 
 Validation answers malformed input with one `DocreError` line naming the file, the document
 (index and title) and the field. Two things are tolerated with one warning and a count, because

@@ -1,4 +1,5 @@
-"""Turn DocRED-format documents into model features: word-pieces with entity markers (ATLOP §3.1).
+"""Turn DocRED-format documents into model features: word-pieces with entity markers (ATLOP's
+`prepro.py`, github.com/wzhouad/ATLOP).
 
 Every reader (DocRED family, CDR, GDA) first produces DocRED-format dicts; this module is the one
 place where they become token ids, so marker handling and offsets are identical for all datasets.
@@ -124,7 +125,8 @@ def _featurize_doc(doc: dict, pieces_of: dict, info: TokenizerInfo, rel2id: dict
     labels = None
     if "labels" in doc:
         pair_index = {(int(h), int(t)): i for i, (h, t) in enumerate(hts)}
-        facts = {(pair_index[(lab["h"], lab["t"])], rel2id[lab["r"]]) for lab in doc["labels"] if (lab["h"], lab["t"]) in pair_index}
+        facts = {(pair_index[(lab["h"], lab["t"])], rel2id[lab["r"]])
+                 for lab in doc["labels"] if (lab["h"], lab["t"]) in pair_index}
         labels = np.asarray(sorted(facts), dtype=np.int32).reshape(-1, 2)
     input_ids = np.asarray(info.start_ids + pieces + info.end_ids, dtype=np.int32)
     return Feature(doc["title"], input_ids, entity_pos, hts, labels), lost_pieces, lost_mentions

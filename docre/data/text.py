@@ -28,7 +28,7 @@ from docre.errors import DocreError
 TERMINATORS = frozenset(".!?。！？…")
 CLOSERS = frozenset(")]}\"'”’»」』")
 ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof st jr sr vs etc inc ltd co corp no gen col lt sgt capt mt fig approx dept est "
+    "mr mrs ms dr prof st jr sr vs etc inc ltd co corp no gen col lt sgt capt mt fig approx dept est "  # noqa: SIM905 (words)
     "jan feb mar apr jun jul aug sep sept oct nov dec".split()
 )
 

@@ -1,10 +1,11 @@
-"""AFL, the adaptive focal loss of KD-DocRE (Tan et al., 2022; REFERENCE §2.3).
+"""AFL, the adaptive focal loss of KD-DocRE (Tan et al., 2022;
+official code github.com/tonytan48/KD-DocRE, `losses.py`).
 
 Per pair, with d_r = s_r - s_TH and p_r = sigmoid(d_r) (a two-way softmax between r and TH):
     positive part  sum_{r in P} -(1 + (1 - p_r)^gamma) * log p_r
     negative part  -log softmax(s_TH, s_N)_TH        (ATL's: TH against all negatives at once)
 Mean over pairs of their sum. The "1 +" keeps a plain log-loss under the focal term (deliberate in
-KD-DocRE: it helps recall). Decode: the shared threshold rule.
+KD-DocRE: it helps recall, github.com/tonytan48/KD-DocRE/issues/16). Decode: the shared threshold rule.
 """
 
 import torch

@@ -1,4 +1,5 @@
-"""AML, the adaptive margin loss of SagDRE (as in the HingeABL repository, REFERENCE §2.6).
+"""AML, the adaptive margin loss of SagDRE (as in the HingeABL
+repository, github.com/Jize-W/HingeABL, `losses.py`).
 
 A hinge of width 1 on each side of the threshold class, with d_r = s_r - s_TH:
     L = sum_{r in P} [1 - d_r]_+ + sum_{r in N} [1 + d_r]_+,   mean over pairs.

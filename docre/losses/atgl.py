@@ -1,4 +1,5 @@
-"""ATGL, the adaptive-threshold global loss (Xu et al., ACL 2026; REFERENCE §2.2).
+"""ATGL, the adaptive-threshold global loss (Xu et al., ACL 2026;
+official code github.com/xhm-code/ATGL, `losses.py`).
 
 One softmax over all C classes with a weighted negative log-likelihood: weight 1 on TH for every
 pair, alpha on each positive relation, 0 on negatives:

@@ -1,4 +1,5 @@
-"""ATL, the adaptive-thresholding loss of ATLOP (Zhou et al., AAAI 2021; REFERENCE §2.1).
+"""ATL, the adaptive-thresholding loss of ATLOP (Zhou et al., AAAI 2021;
+official code github.com/wzhouad/ATLOP, `losses.py`).
 
 Per pair: the positive part is a softmax over the positive classes plus TH, with -log p summed
 over the positives; the negative part is a softmax over TH plus the negatives, with -log p(TH).

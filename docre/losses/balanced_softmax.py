@@ -1,4 +1,5 @@
-"""Balanced softmax, DocuNet's multi-label categorical cross-entropy (REFERENCE §2.6).
+"""Balanced softmax, DocuNet's multi-label categorical cross-entropy (Zhang et al.,
+IJCAI 2021), as the HingeABL repository implements it (github.com/Jize-W/HingeABL, `losses.py`).
 
 Class 0 takes part as an ordinary class: it is the target of NA pairs and a negative otherwise.
 With T the target classes of a pair (its relations, or {0} for an NA pair) and N the rest:

@@ -1,5 +1,6 @@
 """BCE, independent binary cross-entropy per relation with one global decision threshold
-(the DocRED baselines; REFERENCE §2.4).
+(the DocRED baselines, Yao et al., ACL 2019, github.com/thunlp/DocRED; none of the ATLOP-family
+repositories ships a BCE loss, so the reduction below is our choice).
 
     L = sum_{r=1}^{C-1} -[y_r log sigmoid(s_r) + (1 - y_r) log(1 - sigmoid(s_r))],   mean over pairs.
 Reduction: summed over the relation classes, averaged over pairs (so the scale matches the other

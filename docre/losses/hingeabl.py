@@ -1,4 +1,5 @@
-"""HingeABL, the hinge-weighted adaptive balanced loss (HingeABL repository, REFERENCE §2.6).
+"""HingeABL, the hinge-weighted adaptive balanced loss (official code
+github.com/Jize-W/HingeABL, `losses.py`).
 
 SAT's terms re-weighted by how far each relation is from a margin m on its side of the threshold,
 with d_r = s_r - s_TH:
@@ -6,7 +7,7 @@ with d_r = s_r - s_TH:
     w-_r = [m + d_r]_+ / sum_{r' in N} [m + d_r']_+        (r in N)
     L = sum_{r in P} w+_r (-log sigmoid(d_r)) + sum_{r in N} w-_r (-log sigmoid(-d_r)),  mean over pairs.
 Each side is a weighted average, so positives and negatives weigh the same per pair. The weights are
-NOT detached: gradients flow through them, as in the reference code. A side whose hinge values are
+NOT detached: gradients flow through them, as in the HingeABL code. A side whose hinge values are
 all 0 (every relation already beyond the margin) contributes 0: its denominator is clamped at 1e-12,
 which changes nothing elsewhere. Decode: the shared threshold rule.
 """
@@ -23,7 +24,7 @@ TINY = 1e-12
 
 class HingeABLoss(nn.Module):
     def __init__(self, margin: float = 5.0, th_offset: float = 0.0):
-        """margin: the hinge margin m around the threshold (the reference's --margin, default 5)."""
+        """margin: the hinge margin m around the threshold (the HingeABL code's --margin, default 5)."""
         super().__init__()
         self.th_offset = float(th_offset)  # decode: added to the TH logit (0 = the official rule)
         if not margin >= 0:

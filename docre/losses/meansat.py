@@ -1,4 +1,5 @@
-"""MeanSAT (HingeABL repository, REFERENCE §2.6): SAT with each side averaged instead of summed.
+"""MeanSAT (the HingeABL repository, github.com/Jize-W/HingeABL, `losses.py`): SAT with each side
+averaged instead of summed.
 
 With d_r = s_r - s_TH:
     L = (1/|P|) sum_{r in P} -log sigmoid(d_r) + (1/|N|) sum_{r in N} -log sigmoid(-d_r),

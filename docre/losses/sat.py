@@ -1,8 +1,9 @@
-"""SAT, the sigmoid adaptive-threshold loss of the HingeABL repository (REFERENCE §2.6).
+"""SAT, the sigmoid adaptive-threshold loss of the HingeABL repository
+(official code github.com/Jize-W/HingeABL, `losses.py`).
 
 Every relation is a binary decision against the threshold class: with d_r = s_r - s_TH,
     L = sum_{r in P} -log sigmoid(d_r) + sum_{r in N} -log sigmoid(-d_r),   mean over pairs.
--log sigmoid(x) is computed as softplus(-x) (the reference adds 1e-30 inside the log instead;
+-log sigmoid(x) is computed as softplus(-x) (the HingeABL code adds 1e-30 inside the log instead;
 the two differ only where sigmoid(x) < 1e-30, i.e. |d_r| > 69). Decode: the shared threshold rule.
 """
 

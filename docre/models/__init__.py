@@ -112,3 +112,16 @@ def build_model(
         block_size=block_size,
         pair_chunk_size=pair_chunk_size,
     )
+
+
+def build_model_from_config(model_cfg, tokenizer, num_classes: int, pretrained: bool = True) -> ATLOP:
+    """`build_model` with the settings of a config's `model` section and the marker ids of its
+    tokenizer: how training and loading a trained run build the same model."""
+    from docre.data.feature import probe_tokenizer
+
+    info = probe_tokenizer(tokenizer, model_cfg.marker)
+    return build_model(
+        model_cfg.backbone, num_classes, info.start_ids, info.end_ids, model_cfg.layer_pooling,
+        model_cfg.emb_size, model_cfg.block_size, model_cfg.window, model_cfg.pair_chunk_size,
+        model_cfg.gradient_checkpointing and pretrained, model_cfg.revision, model_cfg.trust_remote_code, pretrained,
+    )

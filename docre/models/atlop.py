@@ -1,5 +1,6 @@
 """ATLOP (Zhou et al., AAAI 2021): marker embeddings, logsumexp pooling, localized context pooling,
-group bilinear classifier (REFERENCE §3.2). Returns logits; the model knows no loss.
+group bilinear classifier (official code github.com/wzhouad/ATLOP, `model.py`). Returns logits; the
+model knows no loss.
 
 Everything after the encoder is vectorised over the whole batch: mentions, entities and pairs are
 gathered and scattered with the index tensors of `Batch`, and the only Python loops run over the

@@ -1,4 +1,5 @@
-"""Encode documents of any length, keeping attention only where the head needs it (ATLOP §3.1).
+"""Encode documents of any length, keeping attention only where the head needs it (ATLOP's
+`process_long_input`, github.com/wzhouad/ATLOP, `long_seq.py`).
 
 Windows. ATLOP encodes a document whose n content tokens exceed the window's w content tokens as
 two windows, content[0:w] and content[n-w:n]: hidden states are averaged where windows overlap,

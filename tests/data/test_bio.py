@@ -1,5 +1,5 @@
 """CDR/GDA reader (EoG format): the hand-made fixture read into exact DocRED-format documents,
-parity of the features with ATLOP's own reading of the real CDR files (REFERENCE §3.5), counts of
+parity of the features with ATLOP's own reading of the real CDR files (its `prepro.py`), counts of
 the real files, and one test per malformed-input error."""
 
 import gzip
@@ -18,7 +18,8 @@ from tests.conftest import FIXTURES, SHARED
 CDR_TINY = FIXTURES / "cdr_tiny.data"
 CDR = SHARED / "cdr"
 GDA = SHARED / "gda"
-needs_shared = pytest.mark.skipif(not (CDR / "train_filter.data.gz").is_file(), reason="../shared/data not present")
+needs_shared = pytest.mark.skipif(not (CDR / "train_filter.data.gz").is_file(),
+                                  reason="the shared data folder beside the repository has no CDR files")
 
 
 def test_registered_with_fixed_relations():
@@ -125,7 +126,8 @@ def replace_line(line: int, text: str):
 
 # fields of the first pair block: 2 label, 3 direction, 4 cross, 7-12 entity 1, 13-18 entity 2
 ERRORS = [
-    (replace_line(1, "1002\ttext\t1:CID:2"), r"document 1 \(line 2\): expected PMID, text and 17 fields per candidate pair, got 3"),
+    (replace_line(1, "1002\ttext\t1:CID:2"),
+     r"document 1 \(line 2\): expected PMID, text and 17 fields per candidate pair, got 3"),
     (edit(0, 0, " "), r"document 0 \(line 1\): PMID: empty"),
     (edit(0, 1, "Aspirin caused  headache .|x"), r"document 0 \(line 1, PMID 1001\): text: sentence 0 has an empty token"),
     (edit(0, 1, "Aspirin caused headache .||x"), r"PMID 1001\): text: sentence 1 has an empty token"),
@@ -135,15 +137,19 @@ ERRORS = [
     (edit(0, 7, ""), r"pair 0 \(fields 2-18\): entity 1 id: empty"),
     (edit(2, 15, ""), r"document 2 \(line 3, PMID 1003\): pair 0 \(fields 2-18\): entity 2 \(D005\) type: empty"),
     (edit(0, 10, "0:x"), r"entity 1 \(C001\) start offsets: '0:x' is not ':'-separated integers"),
-    (edit(0, 11, "1"), r"entity 1 \(C001\): 2 mention names, 2 start offsets, 1 end offsets and 2 sentence ids; the counts must agree"),
+    (edit(0, 11, "1"),
+     r"entity 1 \(C001\): 2 mention names, 2 start offsets, 1 end offsets and 2 sentence ids; the counts must agree"),
     (edit(0, 18, ""), r"entity 2 \(D001\) sentence ids: '' is not ':'-separated integers"),
     (edit(0, 11, "1:14"), r"entity 1 \(C001\) offsets: mention 1 \[10, 14\) is not a token span of the document \(13 tokens\)"),
     (edit(0, 11, "0:11"), r"entity 1 \(C001\) offsets: mention 0 \[0, 0\) is not a token span"),
     (edit(0, 11, "1:11"), None),  # unchanged value: no error (checks the edit helper)
     (edit(0, 16, "3:6"), r"entity 2 \(D001\) offsets: mention 0 \[3, 3\) is not a token span"),
-    (edit(0, 17, "5:7"), r"entity 2 \(D001\) offsets: mention 0 \[2, 5\) crosses from sentence 0 into sentence 1; a mention must lie inside one sentence"),
+    (edit(0, 17, "5:7"),
+     r"entity 2 \(D001\) offsets: mention 0 \[2, 5\) crosses from sentence 0 into sentence 1; a mention must lie inside one "
+     r"sentence"),
     (edit(0, 12, "0:0"), r"entity 1 \(C001\) sentence ids: mention 1 \[10, 11\) lies in sentence 1, not 0"),
-    (edit(0, 31, "Aspirin|Aspirin"), r"pair 1 \(fields 19-35\): entity 2 \(C001\) mention names: differ from an earlier pair naming the same entity"),
+    (edit(0, 31, "Aspirin|Aspirin"),
+     r"pair 1 \(fields 19-35\): entity 2 \(C001\) mention names: differ from an earlier pair naming the same entity"),
     (edit(0, 24, "C001"), r"pair 1 \(fields 19-35\): entity 1 \(C001\) mention names: differ"),
     (edit(2, 13, "C003"), r"pair 0 \(fields 2-18\): entity 2 \(C003\) mention names: differ"),
 ]
@@ -198,7 +204,8 @@ def test_duplicate_pmid(tmp_path):
 
 
 def test_relation_missing_from_a_given_map():
-    with pytest.raises(DocreError, match=r"document 0 \(line 1, PMID 1001\): label: relation 'CID' is not a relation of the relation map"):
+    message = r"document 0 \(line 1, PMID 1001\): label: relation 'CID' is not a relation of the relation map"
+    with pytest.raises(DocreError, match=message):
         read_cdr(CDR_TINY, slice(None), {"Na": 0, "GDA": 1})
     assert len(read_cdr(CDR_TINY, slice(None), {"Na": 0, "CID": 1})) == 3
 
@@ -239,7 +246,7 @@ def test_real_files(reader, path, docs, pairs, positives, inter_positives):
 
 
 def atlop_reading(line: str, tokenizer, relation: str):
-    """ATLOP's read_cdr/read_gda written out from REFERENCE §3.5 on one raw line: markers around the
+    """ATLOP's read_cdr/read_gda (github.com/wzhouad/ATLOP, `prepro.py`) written out on one raw line: markers around the
     mentions of every entity of every block (not_include too), mention positions = the opening
     marker's index (+ the start tokens), pairs in file order with R2L swapping head and tail."""
     info = probe_tokenizer(tokenizer, "*")

@@ -2,6 +2,7 @@
 never inside a mention, mention spans map to the right words (punctuation, repeated spaces,
 unicode, newlines), and bad spans are one-line errors naming the document and entity."""
 
+import itertools
 import random
 import unicodedata
 
@@ -41,7 +42,7 @@ def test_words_are_exact_substrings_and_lose_only_separators(seed):
     text = "".join(rng.choice(pieces) + rng.choice(separators) for _ in range(40))
     spans = word_spans(text)
     assert all(0 <= a < b <= len(text) for a, b in spans)
-    assert all(b1 <= a2 for (_, b1), (a2, _) in zip(spans, spans[1:]))  # ordered, disjoint
+    assert all(b1 <= a2 for (_, b1), (a2, _) in itertools.pairwise(spans))  # ordered, disjoint
     kept = "".join(text[a:b] for a, b in spans)
     assert kept == "".join(c for c in text if not (c.isspace() or unicodedata.category(c) in ("Cc", "Cf")))
 
@@ -97,7 +98,8 @@ def test_mentions_map_to_their_words_sentences_and_positions():
     assert (entities[2][0]["sent_id"], entities[2][0]["pos"]) == (0, [8, 9])
     assert (entities[3][0]["sent_id"], entities[3][0]["pos"], entities[3][0]["name"]) == (1, [5, 7], "Gamma   City")
     assert converted["entity_names"] == ["Alpha A.", "Beta, Inc.", "Zürich", "Gamma   City"]
-    assert [text[a:b] for a, b in converted["sent_spans"]] == ["Alpha  works for Beta, Inc.\nin Zürich.", "«Beta» is in Gamma   City."]
+    assert [text[a:b] for a, b in converted["sent_spans"]] == ["Alpha  works for Beta, Inc.\nin Zürich.",
+                                                               "«Beta» is in Gamma   City."]
     validate_docred([converted], "x", None)
 
 

@@ -1,4 +1,5 @@
-"""AFL against a slow per-pair reference written from REFERENCE §2.3, hand-worked values, gamma."""
+"""AFL against a slow per-pair reference written from KD-DocRE's loss (github.com/tonytan48/KD-DocRE,
+`losses.py`), hand-worked values, gamma."""
 
 import math
 

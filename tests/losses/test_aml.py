@@ -1,4 +1,5 @@
-"""AML against a slow per-pair reference written from REFERENCE §2.6, and its zero region."""
+"""AML against a slow per-pair reference written from the HingeABL repository's `losses.py`
+(github.com/Jize-W/HingeABL), and its zero region."""
 
 import pytest
 import torch

@@ -1,4 +1,5 @@
-"""ATGL against a slow reference from REFERENCE §2.2, its closed form, and its optimum s_r - s_TH = log(alpha)."""
+"""ATGL against a slow reference from ATGL's loss (github.com/xhm-code/ATGL, `losses.py`), its closed
+form, and its optimum s_r - s_TH = log(alpha)."""
 
 import math
 

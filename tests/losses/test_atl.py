@@ -1,4 +1,5 @@
-"""ATL against a slow per-pair reference written from REFERENCE §2.1 (values and gradients)."""
+"""ATL against a slow per-pair reference written from ATLOP's `losses.py` (github.com/wzhouad/ATLOP;
+values and gradients)."""
 
 import torch
 

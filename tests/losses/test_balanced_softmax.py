@@ -1,5 +1,6 @@
-"""Balanced softmax against a slow per-pair reference written from REFERENCE §2.6, hand-worked
-values, and its fixed-threshold decode (s_r > 0, top-k over the relation classes)."""
+"""Balanced softmax against a slow per-pair reference written from the HingeABL repository's
+`losses.py` (github.com/Jize-W/HingeABL), hand-worked values, and its fixed-threshold decode (s_r > 0,
+top-k over the relation classes)."""
 
 import math
 

@@ -1,5 +1,6 @@
-"""HingeABL against a slow per-pair reference written from REFERENCE §2.6 (weights not detached),
-and its edge cases: weights that are detached give other gradients; a side past the margin."""
+"""HingeABL against a slow per-pair reference written from the HingeABL repository's `losses.py`
+(github.com/Jize-W/HingeABL; weights not detached), and its edge cases: weights that are detached
+give other gradients; a side past the margin."""
 
 import math
 
@@ -17,8 +18,8 @@ def reference_hingeabl(logits: torch.Tensor, labels: torch.Tensor, margin: float
         positives, negatives = split_classes(y)
         d = {r: s[r] - s[0] for r in range(1, len(s))}
         for side, hinge, term in (
-            (positives, lambda r: torch.clamp(margin - d[r], min=0), lambda r: -torch.log(1 / (1 + torch.exp(-d[r])))),
-            (negatives, lambda r: torch.clamp(margin + d[r], min=0), lambda r: -torch.log(1 / (1 + torch.exp(d[r])))),
+            (positives, lambda r, d=d: torch.clamp(margin - d[r], min=0), lambda r, d=d: -torch.log(1 / (1 + torch.exp(-d[r])))),
+            (negatives, lambda r, d=d: torch.clamp(margin + d[r], min=0), lambda r, d=d: -torch.log(1 / (1 + torch.exp(d[r])))),
         ):
             norm = sum(hinge(r) for r in side)
             for r in side:

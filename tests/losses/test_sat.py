@@ -1,4 +1,5 @@
-"""SAT and MeanSAT against slow per-pair references written from REFERENCE §2.6."""
+"""SAT and MeanSAT against slow per-pair references written from the HingeABL repository's
+`losses.py` (github.com/Jize-W/HingeABL)."""
 
 import math
 

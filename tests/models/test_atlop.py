@@ -1,5 +1,6 @@
-"""ATLOP model: the vectorised forward equals a slow reference written from REFERENCE §3 (windows
-with full attention maps, loops over entities and pairs), on documents that fit the encoder window
+"""ATLOP model: the vectorised forward equals a slow reference written from ATLOP's code
+(github.com/wzhouad/ATLOP, `model.py` and `long_seq.py`: windows with full attention maps, loops
+over entities and pairs), on documents that fit the encoder window
 and on documents that need ATLOP's two windows or more; shapes, gradients, long documents,
 gradient checkpointing and pair chunking."""
 

@@ -1,0 +1,13 @@
+"""docre's command-line programs, one module per command. Each module has `main() -> int` (the
+command, testable in-process) and `run()`, the console entry point that pyproject.toml's
+[project.scripts] names (`docre-train = "docre.cli.train:run"`, ...); train.py, evaluate.py and
+scripts/<name>.py are thin wrappers that call the same `run()`."""
+
+import sys
+
+
+def prog(command: str) -> str:
+    """argparse's program name: the script as typed when run as one (`train.py`,
+    `scripts/predict.py`), else the console command (`docre-train`)."""
+    script = sys.argv[0] if sys.argv else ""
+    return script if script.endswith(".py") else command

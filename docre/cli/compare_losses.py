@@ -1,0 +1,248 @@
+"""Train one config once per loss and seed, then tabulate scores, errors and threshold diagnostics.
+
+    python scripts/compare_losses.py CONFIG --losses atgl,atl,afl,... [--seeds 66,67,68]
+                                     [--output-dir DIR] [--split test|dev] [key=value ...]
+
+Every run goes through the one `train()` with the same data, model and seed; only the loss differs.
+Runs land in DIR/<config>-<loss>-s<seed>/ (default DIR: runs/compare-<config>): finished runs
+(results.json present) are skipped, interrupted ones resumed, so the command can be re-run after a
+crash or with more losses. Then it writes DIR/comparison.md and DIR/comparison.json (P, R, F1,
+Ign F1, FP, FN, TH offset std, violation rate, seconds per step; mean ± std over seeds when there
+are several) and the plots under DIR/plots/.
+
+Loss keywords: a loss named on the command line does not inherit the config file's loss keywords
+(`load_config`), so each loss runs with its own defaults, except the loss the config itself names,
+which keeps the file's keywords (ATGL keeps alpha from an ATGL config; elsewhere its default 16.5).
+The table spells out every run's keywords, defaults included. `--losses all` runs every loss.
+"""
+
+import argparse
+import inspect
+import json
+import math
+import statistics
+from pathlib import Path
+
+from docre.allocator import use_huge_pages
+from docre.cli import prog
+from docre.errors import DocreError, run_cli
+
+# Set per run by this script; an override of these would make the runs collide or differ.
+RESERVED = ("loss.", "seed=", "run_name=", "output_dir=", "train.resume=", "train.overwrite=")
+# Config keys that may differ between a finished run and the requested one (how it was started).
+START_KEYS = {"train.resume", "train.overwrite"}
+
+
+def loss_signature(loss: dict) -> tuple[str, dict]:
+    """(name(k=v, ...), kwargs) with the constructor's defaults filled in."""
+    from docre.losses import LOSSES
+
+    bound = inspect.signature(LOSSES[loss["name"]]).bind(**{k: v for k, v in loss.items() if k != "name"})
+    bound.apply_defaults()
+    kwargs = dict(bound.arguments)
+    if kwargs.get("th_offset") == 0.0:  # the official decode: a decode setting, not a loss hyperparameter
+        del kwargs["th_offset"]
+    return f"{loss['name']}({', '.join(f'{k}={v}' for k, v in kwargs.items())})", kwargs
+
+
+def parse_list(text: str, what: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise DocreError(f"--{what}: empty list")
+    if len(set(items)) != len(items):
+        raise DocreError(f"--{what}: {text!r} names an item twice")
+    return items
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "loss":
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_same_config(run_dir: Path, cfg) -> None:
+    """Refuse to reuse a run trained with other settings than the ones requested now."""
+    from docre.config import load_config, to_dict
+
+    saved = flatten(to_dict(load_config(run_dir / "config.yaml")))
+    wanted = flatten(to_dict(cfg))
+    differing = [k for k in sorted(saved.keys() | wanted.keys()) if k not in START_KEYS and saved.get(k) != wanted.get(k)]
+    if differing:
+        key = differing[0]
+        raise DocreError(
+            f"{run_dir}: was trained with {key}={saved.get(key)!r}, this comparison asks for {wanted.get(key)!r}; "
+            "use another --output-dir or remove the run"
+        )
+
+
+def run_one(config: str, overrides: list[str], loss: str, seed: int, output_dir: Path) -> tuple[Path, dict]:
+    """Train (or resume, or skip) one run; return its directory and results."""
+    from docre.checkpoint import find_training_state
+    from docre.config import load_config
+    from docre.trainer import train
+
+    run_name = f"{Path(config).stem}-{loss}-s{seed}"
+    cfg = load_config(config, [*overrides, f"loss.name={loss}", f"seed={seed}", f"output_dir={output_dir}",
+                               f"run_name={run_name}"])
+    run_dir = output_dir / run_name
+    if (run_dir / "results.json").is_file():
+        check_same_config(run_dir, cfg)
+        print(f"{run_name}: finished earlier, skipped", flush=True)
+        return run_dir, json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    if find_training_state(run_dir / "last") is not None:
+        check_same_config(run_dir, cfg)
+        print(f"{run_name}: resuming", flush=True)
+        cfg = load_config(run_dir / "config.yaml", [f"train.resume={run_dir}"])
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        print(f"{run_name}: unfinished without a resume checkpoint, starting again", flush=True)
+        cfg.train.overwrite = True
+    else:
+        print(f"{run_name}: training", flush=True)
+    return run_dir, train(cfg)
+
+
+def table_row(run_dir: Path, results: dict, split: str, plot_dir: Path) -> dict:
+    """One table row: the official scores and counts of `split`, and the threshold diagnostics
+    computed from the run's saved logits."""
+    from docre.config import load_config
+    from docre.diagnostics import diagnose_run
+
+    scores = results.get(split)
+    if not scores or "num_predicted" not in scores:
+        raise DocreError(f"{run_dir}: no labelled {split} scores in results.json (is the {split} split unlabelled?)")
+    cfg = load_config(run_dir / "config.yaml")
+    label, kwargs = loss_signature(cfg.loss)
+    row = {
+        "loss": cfg.loss["name"], "label": label, "kwargs": kwargs, "decode": results.get("decode", {}),
+        "seed": cfg.seed, "run_dir": str(run_dir),
+        **{k: scores[k] for k in ("precision", "recall", "f1", "ign_f1", "num_predicted", "num_gold", "num_correct")},
+        "false_positives": scores["num_predicted"] - scores["num_correct"],
+        "false_negatives": scores["num_gold"] - scores["num_correct"],
+        "seconds_per_step": results.get("seconds_per_step"),
+    }
+    try:
+        diagnostics = diagnose_run(run_dir, (split,), plot_dir=plot_dir / run_dir.name)[split]
+    except DocreError as error:  # e.g. trained with eval.save_logits=false: scores only
+        print(f"{run_dir.name}: no threshold diagnostics ({error})", flush=True)
+        diagnostics = {}
+    for key in ("offset_mean", "offset_std", "violation_rate", "na_margin_mean", "na_violation_rate"):
+        row[key] = diagnostics.get(key)
+    # the saved logits are fp16: counts from them may differ from the scorer's by a borderline relation
+    row["logits_false_positives"] = diagnostics.get("false_positives")
+    row["logits_false_negatives"] = diagnostics.get("false_negatives")
+    return row
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean and (sample) std over seeds, per loss, in the order the losses were given."""
+    keys = ("precision", "recall", "f1", "ign_f1", "false_positives", "false_negatives", "offset_std",
+            "violation_rate", "seconds_per_step")
+    summary = []
+    for label in dict.fromkeys(row["label"] for row in rows):
+        group = [row for row in rows if row["label"] == label]
+        entry = {"label": label, "loss": group[0]["loss"], "seeds": [row["seed"] for row in group]}
+        for key in keys:
+            values = [row[key] for row in group if row[key] is not None]
+            entry[key] = statistics.fmean(values) if values else None
+            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        summary.append(entry)
+    return summary
+
+
+def _cell(value, kind: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return {"pct": f"{100 * value:.2f}", "int": f"{value:.0f}", "ratio": f"{value:.3f}", "sec": f"{value:.2f}"}[kind]
+
+
+COLUMNS = (("precision", "P", "pct"), ("recall", "R", "pct"), ("f1", "F1", "pct"), ("ign_f1", "Ign F1", "pct"),
+           ("false_positives", "FP", "int"), ("false_negatives", "FN", "int"), ("offset_std", "offset std", "ratio"),
+           ("violation_rate", "violation rate", "ratio"), ("seconds_per_step", "s/step", "sec"))
+
+
+def markdown(rows: list[dict], summary: list[dict], split: str, command: str) -> str:
+    lines = [f"# Loss comparison ({split} split)", "", f"    {command}", "",
+             "| loss (keywords as trained) | seed | decode (tuned on dev) | " + " | ".join(c[1] for c in COLUMNS) + " |",
+             "|---" * (len(COLUMNS) + 3) + "|"]
+    for row in rows:
+        decode = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["decode"].items()) or "–"
+        cells = [_cell(row[key], kind) for key, _, kind in COLUMNS]
+        lines.append(f"| {row['label']} | {row['seed']} | {decode} | " + " | ".join(cells) + " |")
+    if any(len(entry["seeds"]) > 1 for entry in summary):
+        lines += ["", "Mean ± std over seeds:", "", "| loss | seeds | " + " | ".join(c[1] for c in COLUMNS) + " |",
+                  "|---" * (len(COLUMNS) + 2) + "|"]
+        for entry in summary:
+            cells = [f"{_cell(entry[key], kind)} ± {_cell(entry[key + '_std'], kind)}" for key, _, kind in COLUMNS]
+            lines.append(f"| {entry['label']} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
+    lines += ["", "P, R, F1, Ign F1 in %; FP = predicted - correct and FN = gold - correct facts (official scorer); "
+              "offset std and violation rate over pairs with gold relations (docs/losses.md). "
+              "Loss keywords are each run's constructor arguments, defaults included."]
+    mismatched = [row["label"] for row in rows if row["logits_false_positives"] is not None
+                  and (row["logits_false_positives"], row["logits_false_negatives"])
+                  != (row["false_positives"], row["false_negatives"])]
+    if mismatched:
+        lines.append(f"FP/FN recomputed from the saved fp16 logits differ slightly for: {', '.join(mismatched)} "
+                     "(relations within fp16 rounding of the threshold).")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
+    parser = argparse.ArgumentParser(prog=prog("docre-compare-losses"), description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every run")
+    parser.add_argument("--losses", required=True, help="comma-separated names from docre.losses.LOSSES, or 'all'")
+    parser.add_argument("--seeds", default="66", help="comma-separated seeds (default 66)")
+    parser.add_argument("--output-dir", type=Path, help="where runs, tables and plots go (default runs/compare-<config>)")
+    parser.add_argument("--split", choices=("test", "dev"), default="test", help="split of the table (default test)")
+    args = parser.parse_intermixed_args()  # overrides may come before or after the options
+
+    from docre.config import load_config
+    from docre.diagnostics import plot_comparison
+    from docre.losses import LOSSES
+    from docre.utils import atomic_write_json, atomic_write_text
+
+    losses = list(LOSSES) if args.losses == "all" else parse_list(args.losses, "losses")
+    unknown = [name for name in losses if name not in LOSSES]
+    if unknown:
+        raise DocreError(f"--losses: unknown loss {unknown[0]!r}; available: {', '.join(LOSSES)}")
+    try:
+        seeds = [int(seed) for seed in parse_list(args.seeds, "seeds")]
+    except ValueError:
+        raise DocreError(f"--seeds: {args.seeds!r} is not a comma-separated list of integers") from None
+    for item in args.overrides:
+        if item.startswith(RESERVED):
+            raise DocreError(f"override {item!r}: set by compare_losses.py for each run (use --losses, --seeds, --output-dir)")
+    load_config(args.config, args.overrides)  # fail on a bad config or override before training anything
+    output_dir = args.output_dir or Path("runs") / f"compare-{Path(args.config).stem}"
+
+    rows = []
+    for loss in losses:
+        for seed in seeds:
+            run_dir, results = run_one(args.config, args.overrides, loss, seed, output_dir)
+            rows.append(table_row(run_dir, results, args.split, output_dir / "plots"))
+    summary = summarise(rows)
+    command = " ".join(["python scripts/compare_losses.py", args.config, "--losses", ",".join(losses),
+                        "--seeds", ",".join(map(str, seeds)), "--split", args.split, *args.overrides])
+    atomic_write_json(output_dir / "comparison.json", {"config": args.config, "overrides": args.overrides, "split": args.split,
+                                                        "command": command, "runs": rows, "summary": summary})
+    table = markdown(rows, summary, args.split, command)
+    atomic_write_text(output_dir / "comparison.md", table)
+    plot_comparison([{"label": e["label"], "f1": e["f1"], "false_positives": e["false_positives"],
+                      "false_negatives": e["false_negatives"], "f1_std": e["f1_std"], "fp_std": e["false_positives_std"],
+                      "fn_std": e["false_negatives_std"]} for e in summary],
+                    output_dir / "plots" / "comparison.png", f"{Path(args.config).stem}, {args.split}, seeds {args.seeds}")
+    print()
+    print(table)
+    print(f"written: {output_dir / 'comparison.md'}, comparison.json, plots/")
+    return 0
+
+
+def run() -> None:
+    """The `docre-compare-losses` console command (and `python scripts/compare_losses.py`)."""
+    run_cli(main)

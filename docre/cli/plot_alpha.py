@@ -1,0 +1,35 @@
+"""Plot ATGL alpha sweeps: dev/test F1, P and R against alpha (log axis), mean ± std over the runs.
+
+    python scripts/plot_alpha.py RUN_DIR [RUN_DIR ...] [-o alpha_sweep.png] [--title TITLE]
+
+Each RUN_DIR is a finished `loss.alpha=auto` run (it holds alpha_sweep.json); several runs, e.g.
+seeds, give the mean with a band of one standard deviation.
+"""
+
+import argparse
+from pathlib import Path
+
+from docre.allocator import use_huge_pages
+from docre.cli import prog
+from docre.errors import run_cli
+
+
+def main() -> int:
+    use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
+    parser = argparse.ArgumentParser(prog=prog("docre-plot-alpha"), description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    parser.add_argument("-o", "--output", help="PNG file (default: RUN_DIR/alpha_sweep.png for one run, else alpha_sweep.png)")
+    parser.add_argument("--title", default="")
+    args = parser.parse_args()
+
+    from docre.plots import plot_alpha_sweep
+
+    output = args.output or (Path(args.run_dirs[0]) / "alpha_sweep.png" if len(args.run_dirs) == 1 else "alpha_sweep.png")
+    print(f"written: {plot_alpha_sweep([Path(d) for d in args.run_dirs], Path(output), args.title)}")
+    return 0
+
+
+def run() -> None:
+    """The `docre-plot-alpha` console command (and `python scripts/plot_alpha.py`)."""
+    run_cli(main)

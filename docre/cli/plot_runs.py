@@ -1,0 +1,42 @@
+"""Plots of a set of run directories: learning curves and the result table as bars (PNG).
+
+    python scripts/plot_runs.py RUNS_DIR [--table NAME] [-o DIR]
+
+curves.png: dev F1 and training loss per epoch, the mean over the seeds of each row with a ± std
+band. bars.png: dev F1, test F1 and test Ign F1 per row (mean, ± std error bars) with the published
+number as a black mark. Rows are grouped as in summarize_runs.py. Files go to DIR (default RUNS_DIR).
+"""
+
+import argparse
+from pathlib import Path
+
+from docre.allocator import use_huge_pages
+from docre.cli import prog
+from docre.errors import run_cli
+
+
+def main() -> int:
+    use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
+    parser = argparse.ArgumentParser(prog=prog("docre-plot-runs"), description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs_dir")
+    parser.add_argument("--table", help="table name or file whose published numbers to mark")
+    parser.add_argument("-o", "--output-dir", help="folder for curves.png and bars.png (default: RUNS_DIR)")
+    args = parser.parse_args()
+
+    from docre.plots import plot_bars, plot_curves
+    from docre.summary import summarize_folder
+
+    found, rows = summarize_folder(args.runs_dir, args.table)
+    out = Path(args.output_dir or args.runs_dir)
+    title = found["title"] or Path(args.runs_dir).resolve().name
+    written = [plot_curves(found["groups"], out / "curves.png", title)]
+    if any(row["n"] for row in rows):
+        written.append(plot_bars(rows, out / "bars.png", title))
+    print("written: " + ", ".join(map(str, written)))
+    return 0
+
+
+def run() -> None:
+    """The `docre-plot-runs` console command (and `python scripts/plot_runs.py`)."""
+    run_cli(main)

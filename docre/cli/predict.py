@@ -1,0 +1,111 @@
+"""Predict relations with a trained model (a run directory or a folder from scripts/export.py).
+
+    python scripts/predict.py MODEL INPUT -o OUTPUT [--format auto|docred|text] [--top-k K]
+                              [--batch-size N] [--device auto|cpu|cuda]
+
+INPUT: a DocRED-format JSON list (plain or .gz; labels are ignored; FILE[a:b] takes a slice) or
+JSON lines, one document per line, DocRED-format or raw text {"text", "entities": [{"name"?,
+"type"?, "mentions": [[char_start, char_end], ...]}], "title"?}. See docs/predict.md.
+
+OUTPUT, by its extension:
+  *.jsonl  one line per document: {"title", "triples": [{h_idx, h_name, t_idx, t_name, r, r_name,
+           score, h_sents, t_sents}, ...]} (raw-text documents add "sent_spans")
+  *.json   the leaderboard list [{"title", "h_idx", "t_idx", "r", "evidence": []}]
+  *.zip    a CodaLab submission: that list as result.json inside the zip
+"""
+
+import argparse
+from pathlib import Path
+
+from docre.allocator import use_huge_pages
+from docre.cli import prog
+from docre.errors import DocreError, run_cli
+
+OUTPUTS = (".jsonl", ".json", ".zip")
+CHUNK = 256  # documents per call of the predictor: bounds the memory held by logits
+
+
+def main() -> int:
+    use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
+    parser = argparse.ArgumentParser(prog=prog("docre-predict"), description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="run directory or exported model folder")
+    parser.add_argument("input", help="documents: DocRED JSON list or JSON lines (DocRED or raw text)")
+    parser.add_argument("-o", "--output", required=True, help="*.jsonl (triples), *.json (leaderboard) or *.zip (CodaLab)")
+    parser.add_argument("--format", default="auto", choices=("auto", "docred", "text"), help="input format (default: by keys)")
+    parser.add_argument("--top-k", type=int, help="most relations per entity pair (default: the run's eval.top_k)")
+    parser.add_argument("--batch-size", type=int, help="documents per forward pass (default: the run's eval.batch_size)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    args = parser.parse_args()
+
+    output = Path(args.output)
+    if output.suffix not in OUTPUTS:
+        raise DocreError(f"{output}: the output must end in {', '.join(OUTPUTS)}")
+    for name, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise DocreError(f"{name} must be at least 1, got {value}")
+
+    import time
+
+    from tqdm.auto import tqdm
+
+    from docre.predict import Predictor, read_documents
+    from docre.run_dir import model_kind
+    from docre.utils import setup_logging
+
+    model_kind(Path(args.model))  # a wrong model path fails before the input is read
+    docs = read_documents(args.input, args.format)  # bad input fails before the model is loaded
+    setup_logging()
+    predictor = Predictor.from_pretrained(args.model, args.device)
+    started = time.perf_counter()
+    with tqdm(total=len(docs), desc="predict", unit="doc") as progress:
+        if output.suffix == ".jsonl":
+            count = _write_jsonl(output, predictor, docs, args, progress)
+        else:
+            rows = []
+            for start in range(0, len(docs), CHUNK):
+                rows += predictor.leaderboard_rows(docs[start : start + CHUNK], args.batch_size, args.top_k, prepared=True)
+                progress.update(len(docs[start : start + CHUNK]))
+            _write_leaderboard(output, rows)
+            count = len(rows)
+    seconds = time.perf_counter() - started
+    print(f"{len(docs)} documents, {count} relations -> {output} "
+          f"({seconds:.1f} s, {len(docs) / max(seconds, 1e-9):.1f} documents/s on {predictor.device})")
+    return 0
+
+
+def _write_jsonl(output: Path, predictor, docs: list[dict], args, progress) -> int:
+    import json
+
+    from docre.utils import atomic_open
+
+    count = 0
+    with atomic_open(output) as handle:  # streamed into a temporary file, renamed when complete
+        for start in range(0, len(docs), CHUNK):
+            chunk = docs[start : start + CHUNK]
+            for doc, triples in zip(chunk, predictor.predict(chunk, args.batch_size, args.top_k, prepared=True)):
+                line = {"title": doc["title"], "triples": triples}
+                if "sent_spans" in doc:
+                    line["sent_spans"] = doc["sent_spans"]
+                handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+                count += len(triples)
+            progress.update(len(chunk))
+    return count
+
+
+def _write_leaderboard(output: Path, rows: list[dict]) -> None:
+    import json
+    import zipfile
+
+    from docre.utils import atomic_open, atomic_write_json
+
+    if output.suffix == ".json":
+        atomic_write_json(output, rows, indent=None)
+        return
+    with atomic_open(output, "wb") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("result.json", json.dumps(rows, ensure_ascii=False))
+
+
+def run() -> None:
+    """The `docre-predict` console command (and `python scripts/predict.py`)."""
+    run_cli(main)

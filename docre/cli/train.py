@@ -1,0 +1,59 @@
+"""Train a DocRE model from a config file.
+
+    python train.py CONFIG [key=value ...]           e.g. python train.py configs/quickstart.yaml train.epochs=2
+    python train.py --resume RUN_DIR [key=value ...]  continue an interrupted run from RUN_DIR/last/
+    python train.py CONFIG loss.name=atgl loss.alpha=auto  ATGL with alpha tuned on dev (docs/alpha.md)
+
+Writes runs/<run_name>/ (config, metrics.jsonl, best.safetensors, predictions, results.json) and
+prints the dev/test results table. Multi-GPU: torchrun --nproc-per-node N train.py CONFIG.
+"""
+
+import argparse
+from pathlib import Path
+
+from docre.allocator import use_huge_pages
+from docre.cli import prog
+from docre.errors import DocreError, run_cli
+
+
+def main() -> int:
+    use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
+    parser = argparse.ArgumentParser(prog=prog("docre-train"), description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("args", nargs="*", metavar="CONFIG [key=value ...]", help="config file, then overrides")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (its config.yaml is used)")
+    args = parser.parse_args()
+
+    from docre.config import load_config
+
+    if args.resume:
+        config, overrides = Path(args.resume) / "config.yaml", args.args + [f"train.resume={args.resume}"]
+        stray = next((arg for arg in args.args if "=" not in arg), None)
+        if stray is not None:
+            raise DocreError(f"--resume continues a run with its own config.yaml: give only key=value overrides, not {stray!r}")
+        if not config.is_file():
+            raise DocreError(f"{args.resume}: not a run directory (no config.yaml)")
+    elif args.args:
+        config, overrides = args.args[0], args.args[1:]
+    else:
+        parser.error("give a config file, or --resume RUN_DIR")
+    cfg = load_config(config, overrides)  # fails here, before any model is loaded, on a bad key or value
+
+    from docre.report import breakdown_table, results_table
+    from docre.sweep import run
+
+    results = run(cfg)  # train(cfg), or the dev-tuned alpha sweep when loss.alpha=auto (docre/sweep.py)
+    if "alpha" in results:
+        print(f"\n{cfg.run_name}: alpha {results['alpha']:g} chosen on dev ({results['run_dir']}/alpha_sweep.json)")
+    print(f"\n{cfg.run_name}: best dev checkpoint at step {results['best_step']} ({results['run_dir']})")
+    print(results_table(results))
+    details = breakdown_table(results.get("breakdown", {}))
+    if details:  # the per-relation tables are in results.json; evaluate.py prints them
+        print(f"\n{details}")
+    print(f"{results['seconds_per_step']:.2f} s/step, peak memory {results['peak_rss_mb']:.0f} MiB")
+    return 0
+
+
+def run() -> None:
+    """The `docre-train` console command (and `python train.py`)."""
+    run_cli(main)

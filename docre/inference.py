@@ -1,0 +1,71 @@
+"""Inference shared by training, evaluate.py, the Predictor and the scripts: logits of documents
+(batched by length, independent of the batching) and their decoding into leaderboard rows with the
+loss's own decision rule."""
+
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from docre.data import Split
+from docre.data.collate import collate, encoded_tokens, stacked_facts
+from docre.data.feature import Feature
+from docre.utils import atomic_save_safetensors, autocast, release_free_memory
+
+
+@torch.no_grad()
+def predict_logits(model, features: list[Feature], num_classes: int, pad_id: int, batch_size: int,
+                   device, dtype, desc: str = "predict", show: bool = True, max_tokens: int = 0) -> list[torch.Tensor]:
+    """Logits [P_i, C] (float32, CPU) for each document, in the order given. Documents are batched
+    by length (less padding), at most `batch_size` per batch and, with `max_tokens`, at most that
+    many encoder tokens (a longer document alone); the result does not depend on the batching."""
+    model.eval()
+    release_free_memory()  # the training heap's free blocks (see release_free_memory)
+    # documents without candidate pairs (fewer than two entities) have empty logits and skip the model
+    order = sorted((i for i in range(len(features)) if len(features[i].hts)), key=lambda i: len(features[i].input_ids))
+    logits: list = [torch.zeros(0, num_classes) for _ in features]
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < batch_size and (
+                max_tokens <= 0 or encoded_tokens([features[j] for j in batches[-1] + [i]], model.window) <= max_tokens):
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    for indices in tqdm(batches, desc=desc, disable=not show or None, leave=False):
+        batch = collate([features[i] for i in indices], num_classes, pad_id).to(device)
+        with autocast(device, dtype):
+            output = model(batch).float().cpu()
+        for i, doc_logits in zip(indices, output.split(batch.pairs_per_doc)):
+            logits[i] = doc_logits
+    release_free_memory()  # and evaluation's, before training goes on
+    return logits
+
+
+def decode_predictions(features: list[Feature], logits: list[torch.Tensor], loss_fn, top_k: int,
+                       rel2id: dict[str, int]) -> list[dict]:
+    """Leaderboard rows {"title", "h_idx", "t_idx", "r", "evidence"} from per-document logits, with
+    the loss's own decision rule."""
+    id2rel = {i: r for r, i in rel2id.items()}
+    if not features:
+        return []
+    decoded = loss_fn.decode(torch.cat(logits), top_k)  # [P_total, C]
+    rows = []
+    for feature, doc_decoded in zip(features, decoded.split([len(f.hts) for f in features])):
+        pair_index, relation = doc_decoded[:, 1:].nonzero(as_tuple=True)
+        for p, r in zip(pair_index.tolist(), relation.tolist()):
+            head, tail = feature.hts[p]
+            rows.append({"title": feature.title, "h_idx": int(head), "t_idx": int(tail), "r": id2rel[r + 1], "evidence": []})
+    return rows
+
+
+def has_labels(split: Split) -> bool:
+    return all("labels" in doc for doc in split.docs)
+
+
+def save_logits(path: Path, features: list[Feature], logits: list[torch.Tensor]) -> None:
+    """Logits (fp16) with the facts and pair counts needed to analyse them without the data."""
+    atomic_save_safetensors({
+        "logits": torch.cat(logits).half() if logits else torch.zeros(0),
+        "pairs_per_doc": torch.tensor([len(f.hts) for f in features], dtype=torch.int32),
+        "facts": torch.from_numpy(stacked_facts(features)),
+    }, path)

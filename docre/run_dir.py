@@ -1,0 +1,279 @@
+"""The run directory: its layout, its state, the saved-vs-requested config check, and loading a
+trained run from it. Every command that reads or writes runs goes through here.
+
+A run directory (`output_dir/run_name`) holds:
+
+    config.yaml              the resolved config; what evaluate/predict/export rebuild the run from
+    environment.json         library versions, device, git commit (earlier processes of a resumed run under "earlier")
+    rel2id.json              relation id -> class index
+    train.log, metrics.jsonl the log, and one JSON row per logged step and dev evaluation
+    best.safetensors         weights of the best dev checkpoint (the final weights when there is no dev split)
+    best.json                that checkpoint's dev scores
+    decode.json              decision parameters tuned on dev with those weights (e.g. BCE's threshold)
+    dev_predictions.json, test_predictions.json          leaderboard rows
+    dev_logits.safetensors, test_logits.safetensors      fp16 logits (eval.save_logits)
+    results.json             final scores; written last, so its presence means the run finished
+    last/                    the resume checkpoint (removed when the run finishes)
+    alpha_sweep/, alpha_sweep.json, alpha_sweep.png      loss.alpha=auto (docre/sweep.py)
+
+An exported model folder (scripts/export.py) holds config.yaml, model.safetensors, encoder/,
+rel2id.json and decode.json, and loads like a run.
+"""
+
+import contextlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from docre import distributed
+from docre.checkpoint import find_training_state
+from docre.config import Config, load_config, to_dict
+from docre.errors import DocreError
+from docre.utils import atomic_write_text
+
+CONFIG = "config.yaml"
+RESULTS = "results.json"
+DECODE = "decode.json"
+BEST_WEIGHTS = "best.safetensors"
+BEST_SCORES = "best.json"
+LAST = "last"
+METRICS = "metrics.jsonl"
+REL2ID = "rel2id.json"
+EXPORTED_WEIGHTS = "model.safetensors"
+EXPORTED_ENCODER = "encoder"
+
+# What a start writes before its first checkpoint. A run directory holding nothing else (apart from
+# the temporary files of killed writes) saved nothing worth keeping: a failed start (bad data, a
+# missing backbone, out of memory at step 1) must not block the next attempt under the same name.
+START_FILES = {CONFIG, "environment.json", REL2ID, "train.log", METRICS, "last.tmp"}
+# Settings that may differ between a run on disk and the same run requested again without changing
+# what is trained: how it was started, and the CPU threads (seeds may run side by side).
+START_KEYS = {"train.resume", "train.overwrite", "train.num_threads"}
+# Settings a resumed run may change without a warning: where and how fast it runs, not what it learns.
+RESUME_KEYS = START_KEYS | {"train.device", "data.cache_dir", "eval.batch_size"}
+
+
+def path_of(cfg: Config) -> Path:
+    """The run directory a config trains into: train.resume's, else output_dir/run_name."""
+    return Path(cfg.train.resume) if cfg.train.resume else Path(cfg.output_dir) / cfg.run_name
+
+
+# ---------------------------------------------------------------------------------------------- state
+@dataclass
+class RunState:
+    """Where a run directory stands: finished (results.json), resumable (a complete last/ checkpoint),
+    stale (files but no checkpoint: it stopped before its first save and starts again), or missing."""
+
+    kind: str
+    detail: str = ""  # e.g. "checkpoint at step 120"
+    checkpoint: Path | None = None
+
+
+def state_of(run_dir: Path) -> RunState:
+    run_dir = Path(run_dir)
+    if (run_dir / RESULTS).is_file():
+        return RunState("finished")
+    checkpoint = find_training_state(run_dir / LAST)
+    if checkpoint is not None:
+        try:
+            step = read_json(checkpoint / "state.json")["counters"]["step"]
+            return RunState("resumable", f"checkpoint at step {step}", checkpoint)
+        except (OSError, ValueError, KeyError):
+            return RunState("resumable", "checkpoint present", checkpoint)
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        return RunState("stale", "no checkpoint: starts again")
+    return RunState("missing")
+
+
+def config_differences(saved: Config, intended: Config, ignored: set[str] = START_KEYS) -> list[str]:
+    """`key: saved -> intended` for every setting that differs, `ignored` keys and log.* left out;
+    the loss mapping compares as one value (its keywords belong together)."""
+    a, b = _flatten(to_dict(saved)), _flatten(to_dict(intended))
+    keys = sorted(key for key in a.keys() | b.keys() if key not in ignored and not key.startswith("log."))
+    return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in keys if a.get(key) != b.get(key)]
+
+
+def check_same_config(run_dir: Path, cfg: Config, ignored: set[str] = START_KEYS) -> None:
+    """Refuse a run directory that holds a run of another config (it would otherwise be counted, or
+    resumed, as this one). A directory without config.yaml passes: it has nothing to compare."""
+    saved_path = Path(run_dir) / CONFIG
+    if not saved_path.is_file():
+        return
+    try:
+        saved = load_config(saved_path)
+    except DocreError as error:
+        raise DocreError(f"{run_dir}: its config.yaml does not load ({error}); move the run away") from None
+    differences = config_differences(saved, cfg, ignored)
+    if differences:
+        shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
+        raise DocreError(f"{run_dir}: holds a run of another config ({shown}); use another output folder or move that run away")
+
+
+def plan(run_dir: Path, cfg: Config, ignored: set[str] = START_KEYS) -> tuple[str, Config]:
+    """What a grid does with one of its runs, and the config to train it with: "skip" (finished),
+    "resume" (from its checkpoint), "restart" (stopped before its first checkpoint) or "start".
+    A finished or resumable run of another config is an error, never silently reused.
+
+    The one skip / resume / restart rule of scripts/reproduce.py, scripts/compare_losses.py and the
+    alpha sweep.
+    """
+    import copy
+
+    state = state_of(run_dir)
+    if state.kind in ("finished", "resumable"):
+        check_same_config(run_dir, cfg, ignored)
+    cfg = copy.deepcopy(cfg)
+    cfg.train.resume, cfg.train.overwrite = "", False
+    if state.kind == "resumable":
+        cfg.train.resume = str(run_dir)
+    elif state.kind == "stale":
+        cfg.train.overwrite = True
+    return {"finished": "skip", "resumable": "resume", "stale": "restart", "missing": "start"}[state.kind], cfg
+
+
+def prepare(run_dir: Path, cfg: Config, rank: int) -> Path | None:
+    """Create the run directory for train(cfg); return the checkpoint to resume from, if resuming.
+
+    Raises:
+        DocreError: resuming a finished run or one without a checkpoint; starting over a finished or
+            unfinished run, or a non-empty folder, without train.overwrite.
+    """
+    if cfg.train.resume:
+        state = state_of(run_dir)
+        if state.kind == "finished":
+            raise DocreError(f"{run_dir}: this run already finished ({RESULTS}); there is nothing to resume")
+        if state.checkpoint is None:
+            raise DocreError(f"{run_dir}: no checkpoint to resume from (no complete {LAST}/ directory)")
+        return state.checkpoint
+    if run_dir.exists() and any(run_dir.iterdir()):
+        leftovers = [p.name for p in run_dir.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))]
+        if cfg.train.overwrite or set(leftovers) <= START_FILES:
+            if rank == 0:
+                shutil.rmtree(run_dir)
+        elif (run_dir / RESULTS).exists():
+            raise DocreError(f"{run_dir}: this run already finished; choose another run_name or set train.overwrite=true")
+        elif find_training_state(run_dir / LAST) is not None:
+            raise DocreError(f"{run_dir}: holds an unfinished run; resume it with python train.py --resume {run_dir}, "
+                             "or set train.overwrite=true")
+        else:
+            raise DocreError(f"{run_dir}: directory is not empty; choose another run_name or set train.overwrite=true")
+    distributed.barrier()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def last_checkpoint_message(run_dir: Path, resume_hint: bool = True) -> str:
+    """Where the last complete checkpoint is (and how to resume from it), for stop messages."""
+    state = find_training_state(run_dir / LAST)
+    if state is None:
+        return "No checkpoint was saved yet."
+    step = read_json(state / "state.json")["counters"]["step"]
+    hint = f" Resume with: python train.py --resume {run_dir}" if resume_hint else ""
+    return f"The last checkpoint (step {step}) is in {state}.{hint}"
+
+
+def changed_settings(run_dir: Path, cfg: Config) -> list[str]:
+    """Settings of `cfg` that differ from the run's config.yaml, for the warning on resume: the
+    continuation is then no exact replay (the learning rates and schedule still come from the
+    checkpoint). Empty if config.yaml is missing or does not load."""
+    try:
+        saved = load_config(Path(run_dir) / CONFIG)
+    except DocreError:
+        return []
+    return config_differences(saved, cfg, RESUME_KEYS)
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop metric rows logged after the checkpoint we resume from (they will be logged again)."""
+    path = run_dir / METRICS
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(ValueError):
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise DocreError(f"{path}: not valid JSON ({error})") from None
+
+
+def read_results(run_dir: Path) -> dict | None:
+    """The run's results.json, or None while it is not finished."""
+    path = Path(run_dir) / RESULTS
+    return read_json(path) if path.is_file() else None
+
+
+def read_decode(run_dir: Path) -> dict:
+    """Decision parameters tuned on dev (decode.json); {} when the loss has none."""
+    path = Path(run_dir) / DECODE
+    return read_json(path) if path.is_file() else {}
+
+
+def model_kind(path: Path) -> str:
+    """"run" (a training run directory) or "export" (a folder from scripts/export.py); else DocreError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DocreError(f"{path}: model directory not found")
+    if (path / CONFIG).is_file() and (path / EXPORTED_ENCODER).is_dir() and (path / EXPORTED_WEIGHTS).is_file():
+        return "export"
+    if (path / CONFIG).is_file() and (path / BEST_WEIGHTS).is_file():
+        return "run"
+    raise DocreError(
+        f"{path}: neither a run directory ({CONFIG}, {BEST_WEIGHTS}) nor an exported model folder "
+        f"({CONFIG}, {EXPORTED_WEIGHTS}, {EXPORTED_ENCODER}/)"
+    )
+
+
+def load_config_and_loss(run_dir: Path, overrides: list[str] = ()):
+    """(cfg, loss with decode.json applied, decode parameters) of a run: what scoring its saved
+    logits needs, without the model."""
+    from docre.losses import build_loss
+
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise DocreError(f"{run_dir}: not a run directory (no {CONFIG})")
+    cfg = load_config(run_dir / CONFIG, list(overrides))
+    decode = read_decode(run_dir)  # tuned on dev; also the chosen alpha of an alpha sweep
+    return cfg, build_loss(**{**cfg.loss, **decode}), decode
+
+
+def load_trained(run_dir: Path, device: torch.device, overrides: list[str] = ()):
+    """Rebuild config, tokenizer, model (best weights), loss (decode.json applied) and relation map
+    from a run directory or an exported model folder (its own encoder/ and model.safetensors).
+
+    Returns:
+        (cfg, tokenizer, model, loss_fn, rel2id); the model is in eval mode on `device`.
+    """
+    from docre.checkpoint import load_weights
+    from docre.models import build_model_from_config, load_tokenizer
+
+    run_dir = Path(run_dir)
+    cfg, loss_fn, _ = load_config_and_loss(run_dir, overrides)
+    weights = run_dir / BEST_WEIGHTS
+    if (run_dir / EXPORTED_ENCODER).is_dir() and (run_dir / EXPORTED_WEIGHTS).is_file():  # no original backbone needed
+        cfg.model.backbone, cfg.model.revision, weights = str(run_dir / EXPORTED_ENCODER), "", run_dir / EXPORTED_WEIGHTS
+    rel2id = read_json(run_dir / REL2ID)
+    tokenizer = load_tokenizer(cfg.model.backbone, cfg.model.revision, cfg.model.trust_remote_code)
+    model = build_model_from_config(cfg.model, tokenizer, len(rel2id), pretrained=False)
+    load_weights(model, weights)
+    return cfg, tokenizer, model.to(device).eval(), loss_fn, rel2id
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "loss":  # the loss mapping compares as one value
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
