@@ -1,11 +1,7 @@
 """Train a DocRE model from a config file.
 
-    python train.py CONFIG [key=value ...]           e.g. python train.py configs/quickstart.yaml train.epochs=2
-    python train.py --resume RUN_DIR [key=value ...]  continue an interrupted run from RUN_DIR/last/
-    python train.py CONFIG loss.name=atgl loss.alpha=auto  ATGL with alpha tuned on dev (docs/alpha.md)
-
-Writes runs/<run_name>/ (config, metrics.jsonl, best.safetensors, predictions, results.json) and
-prints the dev/test results table. Multi-GPU: torchrun --nproc-per-node N train.py CONFIG.
+Usage: python train.py --help. The command lives in docre/cli/train.py; after the set-up it
+is also the console command `docre-train`.
 """
 
 if __name__ == "__main__":

@@ -112,13 +112,18 @@ def check_same_config(run_dir: Path, cfg: Config, ignored: set[str] = START_KEYS
         raise DocreError(f"{run_dir}: holds a run of another config ({shown}); use another output folder or move that run away")
 
 
+# What a grid of runs does with a run in each state.
+ACTIONS = {"finished": "skip", "resumable": "resume", "stale": "start again", "missing": "start"}
+
+
 def plan(run_dir: Path, cfg: Config, ignored: set[str] = START_KEYS) -> tuple[str, Config]:
     """What a grid does with one of its runs, and the config to train it with: "skip" (finished),
-    "resume" (from its checkpoint), "restart" (stopped before its first checkpoint) or "start".
+    "resume" (from its checkpoint), "start again" (stopped before its first checkpoint) or "start".
     A finished or resumable run of another config is an error, never silently reused.
 
-    The one skip / resume / restart rule of scripts/reproduce.py, scripts/compare_losses.py and the
-    alpha sweep.
+    The one skip / resume / start-again rule of the alpha sweep (in-process) and of docre.grid
+    (scripts/reproduce.py, scripts/compare_losses.py), which passes the same decision to a training
+    process as `--resume RUN_DIR` or `train.overwrite=true`.
     """
     import copy
 
@@ -131,7 +136,7 @@ def plan(run_dir: Path, cfg: Config, ignored: set[str] = START_KEYS) -> tuple[st
         cfg.train.resume = str(run_dir)
     elif state.kind == "stale":
         cfg.train.overwrite = True
-    return {"finished": "skip", "resumable": "resume", "stale": "restart", "missing": "start"}[state.kind], cfg
+    return ACTIONS[state.kind], cfg
 
 
 def prepare(run_dir: Path, cfg: Config, rank: int) -> Path | None:

@@ -80,8 +80,7 @@ def tune_alpha(cfg: Config) -> dict:
             logger.info("alpha %g: finished earlier (%s), skipped", alpha, sub_dir)
             results = runs.read_results(sub_dir)
         else:
-            doing = {"start": "training", "restart": "training again", "resume": "resuming"}[action]
-            logger.info("alpha %g: %s in %s", alpha, doing, sub_dir)
+            logger.info("alpha %g: %s in %s", alpha, action, sub_dir)
             results = train(sub_cfg)
         rows.append({"alpha": alpha, "run_dir": str(sub_dir), "dev": results.get("dev", {}), "test": results.get("test", {})})
     chosen = max(rows, key=lambda row: row["dev"]["f1"])  # max keeps the first (smallest alpha) of equal F1s

@@ -2,8 +2,9 @@
 
 A table file (`configs/tables/NAME.yaml`) names rows; each row is a run config plus `key=value`
 overrides and, where a paper reports it, the published numbers. `scripts/reproduce.py` expands the
-rows over seeds into runs `<output_dir>/<table>/<row>-s<seed>/`, skips the finished ones, resumes
-the interrupted ones and tabulates them next to the published numbers (docre.summary).
+rows over seeds into runs `<output_dir>/<table>/<row>-s<seed>/` and `docre.grid` trains them (skipping
+the finished ones, resuming the interrupted ones); docre.summary tabulates them next to the published
+numbers. scripts/compare_losses.py builds its grid of losses as a table too.
 
     # ATGL Table 2, Re-DocRED, BERT-base (a comment saying what it reproduces, and the command)
     title: ATLOP on Re-DocRED with BERT-base, ATL vs ATGL
@@ -24,7 +25,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from docre.config import PROJECT_ROOT, Config, load_config, to_dict
+from docre import run_dir
+from docre.config import PROJECT_ROOT, Config, load_config
 from docre.errors import DocreError
 
 TABLES_DIR = PROJECT_ROOT / "configs" / "tables"
@@ -32,9 +34,6 @@ METRICS = ("precision", "recall", "f1", "ign_f1")
 PUBLISHED_KEYS = {f"{split}_{metric}{std}" for split in ("dev", "test") for metric in METRICS for std in ("", "_std")}
 TABLE_KEYS = {"title", "source", "seeds", "overrides", "rows"}
 ROW_KEYS = {"name", "config", "overrides", "published"}
-# Fields that may differ between the runs of one table without changing what is trained: resume
-# bookkeeping and CPU thread count (seeds of a table may run side by side with fewer threads each).
-IGNORED_FIELDS = {"train.resume", "train.overwrite", "train.num_threads"}
 SEED_SUFFIX = re.compile(r"-s(\d+)$")
 
 
@@ -66,8 +65,8 @@ class Run:
     overrides: list[str]  # everything train.py gets after the config file
     cfg: Config
     run_dir: Path
-    state: str = "missing"  # done | unfinished | stale | missing
-    detail: str = ""  # e.g. "at step 120 of 400"
+    state: str = "missing"  # finished | resumable | stale | missing (docre.run_dir.state_of)
+    detail: str = ""  # e.g. "checkpoint at step 120"
 
 
 def table_path(name_or_path: str) -> Path | None:
@@ -147,17 +146,17 @@ def table_from_configs(paths: list[str], name: str) -> Table:
     return Table(name=name, rows=rows)
 
 
-def plan_runs(table: Table, seeds: list[int], output_dir: Path, overrides: list[str] = ()) -> list[Run]:
-    """Every (row, seed) run with its resolved config and state; the configs are loaded and checked
-    here, so a bad override or a missing config fails before anything runs.
+def plan_runs(table: Table, seeds: list[int], out: Path, overrides: list[str] = ()) -> list[Run]:
+    """Every (row, seed) run, in the folder `out`, with its resolved config and state; the configs
+    are loaded and checked here, so a bad override or a missing config fails before anything runs.
 
     Override order: the table's, the row's, the command line's; then seed, run name and output folder.
 
     Raises:
-        DocreError: a config is missing or does not load, or a run directory holds a run of another
-            config (it would otherwise be counted, or resumed, as this one).
+        DocreError: a config is missing or does not load, or a run directory holds a finished or
+            resumable run of another config (it would otherwise be counted, or resumed, as this one).
     """
-    out = Path(output_dir).resolve() / table.name
+    out = Path(out).resolve()
     runs = []
     for row in table.rows:
         config_path = Path(row.config) if Path(row.config).is_absolute() else PROJECT_ROOT / row.config
@@ -171,64 +170,12 @@ def plan_runs(table: Table, seeds: list[int], output_dir: Path, overrides: list[
             except DocreError as error:
                 raise DocreError(f"table {table.name}: row {row.name}: {error}") from None
             run = Run(row, seed, config_path, run_overrides, cfg, out / cfg.run_name)
-            run.state, run.detail = run_state(run.run_dir)
-            if run.state in ("done", "unfinished"):
-                _check_same_config(run)
+            state = run_dir.state_of(run.run_dir)
+            run.state, run.detail = state.kind, state.detail
+            if state.kind in ("finished", "resumable"):
+                run_dir.check_same_config(run.run_dir, cfg)
             runs.append(run)
     return runs
-
-
-def run_state(run_dir: Path) -> tuple[str, str]:
-    """(state, detail) of a run directory: done (results.json), unfinished (a resume checkpoint),
-    stale (files but no checkpoint: stopped before its first save), or missing."""
-    import json
-
-    from docre.checkpoint import find_training_state
-
-    if (run_dir / "results.json").is_file():
-        return "done", ""
-    state = find_training_state(run_dir / "last")
-    if state is not None:
-        try:
-            counters = json.loads((state / "state.json").read_text(encoding="utf-8"))["counters"]
-            return "unfinished", f"checkpoint at step {counters['step']}"
-        except (OSError, ValueError, KeyError):
-            return "unfinished", "checkpoint present"
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        return "stale", "no checkpoint: starts again"
-    return "missing", ""
-
-
-def config_differences(saved: Config, intended: Config) -> list[str]:
-    """`key: saved -> intended` for every field that differs (resume bookkeeping ignored)."""
-    a, b = _flatten(to_dict(saved)), _flatten(to_dict(intended))
-    keys = sorted((a.keys() | b.keys()) - IGNORED_FIELDS)
-    return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in keys if a.get(key) != b.get(key)]
-
-
-def _check_same_config(run: Run) -> None:
-    saved_path = run.run_dir / "config.yaml"
-    if not saved_path.is_file():
-        return
-    try:
-        saved = load_config(saved_path)
-    except DocreError as error:
-        raise DocreError(f"{run.run_dir}: its config.yaml does not load ({error}); move the run away") from None
-    differences = config_differences(saved, run.cfg)
-    if differences:
-        shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
-        raise DocreError(f"{run.run_dir}: holds a {run.state} run of another config ({shown}); "
-                         "use another --output-dir or move that run away")
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and key != "loss":  # the loss mapping compares as one value
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _check_keys(data: dict, allowed: set[str], where: str) -> None:

@@ -1,11 +1,7 @@
 """Validate a dataset file with the reader training uses and print its statistics.
 
-    python scripts/check_data.py FILE --format docred|cdr|gda [--rel2id FILE] [--json]
-
-FILE is DocRED-style JSON (`.json`, `.json.gz`, `file.json[a:b]` for a slice) or an EoG file
-(CDR/GDA). Without --rel2id the relations are those of the file itself; with it, a relation the
-map lacks is an error naming the document. Bad input: exit status 1 and one line naming the file,
-document and field. No tokenizer is needed.
+Usage: python scripts/check_data.py --help. The command lives in docre/cli/check_data.py; after the set-up it
+is also the console command `docre-check-data`.
 """
 
 if __name__ == "__main__":

@@ -1,10 +1,7 @@
 """Export a training run as a self-contained model folder (loads offline; push it to a model hub as is).
 
-    python scripts/export.py RUN_DIR OUT_DIR [--overwrite]
-
-OUT_DIR gets model.safetensors, the encoder's config and tokenizer (encoder/), config.yaml,
-rel2id.json, rel_info.json, decode.json (if any), results.json and a README.md model card.
-Load it with Predictor.from_pretrained(OUT_DIR) or python scripts/predict.py OUT_DIR ...
+Usage: python scripts/export.py --help. The command lives in docre/cli/export.py; after the set-up it
+is also the console command `docre-export`.
 """
 
 if __name__ == "__main__":

@@ -1,9 +1,7 @@
 """Plot ATGL alpha sweeps: dev/test F1, P and R against alpha (log axis), mean ± std over the runs.
 
-    python scripts/plot_alpha.py RUN_DIR [RUN_DIR ...] [-o alpha_sweep.png] [--title TITLE]
-
-Each RUN_DIR is a finished `loss.alpha=auto` run (it holds alpha_sweep.json); several runs, e.g.
-seeds, give the mean with a band of one standard deviation.
+Usage: python scripts/plot_alpha.py --help. The command lives in docre/cli/plot_alpha.py; after the set-up it
+is also the console command `docre-plot-alpha`.
 """
 
 if __name__ == "__main__":

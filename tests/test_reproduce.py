@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from docre.errors import DocreError
+from docre.grid import train_command
 from docre.tables import Row, Table, plan_runs
 from tests.cli import load_script, run_main
 
@@ -21,16 +22,16 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_train_command_per_state(tmp_path, tiny_backbone):
     reproduce = load_script("reproduce")
     table = Table(name="t", rows=[Row("a", "configs/smoke.yaml", [f"model.backbone={tiny_backbone}"])])
-    run = plan_runs(table, [5], tmp_path)[0]
-    train_py = str(ROOT / "train.py")
-    assert reproduce.train_command(run, 1) == [sys.executable, train_py, str(ROOT / "configs/smoke.yaml"), *run.overrides]
+    run = plan_runs(table, [5], tmp_path / "t")[0]
+    train = [sys.executable, "-m", "docre.cli.train"]
+    assert train_command(run, 1) == [*train, str(ROOT / "configs/smoke.yaml"), *run.overrides]
     assert run.overrides[-3:] == ["seed=5", "run_name=a-s5", f"output_dir={tmp_path.resolve() / 't'}"]
     run.state = "stale"
-    assert reproduce.train_command(run, 1)[-1] == "train.overwrite=true"
-    run.state = "unfinished"
-    assert reproduce.train_command(run, 1) == [sys.executable, train_py, "--resume", str(run.run_dir)]
+    assert train_command(run, 1)[-1] == "train.overwrite=true"
+    run.state = "resumable"
+    assert train_command(run, 1) == [*train, "--resume", str(run.run_dir)]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    assert reproduce.train_command(run, 2) == [*launcher, train_py, "--resume", str(run.run_dir)]
+    assert train_command(run, 2) == [*launcher, "-m", "docre.cli.train", "--resume", str(run.run_dir)]
     assert reproduce.parse_seeds("66, 67,68") == [66, 67, 68]
     for bad in ("66,x", "66,66", ""):
         with pytest.raises(DocreError, match="--seeds"):
@@ -65,13 +66,13 @@ def test_interrupted_grid_resumes_and_is_tabulated(tmp_path, tiny_backbone, caps
     assert runner.returncode == 1, stderr[-3000:]
     assert "error: interrupted during atgl-s1" in stderr and "Traceback" not in stderr.split("error: interrupted")[-1]
     assert (first / "last").is_dir() and not (first / "results.json").exists() and not second.exists()
-    states = {run.cfg.run_name: run.state for run in plan_runs(_table(table), [1, 2], out)}
-    assert states == {"atgl-s1": "unfinished", "atgl-s2": "missing"}
+    states = {run.cfg.run_name: run.state for run in plan_runs(_table(table), [1, 2], grid)}
+    assert states == {"atgl-s1": "resumable", "atgl-s2": "missing"}
 
     # 2. the same command resumes the first run, runs the second and writes the table and plots
     result = reproduce(str(table), "--output-dir", str(out), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "atgl-s1: unfinished -> training" in result.stdout and "atgl-s2: missing -> training" in result.stdout
+    assert "atgl-s1: resume" in result.stdout and "atgl-s2: start" in result.stdout
     assert "resumed from" in (first / "train.log").read_text()
     steps = [json.loads(line)["step"] for line in (first / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["type"] == "train"]
@@ -92,7 +93,7 @@ def test_interrupted_grid_resumes_and_is_tabulated(tmp_path, tiny_backbone, caps
         assert (grid / png).read_bytes()[:4] == b"\x89PNG"
 
     # 3. a finished grid trains nothing: both runs plan as done (and the runner only trains the rest)
-    assert {run.state for run in plan_runs(_table(table), [1, 2], out)} == {"done"}
+    assert {run.state for run in plan_runs(_table(table), [1, 2], grid)} == {"finished"}
 
     # 4. summarize_runs.py gives the same table from the directories alone
     assert run_main("summarize_runs", [str(grid)]) == 0

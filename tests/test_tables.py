@@ -3,6 +3,7 @@ config; malformed tables fail with one line naming the file and field; planning 
 seeds with the documented override order and reads each run's state from disk."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ import pytest
 from docre.config import load_config, save_config
 from docre.errors import DocreError
 from docre.losses import LOSSES
-from docre.tables import TABLES_DIR, Row, Table, config_differences, load_table, plan_runs, run_state, table_path
+from docre.run_dir import config_differences
+from docre.tables import TABLES_DIR, Row, Table, load_table, plan_runs, table_path
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = sorted(TABLES_DIR.glob("*.yaml"))
@@ -87,7 +89,7 @@ def smoke_table(backbone: str) -> Table:
 
 
 def test_plan_expands_rows_over_seeds_with_the_override_order(tmp_path, tiny_backbone):
-    runs = plan_runs(smoke_table(tiny_backbone), [1, 2], tmp_path, ["train.batch_size=2"])
+    runs = plan_runs(smoke_table(tiny_backbone), [1, 2], tmp_path / "t", ["train.batch_size=2"])
     assert [run.cfg.run_name for run in runs] == ["atgl-s1", "atgl-s2", "atl-s1", "atl-s2"]
     assert all(run.run_dir == tmp_path.resolve() / "t" / run.cfg.run_name for run in runs)
     assert all(run.state == "missing" for run in runs)
@@ -111,13 +113,16 @@ def test_plan_reads_each_run_state_and_refuses_another_config(tmp_path, tiny_bac
     for name in ("model.safetensors", "optimizer.safetensors"):  # a complete checkpoint has all three files
         (unfinished.run_dir / "last" / name).write_bytes(b"")
     states = {run.cfg.run_name: (run.state, run.detail) for run in plan_runs(table, [1, 2], tmp_path)}
-    assert states == {"atgl-s1": ("done", ""), "atgl-s2": ("unfinished", "checkpoint at step 3"),
+    assert states == {"atgl-s1": ("finished", ""), "atgl-s2": ("resumable", "checkpoint at step 3"),
                       "atl-s1": ("stale", "no checkpoint: starts again"), "atl-s2": ("missing", "")}
     # a finished run of other settings is never counted as this table's
-    with pytest.raises(DocreError, match=r"atgl-s1: holds a done run of another config \(train\.epochs: 7 -> 9\)"):
+    with pytest.raises(DocreError, match=r"atgl-s1: holds a run of another config \(train\.epochs: 7 -> 9\)"):
         plan_runs(table, [1, 2], tmp_path, ["train.epochs=9"])
     # a stale directory has nothing to lose: it starts again whatever it held
-    assert run_state(tmp_path / "nothing") == ("missing", "")
+    shutil.rmtree(done.run_dir)
+    shutil.rmtree(unfinished.run_dir)
+    states = [run.state for run in plan_runs(table, [1, 2], tmp_path, ["train.epochs=9"])]
+    assert states == ["missing", "missing", "stale", "missing"]
 
 
 def test_plan_errors_name_the_row(tmp_path, tiny_backbone):

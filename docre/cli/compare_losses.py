@@ -3,12 +3,13 @@
     python scripts/compare_losses.py CONFIG --losses atgl,atl,afl,... [--seeds 66,67,68]
                                      [--output-dir DIR] [--split test|dev] [key=value ...]
 
-Every run goes through the one `train()` with the same data, model and seed; only the loss differs.
-Runs land in DIR/<config>-<loss>-s<seed>/ (default DIR: runs/compare-<config>): finished runs
-(results.json present) are skipped, interrupted ones resumed, so the command can be re-run after a
-crash or with more losses. Then it writes DIR/comparison.md and DIR/comparison.json (P, R, F1,
-Ign F1, FP, FN, TH offset std, violation rate, seconds per step; mean ± std over seeds when there
-are several) and the plots under DIR/plots/.
+Every run is one training process (the grid runner of scripts/reproduce.py, docre.grid) with the same
+data, model and seed; only the loss differs. Runs land in DIR/<config>-<loss>-s<seed>/ (default DIR:
+runs/compare-<config>): finished runs (results.json present) are skipped, interrupted ones resumed,
+runs of another config refused, so the command can be re-run after a crash or with more losses.
+Then it writes DIR/comparison.md and DIR/comparison.json (P, R, F1, Ign F1, FP, FN, TH offset std,
+violation rate, seconds per step; mean ± std over seeds when there are several) and the plots under
+DIR/plots/.
 
 Loss keywords: a loss named on the command line does not inherit the config file's loss keywords
 (`load_config`), so each loss runs with its own defaults, except the loss the config itself names,
@@ -18,7 +19,6 @@ The table spells out every run's keywords, defaults included. `--losses all` run
 
 import argparse
 import inspect
-import json
 import math
 import statistics
 from pathlib import Path
@@ -29,8 +29,6 @@ from docre.errors import DocreError, run_cli
 
 # Set per run by this script; an override of these would make the runs collide or differ.
 RESERVED = ("loss.", "seed=", "run_name=", "output_dir=", "train.resume=", "train.overwrite=")
-# Config keys that may differ between a finished run and the requested one (how it was started).
-START_KEYS = {"train.resume", "train.overwrite"}
 
 
 def loss_signature(loss: dict) -> tuple[str, dict]:
@@ -52,57 +50,6 @@ def parse_list(text: str, what: str) -> list[str]:
     if len(set(items)) != len(items):
         raise DocreError(f"--{what}: {text!r} names an item twice")
     return items
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and key != "loss":
-            flat |= flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def check_same_config(run_dir: Path, cfg) -> None:
-    """Refuse to reuse a run trained with other settings than the ones requested now."""
-    from docre.config import load_config, to_dict
-
-    saved = flatten(to_dict(load_config(run_dir / "config.yaml")))
-    wanted = flatten(to_dict(cfg))
-    differing = [k for k in sorted(saved.keys() | wanted.keys()) if k not in START_KEYS and saved.get(k) != wanted.get(k)]
-    if differing:
-        key = differing[0]
-        raise DocreError(
-            f"{run_dir}: was trained with {key}={saved.get(key)!r}, this comparison asks for {wanted.get(key)!r}; "
-            "use another --output-dir or remove the run"
-        )
-
-
-def run_one(config: str, overrides: list[str], loss: str, seed: int, output_dir: Path) -> tuple[Path, dict]:
-    """Train (or resume, or skip) one run; return its directory and results."""
-    from docre.checkpoint import find_training_state
-    from docre.config import load_config
-    from docre.trainer import train
-
-    run_name = f"{Path(config).stem}-{loss}-s{seed}"
-    cfg = load_config(config, [*overrides, f"loss.name={loss}", f"seed={seed}", f"output_dir={output_dir}",
-                               f"run_name={run_name}"])
-    run_dir = output_dir / run_name
-    if (run_dir / "results.json").is_file():
-        check_same_config(run_dir, cfg)
-        print(f"{run_name}: finished earlier, skipped", flush=True)
-        return run_dir, json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-    if find_training_state(run_dir / "last") is not None:
-        check_same_config(run_dir, cfg)
-        print(f"{run_name}: resuming", flush=True)
-        cfg = load_config(run_dir / "config.yaml", [f"train.resume={run_dir}"])
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        print(f"{run_name}: unfinished without a resume checkpoint, starting again", flush=True)
-        cfg.train.overwrite = True
-    else:
-        print(f"{run_name}: training", flush=True)
-    return run_dir, train(cfg)
 
 
 def table_row(run_dir: Path, results: dict, split: str, plot_dir: Path) -> dict:
@@ -202,9 +149,11 @@ def main() -> int:
     parser.add_argument("--split", choices=("test", "dev"), default="test", help="split of the table (default test)")
     args = parser.parse_intermixed_args()  # overrides may come before or after the options
 
-    from docre.config import load_config
     from docre.diagnostics import plot_comparison
+    from docre.grid import run_grid
     from docre.losses import LOSSES
+    from docre.run_dir import ACTIONS, read_results
+    from docre.tables import Row, Table, plan_runs
     from docre.utils import atomic_write_json, atomic_write_text
 
     losses = list(LOSSES) if args.losses == "all" else parse_list(args.losses, "losses")
@@ -218,14 +167,19 @@ def main() -> int:
     for item in args.overrides:
         if item.startswith(RESERVED):
             raise DocreError(f"override {item!r}: set by compare_losses.py for each run (use --losses, --seeds, --output-dir)")
-    load_config(args.config, args.overrides)  # fail on a bad config or override before training anything
     output_dir = args.output_dir or Path("runs") / f"compare-{Path(args.config).stem}"
-
-    rows = []
-    for loss in losses:
-        for seed in seeds:
-            run_dir, results = run_one(args.config, args.overrides, loss, seed, output_dir)
-            rows.append(table_row(run_dir, results, args.split, output_dir / "plots"))
+    stem = Path(args.config).stem
+    # one row per loss: the same config, data and seeds, only loss.name differs
+    table = Table(name=f"compare-{stem}", rows=[Row(f"{stem}-{loss}", str(Path(args.config).resolve()), [f"loss.name={loss}"])
+                                                for loss in losses])
+    runs = plan_runs(table, seeds, output_dir, args.overrides)  # fails on a bad override or a foreign run first
+    for run in runs:
+        print(f"{run.cfg.run_name}: {'finished earlier, skipped' if run.state == 'finished' else ACTIONS[run.state]}", flush=True)
+    failed = run_grid(runs)
+    if failed:
+        raise DocreError(f"{len(failed)} of {len(runs)} runs failed: {', '.join(run.cfg.run_name for run in failed)} "
+                         "(see their train.log; the same command retries them)")
+    rows = [table_row(run.run_dir, read_results(run.run_dir), args.split, output_dir / "plots") for run in runs]
     summary = summarise(rows)
     command = " ".join(["python scripts/compare_losses.py", args.config, "--losses", ",".join(losses),
                         "--seeds", ",".join(map(str, seeds)), "--split", args.split, *args.overrides])

@@ -57,3 +57,7 @@ def main() -> int:
 def run() -> None:
     """The `docre-train` console command (and `python train.py`)."""
     run_cli(main)
+
+
+if __name__ == "__main__":  # python -m docre.cli.train (how docre.grid starts a run)
+    run()

@@ -1,0 +1,129 @@
+"""docre.run_dir: the states a run directory can be in, the one skip / resume / start-again plan
+that grids and the alpha sweep follow, the saved-vs-requested config check, and loading a run's
+loss with its decode.json applied."""
+
+import json
+
+import pytest
+
+from docre import run_dir as runs
+from docre.config import load_config, save_config
+from docre.errors import DocreError
+from tests.conftest import ROOT
+
+
+def smoke(tmp_path, *overrides):
+    return load_config(ROOT / "configs/smoke.yaml", [f"output_dir={tmp_path}", "run_name=r", "model.backbone=x", *overrides])
+
+
+def make_checkpoint(run_dir, step: int) -> None:
+    (run_dir / "last").mkdir(parents=True)
+    (run_dir / "last" / "state.json").write_text(json.dumps({"counters": {"step": step}}))
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        (run_dir / "last" / name).write_bytes(b"")
+
+
+def test_each_state_plans_its_action_and_config(tmp_path):
+    cfg = smoke(tmp_path)
+    run_dir = runs.path_of(cfg)
+    assert run_dir == tmp_path / "r"
+    action, planned = runs.plan(run_dir, cfg)
+    assert (runs.state_of(run_dir).kind, action, planned.train.resume, planned.train.overwrite) == ("missing", "start", "", False)
+    run_dir.mkdir()
+    save_config(cfg, run_dir / "config.yaml")
+    action, planned = runs.plan(run_dir, cfg)
+    assert (runs.state_of(run_dir).kind, action, planned.train.overwrite) == ("stale", "start again", True)
+    make_checkpoint(run_dir, 7)
+    state = runs.state_of(run_dir)
+    assert (state.kind, state.detail, state.checkpoint) == ("resumable", "checkpoint at step 7", run_dir / "last")
+    action, planned = runs.plan(run_dir, cfg)
+    assert (action, planned.train.resume, planned.train.overwrite) == ("resume", str(run_dir), False)
+    assert cfg.train.resume == ""  # the requested config itself is left alone
+    (run_dir / "results.json").write_text("{}")
+    assert runs.state_of(run_dir).kind == "finished" and runs.plan(run_dir, cfg)[0] == "skip"
+    assert runs.read_results(run_dir) == {}
+
+
+def test_a_run_of_another_config_is_refused_but_start_settings_are_not_compared(tmp_path):
+    cfg = smoke(tmp_path)
+    run_dir = runs.path_of(cfg)
+    run_dir.mkdir()
+    save_config(smoke(tmp_path, "train.resume=somewhere", "train.num_threads=1", "log.wandb=true"), run_dir / "config.yaml")
+    (run_dir / "results.json").write_text("{}")
+    assert runs.plan(run_dir, cfg)[0] == "skip"
+    with pytest.raises(DocreError, match=r"r: holds a run of another config \(seed: 66 -> 5\)"):
+        runs.plan(run_dir, smoke(tmp_path, "seed=5"))
+    assert runs.config_differences(cfg, smoke(tmp_path, "loss.alpha=3")) == [
+        "loss: {'name': 'atgl', 'alpha': 16.5} -> {'name': 'atgl', 'alpha': 3}"]
+    # a stale directory of another config has nothing to lose: it starts again
+    (run_dir / "results.json").unlink()
+    assert runs.plan(run_dir, smoke(tmp_path, "seed=5"))[0] == "start again"
+
+
+def test_resume_warns_only_about_settings_that_change_what_is_learnt(tmp_path):
+    cfg = smoke(tmp_path)
+    run_dir = runs.path_of(cfg)
+    run_dir.mkdir()
+    save_config(cfg, run_dir / "config.yaml")
+    assert runs.changed_settings(run_dir, smoke(tmp_path, "train.device=cpu", "eval.batch_size=1")) == []
+    assert runs.changed_settings(run_dir, smoke(tmp_path, "train.head_lr=1e-3")) == ["train.head_lr: 0.0003 -> 0.001"]
+    assert runs.changed_settings(tmp_path / "nothing", cfg) == []
+
+
+def test_prepare_refuses_what_it_would_destroy(tmp_path):
+    cfg = smoke(tmp_path)
+    run_dir = runs.path_of(cfg)
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("mine")
+    with pytest.raises(DocreError, match="directory is not empty"):
+        runs.prepare(run_dir, cfg, 0)
+    make_checkpoint(run_dir, 3)
+    with pytest.raises(DocreError, match=r"holds an unfinished run; resume it with python train\.py --resume"):
+        runs.prepare(run_dir, cfg, 0)
+    assert runs.prepare(run_dir, smoke(tmp_path, f"train.resume={run_dir}"), 0) == run_dir / "last"
+    (run_dir / "results.json").write_text("{}")
+    with pytest.raises(DocreError, match="already finished"):
+        runs.prepare(run_dir, cfg, 0)
+    with pytest.raises(DocreError, match="nothing to resume"):
+        runs.prepare(run_dir, smoke(tmp_path, f"train.resume={run_dir}"), 0)
+    assert runs.prepare(run_dir, smoke(tmp_path, "train.overwrite=true"), 0) is None
+    assert run_dir.is_dir() and not any(run_dir.iterdir())
+
+
+def test_a_failed_start_does_not_block_the_next(tmp_path):
+    cfg = smoke(tmp_path)
+    run_dir = runs.path_of(cfg)
+    run_dir.mkdir()
+    for name in ("config.yaml", "environment.json", "train.log", "metrics.jsonl"):
+        (run_dir / name).write_text("")
+    (run_dir / ".best.safetensors.x.tmp").write_bytes(b"")  # a killed write
+    assert runs.prepare(run_dir, cfg, 0) is None and not any(run_dir.iterdir())
+
+
+def test_the_loss_of_a_run_has_its_decode_parameters(tmp_path):
+    cfg = smoke(tmp_path, "loss.name=bce")
+    run_dir = runs.path_of(cfg)
+    run_dir.mkdir()
+    save_config(cfg, run_dir / "config.yaml")
+    assert runs.load_config_and_loss(run_dir)[1].threshold == 0.5
+    (run_dir / "decode.json").write_text('{"threshold": 0.25}')
+    loaded, loss_fn, decode = runs.load_config_and_loss(run_dir)
+    assert loss_fn.threshold == 0.25 and decode == {"threshold": 0.25} and loaded.loss == {"name": "bce"}
+    (run_dir / "decode.json").write_text('{"threshold": ')
+    with pytest.raises(DocreError, match=r"decode.json: not valid JSON"):
+        runs.load_config_and_loss(run_dir)
+    with pytest.raises(DocreError, match="not a run directory"):
+        runs.load_config_and_loss(tmp_path / "nothing")
+
+
+def test_model_kind(tmp_path):
+    with pytest.raises(DocreError, match="model directory not found"):
+        runs.model_kind(tmp_path / "nothing")
+    with pytest.raises(DocreError, match="neither a run directory"):
+        runs.model_kind(tmp_path)
+    (tmp_path / "config.yaml").write_text("")
+    (tmp_path / "best.safetensors").write_bytes(b"")
+    assert runs.model_kind(tmp_path) == "run"
+    (tmp_path / "encoder").mkdir()
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert runs.model_kind(tmp_path) == "export"
