@@ -8,12 +8,11 @@ map lacks is an error naming the document. Bad input: exit status 1 and one line
 document and field. No tokenizer is needed.
 """
 
-import argparse
 import json
 from collections import Counter
 
 from docre.allocator import use_huge_pages
-from docre.cli import prog
+from docre.cli import command_parser
 from docre.errors import run_cli
 
 FORMATS = ("docred", "cdr", "gda")
@@ -41,7 +40,7 @@ def statistics(docs: list[dict]) -> dict:
 
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
-    parser = argparse.ArgumentParser(prog=prog("docre-check-data"), description=__doc__.split("\n\n")[0])
+    parser = command_parser("docre-check-data", __doc__)
     parser.add_argument("file")
     parser.add_argument("--format", choices=FORMATS, required=True)
     parser.add_argument("--rel2id", help="relation map {\"Na\": 0, ...}: every label's relation must be in it")

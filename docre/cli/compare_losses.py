@@ -17,14 +17,13 @@ which keeps the file's keywords (ATGL keeps alpha from an ATGL config; elsewhere
 The table spells out every run's keywords, defaults included. `--losses all` runs every loss.
 """
 
-import argparse
 import inspect
 import math
 import statistics
 from pathlib import Path
 
 from docre.allocator import use_huge_pages
-from docre.cli import prog
+from docre.cli import command_parser
 from docre.errors import DocreError, run_cli
 
 # Set per run by this script; an override of these would make the runs collide or differ.
@@ -139,8 +138,7 @@ def markdown(rows: list[dict], summary: list[dict], split: str, command: str) ->
 
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
-    parser = argparse.ArgumentParser(prog=prog("docre-compare-losses"), description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("docre-compare-losses", __doc__)
     parser.add_argument("config")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every run")
     parser.add_argument("--losses", required=True, help="comma-separated names from docre.losses.LOSSES, or 'all'")

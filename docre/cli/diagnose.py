@@ -8,11 +8,10 @@ pairs with relations, and the NA pairs' margin and violation rate; writes RUN_DI
 and RUN_DIR/margins-<split>.png. Definitions: docs/losses.md.
 """
 
-import argparse
 from pathlib import Path
 
 from docre.allocator import use_huge_pages
-from docre.cli import prog
+from docre.cli import command_parser
 from docre.errors import run_cli
 
 
@@ -39,8 +38,7 @@ def format_report(report: dict) -> str:
 
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
-    parser = argparse.ArgumentParser(prog=prog("docre-diagnose"), description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("docre-diagnose", __doc__)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--split", choices=("dev", "test", "both"), default="both")
     parser.add_argument("--no-plots", action="store_true", help="skip the margin plots")

@@ -12,7 +12,6 @@ says where to get them and verifies the copies you place in `DEST/NAME/` where a
 ../shared/data/SOURCES.md.
 """
 
-import argparse
 import hashlib
 import os
 import urllib.error
@@ -20,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from docre.cli import prog
+from docre.cli import command_parser
 from docre.errors import DocreError, run_cli
 
 
@@ -129,7 +128,7 @@ def download(source: Source, folder: Path, progress: bool = True) -> Path:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog=prog("docre-download-data"), description=__doc__.split("\n\n")[0])
+    parser = command_parser("docre-download-data", __doc__)
     parser.add_argument("name", choices=sorted(DATASETS))
     parser.add_argument("--dest", default="data", help="folder for the dataset's folder (default: data/)")
     args = parser.parse_args()

@@ -8,18 +8,16 @@ are refused: their scores come only from the CodaLab leaderboard (scripts/predic
 result.zip).
 """
 
-import argparse
 import json
 
 from docre.allocator import use_huge_pages
-from docre.cli import prog
+from docre.cli import command_parser
 from docre.errors import DocreError, run_cli
 
 
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
-    parser = argparse.ArgumentParser(prog=prog("docre-evaluate"), description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("docre-evaluate", __doc__)
     parser.add_argument("run_dir")
     parser.add_argument("--split", choices=("dev", "test"), default="dev")
     parser.add_argument("--data", help="score this file instead of the config's split file")

@@ -7,17 +7,15 @@ rel2id.json, rel_info.json, decode.json (if any), results.json and a README.md m
 Load it with Predictor.from_pretrained(OUT_DIR) or python scripts/predict.py OUT_DIR ...
 """
 
-import argparse
 
 from docre.allocator import use_huge_pages
-from docre.cli import prog
+from docre.cli import command_parser
 from docre.errors import run_cli
 
 
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
-    parser = argparse.ArgumentParser(prog=prog("docre-export"), description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("docre-export", __doc__)
     parser.add_argument("run_dir", help="a training run directory (config.yaml, best.safetensors, rel2id.json)")
     parser.add_argument("out_dir", help="the model folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")

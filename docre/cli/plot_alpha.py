@@ -6,18 +6,16 @@ Each RUN_DIR is a finished `loss.alpha=auto` run (it holds alpha_sweep.json); se
 seeds, give the mean with a band of one standard deviation.
 """
 
-import argparse
 from pathlib import Path
 
 from docre.allocator import use_huge_pages
-from docre.cli import prog
+from docre.cli import command_parser
 from docre.errors import run_cli
 
 
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
-    parser = argparse.ArgumentParser(prog=prog("docre-plot-alpha"), description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("docre-plot-alpha", __doc__)
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     parser.add_argument("-o", "--output", help="PNG file (default: RUN_DIR/alpha_sweep.png for one run, else alpha_sweep.png)")
     parser.add_argument("--title", default="")

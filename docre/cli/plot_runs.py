@@ -7,18 +7,16 @@ band. bars.png: dev F1, test F1 and test Ign F1 per row (mean, ± std error bars
 number as a black mark. Rows are grouped as in summarize_runs.py. Files go to DIR (default RUNS_DIR).
 """
 
-import argparse
 from pathlib import Path
 
 from docre.allocator import use_huge_pages
-from docre.cli import prog
+from docre.cli import command_parser
 from docre.errors import run_cli
 
 
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
-    parser = argparse.ArgumentParser(prog=prog("docre-plot-runs"), description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("docre-plot-runs", __doc__)
     parser.add_argument("runs_dir")
     parser.add_argument("--table", help="table name or file whose published numbers to mark")
     parser.add_argument("-o", "--output-dir", help="folder for curves.png and bars.png (default: RUNS_DIR)")

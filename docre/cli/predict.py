@@ -14,11 +14,10 @@ OUTPUT, by its extension:
   *.zip    a CodaLab submission: that list as result.json inside the zip
 """
 
-import argparse
 from pathlib import Path
 
 from docre.allocator import use_huge_pages
-from docre.cli import prog
+from docre.cli import command_parser
 from docre.errors import DocreError, run_cli
 
 OUTPUTS = (".jsonl", ".json", ".zip")
@@ -27,8 +26,7 @@ CHUNK = 256  # documents per call of the predictor: bounds the memory held by lo
 
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
-    parser = argparse.ArgumentParser(prog=prog("docre-predict"), description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("docre-predict", __doc__)
     parser.add_argument("model", help="run directory or exported model folder")
     parser.add_argument("input", help="documents: DocRED JSON list or JSON lines (DocRED or raw text)")
     parser.add_argument("-o", "--output", required=True, help="*.jsonl (triples), *.json (leaderboard) or *.zip (CodaLab)")

@@ -14,12 +14,11 @@ current run at its next step with a checkpoint; the same command resumes the gri
 trains each run with N data-parallel processes (torchrun).
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 from docre.allocator import use_huge_pages
-from docre.cli import prog
+from docre.cli import command_parser
 from docre.errors import DocreError, run_cli
 
 
@@ -52,8 +51,7 @@ def tabulate(table, runs, seeds: list[int], out: Path) -> None:
 
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
-    parser = argparse.ArgumentParser(prog=prog("docre-reproduce"), description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("docre-reproduce", __doc__)
     parser.add_argument("targets", nargs="+", metavar="TABLE_OR_CONFIGS [key=value ...]")
     parser.add_argument("--seeds", help="comma-separated seeds (default: the table's, else 66)")
     parser.add_argument("--output-dir", default="runs", help="runs go to OUTPUT_DIR/<table>/<row>-s<seed>/ (default: runs)")

@@ -9,18 +9,16 @@ leaves in a table's folder. Prints the markdown table; -o DIR also writes DIR/ta
 DIR/table.json.
 """
 
-import argparse
 from pathlib import Path
 
 from docre.allocator import use_huge_pages
-from docre.cli import prog
+from docre.cli import command_parser
 from docre.errors import run_cli
 
 
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
-    parser = argparse.ArgumentParser(prog=prog("docre-summarize"), description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("docre-summarize", __doc__)
     parser.add_argument("runs_dir")
     parser.add_argument("--table", help="table name or file whose published numbers to show")
     parser.add_argument("-o", "--output-dir", help="also write table.md and table.json here")

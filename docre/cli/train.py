@@ -8,18 +8,16 @@ Writes runs/<run_name>/ (config, metrics.jsonl, best.safetensors, predictions, r
 prints the dev/test results table. Multi-GPU: torchrun --nproc-per-node N train.py CONFIG.
 """
 
-import argparse
 from pathlib import Path
 
 from docre.allocator import use_huge_pages
-from docre.cli import prog
+from docre.cli import command_parser
 from docre.errors import DocreError, run_cli
 
 
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
-    parser = argparse.ArgumentParser(prog=prog("docre-train"), description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("docre-train", __doc__)
     parser.add_argument("args", nargs="*", metavar="CONFIG [key=value ...]", help="config file, then overrides")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (its config.yaml is used)")
     args = parser.parse_args()

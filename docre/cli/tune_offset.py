@@ -9,12 +9,11 @@ documents; CDR and GDA: binary P, R, F1, no Ign F1). The logits are the saved fp
 results.json in the last digit.
 """
 
-import argparse
 import json
 from pathlib import Path
 
 from docre.allocator import use_huge_pages
-from docre.cli import prog
+from docre.cli import command_parser
 from docre.errors import DocreError, run_cli
 
 
@@ -50,7 +49,7 @@ def official_scores(run_dir: Path, splits: dict, offsets: dict) -> dict:
 
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
-    parser = argparse.ArgumentParser(prog=prog("docre-tune-offset"), description=__doc__.split("\n\n")[0])
+    parser = command_parser("docre-tune-offset", __doc__)
     parser.add_argument("run_dirs", nargs="+")
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON line at the end")
     args = parser.parse_args()
