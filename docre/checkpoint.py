@@ -46,16 +46,30 @@ def load_weights(model: nn.Module, path: Path) -> None:
         raise DocreError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
-def save_training_state(directory: Path, model, optimizer, scheduler, scaler, state: dict) -> None:
-    """Write model, optimizer, scheduler, grad scaler, RNG states and counters to `directory`."""
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's torch random states: the CPU generator's and, on CUDA, its own device's."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def save_training_state(directory: Path, model, optimizer, scheduler, scaler, state: dict,
+                        rng: list[dict[str, torch.Tensor]] | None = None) -> None:
+    """Write model, optimizer, scheduler, grad scaler, RNG states and counters to `directory`.
+
+    Args:
+        rng: every process's `rng_state`, in rank order (gathered by the trainer, since only rank 0
+            writes); default: this process's CPU generator alone.
+    """
     check_finite(model)
     staging = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     tensors, optimizer_json = _split_optimizer_state(optimizer.state_dict())
-    tensors["rng.torch"] = torch.get_rng_state()
-    for index in range(torch.cuda.device_count() if torch.cuda.is_initialized() else 0):
-        tensors[f"rng.cuda.{index}"] = torch.cuda.get_rng_state(index)
+    for rank, states in enumerate(rng if rng is not None else [rng_state(torch.device("cpu"))]):
+        for name, value in states.items():
+            tensors[f"rng.{name}.rank{rank}"] = value  # e.g. rng.cuda.rank3: rank 3's own GPU
     atomic_save_safetensors(model.state_dict(), staging / "model.safetensors")
     atomic_save_safetensors(tensors, staging / "optimizer.safetensors")
     numpy_state = np.random.get_state()
@@ -90,8 +104,11 @@ def find_training_state(directory: Path) -> Path | None:
     return None
 
 
-def load_training_state(directory: Path, model, optimizer, scheduler, scaler) -> dict:
-    """Restore everything `save_training_state` wrote; return the counters."""
+def load_training_state(directory: Path, model, optimizer, scheduler, scaler, rank: int = 0,
+                        device: torch.device | None = None) -> dict:
+    """Restore everything `save_training_state` wrote; return the counters. Each process restores
+    its own rank's random states (the CUDA one onto its own `device`); a rank the checkpoint has
+    no states for (resumed on more processes) takes rank 0's."""
     from safetensors.torch import load_file
 
     load_weights(model, directory / "model.safetensors")
@@ -104,15 +121,25 @@ def load_training_state(directory: Path, model, optimizer, scheduler, scaler) ->
     except Exception as error:  # damaged files, or an optimizer built from a different config
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DocreError(f"{directory}: cannot restore the training state ({first})") from None
-    torch.set_rng_state(tensors["rng.torch"])
-    for name, value in tensors.items():
-        if name.startswith("rng.cuda.") and torch.cuda.is_available():
-            torch.cuda.set_rng_state(value, int(name.rsplit(".", 1)[1]))
+    own = _rank_rng(tensors, rank) or _rank_rng(tensors, 0)
+    torch.set_rng_state(own["torch"])
+    if "cuda" in own and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(own["cuda"], device)
     version, internal, gauss = saved["rng_python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, *rest = saved["rng_numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
     return saved["counters"]
+
+
+def _rank_rng(tensors: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
+    """{"torch": ..., "cuda": ...} of one rank; checkpoints of docre 0.1 kept rank 0's CPU state as
+    rng.torch and every visible GPU's as rng.cuda.<index>."""
+    own = {name.split(".")[1]: value for name, value in tensors.items()
+           if name.startswith("rng.") and name.endswith(f".rank{rank}")}
+    if not own and rank == 0 and "rng.torch" in tensors:
+        own = {"torch": tensors["rng.torch"]} | ({"cuda": tensors["rng.cuda.0"]} if "rng.cuda.0" in tensors else {})
+    return own
 
 
 def _split_optimizer_state(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:

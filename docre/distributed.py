@@ -16,11 +16,22 @@ def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     if world == 1:
         return 0, 1, device
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if local_rank >= torch.cuda.device_count():
+            from docre.errors import DocreError
+
+            raise DocreError(f"process {local_rank} of this machine has no GPU of its own ({torch.cuda.device_count()} "
+                             "visible): start one process per GPU (torchrun --nproc-per-node), or set train.device=cpu")
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def rank() -> int:
+    """This process's rank under torchrun (also after the process group is gone), else 0."""
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
 
 
 def world_size() -> int:
@@ -34,6 +45,20 @@ def sum_across(value: float, device: torch.device) -> float:
     tensor = torch.tensor([float(value)], device=device, dtype=torch.float64)
     dist.all_reduce(tensor)
     return float(tensor.item())
+
+
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over all processes, in place, without waiting for the result on the host."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def all_reduce_min_(tensor: torch.Tensor) -> torch.Tensor:
+    """The minimum of a tensor over all processes, in place."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return tensor
 
 
 def gather(obj) -> list:

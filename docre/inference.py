@@ -12,15 +12,23 @@ from docre.data.collate import collate, encoded_tokens, stacked_facts
 from docre.data.feature import Feature
 from docre.utils import atomic_save_safetensors, autocast, release_free_memory
 
+# Encoder tokens per evaluation batch on CPU by default: bounds the attention maps' memory there.
+CPU_TOKEN_BUDGET = 4096
+
 
 @torch.no_grad()
 def predict_logits(model, features: list[Feature], num_classes: int, pad_id: int, batch_size: int,
                    device, dtype, desc: str = "predict", show: bool = True, max_tokens: int = 0) -> list[torch.Tensor]:
     """Logits [P_i, C] (float32, CPU) for each document, in the order given. Documents are batched
     by length (less padding), at most `batch_size` per batch and, with `max_tokens`, at most that
-    many encoder tokens (a longer document alone); the result does not depend on the batching."""
+    many encoder tokens (a longer document alone; 0 = no cap, -1 = 4096 on CPU and no cap on a GPU);
+    the result does not depend on the batching."""
     model.eval()
-    release_free_memory()  # the training heap's free blocks (see release_free_memory)
+    on_cpu = torch.device(device).type == "cpu"
+    if max_tokens < 0:
+        max_tokens = CPU_TOKEN_BUDGET if on_cpu else 0
+    if on_cpu:
+        release_free_memory()  # the training heap's free blocks (see release_free_memory)
     # documents without candidate pairs (fewer than two entities) have empty logits and skip the model
     order = sorted((i for i in range(len(features)) if len(features[i].hts)), key=lambda i: len(features[i].input_ids))
     logits: list = [torch.zeros(0, num_classes) for _ in features]
@@ -36,8 +44,9 @@ def predict_logits(model, features: list[Feature], num_classes: int, pad_id: int
         with autocast(device, dtype):
             output = model(batch).float().cpu()
         for i, doc_logits in zip(indices, output.split(batch.pairs_per_doc)):
-            logits[i] = doc_logits
-    release_free_memory()  # and evaluation's, before training goes on
+            logits[i] = doc_logits.clone()  # its own storage: a view would keep (and pickle) the whole batch's
+    if on_cpu:
+        release_free_memory()  # and evaluation's, before training goes on
     return logits
 
 

@@ -120,14 +120,14 @@ class Predictor:
             device: "auto" (CUDA if available), "cpu", "cuda", "cuda:N".
         """
         from docre.run_dir import load_trained, model_kind
-        from docre.utils import resolve_device, resolve_precision
+        from docre.utils import inference_precision, resolve_device
 
         path = Path(path)
         model_kind(path)
         torch_device = resolve_device(device)
         cfg, tokenizer, model, loss_fn, rel2id = load_trained(path, torch_device)
         return cls(cfg, tokenizer, model, loss_fn, rel2id, _rel_info(path, cfg, rel2id), torch_device,
-                   resolve_precision(cfg.train.precision, torch_device))
+                   inference_precision(cfg.train.precision, torch_device))
 
     def predict(self, documents: list[dict], batch_size: int | None = None, top_k: int | None = None,
                 progress: bool = False, prepared: bool = False) -> list[list[dict]]:

@@ -23,10 +23,11 @@ import os
 import shutil
 from pathlib import Path
 
+from docre import distributed
 from docre import run_dir as runs
 from docre.config import Config, load_config, save_config
 from docre.errors import DocreError
-from docre.utils import atomic_write_json, logger
+from docre.utils import atomic_write_json, logger, resolve_device
 
 # The ATGL paper's alpha per dataset (data.dataset, or the data folder's name for DocRED-format sets).
 PAPER_ALPHA = {"docred": 16.5, "redocred": 16.5, "cdr": 7.5, "dwie": 6.0, "docgnre": 20.0}
@@ -71,7 +72,9 @@ def tune_alpha(cfg: Config) -> dict:
     if not cfg.data.dev_file:
         raise DocreError("loss.alpha=auto needs a dev split to choose alpha (data.dev_file is empty)")
     run_dir = runs.path_of(cfg)
-    _prepare(run_dir, cfg)
+    # under torchrun: one process group for every run of the sweep; rank 0 alone writes the sweep's files
+    rank = distributed.init_distributed(resolve_device(cfg.train.device))[0]
+    _prepare(run_dir, cfg, rank)
     rows = []
     for alpha in values:
         sub_dir = run_dir / SWEEP_DIR / f"alpha={alpha:g}"
@@ -88,22 +91,29 @@ def tune_alpha(cfg: Config) -> dict:
                 ", ".join(f"{row['alpha']:g}: {row['dev']['f1']:.4f}" for row in rows), chosen["alpha"])
 
     chosen_dir = Path(chosen["run_dir"])
+    results = runs.read_results(chosen_dir) | {"run_dir": str(run_dir), "alpha": chosen["alpha"], "alpha_sweep": rows}
+    if rank == 0:
+        _adopt(run_dir, chosen_dir, cfg, chosen["alpha"], rows, results)
+    distributed.barrier()
+    return results
+
+
+def _adopt(run_dir: Path, chosen_dir: Path, cfg: Config, alpha: float, rows: list[dict], results: dict) -> None:
+    """Make RUN_DIR a run of its own: the chosen run's files, the sweep's record and plot, results.json."""
     for name in ADOPTED:
         if (chosen_dir / name).is_file():
             _link_or_copy(chosen_dir / name, run_dir / name)
-    atomic_write_json(run_dir / runs.DECODE, {**runs.read_decode(chosen_dir), "alpha": chosen["alpha"]})
-    sweep = {"chosen_alpha": chosen["alpha"], "chosen_run": str(chosen_dir), "dataset": cfg.data.dataset,
+    atomic_write_json(run_dir / runs.DECODE, {**runs.read_decode(chosen_dir), "alpha": alpha})
+    sweep = {"chosen_alpha": alpha, "chosen_run": str(chosen_dir), "dataset": cfg.data.dataset,
              "alpha_base": cfg.sweep.alpha_base or None, "alpha_grid": cfg.sweep.alpha_grid, "runs": rows}
     atomic_write_json(run_dir / "alpha_sweep.json", sweep)
     from docre.plots import plot_alpha_sweep
 
     plot_alpha_sweep([run_dir], run_dir / "alpha_sweep.png", cfg.run_name)
-    results = runs.read_results(chosen_dir) | {"run_dir": str(run_dir), "alpha": chosen["alpha"], "alpha_sweep": rows}
     atomic_write_json(run_dir / runs.RESULTS, results)  # last: its presence marks the sweep finished
-    return results
 
 
-def _prepare(run_dir: Path, cfg: Config) -> None:
+def _prepare(run_dir: Path, cfg: Config, rank: int) -> None:
     """Create RUN_DIR with the sweep's config; refuse or replace a finished or different sweep."""
     saved_path = run_dir / runs.CONFIG
     if run_dir.exists() and any(run_dir.iterdir()) and not cfg.train.resume:
@@ -111,16 +121,20 @@ def _prepare(run_dir: Path, cfg: Config) -> None:
                        else ["no config.yaml"])
         finished = (run_dir / runs.RESULTS).is_file()
         if cfg.train.overwrite and (finished or differences):
-            shutil.rmtree(run_dir)
+            if rank == 0:
+                shutil.rmtree(run_dir)
         elif finished:
             raise DocreError(f"{run_dir}: this alpha sweep already finished; choose another run_name or set train.overwrite=true")
         elif differences:
             raise DocreError(f"{run_dir}: holds a run of another config ({'; '.join(differences[:3])}); "
                              "choose another run_name or set train.overwrite=true")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved = copy.deepcopy(cfg)
-    saved.train.resume, saved.train.overwrite = "", False
-    save_config(saved, saved_path)
+    distributed.barrier()  # every process has judged the folder before rank 0 writes to it
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        saved = copy.deepcopy(cfg)
+        saved.train.resume, saved.train.overwrite = "", False
+        save_config(saved, saved_path)
+    distributed.barrier()
 
 
 def _sub_config(cfg: Config, alpha: float, sub_dir: Path) -> Config:

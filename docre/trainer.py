@@ -11,7 +11,7 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from docre import distributed
 from docre import run_dir as runs
-from docre.checkpoint import load_training_state, load_weights, save_training_state, save_weights
+from docre.checkpoint import load_training_state, load_weights, rng_state, save_training_state, save_weights
 from docre.config import Config, TrainConfig, save_config, to_dict
 from docre.data import FIXED_RELATIONS, Split, load_rel2id, load_rel_names, load_split, read_split
 from docre.data.collate import collate, split_by_tokens, stack_labels
@@ -75,6 +75,7 @@ class TrainState:
     # writes exactly the rows an uninterrupted one does
     window_loss: float = 0.0
     window_steps: int = 0
+    precision: str = ""  # the precision the run trains in (fp32, bf16, fp16), kept across a resume
 
     @classmethod
     def from_counters(cls, counters: dict) -> "TrainState":
@@ -113,6 +114,8 @@ class Run:
     wandb_run: Any
     started: float  # time.perf_counter() at the start of this process
     wall_before: float  # wall seconds of the earlier processes of a resumed run
+    # (step, [loss, grad norm, finite]) of the steps whose numbers are still on the device (see _settle)
+    pending: list = field(default_factory=list)
 
 
 @dataclass
@@ -143,10 +146,14 @@ def setup(cfg: Config) -> tuple[Run, TrainState]:
     rank, world, device = distributed.init_distributed(resolve_device(cfg.train.device))
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    dtype = resolve_precision(cfg.train.precision, device)
+    if device.type == "cuda":  # process-wide, like the thread count: fp32 products (and fp32 runs) in TF32 or not
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
     run_dir = runs.path_of(cfg)
     checkpoint = runs.prepare(run_dir, cfg, rank)
     setup_logging(run_dir / "train.log", rank)
+    dtype = resolve_precision(cfg.train.precision, device)
+    if checkpoint is not None and cfg.train.precision == "auto":
+        dtype = _resumed_precision(checkpoint, dtype, device)
     if checkpoint is not None and rank == 0:
         changed = runs.changed_settings(run_dir, cfg)  # before config.yaml is rewritten below
         if changed:
@@ -175,9 +182,12 @@ def setup(cfg: Config) -> tuple[Run, TrainState]:
     total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
     scheduler = linear_warmup_decay(optimizer, int(cfg.train.warmup_ratio * total_steps), total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    state = TrainState()
+    if world > 1:  # the same seed on every rank would draw the same dropout masks on every rank
+        torch.manual_seed(cfg.seed + rank)
+    state = TrainState(precision=PRECISIONS[dtype])
     if checkpoint is not None:
-        state = TrainState.from_counters(load_training_state(checkpoint, model, optimizer, scheduler, scaler))
+        counters = load_training_state(checkpoint, model, optimizer, scheduler, scaler, rank, device)
+        state = TrainState.from_counters({**counters, "precision": state.precision})
         runs.truncate_metrics(run_dir, state.step)
         logger.info("resumed from %s at step %d (epoch %d)", checkpoint, state.step, state.epoch)
     step_model = model
@@ -194,6 +204,22 @@ def setup(cfg: Config) -> tuple[Run, TrainState]:
         cfg.train.batch_size, world, cfg.train.grad_accum, device, str(dtype).replace("torch.", ""),
     )
     return run, state
+
+
+PRECISIONS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def _resumed_precision(checkpoint: Path, dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """precision=auto continues a resumed run in the precision it trained in (a CPU run resumed on a
+    GPU stays fp32), where the device supports it."""
+    saved_name = runs.read_json(checkpoint / "state.json")["counters"].get("precision", "")
+    saved = {name: value for value, name in PRECISIONS.items()}.get(saved_name, dtype)
+    if saved == torch.float16 and device.type != "cuda":
+        logger.warning("the run trained in fp16, which needs CUDA: it continues in fp32 on %s", device)
+        return torch.float32
+    if saved != dtype:
+        logger.warning("precision=auto: continuing in %s, the precision the run trained in", saved_name)
+    return saved
 
 
 def _load_data(cfg: Config, tokenizer) -> tuple[dict[str, int], Split, Split | None, Split | None, list[dict]]:
@@ -230,12 +256,14 @@ def fit(run: Run, state: TrainState, stop: "_StopSignals") -> None:
         progress = tqdm(total=run.steps_per_epoch, initial=state.epoch_step, desc=f"epoch {epoch + 1}/{epochs}",
                         disable=run.rank != 0 or None, leave=False)
         for epoch_step in range(state.epoch_step, run.steps_per_epoch):
-            group = batches[epoch_step * train_cfg.grad_accum : (epoch_step + 1) * train_cfg.grad_accum]
-            loss, grad_norm = _train_step(run, state, group)
+            _train_step(run, state, batches[epoch_step * train_cfg.grad_accum : (epoch_step + 1) * train_cfg.grad_accum])
             state.epoch_step = epoch_step + 1
             progress.update(1)
-            progress.set_postfix(loss=f"{loss:.4f}")
-            if state.step % train_cfg.log_every == 0 and run.rank == 0:
+            log_due = state.step % train_cfg.log_every == 0
+            if log_due or run.device.type == "cpu":  # the host reads the step's numbers (a wait on a GPU)
+                loss, grad_norm = _settle(run, state)
+                progress.set_postfix(loss=f"{loss:.4f}")
+            if log_due and run.rank == 0:
                 _log_train_row(run, state, epoch + state.epoch_step / run.steps_per_epoch, grad_norm, window_start)
                 window_start = time.perf_counter()
             if state.step % 10 == 0 and run.device.type == "cpu":
@@ -247,40 +275,57 @@ def fit(run: Run, state: TrainState, stop: "_StopSignals") -> None:
             eval_every = train_cfg.eval_every
             if run.dev_split is not None and ((eval_every and state.step % eval_every == 0)
                                               or (not eval_every and end_of_epoch) or last_step):
+                _settle(run, state)
                 evaluate_dev(run, state)
                 window_start = time.perf_counter()
-            _checkpoint_or_stop(run, state, stop, end_of_epoch or last_step, progress)
+            _checkpoint_or_stop(run, state, stop, end_of_epoch or last_step, log_due, progress)
             if last_step:
                 break
         progress.close()
         if state.step >= run.total_steps:
             break
+    _settle(run, state)
 
 
-def _train_step(run: Run, state: TrainState, group: list[list[int]]) -> tuple[float, float]:
-    """One optimizer step over the micro-batches `group` (this process's share of each); updates
-    the counters and applies the non-finite policy. Returns the step's loss and gradient norm."""
-    size = run.cfg.train.batch_size
-    micro = [[run.train_split.features[i] for i in batch[run.rank * size : (run.rank + 1) * size]] for batch in group]
+def _train_step(run: Run, state: TrainState, group: list[list[int]]) -> None:
+    """One optimizer step over the micro-batches `group` (every process's documents; this process
+    trains its share of each). Its loss, gradient norm and finiteness stay on the device until
+    `_settle` reads them."""
+    size, features = run.cfg.train.batch_size, run.train_split.features
+    micro = [[features[i] for i in batch[run.rank * size : (run.rank + 1) * size]] for batch in group]
+    global_pairs = [sum(len(features[i].hts) for i in batch) for batch in group]
     started = time.perf_counter()
     loss, grad_norm, finite = _optimizer_step(
         run.step_model, run.loss_fn, run.optimizer, run.scheduler, run.scaler, micro, len(run.rel2id), run.pad_id,
-        run.device, run.dtype, run.cfg.train.max_grad_norm, run.cfg.train.max_batch_tokens, run.model.window)
+        run.device, run.dtype, run.cfg.train.max_grad_norm, run.cfg.train.max_batch_tokens, run.model.window, global_pairs)
     state.step += 1
-    state.train_seconds += time.perf_counter() - started
-    state.nonfinite_in_row = 0 if finite else state.nonfinite_in_row + 1
-    state.skipped_steps += not finite
-    if finite:
-        state.window_loss, state.window_steps = state.window_loss + loss, state.window_steps + 1
-        return loss, grad_norm
-    logger.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)", state.step, state.nonfinite_in_row)
-    if state.nonfinite_in_row >= run.cfg.train.max_nonfinite_steps:
-        raise DocreError(
-            f"stopped at step {state.step}: {state.nonfinite_in_row} non-finite losses or gradients in a row "
-            f"(train.max_nonfinite_steps={run.cfg.train.max_nonfinite_steps}); lower the learning rate, use fp32 "
-            f"or bf16, or check the data. {runs.last_checkpoint_message(run.run_dir, resume_hint=False)}"
-        )
-    return loss, grad_norm
+    state.train_seconds += time.perf_counter() - started  # on a GPU: until the step is queued (see _settle)
+    run.pending.append((state.step, torch.stack([loss.float(), grad_norm.float(), finite.float()])))
+
+
+def _settle(run: Run, state: TrainState) -> tuple[float, float]:
+    """Read the numbers of the steps since the last call (one host wait for all of them), add them
+    to the counters and apply the non-finite policy. On CPU this runs after every step; on a GPU at
+    logged steps, evaluations and checkpoints, so a run of non-finite steps is caught there.
+    Returns the last step's (loss, grad norm)."""
+    started = time.perf_counter()
+    pending, run.pending = run.pending, []
+    values = torch.stack([numbers for _, numbers in pending]).tolist() if pending else []
+    state.train_seconds += time.perf_counter() - started  # the wait for queued steps is training time
+    for (step, _), (loss, _norm, finite) in zip(pending, values):
+        state.nonfinite_in_row = 0 if finite else state.nonfinite_in_row + 1
+        state.skipped_steps += not finite
+        if finite:
+            state.window_loss, state.window_steps = state.window_loss + loss, state.window_steps + 1
+            continue
+        logger.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)", step, state.nonfinite_in_row)
+        if state.nonfinite_in_row >= run.cfg.train.max_nonfinite_steps:
+            raise DocreError(
+                f"stopped at step {step}: {state.nonfinite_in_row} non-finite losses or gradients in a row "
+                f"(train.max_nonfinite_steps={run.cfg.train.max_nonfinite_steps}); lower the learning rate, use fp32 "
+                f"or bf16, or check the data. {runs.last_checkpoint_message(run.run_dir, resume_hint=False)}"
+            )
+    return (values[-1][0], values[-1][1]) if values else (math.nan, math.nan)
 
 
 def _log_train_row(run: Run, state: TrainState, epoch: float, grad_norm: float, window_start: float) -> None:
@@ -297,14 +342,25 @@ def _log_train_row(run: Run, state: TrainState, epoch: float, grad_norm: float, 
     state.window_loss, state.window_steps = 0.0, 0
 
 
-def _checkpoint_or_stop(run: Run, state: TrainState, stop: "_StopSignals", due: bool, progress) -> None:
+def _checkpoint_or_stop(run: Run, state: TrainState, stop: "_StopSignals", due: bool, logged: bool, progress) -> None:
     """Save the resume checkpoint when due (end of epoch, last step, train.save_every) or asked to
-    stop; on a stop request raise Interrupted after saving. Every process agrees on the stop."""
-    interrupted = distributed.sum_across(stop.signal is not None, run.device) > 0
+    stop; on a stop request raise Interrupted after saving. Under torchrun the processes agree on a
+    stop at checkpoints and logged steps (one collective there, none in other steps)."""
     save_every = run.cfg.train.save_every
-    if run.rank == 0 and (interrupted or due or (save_every and state.step % save_every == 0)):
+    due = due or bool(save_every and state.step % save_every == 0)
+    if run.world == 1:
+        interrupted = stop.signal is not None
+    elif due or logged:
+        interrupted = distributed.sum_across(stop.signal is not None, run.device) > 0
+    else:
+        return
+    if not (due or interrupted):
+        return
+    _settle(run, state)
+    rng = distributed.gather({name: value.cpu() for name, value in rng_state(run.device).items()})  # every rank's own
+    if run.rank == 0:
         state.wall_seconds = run.wall_before + time.perf_counter() - run.started
-        save_training_state(run.run_dir / runs.LAST, run.model, run.optimizer, run.scheduler, run.scaler, asdict(state))
+        save_training_state(run.run_dir / runs.LAST, run.model, run.optimizer, run.scheduler, run.scaler, asdict(state), rng)
     distributed.barrier()
     if interrupted:
         progress.close()
@@ -323,8 +379,9 @@ def evaluate_split(run: Run, split: Split, decode: dict, tune: bool = False) -> 
     offset) and used instead."""
     cfg = run.cfg
     mine = list(range(run.rank, len(split.features), run.world))
+    dtype = run.dtype if run.device.type == "cuda" else torch.float32  # as evaluate.py and the Predictor (inference_precision)
     logits = predict_logits(run.model, [split.features[i] for i in mine], len(run.rel2id), run.pad_id, cfg.eval.batch_size,
-                            run.device, run.dtype, desc=split.name, show=run.rank == 0, max_tokens=cfg.eval.max_batch_tokens)
+                            run.device, dtype, desc=split.name, show=run.rank == 0, max_tokens=cfg.eval.max_batch_tokens)
     ordered: list = [None] * len(split.features)
     for indices, part in zip(distributed.gather(mine), distributed.gather(logits)):
         for i, doc_logits in zip(indices, part):
@@ -409,7 +466,7 @@ def final_evaluation(run: Run, state: TrainState) -> dict:
         if run.wandb_run is not None:
             run.wandb_run.summary.update({f"{s}/{k}": v for s in ("dev", "test") for k, v in results.get(s, {}).items()})
             run.wandb_run.finish()
-    distributed.shutdown()
+    distributed.barrier()  # the process group stays up (an alpha sweep trains again); its owner shuts it down
     return results
 
 
@@ -453,48 +510,67 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, bu
 
 
 def _optimizer_step(model, loss_fn, optimizer, scheduler, scaler, micro_batches: list[list[Feature]], num_classes: int,
-                    pad_id: int, device, dtype, max_grad_norm: float, max_batch_tokens: int = 0,
-                    window: int = 512) -> tuple[float, float, bool]:
-    """One optimizer step over accumulated micro-batches; returns (loss, grad norm, finite).
+                    pad_id: int, device, dtype, max_grad_norm: float, max_batch_tokens: int = 0, window: int = 512,
+                    global_pairs: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer step over accumulated micro-batches; returns (loss, grad norm, finite) as 0-d
+    tensors on `device`, so that the step itself never waits for the device.
 
     Every part's loss is weighted by its share of its micro-batch's pairs over all processes, so the
     gradient equals the single-process mean over all pairs however the documents are split: over
-    processes (DDP) or into parts of at most `max_batch_tokens` (memory). A non-finite loss or
-    gradient skips the update (fp16: the grad scaler's own skip).
+    processes (DDP) or into parts of at most `max_batch_tokens` (memory). `global_pairs` are those
+    totals per micro-batch (every process knows the whole batch); without them they are summed
+    across processes. A non-finite loss or gradient skips the update (fp16: the grad scaler's own skip).
     """
     model.train()
     world = distributed.world_size()
-    total_loss, loss_finite = 0.0, True
-    for index, features in enumerate(micro_batches):
+    if global_pairs is None:
+        global_pairs = [int(distributed.sum_across(sum(len(f.hts) for f in features), device)) for features in micro_batches]
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    loss_finite = torch.ones((), dtype=torch.bool, device=device)
+    for index, (features, pairs_in_batch) in enumerate(zip(micro_batches, global_pairs)):
         parts = split_by_tokens(features, max_batch_tokens, window)
-        global_pairs = distributed.sum_across(sum(len(f.hts) for f in features), device)
         for part_index, part in enumerate(parts):
             batch = collate(part, num_classes, pad_id).to(device)
-            pairs = batch.labels.size(0)
+            share = batch.labels.size(0) / pairs_in_batch / len(micro_batches)  # of the global mean
             last = index == len(micro_batches) - 1 and part_index == len(parts) - 1
-            sync = contextlib.nullcontext() if last or world == 1 else model.no_sync()
-            with sync:
+            with contextlib.nullcontext() if last or world == 1 else model.no_sync():
                 with autocast(device, dtype):
                     logits = model(batch)
                 loss = loss_fn(logits, batch.labels)
-                weight = pairs * world / global_pairs / len(micro_batches)
-                scaler.scale(loss * weight).backward()
-            loss_finite &= bool(torch.isfinite(loss))
-            total_loss += loss.item() * pairs / global_pairs / len(micro_batches)
-    total_loss = distributed.sum_across(total_loss, device)
-    loss_finite = distributed.sum_across(not loss_finite, device) == 0
+                scaler.scale(loss * (share * world)).backward()
+            loss_finite &= torch.isfinite(loss.detach())
+            total_loss += loss.detach().double() * share
+    distributed.all_reduce_sum_(total_loss)
+    loss_finite = distributed.all_reduce_min_(loss_finite.to(torch.uint8)).bool()
     scaler.unscale_(optimizer)
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm if max_grad_norm > 0 else float("inf")))
-    finite = loss_finite and (math.isfinite(grad_norm) or scaler.is_enabled())
-    if finite:
-        scaler.step(optimizer)  # with fp16 the scaler itself skips steps with inf gradients
+    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm if max_grad_norm > 0 else float("inf"))
+    # fp16: the scaler itself skips a step whose gradients are not finite (a non-finite loss gives such gradients)
+    finite = loss_finite if scaler.is_enabled() else loss_finite & torch.isfinite(grad_norm)
+    if scaler.is_enabled():
+        scaler.step(optimizer)
+    else:
+        _step_if_finite(optimizer, finite)
     scaler.update()
     scheduler.step()
     # zeroed in place, not freed: gradients allocated afresh every step, between the activations,
     # fragment the CPU heap (see release_free_memory); the update is the same either way
     optimizer.zero_grad(set_to_none=False)
-    return total_loss, grad_norm, finite
+    return total_loss, grad_norm.detach(), finite
+
+
+def _step_if_finite(optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> None:
+    """optimizer.step() unless `finite` (a 0-d bool tensor) is False. The fused AdamW takes the
+    decision on the device (its found_inf input, as the grad scaler uses it: no update, the step count
+    kept), so no step waits for the device; another optimizer asks the host."""
+    if optimizer.defaults.get("fused"):
+        optimizer.found_inf = (~finite).float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif bool(finite):
+        optimizer.step()
 
 
 # ---------------------------------------------------------------------------------------------- helpers

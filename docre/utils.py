@@ -152,6 +152,12 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
+def inference_precision(name: str, device: torch.device) -> torch.dtype:
+    """The precision a trained model predicts in: the training precision on CUDA, float32 elsewhere
+    (a run trained in fp16 or bf16 on a GPU is then evaluated and used on a CPU like any other)."""
+    return resolve_precision(name, device) if device.type == "cuda" else torch.float32
+
+
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
     """Mixed precision for bf16/fp16; a no-op context for fp32."""
     if dtype == torch.float32:

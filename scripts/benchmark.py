@@ -40,6 +40,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--encoder", choices=("minilm", "bert-base"), default="minilm")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the step and inference ratios run")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="autocast precision of the step and inference ratios (fp16 needs CUDA)")
     parser.add_argument("--quick", action="store_true",
                         help="smaller samples, no memory-switch or long-document figures: under a minute")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line at the end")
@@ -58,14 +61,23 @@ def main() -> int:
         print(json.dumps(long_document_step(args.encoder, args.gradient_checkpointing)))
         return 0
 
-    figures = {"encoder": args.encoder, "threads": args.threads, "quick": args.quick} | machine_record()
+    from docre.utils import resolve_device, resolve_precision
+
+    device = resolve_device(args.device)
+    dtype = resolve_precision(args.precision, device)
+    figures = {"encoder": args.encoder, "threads": args.threads, "quick": args.quick, "device": str(device),
+               "precision": args.precision} | machine_record()
     with tempfile.TemporaryDirectory() as scratch:
         backbone = backbone_folder(args.encoder, Path(scratch))
         figures |= preprocessing(Path(scratch) / "cache")
-        figures |= step_ratios(backbone, batches=1 if args.quick else 5, reps=1 if args.quick else 6)
-        figures |= inference_ratio(backbone, docs=16 if args.quick else 100, reps=1 if args.quick else 4)
-        figures |= training_run_memory(backbone, Path(scratch), steps=2 if args.quick else 10, quick=args.quick)
-        if not args.quick:  # the memory switches' costs and the long document: a few minutes more
+        figures |= step_ratios(backbone, batches=1 if args.quick else 5, reps=1 if args.quick else 6, device=device, dtype=dtype)
+        figures |= inference_ratio(backbone, docs=16 if args.quick else 100, reps=1 if args.quick else 4, device=device,
+                                   dtype=dtype)
+        if device.type == "cuda":  # the rest measures CPU memory (resident set size)
+            figures["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        else:
+            figures |= training_run_memory(backbone, Path(scratch), steps=2 if args.quick else 10, quick=args.quick)
+        if not args.quick and device.type == "cpu":  # the memory switches' costs and the long document: a few minutes more
             figures |= memory_options(backbone, reps=2)
             for checkpointing in (False, True):
                 long = run_part(["--part", "long-doc", "--encoder", args.encoder, "--threads", str(args.threads)]
@@ -107,8 +119,14 @@ def backbone_folder(encoder: str, scratch: Path) -> str:
 
 
 def timed(function) -> float:
+    """Seconds `function()` takes, its GPU work included (CUDA runs asynchronously)."""
+    import torch
+
+    synchronize = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
+    synchronize()
     started = time.perf_counter()
     function()
+    synchronize()
     return time.perf_counter() - started
 
 
@@ -175,7 +193,7 @@ def encoder_inputs(batch, model):
     return ids, mask
 
 
-def step_ratios(backbone: str, batches: int, reps: int) -> dict:
+def step_ratios(backbone: str, batches: int, reps: int, device=None, dtype=None) -> dict:
     """A training step as train() runs it (collate, forward, loss, backward, clipping, AdamW step,
     with the MiniLM config's max_batch_tokens) vs the encoder's forward+backward on the same
     documents (their windows where they are longer than the encoder window)."""
@@ -184,22 +202,28 @@ def step_ratios(backbone: str, batches: int, reps: int) -> dict:
     from docre.config import TrainConfig, load_config
     from docre.data.collate import collate
     from docre.trainer import _optimizer_step, build_optimizer, linear_warmup_decay
+    from docre.utils import autocast
 
-    budget = load_config(ROOT / "configs/redocred_mini/minilm_atgl.yaml").train.max_batch_tokens
+    device, dtype = device or torch.device("cpu"), dtype or torch.float32
+    # the CPU config's token budget on CPU; none on a GPU (its memory holds a whole batch)
+    budget = load_config(ROOT / "configs/redocred_mini/minilm_atgl.yaml").train.max_batch_tokens if device.type == "cpu" else 0
     model, encoder, loss_fn, tokenizer, rel2id = build(backbone)
-    encoder.train()
+    model, encoder = model.to(device), encoder.to(device).train()
     optimizer = build_optimizer(model, TrainConfig())
     scheduler = linear_warmup_decay(optimizer, 0, 10**6)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     data = training_batches(tokenizer, rel2id, batches)
-    inputs = [encoder_inputs(collate(features, len(rel2id), tokenizer.pad_token_id), model) for features in data]
+    inputs = [tuple(t.to(device) for t in encoder_inputs(collate(features, len(rel2id), tokenizer.pad_token_id), model))
+              for features in data]
 
     def train_step(features):
         _optimizer_step(model, loss_fn, optimizer, scheduler, scaler, [features], len(rel2id), tokenizer.pad_token_id,
-                        torch.device("cpu"), torch.float32, 1.0, budget, model.window)
+                        device, dtype, 1.0, budget, model.window)
 
     def encoder_step(ids, mask):
-        encoder(input_ids=ids, attention_mask=mask).last_hidden_state.sum().backward()
+        with autocast(device, dtype):
+            hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden.float().sum().backward()
         encoder.zero_grad(set_to_none=True)
 
     ours, theirs = [], []
@@ -220,29 +244,33 @@ def step_ratios(backbone: str, batches: int, reps: int) -> dict:
     }
 
 
-def inference_ratio(backbone: str, docs: int, reps: int) -> dict:
+def inference_ratio(backbone: str, docs: int, reps: int, device=None, dtype=None) -> dict:
     """Prediction per document (eval batches of 8, as evaluation runs) vs the encoder's forward."""
     import torch
 
     from docre.data import load_split
     from docre.data.collate import collate
     from docre.inference import predict_logits
+    from docre.utils import autocast
 
+    device, dtype = device or torch.device("cpu"), dtype or torch.float32
     model, encoder, _, tokenizer, rel2id = build(backbone)
-    encoder.eval()
+    model, encoder = model.to(device), encoder.to(device).eval()
     split = load_split("dev", "docred", f"{DEV}[400:{400 + docs}]", DATA_DIR, tokenizer, rel2id, "*", 1024)
     features = split.features
     order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))  # the batching predict_logits uses
-    batches = [encoder_inputs(collate([features[i] for i in order[s : s + 8]], len(rel2id), tokenizer.pad_token_id), model)
-               for s in range(0, len(order), 8)]
+    batches = [tuple(t.to(device) for t in encoder_inputs(
+        collate([features[i] for i in order[s : s + 8]], len(rel2id), tokenizer.pad_token_id), model))
+        for s in range(0, len(order), 8)]
 
     @torch.no_grad()
     def encoder_only():
         for ids, mask in batches:
-            encoder(input_ids=ids, attention_mask=mask)
+            with autocast(device, dtype):
+                encoder(input_ids=ids, attention_mask=mask)
 
-    def ours_run():  # the whole set in one call, as evaluation runs it
-        predict_logits(model, features, len(rel2id), tokenizer.pad_token_id, 8, torch.device("cpu"), torch.float32, show=False)
+    def ours_run():  # the whole set in one call, as evaluation runs it (no token cap: the CPU's is for memory)
+        predict_logits(model, features, len(rel2id), tokenizer.pad_token_id, 8, device, dtype, show=False)
 
     ours, theirs = [], []
     for rep in range(reps + 1):
@@ -338,7 +366,8 @@ def run_part(arguments: list[str]) -> dict:
 
 def report(figures: dict) -> None:
     lines = [
-        f"docre benchmark: encoder {figures['encoder']}, {figures['threads']} threads, "
+        f"docre benchmark: encoder {figures['encoder']}, {figures['device']} {figures['precision']}, "
+        f"{figures['threads']} threads, "
         f"{figures['cpu']} ({figures['cores']} cores), "
         f"torch {figures['torch']}, transformers {figures['transformers']}",
         f"training step      {figures['train_step_s']:.3f} s   encoder fwd+bwd {figures['encoder_train_s']:.3f} s   "
@@ -346,9 +375,13 @@ def report(figures: dict) -> None:
         f"({figures['pairs_per_batch']:.0f} pairs, {figures['tokens_per_batch']:.0f} tokens per batch)",
         f"inference per doc  {figures['infer_doc_s']:.4f} s  encoder forward {figures['encoder_infer_doc_s']:.4f} s  "
         f"ratio {figures['infer_ratio']:.2f}",
-        f"peak memory of a training run {figures['peak_rss_mb']:.0f} MiB ({figures['run_steps']} steps + dev evaluation)",
         f"preprocessing 500 docs: cold {figures['prep_cold_s_per_500']:.2f} s, cached {figures['prep_cached_s_per_500']:.2f} s",
     ]
+    if "peak_rss_mb" in figures:
+        lines.append(f"peak memory of a training run {figures['peak_rss_mb']:.0f} MiB "
+                     f"({figures['run_steps']} steps + dev evaluation)")
+    if "peak_gpu_mb" in figures:
+        lines.append(f"peak GPU memory {figures['peak_gpu_mb']:.0f} MiB")
     if "checkpointing_step_ratio" in figures:
         lines.append(f"gradient checkpointing costs x{figures['checkpointing_step_ratio']:.2f} per step, "
                      f"pair chunks of 32 x{figures['pair_chunk_32_step_ratio']:.2f}")

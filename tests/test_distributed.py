@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from docre import distributed
 from docre.config import load_config
 from docre.trainer import train
 from tests.conftest import FIXTURES, build_tiny_backbone
@@ -38,6 +39,7 @@ def _rank_main(rank: int, port: int, overrides: list[str]) -> None:
                        "LOCAL_WORLD_SIZE": str(WORLD), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     try:
         train(load_config(ROOT / "configs/smoke.yaml", overrides))
+        distributed.shutdown()  # the owner of the process group (the training command) leaves it
     except BaseException:
         traceback.print_exc()
         sys.stderr.flush()
@@ -106,3 +108,45 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     log = (two / "train.log").read_text()
     assert "effective batch 4 documents (1 per process x 2 processes x 2 accumulation)" in log
     assert log.count("effective batch") == 1  # rank 0 alone logs
+
+
+def _sweep_rank(rank: int, port: int, overrides: list[str], record: Path) -> None:
+    """A torchrun-like worker running the training command's alpha sweep; records how often it
+    joined a process group."""
+    import torch.distributed as dist
+
+    from docre.sweep import run
+
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD),
+                       "LOCAL_WORLD_SIZE": str(WORLD), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    joined, real = [], dist.init_process_group
+    dist.init_process_group = lambda *a, **k: joined.append(1) or real(*a, **k)
+    try:
+        run(load_config(ROOT / "configs/smoke.yaml", overrides))
+        distributed.shutdown()
+        (record / f"rank{rank}.json").write_text(json.dumps({"joined": len(joined)}))
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="forks the worker processes (Linux)")
+def test_an_alpha_sweep_under_torchrun_keeps_one_process_group(tmp_path, tiny_backbone):
+    overrides = [f"model.backbone={tiny_backbone}", "loss.alpha=auto", "sweep.alpha_grid=[0.5,1]", "train.max_steps=2",
+                 "train.batch_size=1", "train.num_threads=1", f"output_dir={tmp_path / 'runs'}", "run_name=sweep"]
+    context = multiprocessing.get_context("fork")
+    port = _free_port()
+    workers = [context.Process(target=_sweep_rank, args=(rank, port, overrides, tmp_path)) for rank in range(WORLD)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=240)
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    assert [json.loads((tmp_path / f"rank{r}.json").read_text())["joined"] for r in range(WORLD)] == [1, 1]
+    sweep = json.loads((tmp_path / "runs" / "sweep" / "alpha_sweep.json").read_text())
+    assert [row["alpha"] for row in sweep["runs"]] == [8.25, 16.5]
+    assert (tmp_path / "runs" / "sweep" / "results.json").is_file()

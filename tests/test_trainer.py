@@ -89,7 +89,7 @@ def test_split_batch_gives_the_same_step(tiny_backbone, tiny_tokenizer, rel2id):
         loss, _, finite = _optimizer_step(model, build_loss("atgl"), optimizer, schedule, scaler, [features], 97, 0,
                                           torch.device("cpu"), torch.float32, 1.0, budget, model.window)
         assert finite
-        weights.append((loss, {n: p.detach().clone() for n, p in model.named_parameters()}))
+        weights.append((float(loss), {n: p.detach().clone() for n, p in model.named_parameters()}))
     (loss_whole, whole), (loss_split, split) = weights
     assert loss_split == pytest.approx(loss_whole, rel=1e-5)
     for name in whole:

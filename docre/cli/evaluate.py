@@ -33,7 +33,7 @@ def main() -> int:
     from docre.metrics import breakdown, score
     from docre.report import breakdown_table, per_relation_table, results_table
     from docre.run_dir import load_trained
-    from docre.utils import resolve_device, resolve_precision, setup_logging
+    from docre.utils import inference_precision, resolve_device, setup_logging
 
     setup_logging()
     device = resolve_device(args.device)
@@ -56,7 +56,7 @@ def main() -> int:
     ign_docs = read_split(data.dataset, data.ign_train_file, data.dir, None)[2] if data.ign_train_file else train_docs
     rel_names = load_rel_names(data.rel_info)
     logits = predict_logits(model, split.features, len(rel2id), tokenizer.pad_token_id or 0, cfg.eval.batch_size,
-                            device, resolve_precision(cfg.train.precision, device), desc=args.split,
+                            device, inference_precision(cfg.train.precision, device), desc=args.split,
                             max_tokens=cfg.eval.max_batch_tokens)
     predictions = decode_predictions(split.features, logits, loss_fn, args.top_k or cfg.eval.top_k, rel2id)
     scores = score(data.dataset, predictions, split.docs, ign_docs)

@@ -37,10 +37,14 @@ def main() -> int:
         parser.error("give a config file, or --resume RUN_DIR")
     cfg = load_config(config, overrides)  # fails here, before any model is loaded, on a bad key or value
 
+    from docre import distributed
     from docre.report import breakdown_table, results_table
     from docre.sweep import run
 
     results = run(cfg)  # train(cfg), or the dev-tuned alpha sweep when loss.alpha=auto (docre/sweep.py)
+    distributed.shutdown()  # here, not in train(): the runs of an alpha sweep share one process group
+    if distributed.rank() != 0:
+        return 0
     if "alpha" in results:
         print(f"\n{cfg.run_name}: alpha {results['alpha']:g} chosen on dev ({results['run_dir']}/alpha_sweep.json)")
     print(f"\n{cfg.run_name}: best dev checkpoint at step {results['best_step']} ({results['run_dir']})")

@@ -19,19 +19,18 @@ from docre.errors import DocreError, run_cli
 
 def official_scores(run_dir: Path, splits: dict, offsets: dict) -> dict:
     """{f"{split}_{name}": official scores} for the saved logits decoded with each offset."""
-    from docre.config import load_config
+    from docre import run_dir as runs
     from docre.data import load_split, read_split
     from docre.inference import decode_predictions
     from docre.losses import build_loss
     from docre.metrics import score
     from docre.models import load_tokenizer
 
-    cfg = load_config(run_dir / "config.yaml")
+    cfg, _, decode = runs.load_config_and_loss(run_dir)
     data = cfg.data
-    rel2id = json.loads((run_dir / "rel2id.json").read_text(encoding="utf-8"))
+    rel2id = runs.read_json(run_dir / runs.REL2ID)
     tokenizer = load_tokenizer(cfg.model.backbone, cfg.model.revision, cfg.model.trust_remote_code)
     ign_docs = read_split(data.dataset, data.ign_train_file or data.train_file, data.dir, None)[2]
-    decode = json.loads((run_dir / "decode.json").read_text(encoding="utf-8")) if (run_dir / "decode.json").is_file() else {}
     scores = {}
     for split, (logits, _, pairs_per_doc) in splits.items():
         spec = data.dev_file if split == "dev" else data.test_file
@@ -54,13 +53,13 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON line at the end")
     args = parser.parse_args()
 
-    from docre.config import load_config
     from docre.diagnostics import load_logits
     from docre.losses.common import tune_threshold_offset
+    from docre.run_dir import load_config_and_loss
 
     rows = []
     for run_dir in map(Path, args.run_dirs):
-        cfg = load_config(run_dir / "config.yaml")
+        cfg = load_config_and_loss(run_dir)[0]
         top_k = cfg.eval.top_k
         dev, test = load_logits(run_dir / "dev_logits.safetensors"), load_logits(run_dir / "test_logits.safetensors")
         offset = tune_threshold_offset(dev[0], dev[1], top_k)

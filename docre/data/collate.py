@@ -26,6 +26,9 @@ class Batch:
         hts: [P, 2] (head, tail) entity indices, batch numbering; documents in order.
         pairs_per_doc: number of pairs of each document (pairs are grouped by document).
         labels: [P, C] multi-hot float targets, column 0 = NA; None for unlabelled data.
+        entities_per_doc, mentions_per_doc: counts per document (entities and mentions are numbered
+            document by document), kept on the host so the model never asks the device for them.
+        lengths: tokens of each document (likewise).
     """
 
     input_ids: torch.Tensor
@@ -37,14 +40,21 @@ class Batch:
     hts: torch.Tensor
     pairs_per_doc: list[int]
     labels: torch.Tensor | None
+    entities_per_doc: list[int]
+    mentions_per_doc: list[int]
+    lengths: list[int]
 
     def to(self, device: torch.device) -> "Batch":
-        moved = {
-            f.name: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
-            for f in fields(self)
-            for value in [getattr(self, f.name)]
-        }
-        return Batch(**moved)
+        """The tensors on `device`; to a GPU through pinned memory, so the copies do not make the
+        host wait."""
+        cuda = torch.device(device).type == "cuda"
+
+        def move(value):
+            if not isinstance(value, torch.Tensor):
+                return value
+            return (value.pin_memory() if cuda else value).to(device, non_blocking=True)
+
+        return Batch(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
 
 
 def collate(features: list[Feature], num_classes: int, pad_id: int) -> Batch:
@@ -82,6 +92,9 @@ def collate(features: list[Feature], num_classes: int, pad_id: int) -> Batch:
         hts=torch.from_numpy(np.concatenate(hts).reshape(-1, 2).astype(np.int64)),
         pairs_per_doc=pairs_per_doc,
         labels=labels,
+        entities_per_doc=[len(f.entity_pos) for f in features],
+        mentions_per_doc=[sum(len(positions) for positions in f.entity_pos) for f in features],
+        lengths=[len(f.input_ids) for f in features],
     )
 
 

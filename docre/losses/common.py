@@ -91,7 +91,8 @@ def tune_threshold_offset(logits: torch.Tensor, labels: torch.Tensor, top_k: int
     Args:
         logits: [P, C], column 0 = TH. labels: [P, C] multi-hot. top_k: as in `threshold_decode`.
     """
-    logits = logits.double()  # margins of float32 logits are exact in float64
+    # on the CPU, whatever device the logits come from: a sort and a cumulative sum, and exact in float64
+    logits, labels = logits.detach().double().cpu(), labels.detach().cpu()
     in_top_k = torch.ones_like(logits, dtype=torch.bool)
     if top_k < logits.size(1):
         in_top_k = logits >= logits.topk(top_k, dim=1).values[:, -1:]  # [P, C]

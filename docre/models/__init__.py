@@ -4,6 +4,8 @@ registry; the only extra name is the alias of the embedded default encoder."""
 import importlib
 from pathlib import Path
 
+import torch
+
 from docre.errors import DocreError
 from docre.models.atlop import ATLOP
 from docre.models.long_input import encoder_window
@@ -85,12 +87,16 @@ def build_model(
             # eager config: additive float masks; AttentionTap then routes every layer through docre's
             # attention function (SDPA, plus the marker rows of the pooled layers)
             # use_safetensors: never fall back to pytorch_model.bin (a pickle); weights are safetensors only
-            encoder = AutoModel.from_pretrained(source, attn_implementation="eager", use_safetensors=True, **options)
+            # dtype float32: the master weights, whatever dtype the checkpoint is stored in (transformers 5
+            # would keep it: fp16 master weights break the fp16 grad scaler, bf16 ones lose the small updates)
+            encoder = AutoModel.from_pretrained(source, attn_implementation="eager", use_safetensors=True,
+                                                dtype=torch.float32, **options)
         else:
             config = AutoConfig.from_pretrained(source, **options)
             encoder = AutoModel.from_config(config, attn_implementation="eager", trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         raise _hub_error(backbone, error) from None
+    encoder = encoder.float()  # from_config follows the config's dtype too
     if getattr(encoder, "pooler", None) is not None:
         # BERT-style encoders handle a missing pooler; ATLOP never reads it, so it would cost compute
         # and leave parameters without gradient (which stops DistributedDataParallel)

@@ -14,10 +14,11 @@ from docre.data.collate import Batch
 from docre.models.bilinear import group_bilinear
 from docre.models.long_input import AttentionTap, encode
 
-# Default chunk of the group bilinear: about 64 MB of fp32 features (341 pairs at ATLOP's sizes),
-# which bounds the head's temporaries whatever the number of pairs and costs about 5% of its time
-# on CPU against one chunk (docs/performance.md).
+# Default chunk of the group bilinear: about 64 MB of fp32 features (341 pairs at ATLOP's sizes) on
+# CPU, which bounds the head's temporaries whatever the number of pairs and costs about 5% of its
+# time there against one chunk (docs/performance.md); 1 GB on a GPU, where larger products run faster.
 CHUNK_BYTES = 64 * 2**20
+GPU_CHUNK_BYTES = 2**30
 
 
 class ATLOP(nn.Module):
@@ -48,11 +49,12 @@ class ATLOP(nn.Module):
         """Logits [P, num_classes] for the batch's candidate pairs (class 0 = NA/threshold)."""
         hidden, mention_attention = encode(
             self.encoder, self.tap, self.layer_pooling, batch.input_ids, batch.attention_mask,
-            batch.mention_doc, batch.mention_pos, self.window, self.start_ids, self.end_ids,
+            batch.mention_doc, batch.mention_pos, self.window, self.start_ids, self.end_ids, batch.mentions_per_doc,
+            batch.lengths,
         )  # [B, L, D], [M, H, L]
         entity_emb, entity_attention = self._pool_entities(hidden, mention_attention, batch)  # [E, D], [E, H, L]
         heads, tails = batch.hts[:, 0], batch.hts[:, 1]  # [P]
-        context = self._context(hidden, entity_attention, heads, tails, batch.pairs_per_doc)  # [P, D]
+        context = self._context(hidden, entity_attention, heads, tails, batch.pairs_per_doc, batch.entities_per_doc)  # [P, D]
         head_rep = torch.tanh(self.head_extractor(torch.cat([entity_emb[heads], context], dim=1)))  # [P, emb]
         tail_rep = torch.tanh(self.tail_extractor(torch.cat([entity_emb[tails], context], dim=1)))  # [P, emb]
         return self._classify_in_chunks(head_rep, tail_rep)
@@ -78,30 +80,31 @@ class ATLOP(nn.Module):
         return entity_emb, entity_attention
 
     @staticmethod
-    def _context(hidden, entity_attention, heads, tails, pairs_per_doc: list[int]) -> torch.Tensor:
+    def _context(hidden, entity_attention, heads, tails, pairs_per_doc: list[int], entities_per_doc: list[int]) -> torch.Tensor:
         """Localized context pooling: weight tokens by how much both entities attend to them.
 
         Per document, one batched product gives the head-summed attention products of all n x n
         entity pairs ([L, n, n]); the candidate pairs are gathered from it. This never builds the
         [P, H, L] products of the pairs (10x more memory at DocRED sizes) and costs the same FLOPs.
+        A document's entities are numbered first..last-1 in the batch (counted on the host).
         """
         num_heads = entity_attention.size(1)
-        contexts, pair_start, entity_start = [], 0, 0
-        for doc, num_pairs in enumerate(pairs_per_doc):
+        contexts, pair_start, first = [], 0, 0
+        for doc, (num_pairs, num_entities) in enumerate(zip(pairs_per_doc, entities_per_doc)):
             doc_heads, doc_tails = heads[pair_start : pair_start + num_pairs], tails[pair_start : pair_start + num_pairs]
-            first = int(torch.minimum(doc_heads.min(), doc_tails.min())) if num_pairs else entity_start
-            last = int(torch.maximum(doc_heads.max(), doc_tails.max())) + 1 if num_pairs else entity_start
+            last = first + num_entities
             # contiguous: CPU bmm copies every matrix of a strided batch one by one (~40x slower here)
             attention = entity_attention[first:last].permute(2, 0, 1).contiguous()  # [L, n, H]
             products = torch.bmm(attention, attention.transpose(1, 2))  # [L, n, n]: sum over heads of a_i * a_j
             pair_attention = products[:, doc_heads - first, doc_tails - first].t() / num_heads  # [P_doc, L]
             pair_attention = pair_attention / (pair_attention.sum(1, keepdim=True) + 1e-5)
             contexts.append(pair_attention @ hidden[doc])  # [P_doc, D]
-            pair_start, entity_start = pair_start + num_pairs, last
+            pair_start, first = pair_start + num_pairs, last
         return torch.cat(contexts)  # [P, D]
 
     def _classify_in_chunks(self, head_rep: torch.Tensor, tail_rep: torch.Tensor) -> torch.Tensor:
         """Group bilinear: per block of `block_size`, the outer product of head and tail blocks,
         then one linear layer over all blocks' features (ATLOP), computed chunk by chunk."""
-        chunk = self.pair_chunk_size or max(1, CHUNK_BYTES // (4 * self.emb_size * self.block_size))
+        budget = CHUNK_BYTES if head_rep.device.type == "cpu" else GPU_CHUNK_BYTES
+        chunk = self.pair_chunk_size or max(1, budget // (4 * self.emb_size * self.block_size))
         return group_bilinear(head_rep, tail_rep, self.bilinear.weight, self.bilinear.bias, self.block_size, chunk)  # [P, C]

@@ -25,9 +25,15 @@ class _DropoutAttention(torch.autograd.Function):
     the [B, H, L, d] side of each product, and the rest works in place.
     """
 
+    # Autocast: backward runs under the autocast state forward ran under (what torch.amp.custom_bwd
+    # does for one device type; here for the inputs' device, CPU included). Without it, under CUDA
+    # autocast the forward's softmax runs in float32 and the backward would recompute it in bf16, so
+    # the gradient would not be the forward's; under CPU autocast the products would mix dtypes.
     @staticmethod
     def forward(ctx, query, key, value, mask, keep, scale: float, keep_probability: float):
         # mask: additive [B, 1, Lq, Lk], or an empty tensor for none (save_for_backward takes tensors)
+        device = query.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         kept = torch.softmax(_scores(query * scale, key, mask), dim=-1).mul_(keep)  # [B, H, Lq, Lk]
         ctx.save_for_backward(query, key, value, mask, keep)
         ctx.scale, ctx.keep_probability = scale, keep_probability
@@ -37,6 +43,12 @@ class _DropoutAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output, grad_kept):
+        device, enabled, dtype = ctx.autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            return _DropoutAttention._backward(ctx, grad_output, grad_kept)
+
+    @staticmethod
+    def _backward(ctx, grad_output, grad_kept):
         query, key, value, mask, keep = ctx.saved_tensors
         probs = torch.softmax(_scores(query * ctx.scale, key, mask), dim=-1)  # recomputed
         grad_output = grad_output / ctx.keep_probability  # [B, H, Lq, d]
@@ -68,7 +80,10 @@ def dropout_attention(query, key, value, mask, scale: float, dropout: float,
     """
     batch, heads, length, _ = query.shape
     if keep is None:
-        keep = torch.rand(batch, heads, length, key.size(2), device=query.device) >= dropout  # [B, H, Lq, Lk] bool
+        # half the bytes of float32 draws on a GPU in half precision; float32 elsewhere (the CPU stream stays as it was)
+        half = query.is_cuda and query.dtype in (torch.float16, torch.bfloat16)
+        draws = torch.rand(batch, heads, length, key.size(2), device=query.device, dtype=query.dtype if half else None)
+        keep = draws >= dropout  # [B, H, Lq, Lk] bool
     empty = query.new_zeros(0)  # a tensor placeholder keeps save_for_backward simple when there is no mask
     keep_probability = 1.0 - dropout
     output, kept = _DropoutAttention.apply(query, key, value, empty if mask is None else mask, keep, scale,
@@ -80,33 +95,43 @@ def dropout_attention(query, key, value, mask, scale: float, dropout: float,
 def encoder_attention(module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0, **kwargs):
     """A transformers attention function (AttentionInterface) for docre's encoders.
 
-    Training with dropout: the memory-lean function above for every layer. Otherwise SDPA, the
-    fastest path. Layers the model pools (`module.docre_rows` is set: (sequence [K], position [K]))
+    Training with dropout: on CPU the memory-lean function above for every layer (SDPA has no fused
+    kernel with dropout there, measured in docs/performance.md); on a GPU SDPA's fused kernels for
+    every layer but the pooled ones, which need their dropped-out probability rows. Otherwise SDPA,
+    the fastest path. Layers the model pools (`module.docre_rows` is set: (sequence [K], position [K]))
     return as their attention weights only those rows of the probabilities, [K, H, Lk].
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    rows = getattr(module, "docre_rows", None)
+    rows = getattr(module, "docre_rows", None)  # (sequence [K], position [K], groups or None)
     scale = scaling if scaling is not None else query.size(-1) ** -0.5
     mask = attention_mask[..., : key.size(2)] if attention_mask is not None else None
-    if module.training and dropout > 0:
-        return dropout_attention(query, key, value, mask, scale, dropout, rows)
-    output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scale, dropout=0.0, **kwargs)
+    dropout = dropout if module.training else 0.0
+    if dropout > 0 and (rows is not None or query.device.type == "cpu"):
+        return dropout_attention(query, key, value, mask, scale, dropout, None if rows is None else rows[:2])
+    output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scale, dropout=dropout, **kwargs)
     return output, None if rows is None else probability_rows(query, key, mask, scale, *rows)
 
 
-def probability_rows(query, key, mask, scale: float, sequence: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+def probability_rows(query, key, mask, scale: float, sequence: torch.Tensor, position: torch.Tensor,
+                     groups: list[tuple[int, int, int]] | None = None) -> torch.Tensor:
     """softmax(q k^T * scale + mask) at rows (sequence[k], position[k]) only: [K, H, Lk].
 
     One product per sequence of the batch between its requested query rows and all its keys.
+    `groups` (sequence, first row, rows), known on the host when the rows come sorted by sequence,
+    saves finding them on the device (a wait on a GPU).
     """
-    pieces, picked_all = [], []
-    for b in sequence.unique().tolist():
-        picked = (sequence == b).nonzero(as_tuple=True)[0]  # [k]
+    if groups is None:  # rows in any order: find each sequence's rows
+        found = [(b, (sequence == b).nonzero(as_tuple=True)[0]) for b in sequence.unique().tolist()]  # [k] each
+    else:
+        found = [(b, slice(start, start + count)) for b, start, count in groups]
+    pieces = []
+    for b, picked in found:
         row_mask = None if mask is None else mask[b][:, position[picked]]  # [1, k, Lk]
         scores = _scores(query[b][:, position[picked]] * scale, key[b], row_mask)  # [H, k, Lk]
         pieces.append(torch.softmax(scores, dim=-1).transpose(0, 1))  # [k, H, Lk]
-        picked_all.append(picked)
     if not pieces:
         return query.new_zeros(0, query.size(1), key.size(2))
-    return torch.cat(pieces)[torch.argsort(torch.cat(picked_all))]  # back to the requested order
+    if groups is not None:
+        return torch.cat(pieces)  # already in the requested order
+    return torch.cat(pieces)[torch.argsort(torch.cat([picked for _, picked in found]))]  # back to the requested order

@@ -8,6 +8,11 @@ two more tensors of that size for the gradients of the two factors. Here the fea
 per chunk of pairs, never saved (recomputed in backward: one cheap outer product), and the factor
 gradients are batched matrix products, so no temporary is larger than one chunk's features.
 The arithmetic is the same as ATLOP's; only the order of the work changes.
+
+Precision: the logits are computed in float32 whatever the autocast dtype. They decide which
+relations are predicted (a threshold compares two logits), and bf16 logits would meet exact ties and
+shift decisions; the product is small next to the encoder. The weight gradient, a sum over all
+pairs, is accumulated in float32 too.
 """
 
 import torch
@@ -25,23 +30,27 @@ class _GroupBilinear(torch.autograd.Function):
     # Every chunk's [n, k*b*b] temporaries go into buffers allocated once per call: a fresh tensor
     # of that size per chunk is mapped and page-faulted in anew (64 MB; the outer product took 8x
     # longer into a fresh tensor than into a reused one on the 2-core machine, docs/performance.md).
+    # custom_fwd(cast_inputs=float32): under CUDA autocast the function runs with autocast off on
+    # float32 inputs; on other devices the casts below do the same.
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, head, tail, weight, bias, block: int, chunk: int):
-        # Under autocast the matrix products run in the autocast dtype, as nn.Linear would.
-        dtype = torch.get_autocast_dtype(head.device.type) if torch.is_autocast_enabled(head.device.type) else head.dtype
-        head, tail = head.to(dtype), tail.to(dtype)
+        dtype = torch.promote_types(head.dtype, torch.float32)  # float32 logits under any autocast (float64 stays)
+        head, tail = head.to(dtype), tail.to(dtype)  # [P, emb]
         weight_c, bias_c = weight.to(dtype), bias.to(dtype)
         features = head.new_empty(min(chunk, head.size(0)), weight.size(1))  # [chunk, k*b*b]
-        logits = torch.cat([
-            torch.addmm(bias_c, _outer(h, t, block, features), weight_c.t())  # [n, C]
-            for h, t in zip(head.split(chunk), tail.split(chunk))
-        ])
+        with torch.autocast(head.device.type, enabled=False):
+            logits = torch.cat([
+                torch.addmm(bias_c, _outer(h, t, block, features), weight_c.t())  # [n, C]
+                for h, t in zip(head.split(chunk), tail.split(chunk))
+            ])
         ctx.save_for_backward(head, tail, weight)
         ctx.block, ctx.chunk, ctx.bias_dtype = block, chunk, bias.dtype
         return logits
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_logits):
         head, tail, weight = ctx.saved_tensors
         block, chunk = ctx.block, ctx.chunk

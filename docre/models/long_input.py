@@ -70,9 +70,10 @@ class AttentionTap:
             module.docre_rows = None
             module.register_forward_hook(self._keep)
 
-    def set_rows(self, rows: tuple[torch.Tensor, torch.Tensor]) -> None:
-        """(sequence [K], position [K]) of the rows the next passes compute. They stay set, because
-        gradient-checkpoint recomputation in backward must repeat the forward exactly."""
+    def set_rows(self, rows: tuple) -> None:
+        """(sequence [K], position [K], groups or None) of the rows the next passes compute (see
+        `attention.probability_rows`). They stay set, because gradient-checkpoint recomputation in
+        backward must repeat the forward exactly."""
         for module in self.pooled:
             module.docre_rows = rows
 
@@ -119,12 +120,17 @@ def encode(
     window: int,
     start_ids: list[int],
     end_ids: list[int],
+    queries_per_doc: list[int] | None = None,
+    lengths: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode a batch; return hidden states and the attention rows of the query positions.
 
     Args:
         input_ids, attention_mask: [B, L] documents with their special tokens, right-padded.
         query_doc, query_pos: [Q] document and position of each query (mention marker).
+        queries_per_doc: the number of queries of each document, when the queries come sorted by
+            document (known on the host: the device need not be asked).
+        lengths: the tokens of each document (known on the host: likewise).
 
     Returns:
         hidden: [B, L, D] pooled hidden states.
@@ -132,9 +138,15 @@ def encode(
     """
     batch, length = input_ids.shape
     if length <= window:
-        return _run(encoder, tap, layer_pooling, input_ids, attention_mask, (query_doc, query_pos))
+        groups = None
+        if queries_per_doc is not None:
+            starts = [sum(queries_per_doc[:b]) for b in range(len(queries_per_doc))]
+            groups = [(b, start, count) for b, (start, count) in enumerate(zip(starts, queries_per_doc)) if count]
+        padded = lengths is None or min(lengths) < length
+        return _run(encoder, tap, layer_pooling, input_ids, attention_mask, (query_doc, query_pos, groups), padded)
 
-    lengths = attention_mask.sum(1).tolist()
+    if lengths is None:
+        lengths = attention_mask.sum(1).tolist()
     plan = plan_windows(lengths, window, len(start_ids), len(end_ids))
     win_ids, win_mask, win_dest = _window_tensors(plan, input_ids, lengths, window, start_ids, end_ids)
     width = win_ids.size(1)
@@ -142,7 +154,8 @@ def encode(
     query_flat = query_doc * length + query_pos  # [Q]
     hit_query, hit_slot = (win_dest.view(1, -1) == query_flat.view(-1, 1)).nonzero(as_tuple=True)  # [K]
     hit_window, hit_row = hit_slot // width, hit_slot % width
-    hidden_w, rows = _run(encoder, tap, layer_pooling, win_ids, win_mask, (hit_window, hit_row))  # [N, W, D], [K, H, W]
+    # [N, W, D], [K, H, W]
+    hidden_w, rows = _run(encoder, tap, layer_pooling, win_ids, win_mask, (hit_window, hit_row, None), True)
 
     # hidden: average over the windows that keep each position
     keep = win_dest >= 0  # [N, W]
@@ -162,19 +175,32 @@ def encode(
     return hidden, attention
 
 
-def _run(encoder, tap: AttentionTap, layer_pooling: str, input_ids, attention_mask, rows):
+def _run(encoder, tap: AttentionTap, layer_pooling: str, input_ids, attention_mask, rows, padded: bool):
     """One encoder pass: pooled hidden states [N, L, D] and the pooled attention rows `rows`
-    (sequence, position) of the pooled layers, [K, H, L]."""
+    (sequence, position, groups) of the pooled layers, [K, H, L]. Without padding (`padded` false)
+    no mask is given, as transformers itself drops an all-ones mask."""
     tap.set_rows(rows)
     tap.kept, tap.capturing = [], True
     try:
-        output = encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        mask = additive_mask(attention_mask) if padded else None
+        output = encoder(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
     finally:
         tap.capturing = False
     kept, tap.kept = tap.kept, []
     if layer_pooling == "last":
         return output.hidden_states[-1], kept[-1]
     return torch.stack(output.hidden_states[-3:]).mean(0), torch.stack(kept[-3:]).mean(0)
+
+
+def additive_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, L] 1/0 mask -> the [B, 1, L, L] additive float32 mask transformers builds for eager
+    attention (0 for real keys, float32's lowest value for padding), as an expanded view. Given
+    ready-made, it spares transformers' own mask building, which asks the device whether the batch
+    has padding at all (a wait for the GPU in every forward)."""
+    batch, length = attention_mask.shape
+    lowest = torch.finfo(torch.float32).min
+    keys = torch.zeros(batch, length, device=attention_mask.device).masked_fill_(attention_mask == 0, lowest)  # [B, L]
+    return keys[:, None, None, :].expand(batch, 1, length, length)
 
 
 def _window_tensors(plan, input_ids, lengths, window, start_ids, end_ids):
