@@ -2,6 +2,7 @@
 docs/performance.md).
 
     python scripts/benchmark.py [--encoder minilm|bert-base] [--threads 2] [--quick] [--json]
+    python scripts/benchmark.py --attention-paths [--encoder bert-base]   # fast vs general attention path
 
 Measured in one process, side by side, on batches of 4 Re-DocRED documents from the training
 sampler: a full training step of the ATLOP model (forward, loss, backward, optimizer step) against
@@ -46,6 +47,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true",
                         help="smaller samples, no memory-switch or long-document figures: under a minute")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line at the end")
+    parser.add_argument("--attention-paths", action="store_true",
+                        help="only the training step's ratio on docre's fast attention path and on the general path "
+                             "(the encoder's own attention, taken by encoders docre cannot route), side by side")
     parser.add_argument("--part", choices=("long-doc",), help=argparse.SUPPRESS)  # internal: run in a subprocess
     parser.add_argument("--gradient-checkpointing", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -67,6 +71,15 @@ def main() -> int:
     dtype = resolve_precision(args.precision, device)
     figures = {"encoder": args.encoder, "threads": args.threads, "quick": args.quick, "device": str(device),
                "precision": args.precision} | machine_record()
+    if args.attention_paths:
+        with tempfile.TemporaryDirectory() as scratch:
+            backbone = backbone_folder(args.encoder, Path(scratch))
+            figures |= attention_paths(backbone, batches=2 if args.quick else 5, reps=1 if args.quick else 3,
+                                       device=device, dtype=dtype)
+        report_attention_paths(figures)
+        if args.json:
+            print(json.dumps(figures))
+        return 0
     with tempfile.TemporaryDirectory() as scratch:
         backbone = backbone_folder(args.encoder, Path(scratch))
         figures |= preprocessing(Path(scratch) / "cache")
@@ -193,10 +206,11 @@ def encoder_inputs(batch, model):
     return ids, mask
 
 
-def step_ratios(backbone: str, batches: int, reps: int, device=None, dtype=None) -> dict:
+def step_ratios(backbone: str, batches: int, reps: int, device=None, dtype=None, **options) -> dict:
     """A training step as train() runs it (collate, forward, loss, backward, clipping, AdamW step,
     with the MiniLM config's max_batch_tokens) vs the encoder's forward+backward on the same
-    documents (their windows where they are longer than the encoder window)."""
+    documents (their windows where they are longer than the encoder window). `options` go to
+    build_model."""
     import torch
 
     from docre.config import TrainConfig, load_config
@@ -207,7 +221,7 @@ def step_ratios(backbone: str, batches: int, reps: int, device=None, dtype=None)
     device, dtype = device or torch.device("cpu"), dtype or torch.float32
     # the CPU config's token budget on CPU; none on a GPU (its memory holds a whole batch)
     budget = load_config(ROOT / "configs/redocred_mini/minilm_atgl.yaml").train.max_batch_tokens if device.type == "cpu" else 0
-    model, encoder, loss_fn, tokenizer, rel2id = build(backbone)
+    model, encoder, loss_fn, tokenizer, rel2id = build(backbone, **options)
     model, encoder = model.to(device), encoder.to(device).train()
     optimizer = build_optimizer(model, TrainConfig())
     scheduler = linear_warmup_decay(optimizer, 0, 10**6)
@@ -242,6 +256,15 @@ def step_ratios(backbone: str, batches: int, reps: int, device=None, dtype=None)
         "tokens_per_batch": sum(int(mask.sum()) for _, mask in inputs) / len(data),
         "max_batch_tokens": budget,
     }
+
+
+def attention_paths(backbone: str, batches: int, reps: int, device=None, dtype=None) -> dict:
+    """`step_ratios` on docre's fast attention path, then on the general path forced on the same
+    encoder (models/long_input.py: every layer runs the encoder's own eager attention, the pooled
+    layers return their whole maps); each against the same SDPA encoder's forward+backward."""
+    fast = step_ratios(backbone, batches, reps, device, dtype)
+    general = step_ratios(backbone, batches, reps, device, dtype, general_attention=True)
+    return {f"fast_{k}": v for k, v in fast.items()} | {f"general_{k}": v for k, v in general.items()}
 
 
 def inference_ratio(backbone: str, docs: int, reps: int, device=None, dtype=None) -> dict:
@@ -391,6 +414,16 @@ def report(figures: dict) -> None:
                          f"step {figures[prefix + '_step_s']:.2f} s, peak {figures[prefix + '_peak_rss_mb']:.0f} MiB, "
                          f"finite gradients {figures[prefix + '_finite']}")
     print("\n".join(lines))
+
+
+def report_attention_paths(figures: dict) -> None:
+    print(f"docre benchmark: encoder {figures['encoder']}, {figures['device']} {figures['precision']}, "
+          f"{figures['threads']} threads, {figures['cpu']} ({figures['cores']} cores)")
+    for path in ("fast", "general"):
+        print(f"{path:8} path: training step {figures[path + '_train_step_s']:.3f} s   encoder fwd+bwd "
+              f"{figures[path + '_encoder_train_s']:.3f} s   ratio {figures[path + '_train_ratio']:.2f}")
+    print(f"general / fast: x{figures['general_train_ratio'] / figures['fast_train_ratio']:.2f} per step "
+          f"({figures['fast_pairs_per_batch']:.0f} pairs, {figures['fast_tokens_per_batch']:.0f} tokens per batch)")
 
 
 if __name__ == "__main__":

@@ -71,12 +71,16 @@ def build_model(
     revision: str = "",
     trust_remote_code: bool = False,
     pretrained: bool = True,
+    general_attention: bool = False,
 ) -> ATLOP:
     """The ATLOP model over a Hugging Face encoder.
 
     Args:
         pretrained: load the encoder's weights (training); False builds it from its config only,
             for loading a trained checkpoint over it.
+        general_attention: run the encoder's own attention and read the pooled layers' maps (the
+            general path of models/long_input.py) even where docre's fast path exists: for
+            comparisons and tests; encoders without the fast path always take it.
     """
     from transformers import AutoConfig, AutoModel
 
@@ -85,7 +89,8 @@ def build_model(
     try:
         if pretrained:
             # eager config: additive float masks; AttentionTap then routes every layer through docre's
-            # attention function (SDPA, plus the marker rows of the pooled layers)
+            # attention function (SDPA, plus the marker rows of the pooled layers); encoders it cannot route
+            # run their own eager attention, which returns the attention maps the general path reads
             # use_safetensors: never fall back to pytorch_model.bin (a pickle); weights are safetensors only
             # dtype float32: the master weights, whatever dtype the checkpoint is stored in (transformers 5
             # would keep it: fp16 master weights break the fp16 grad scaler, bf16 ones lose the small updates)
@@ -101,7 +106,15 @@ def build_model(
         # BERT-style encoders handle a missing pooler; ATLOP never reads it, so it would cost compute
         # and leave parameters without gradient (which stops DistributedDataParallel)
         encoder.pooler = None
+    for name, parameter in encoder.named_parameters():
+        if name.rsplit(".", 2)[-2] in ("query_global", "key_global", "value_global"):
+            # Longformer's projections for global attention: docre marks no token global, so they are
+            # never used (a parameter without gradient stops DistributedDataParallel, as above)
+            parameter.requires_grad_(False)
     if gradient_checkpointing:
+        if not encoder.supports_gradient_checkpointing:
+            raise DocreError(f"model.gradient_checkpointing: {type(encoder).__name__} does not support it; "
+                             "set model.gradient_checkpointing=false")
         kwargs = {"use_reentrant": False}  # non-reentrant: the captured attention keeps its graph
         if hasattr(encoder, "activation_checkpointing_enable"):  # transformers >= 5.x name
             encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
@@ -117,6 +130,7 @@ def build_model(
         emb_size=emb_size,
         block_size=block_size,
         pair_chunk_size=pair_chunk_size,
+        general_attention=general_attention,
     )
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from docre.data.collate import Batch
 from docre.models.bilinear import group_bilinear
-from docre.models.long_input import AttentionTap, encode
+from docre.models.long_input import attention_tap, encode
 
 # Default chunk of the group bilinear: about 64 MB of fp32 features (341 pairs at ATLOP's sizes) on
 # CPU, which bounds the head's temporaries whatever the number of pairs and costs about 5% of its
@@ -33,6 +33,7 @@ class ATLOP(nn.Module):
         emb_size: int = 768,
         block_size: int = 64,
         pair_chunk_size: int = 0,
+        general_attention: bool = False,
     ):
         super().__init__()
         self.encoder = encoder
@@ -40,7 +41,8 @@ class ATLOP(nn.Module):
         self.head_extractor = nn.Linear(2 * hidden_size, emb_size)
         self.tail_extractor = nn.Linear(2 * hidden_size, emb_size)
         self.bilinear = nn.Linear(emb_size * block_size, num_classes)
-        self.tap = AttentionTap(encoder, 1 if layer_pooling == "last" else 3)
+        # docre's fast attention path where the encoder allows it, else the encoder's own (long_input.py)
+        self.tap = attention_tap(encoder, 1 if layer_pooling == "last" else 3, general_attention)
         self.layer_pooling = layer_pooling
         self.start_ids, self.end_ids, self.window = list(start_ids), list(end_ids), window
         self.emb_size, self.block_size, self.pair_chunk_size = emb_size, block_size, pair_chunk_size
