@@ -3,7 +3,7 @@
 Merge order: dataclass defaults < YAML file < command line. The defaults are the published
 ATLOP settings (DocRED, BERT-base), so a YAML file states only what differs. `load_config` fails
 within a second on a misspelled key, a value of the wrong type, an unknown choice, an unknown
-dataset or loss name, or a loss keyword that the loss does not take, before any model is loaded.
+dataset, model or loss name, or a loss keyword that the loss does not take, before any model is loaded.
 
 This is the only module that imports OmegaConf; everything else receives plain dataclasses.
 """
@@ -36,6 +36,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    name: str = "atlop"  # model in docre.models.MODELS: atlop (DREEAM, DocuNet, KD-DocRE planned)
     backbone: str = "bert-base-cased"  # Hugging Face id, local folder, or the alias "minilm"
     revision: str = ""  # hub revision (branch, tag or commit) to pin; "" = default branch
     trust_remote_code: bool = False  # allow code from the backbone's hub repository
@@ -217,6 +218,12 @@ def check_config(cfg: Config, source: str = "config") -> None:
 
     if cfg.data.dataset not in READERS:
         raise DocreError(f"{source}: data.dataset={cfg.data.dataset!r} is not one of {', '.join(READERS)}")
+    from docre.models import MODELS
+
+    if cfg.model.name not in MODELS:
+        hint = difflib.get_close_matches(cfg.model.name, MODELS, n=1)
+        suggestion = f" (did you mean {hint[0]}?)" if hint else ""
+        raise DocreError(f"{source}: model.name={cfg.model.name!r} is not one of {', '.join(MODELS)}{suggestion}")
     loss_kwargs = dict(cfg.loss)
     name = loss_kwargs.pop("name", None)
     check_loss_kwargs(name, loss_kwargs, source)

