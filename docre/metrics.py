@@ -1,5 +1,6 @@
 """Scoring: official DocRED P/R/F1 and Ign F1 (the DocRED scorer as ATLOP's `evaluation.py` has it,
-github.com/wzhouad/ATLOP), CDR/GDA binary F1 (ATLOP's `train_bio.py`), and the breakdowns of
+github.com/wzhouad/ATLOP), evidence P/R/F1 (the official scorer's Evi_F1, thunlp/DocRED
+code/evaluation.py), CDR/GDA binary F1 (ATLOP's `train_bio.py`), and the breakdowns of
 docs/metrics.md (intra/inter-sentence, frequent/long-tail, per relation).
 
 Every function takes leaderboard rows {"title", "h_idx", "t_idx", "r"} and DocRED-format gold
@@ -12,6 +13,8 @@ bio scorer adds 1e-5, which moves F1 by less than 0.001 points on CDR).
 
 from collections import Counter
 from collections.abc import Iterable
+
+from docre.errors import DocreError
 
 BINARY_DATASETS = ("cdr", "gda")  # one relation, scored on the listed candidate pairs
 FREQUENT_RELATIONS = 10  # the "frequent" relations: the most frequent of the training file
@@ -42,7 +45,7 @@ def docred_scores(predictions: list[dict], gold_docs: list[dict], train_docs: li
     """Score leaderboard rows against gold documents.
 
     Args:
-        predictions: rows {"title", "h_idx", "t_idx", "r"}; repeated rows count once; rows for
+        predictions: rows {"title", "h_idx", "t_idx", "r", "evidence"?}; repeated rows count once; rows for
             titles not in the gold documents count as wrong.
         gold_docs: DocRED-format documents with "labels".
         train_docs: the training documents; a correct prediction is "seen in training" when any
@@ -50,7 +53,8 @@ def docred_scores(predictions: list[dict], gold_docs: list[dict], train_docs: li
             removes those from the precision's numerator and denominator; recall is unchanged.
 
     Returns:
-        precision, recall, f1, ign_precision, ign_f1 as fractions, and the counts behind them.
+        precision, recall, f1, ign_precision, ign_f1 as fractions, and the counts behind them;
+        evidence_precision, evidence_recall, evidence_f1 and their counts (`evidence_scores`).
     """
     gold = gold_facts(gold_docs)
     predicted = {(row["title"], row["h_idx"], row["t_idx"], row["r"]) for row in predictions}
@@ -76,7 +80,51 @@ def docred_scores(predictions: list[dict], gold_docs: list[dict], train_docs: li
         "num_gold": len(gold),
         "num_correct": len(correct),
         "num_correct_in_train": correct_seen,
-    }
+    } | evidence_scores(predictions, gold_docs)
+
+
+def _evidence_ids(evidence, where: str) -> set[int]:
+    if type(evidence) not in (list, tuple) or not set(map(type, evidence)) <= {int}:
+        raise DocreError(f"{where}: evidence: must be a list of sentence indices, got {evidence!r}")
+    return set(evidence)
+
+
+def evidence_scores(predictions: list[dict], gold_docs: list[dict]) -> dict[str, float]:
+    """Evidence precision, recall and F1: the official DocRED scorer's Evi_F1 (thunlp/DocRED,
+    code/evaluation.py), on facts counted once as everywhere in this module.
+
+    * predicted evidence: the evidence sentences of every distinct predicted fact, correct or not
+      (the official `pred_evi` sums over all submitted rows, not only the correct ones);
+    * gold evidence: the evidence sentences of every distinct gold fact, found or not (`tot_evidences`);
+    * correct evidence: for each correctly predicted fact only, |predicted ∩ gold| sentences; the
+      evidence of a fact with a wrong relation, head or tail earns nothing.
+    P = correct / predicted (0 when nothing is predicted), R = correct / gold (0 when no gold fact
+    has evidence), F1 their harmonic mean. The keys are always present; with no evidence predicted
+    (every model but an evidence model, rows with "evidence": [] or none) all three are 0.
+
+    Where the official script counts lists instead of sets, this counts sets, as the relation scores
+    here already do: rows repeating a fact count once with the union of their evidence (the
+    official script counts every row), a gold fact labelled twice has the union of its labels'
+    evidence (the official script keeps the last label's set but adds both lengths to the gold
+    total), a sentence id repeated in one list counts once, and the evidence of rows for documents
+    not in `gold_docs` counts as predicted (the official script skips those rows here, while
+    counting them as wrong relations). On Re-DocRED dev/test none of these cases occur.
+    """
+    gold: dict[tuple, set[int]] = {}
+    for doc in gold_docs:
+        for label in doc.get("labels", []):
+            fact = (doc["title"], label["h"], label["t"], label["r"])
+            gold.setdefault(fact, set()).update(label.get("evidence", ()))
+    predicted: dict[tuple, set[int]] = {}
+    for i, row in enumerate(predictions):
+        fact = (row["title"], row["h_idx"], row["t_idx"], row["r"])
+        predicted.setdefault(fact, set()).update(_evidence_ids(row.get("evidence", []), f"prediction {i}"))
+    num_predicted = sum(map(len, predicted.values()))
+    num_gold = sum(map(len, gold.values()))
+    num_correct = sum(len(evidence & gold[fact]) for fact, evidence in predicted.items() if fact in gold)
+    scores = prf(num_correct, num_predicted, num_gold)
+    return {"evidence_precision": scores["precision"], "evidence_recall": scores["recall"], "evidence_f1": scores["f1"],
+            "num_evidence_predicted": num_predicted, "num_evidence_gold": num_gold, "num_evidence_correct": num_correct}
 
 
 def score(dataset: str, predictions: list[dict], gold_docs: list[dict], train_docs: list[dict]) -> dict[str, float]:

@@ -143,10 +143,11 @@ class Predictor:
 
         Returns:
             Per document, its triples, highest score first: {"h_idx", "h_name", "t_idx", "t_name",
-            "r", "r_name", "score", "h_sents", "t_sents"}: entity indices into the document's
-            entities (vertexSet), their names, the relation id and name, the score (how far past the
-            loss's decision boundary: the relation logit minus the TH logit for ATL/ATGL), and the
-            sentence ids of the head's and of the tail's mentions.
+            "r", "r_name", "score", "h_sents", "t_sents", "evidence"}: entity indices into the
+            document's entities (vertexSet), their names, the relation id and name, the score (how
+            far past the loss's decision boundary: the relation logit minus the TH logit for
+            ATL/ATGL), the sentence ids of the head's and of the tail's mentions, and the ids of the
+            sentences predicted as the triple's evidence (always [] until a model predicts evidence).
         """
         docs = documents if prepared else prepare_documents(documents)
         rows, scores, pair_rows = self._decode(docs, batch_size or self.cfg.eval.batch_size, self._top_k(top_k), progress)
@@ -155,13 +156,15 @@ class Predictor:
         for row in rows:
             rows_of[row["title"]].append(row)
         results = []
-        for doc, doc_pairs in zip(docs, pair_rows):
+        for doc, doc_pairs in zip(docs, pair_rows):  # sentence ids index doc["sents"] (and "sent_spans" for raw text)
             names = doc.get("entity_names") or [entity[0]["name"] for entity in doc["vertexSet"]]
             sents = [sorted({m["sent_id"] for m in entity}) for entity in doc["vertexSet"]]
             triples = [
                 {"h_idx": h, "h_name": names[h], "t_idx": t, "t_name": names[t], "r": r, "r_name": self.rel_info.get(r, r),
-                 "score": round(float(scores[doc_pairs[(h, t)], self.rel2id[r]]), 4), "h_sents": sents[h], "t_sents": sents[t]}
-                for h, t, r in ((row["h_idx"], row["t_idx"], row["r"]) for row in rows_of[doc["title"]])
+                 "score": round(float(scores[doc_pairs[(h, t)], self.rel2id[r]]), 4), "h_sents": sents[h], "t_sents": sents[t],
+                 "evidence": list(evidence)}
+                for h, t, r, evidence in ((row["h_idx"], row["t_idx"], row["r"], row.get("evidence", []))
+                                          for row in rows_of[doc["title"]])
             ]
             results.append(sorted(triples, key=lambda x: (-x["score"], x["h_idx"], x["t_idx"], x["r"])))
         return results

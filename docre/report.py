@@ -2,14 +2,18 @@
 
 METRICS = (("precision", "P"), ("recall", "R"), ("f1", "F1"), ("ign_f1", "Ign F1"),
            ("intra_f1", "Intra F1"), ("inter_f1", "Inter F1"))
+EVIDENCE = (("evidence_precision", "Evi P"), ("evidence_recall", "Evi R"), ("evidence_f1", "Evi F1"))
 SUBSETS = (("intra", "intra-sentence"), ("inter", "inter-sentence"), ("frequent", "frequent relations"),
            ("long_tail", "long-tail relations"))
 
 
 def results_table(results: dict) -> str:
-    """A markdown table of the dev/test scores in a results dict (fractions shown as %)."""
+    """A markdown table of the dev/test scores in a results dict (fractions shown as %). Evidence
+    P/R/F1 columns appear only when some split's predictions carry evidence."""
     splits = [s for s in ("dev", "test") if results.get(s)]
     columns = [(key, name) for key, name in METRICS if any(key in results[s] for s in splits)]
+    if any(results[s].get("num_evidence_predicted", 0) > 0 for s in splits):
+        columns += [(key, name) for key, name in EVIDENCE if any(key in results[s] for s in splits)]
     lines = ["| split | " + " | ".join(name for _, name in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for split in splits:
         cells = [f"{results[split][key] * 100:.2f}" if key in results[split] else "–" for key, _ in columns]

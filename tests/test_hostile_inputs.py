@@ -112,6 +112,8 @@ READER_CASES = [
      f"{DOC}: labels[3].r: must be a relation id string"),
     ("evidence not a list", edited(lambda d: d[1]["labels"][3].__setitem__("evidence", "1,2")),
      f"{DOC}: labels[3].evidence: must be a list of sentence indices"),
+    ("evidence past the sentences", edited(lambda d: d[1]["labels"][3].__setitem__("evidence", [0, 99])),
+     f"{DOC}: labels[3].evidence: 99 is not a sentence index (0..2)"),
 ]
 CASES = {case: (content, message) for case, content, message in READER_CASES}
 

@@ -166,6 +166,7 @@ def test_triples_carry_names_sentences_and_the_loss_margin(predictor, fixture_do
             assert t["r_name"] == rel_info[t["r"]]
             assert t["h_sents"] == sorted({m["sent_id"] for m in doc["vertexSet"][t["h_idx"]]})
             assert t["t_sents"] == sorted({m["sent_id"] for m in doc["vertexSet"][t["t_idx"]]})
+            assert t["evidence"] == []  # sentence ids; empty until a model predicts evidence
             row = doc_logits[pair[(t["h_idx"], t["t_idx"])]]
             margin = float(row[predictor.rel2id[t["r"]]] - row[0])  # ATGL: relation logit minus TH logit
             assert t["score"] == pytest.approx(margin, abs=1e-4) and t["score"] > 0
@@ -289,6 +290,7 @@ def test_cli_reads_raw_text_json_lines(run_dir, predictor, tmp_path, capsys):
     assert lines[1]["sent_spans"] == [[0, 15], [17, 38]]
     assert [line["triples"] for line in lines] == predictor.predict(docs)
     assert any(t["h_sents"] == [0, 1] for t in lines[1]["triples"] if t["h_idx"] == 1)
+    assert all(t["evidence"] == [] for line in lines for t in line["triples"])
 
 
 def test_cli_on_real_redocred_slice_agrees_with_the_api(run_dir, redocred_triples, tmp_path, capsys):

@@ -135,7 +135,7 @@ def validate_docred(docs: list, path, rel2id: dict[str, int] | None, first_index
                 repeated_mentions += key in seen
                 seen.add(key)
         if "labels" in doc:
-            repeated_labels += _check_labels(doc["labels"], len(entities), rel2id, where)
+            repeated_labels += _check_labels(doc["labels"], len(entities), len(sents), rel2id, where)
     repeats = [f"{repeated_labels} repeated labels (scored once)"] * bool(repeated_labels) + [
         f"{repeated_mentions} repeated mentions (kept, as ATLOP keeps them)"] * bool(repeated_mentions)
     if repeats:
@@ -170,8 +170,9 @@ def _check_mention(mention, sents: list, where: str, e: int, m: int) -> None:
     raise DocreError(f"{field}.pos: [{start}, {end}) lies outside sentence {sent_id} ({len(sents[sent_id])} words)")
 
 
-def _check_labels(labels, num_entities: int, rel2id: dict | None, where: str) -> int:
-    """Check the labels of one document; return how many repeat an earlier label."""
+def _check_labels(labels, num_entities: int, num_sents: int, rel2id: dict | None, where: str) -> int:
+    """Check the labels of one document; return how many repeat an earlier label. A label's
+    "evidence" (optional; the sentences that support it) must be a list of sentence indices."""
     if type(labels) is not list:
         raise DocreError(f"{where}: labels: must be a list")
     seen, repeats = set(), 0
@@ -182,15 +183,16 @@ def _check_labels(labels, num_entities: int, rel2id: dict | None, where: str) ->
         evidence = label.get("evidence", ())
         if not (type(head) is int and type(tail) is int and 0 <= head < num_entities and 0 <= tail < num_entities
                 and head != tail and type(relation) is str and (rel2id is None or rel2id.get(relation, 0) > 0)
-                and type(evidence) in (list, tuple) and set(map(type, evidence)) <= {int}):
-            _explain_label(label, num_entities, rel2id, f"{where}: labels[{i}]")
+                and type(evidence) in (list, tuple) and set(map(type, evidence)) <= {int}
+                and all(0 <= e < num_sents for e in evidence)):
+            _explain_label(label, num_entities, num_sents, rel2id, f"{where}: labels[{i}]")
         key = (head, tail, relation)
         repeats += key in seen
         seen.add(key)
     return repeats
 
 
-def _explain_label(label: dict, num_entities: int, rel2id: dict | None, field: str) -> None:
+def _explain_label(label: dict, num_entities: int, num_sents: int, rel2id: dict | None, field: str) -> None:
     for key in ("h", "t", "r"):
         if key not in label:
             raise DocreError(f"{field}: missing field '{key}'")
@@ -207,4 +209,8 @@ def _explain_label(label: dict, num_entities: int, rel2id: dict | None, field: s
         raise DocreError(f"{field}.r: relation {relation!r} is not in the relation map")
     if rel2id is not None and rel2id[relation] == 0:
         raise DocreError(f"{field}.r: {relation!r} is the NA class, not a relation")
+    evidence = label.get("evidence")
+    if type(evidence) in (list, tuple) and set(map(type, evidence)) <= {int}:
+        bad = next(e for e in evidence if not 0 <= e < num_sents)
+        raise DocreError(f"{field}.evidence: {bad} is not a sentence index (0..{num_sents - 1})")
     raise DocreError(f"{field}.evidence: must be a list of sentence indices")

@@ -28,6 +28,14 @@ class Feature:
             entities, or the listed candidate pairs where the dataset has them (CDR, GDA).
         labels: [num_facts, 2] rows of (pair index, relation id) for the gold relations; pairs
             without a row are NA. None when the split has no labels (e.g. DocRED test).
+        sent_pos: [num_sents, 2] per sentence of the document, its [start, end) span in
+            `input_ids`, markers included (the same coordinates as `entity_pos`); the spans follow
+            each other without gaps from the first document token to the last. A sentence cut by
+            `max_seq_length` is clipped, one wholly cut is empty (start == end). None only for
+            features built by hand.
+        evidence: per row of `labels`, the sorted gold evidence sentence ids of that fact (the
+            union over repeated labels; empty where the data gives none, as for CDR/GDA). None
+            when `labels` is None.
     """
 
     title: str
@@ -35,6 +43,8 @@ class Feature:
     entity_pos: list[list[int]]
     hts: np.ndarray
     labels: np.ndarray | None
+    sent_pos: np.ndarray | None = None
+    evidence: list[list[int]] | None = None
 
 
 @dataclass
@@ -100,7 +110,9 @@ def _featurize_doc(doc: dict, pieces_of: dict, info: TokenizerInfo, rel2id: dict
     ends = {(m["sent_id"], m["pos"][1] - 1) for entity in doc["vertexSet"] for m in entity}
     pieces: list[int] = []
     word_offsets = []  # per sentence: index in `pieces` where each word (with its marker) begins
+    sent_starts = []  # per sentence: index in `pieces` where it begins
     for s, sent in enumerate(doc["sents"]):
+        sent_starts.append(len(pieces))
         offsets = []
         for w, word in enumerate(sent):
             offsets.append(len(pieces))
@@ -115,6 +127,8 @@ def _featurize_doc(doc: dict, pieces_of: dict, info: TokenizerInfo, rel2id: dict
         lost_pieces = len(pieces) - budget
         pieces = pieces[:budget]
     shift = len(info.start_ids)
+    bounds = np.minimum(np.asarray(sent_starts + [len(pieces)], dtype=np.int32), len(pieces)) + shift
+    sent_pos = np.stack([bounds[:-1], bounds[1:]], axis=1)  # [num_sents, 2] clipped to what was kept
     entity_pos, lost_mentions = [], 0
     for entity in doc["vertexSet"]:
         positions = [word_offsets[m["sent_id"]][m["pos"][0]] for m in entity]
@@ -122,11 +136,16 @@ def _featurize_doc(doc: dict, pieces_of: dict, info: TokenizerInfo, rel2id: dict
         lost_mentions += len(positions) - len(kept)
         entity_pos.append(kept)
     hts = np.asarray(doc["pairs"], dtype=np.int32).reshape(-1, 2) if "pairs" in doc else all_pairs(len(doc["vertexSet"]))
-    labels = None
+    labels = evidence = None
     if "labels" in doc:
         pair_index = {(int(h), int(t)): i for i, (h, t) in enumerate(hts)}
-        facts = {(pair_index[(lab["h"], lab["t"])], rel2id[lab["r"]])
-                 for lab in doc["labels"] if (lab["h"], lab["t"]) in pair_index}
+        facts: dict[tuple[int, int], set[int]] = {}  # (pair index, relation id) -> evidence sentences
+        for lab in doc["labels"]:
+            if (lab["h"], lab["t"]) in pair_index:
+                fact = (pair_index[(lab["h"], lab["t"])], rel2id[lab["r"]])
+                facts.setdefault(fact, set()).update(lab.get("evidence", ()))
         labels = np.asarray(sorted(facts), dtype=np.int32).reshape(-1, 2)
+        evidence = [sorted(facts[fact]) for fact in sorted(facts)]
     input_ids = np.asarray(info.start_ids + pieces + info.end_ids, dtype=np.int32)
-    return Feature(doc["title"], input_ids, entity_pos, hts, labels), lost_pieces, lost_mentions
+    feature = Feature(doc["title"], input_ids, entity_pos, hts, labels, sent_pos, evidence)
+    return feature, lost_pieces, lost_mentions
