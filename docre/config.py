@@ -36,7 +36,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "atlop"  # model in docre.models.MODELS: atlop (DREEAM, DocuNet, KD-DocRE planned)
+    name: str = "atlop"  # model in docre.models.MODELS: atlop, kd_docre (DREEAM, DocuNet planned)
     backbone: str = "bert-base-cased"  # Hugging Face id, local folder, or the alias "minilm"
     revision: str = ""  # hub revision (branch, tag or commit) to pin; "" = default branch
     trust_remote_code: bool = False  # allow code from the backbone's hub repository

@@ -16,11 +16,12 @@ from torch import nn
 from docre.data.collate import Batch
 from docre.errors import DocreError
 from docre.models.atlop import ATLOP
+from docre.models.kd_docre import KDDocRE
 from docre.models.long_input import Tap, encoder_window
 
 # model.name -> the model's class, called as cls(encoder, num_classes=, start_ids=, end_ids=, window=,
 # layer_pooling=, emb_size=, block_size=, pair_chunk_size=, general_attention=) by build_model
-MODELS = {"atlop": ATLOP}
+MODELS = {"atlop": ATLOP, "kd_docre": KDDocRE}
 
 
 class RelationModel(Protocol):

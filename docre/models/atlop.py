@@ -54,59 +54,73 @@ class ATLOP(nn.Module):
             batch.mention_doc, batch.mention_pos, self.window, self.start_ids, self.end_ids, batch.mentions_per_doc,
             batch.lengths,
         )  # [B, L, D], [M, H, L]
-        entity_emb, entity_attention = self._pool_entities(hidden, mention_attention, batch)  # [E, D], [E, H, L]
+        entity_emb, entity_attention = pool_entities(hidden, mention_attention, batch)  # [E, D], [E, H, L]
         heads, tails = batch.hts[:, 0], batch.hts[:, 1]  # [P]
-        context = self._context(hidden, entity_attention, heads, tails, batch.pairs_per_doc, batch.entities_per_doc)  # [P, D]
+        context = localized_context(hidden, entity_attention, heads, tails, batch.pairs_per_doc, batch.entities_per_doc)  # [P, D]
         head_rep = torch.tanh(self.head_extractor(torch.cat([entity_emb[heads], context], dim=1)))  # [P, emb]
         tail_rep = torch.tanh(self.tail_extractor(torch.cat([entity_emb[tails], context], dim=1)))  # [P, emb]
         return self._classify_in_chunks(head_rep, tail_rep)
 
-    def _pool_entities(self, hidden, mention_attention, batch: Batch):
-        """Entity embedding = logsumexp over its mentions' marker states (a smooth max); entity
-        attention = mean of its mentions' attention rows. An entity whose mentions were all cut
-        by max_seq_length gets zeros, as in ATLOP."""
-        mention_emb = hidden[batch.mention_doc, batch.mention_pos]  # [M, D]
-        num_mentions = mention_emb.size(0)
-        padded = torch.cat([mention_emb, mention_emb.new_zeros(1, mention_emb.size(1))])  # [M + 1, D]; row M pads
-        index = batch.entity_mentions  # [E, max_mentions]
-        valid = index < num_mentions  # [E, max_mentions]
-        empty = ~valid.any(1)  # [E]
-        # empty entities pool their (zero) padding rows, so logsumexp stays finite; zeroed below
-        scores = padded[index].masked_fill(~(valid | empty[:, None]).unsqueeze(-1), float("-inf"))
-        entity_emb = torch.logsumexp(scores, dim=1).masked_fill(empty[:, None], 0.0)  # [E, D]
-
-        heads, length = mention_attention.shape[1:]
-        summed = mention_attention.new_zeros(index.size(0), heads, length)
-        summed.index_add_(0, batch.mention_entity, mention_attention)  # [E, H, L]
-        entity_attention = summed / valid.sum(1).clamp(min=1).to(summed.dtype)[:, None, None]
-        return entity_emb, entity_attention
-
-    @staticmethod
-    def _context(hidden, entity_attention, heads, tails, pairs_per_doc: list[int], entities_per_doc: list[int]) -> torch.Tensor:
-        """Localized context pooling: weight tokens by how much both entities attend to them.
-
-        Per document, one batched product gives the head-summed attention products of all n x n
-        entity pairs ([L, n, n]); the candidate pairs are gathered from it. This never builds the
-        [P, H, L] products of the pairs (10x more memory at DocRED sizes) and costs the same FLOPs.
-        A document's entities are numbered first..last-1 in the batch (counted on the host).
-        """
-        num_heads = entity_attention.size(1)
-        contexts, pair_start, first = [], 0, 0
-        for doc, (num_pairs, num_entities) in enumerate(zip(pairs_per_doc, entities_per_doc)):
-            doc_heads, doc_tails = heads[pair_start : pair_start + num_pairs], tails[pair_start : pair_start + num_pairs]
-            last = first + num_entities
-            # contiguous: CPU bmm copies every matrix of a strided batch one by one (~40x slower here)
-            attention = entity_attention[first:last].permute(2, 0, 1).contiguous()  # [L, n, H]
-            products = torch.bmm(attention, attention.transpose(1, 2))  # [L, n, n]: sum over heads of a_i * a_j
-            pair_attention = products[:, doc_heads - first, doc_tails - first].t() / num_heads  # [P_doc, L]
-            pair_attention = pair_attention / (pair_attention.sum(1, keepdim=True) + 1e-5)
-            contexts.append(pair_attention @ hidden[doc])  # [P_doc, D]
-            pair_start, first = pair_start + num_pairs, last
-        return torch.cat(contexts)  # [P, D]
-
     def _classify_in_chunks(self, head_rep: torch.Tensor, tail_rep: torch.Tensor) -> torch.Tensor:
         """Group bilinear: per block of `block_size`, the outer product of head and tail blocks,
         then one linear layer over all blocks' features (ATLOP), computed chunk by chunk."""
-        budget = CHUNK_BYTES if head_rep.device.type == "cpu" else GPU_CHUNK_BYTES
-        chunk = self.pair_chunk_size or max(1, budget // (4 * self.emb_size * self.block_size))
+        chunk = bilinear_chunk(head_rep.device, self.emb_size, self.block_size, self.pair_chunk_size)
         return group_bilinear(head_rep, tail_rep, self.bilinear.weight, self.bilinear.bias, self.block_size, chunk)  # [P, C]
+
+
+def pool_entities(hidden: torch.Tensor, mention_attention: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entity embedding = logsumexp over its mentions' marker states (a smooth max); entity
+    attention = mean of its mentions' attention rows. An entity whose mentions were all cut
+    by max_seq_length gets zeros, as in ATLOP."""
+    mention_emb = hidden[batch.mention_doc, batch.mention_pos]  # [M, D]
+    num_mentions = mention_emb.size(0)
+    padded = torch.cat([mention_emb, mention_emb.new_zeros(1, mention_emb.size(1))])  # [M + 1, D]; row M pads
+    index = batch.entity_mentions  # [E, max_mentions]
+    valid = index < num_mentions  # [E, max_mentions]
+    empty = ~valid.any(1)  # [E]
+    # empty entities pool their (zero) padding rows, so logsumexp stays finite; zeroed below
+    scores = padded[index].masked_fill(~(valid | empty[:, None]).unsqueeze(-1), float("-inf"))
+    entity_emb = torch.logsumexp(scores, dim=1).masked_fill(empty[:, None], 0.0)  # [E, D]
+
+    heads, length = mention_attention.shape[1:]
+    summed = mention_attention.new_zeros(index.size(0), heads, length)
+    summed.index_add_(0, batch.mention_entity, mention_attention)  # [E, H, L]
+    entity_attention = summed / valid.sum(1).clamp(min=1).to(summed.dtype)[:, None, None]
+    return entity_emb, entity_attention
+
+
+def localized_context(hidden: torch.Tensor, entity_attention: torch.Tensor, heads: torch.Tensor, tails: torch.Tensor,
+                      pairs_per_doc: list[int], entities_per_doc: list[int], epsilon: float = 1e-5) -> torch.Tensor:
+    """Localized context pooling: weight tokens by how much both entities attend to them.
+
+    Per document, one batched product gives the head-summed attention products of all n x n
+    entity pairs ([L, n, n]); the candidate pairs are gathered from it. This never builds the
+    [P, H, L] products of the pairs (10x more memory at DocRED sizes) and costs the same FLOPs.
+    A document's entities are numbered first..last-1 in the batch (counted on the host).
+
+    Args:
+        heads, tails: [P] entity indices (batch numbering) of the pairs, grouped by document.
+        epsilon: added to each pair's attention mass before normalising (1e-5 in ATLOP).
+
+    Returns:
+        [P, D] context embedding of each pair.
+    """
+    num_heads = entity_attention.size(1)
+    contexts, pair_start, first = [], 0, 0
+    for doc, (num_pairs, num_entities) in enumerate(zip(pairs_per_doc, entities_per_doc)):
+        doc_heads, doc_tails = heads[pair_start : pair_start + num_pairs], tails[pair_start : pair_start + num_pairs]
+        last = first + num_entities
+        # contiguous: CPU bmm copies every matrix of a strided batch one by one (~40x slower here)
+        attention = entity_attention[first:last].permute(2, 0, 1).contiguous()  # [L, n, H]
+        products = torch.bmm(attention, attention.transpose(1, 2))  # [L, n, n]: sum over heads of a_i * a_j
+        pair_attention = products[:, doc_heads - first, doc_tails - first].t() / num_heads  # [P_doc, L]
+        pair_attention = pair_attention / (pair_attention.sum(1, keepdim=True) + epsilon)
+        contexts.append(pair_attention @ hidden[doc])  # [P_doc, D]
+        pair_start, first = pair_start + num_pairs, last
+    return torch.cat(contexts)  # [P, D]
+
+
+def bilinear_chunk(device: torch.device, emb_size: int, block_size: int, pair_chunk_size: int = 0) -> int:
+    """Pairs per chunk of a group bilinear product: `pair_chunk_size`, or the device's default budget."""
+    budget = CHUNK_BYTES if device.type == "cpu" else GPU_CHUNK_BYTES
+    return pair_chunk_size or max(1, budget // (4 * emb_size * block_size))

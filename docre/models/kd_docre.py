@@ -1,0 +1,165 @@
+"""KD-DocRE's relation model (Tan et al., Findings of ACL 2022, "Document-Level Relation Extraction
+with Adaptive Focal Loss and Knowledge Distillation"; official code github.com/tonytan48/KD-DocRE,
+`model.py`, with `axial_attention` 0.6.1 by lucidrains for the attention layers).
+
+ATLOP's entity representations (logsumexp mention pooling, localized context pooling, tanh head and
+tail extractors, group bilinear) are built for every ordered entity pair of a document, so each
+document becomes an n x n map of pair features. The group bilinear features are projected to the
+encoder's hidden size and refined by axial attention layers: each cell attends along its row (the
+pairs with the same head) and along its column (the pairs with the same tail), so a pair's
+representation sees the other pairs sharing an entity with it. A linear classifier reads the
+candidate pairs' cells. Returns logits; the model holds no loss (KD-DocRE trains with the adaptive
+focal loss, `loss.name=afl`).
+
+Not implemented: knowledge distillation (the teacher's logits on distantly supervised data and the
+MSE term towards them) and distant-supervision pre-training; docre has no distant data. Where the
+official code pads every document's map to 42 entities (DocRED's maximum) and lets the padding
+cells take part in the attention, docre attends over the document's own n entities only (padding
+to the batch's largest document is masked out), so a document's logits do not depend on the others.
+The official dropout in the axial layers is 0.0, so the layers hold none.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from docre.data.collate import Batch
+from docre.models.atlop import bilinear_chunk, localized_context, pool_entities
+from docre.models.bilinear import group_bilinear
+from docre.models.long_input import attention_tap, encode
+
+
+class AxialSelfAttention(nn.Module):
+    """Multi-head self-attention along one axis of the pair map, with padded entities masked out."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"axial attention: hidden size {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.query = nn.Linear(dim, dim, bias=False)
+        self.key = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(dim, dim, bias=False)
+        self.output = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """x [S, T, D] (S sequences of T cells), key_mask [S, T] True for real cells -> [S, T, D]."""
+        sequences, length, dim = x.shape
+        head_dim = dim // self.num_heads
+
+        def split(t):
+            return t.view(sequences, length, self.num_heads, head_dim).transpose(1, 2)  # [S, heads, T, head_dim]
+
+        query, key, value = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        scores = torch.einsum("shid,shjd->shij", query, key) / math.sqrt(head_dim)  # [S, heads, T, T]
+        scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+        weights = scores.softmax(-1)
+        mixed = torch.einsum("shij,shjd->shid", weights, value)  # [S, heads, T, head_dim]
+        return self.output(mixed.transpose(1, 2).reshape(sequences, length, dim))  # [S, T, D]
+
+
+class AxialLayer(nn.Module):
+    """One KD-DocRE axial layer: x + (attention along heads + attention along tails), then a linear
+    layer and LayerNorm (the official order: no activation, no residual around the linear layer)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.along_heads = AxialSelfAttention(dim, num_heads)  # cell (i, j) attends to (k, j): same tail
+        self.along_tails = AxialSelfAttention(dim, num_heads)  # cell (i, j) attends to (i, k): same head
+        self.linear = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, pair_map: torch.Tensor, entity_mask: torch.Tensor) -> torch.Tensor:
+        """pair_map [B, N, N, D] (cell (i, j) = pair head i, tail j), entity_mask [B, N] -> [B, N, N, D]."""
+        batch, size, _, dim = pair_map.shape
+        key_mask = entity_mask[:, None, :].expand(batch, size, size).reshape(batch * size, size)  # [B*N, N]
+        rows = self.along_tails(pair_map.reshape(batch * size, size, dim), key_mask)  # [B*N, N, D]
+        columns = pair_map.transpose(1, 2).reshape(batch * size, size, dim)  # [B*N(tail), N(head), D]
+        columns = self.along_heads(columns, key_mask).view(batch, size, size, dim).transpose(1, 2)  # [B, N, N, D]
+        pair_map = pair_map + rows.view(batch, size, size, dim) + columns
+        return self.norm(self.linear(pair_map))
+
+
+class KDDocRE(nn.Module):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_classes: int,
+        start_ids: list[int],
+        end_ids: list[int],
+        window: int,
+        layer_pooling: str = "mean_last_3",
+        emb_size: int = 768,
+        block_size: int = 64,
+        pair_chunk_size: int = 0,
+        general_attention: bool = False,
+        num_axial_layers: int = 6,
+        axial_heads: int = 8,
+    ):
+        """Args as ATLOP's; `num_axial_layers` and `axial_heads` are the official values (6, 8)."""
+        super().__init__()
+        self.encoder = encoder
+        hidden_size = encoder.config.hidden_size
+        self.head_extractor = nn.Linear(2 * hidden_size, emb_size)
+        self.tail_extractor = nn.Linear(2 * hidden_size, emb_size)
+        # the group bilinear features projected to the hidden size (no bias, as in the official code)
+        self.projection = nn.Linear(emb_size * block_size, hidden_size, bias=False)
+        self.axial_layers = nn.ModuleList(AxialLayer(hidden_size, axial_heads) for _ in range(num_axial_layers))
+        self.classifier = nn.Linear(hidden_size, num_classes)
+        self.tap = attention_tap(encoder, 1 if layer_pooling == "last" else 3, general_attention)
+        self.layer_pooling = layer_pooling
+        self.start_ids, self.end_ids, self.window = list(start_ids), list(end_ids), window
+        self.emb_size, self.block_size, self.pair_chunk_size = emb_size, block_size, pair_chunk_size
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Logits [P, num_classes] for the batch's candidate pairs (class 0 = NA/threshold)."""
+        hidden, mention_attention = encode(
+            self.encoder, self.tap, self.layer_pooling, batch.input_ids, batch.attention_mask,
+            batch.mention_doc, batch.mention_pos, self.window, self.start_ids, self.end_ids, batch.mentions_per_doc,
+            batch.lengths,
+        )  # [B, L, D], [M, H, L]
+        entity_emb, entity_attention = pool_entities(hidden, mention_attention, batch)  # [E, D], [E, H, L]
+
+        # every cell (i, j) of every document's n x n map, self pairs included (they take part in the
+        # attention as in the official code; no candidate pair reads them)
+        # the cell indices come from the host counts (the model never asks the device for a size)
+        device = hidden.device
+        counts = torch.tensor(batch.entities_per_doc)  # [B]
+        firsts = torch.cumsum(counts, 0) - counts  # [B]: batch index of each document's entity 0
+        cell_doc = torch.repeat_interleave(torch.arange(len(counts)), counts * counts)  # [Q], Q = sum of n^2
+        cell_head = torch.cat([torch.arange(n).repeat_interleave(n) for n in batch.entities_per_doc])  # [Q] row i
+        cell_tail = torch.cat([torch.arange(n).repeat(n) for n in batch.entities_per_doc])  # [Q] column j
+        cell_doc, cell_head, cell_tail, counts, firsts = (
+            t.to(device, non_blocking=True) for t in (cell_doc, cell_head, cell_tail, counts, firsts))
+        heads, tails = firsts[cell_doc] + cell_head, firsts[cell_doc] + cell_tail  # [Q] batch numbering
+
+        context = localized_context(
+            hidden, entity_attention, heads, tails, [n * n for n in batch.entities_per_doc], batch.entities_per_doc,
+            # official: sum over heads / (sum + 1e-10), i.e. the mean over heads / (mean + 1e-10 / heads)
+            epsilon=1e-10 / entity_attention.size(1),
+        )  # [Q, D]
+        head_rep = torch.tanh(self.head_extractor(torch.cat([entity_emb[heads], context], dim=1)))  # [Q, emb]
+        tail_rep = torch.tanh(self.tail_extractor(torch.cat([entity_emb[tails], context], dim=1)))  # [Q, emb]
+        chunk = bilinear_chunk(device, self.emb_size, self.block_size, self.pair_chunk_size)
+        features = group_bilinear(head_rep, tail_rep, self.projection.weight,
+                                  self.projection.weight.new_zeros(self.projection.out_features),
+                                  self.block_size, chunk)  # [Q, D]
+
+        # the maps of the batch padded to its largest document; padded entities are masked as keys
+        size = max(batch.entities_per_doc)
+        pair_map = features.new_zeros(len(counts), size, size, features.size(1))  # [B, N, N, D]
+        pair_map = pair_map.index_put((cell_doc, cell_head, cell_tail), features)
+        entity_mask = torch.arange(size, device=device)[None, :] < counts[:, None]  # [B, N]
+        refined = pair_map
+        for layer in self.axial_layers:
+            refined = layer(refined, entity_mask)
+        refined = refined + pair_map  # the official residual around the whole axial stack
+
+        pair_doc = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(batch.pairs_per_doc))  # [P]
+        pair_doc = pair_doc.to(device, non_blocking=True)
+        pair_cells = refined[pair_doc, batch.hts[:, 0] - firsts[pair_doc], batch.hts[:, 1] - firsts[pair_doc]]  # [P, D]
+        # float32 logits under any autocast, as ATLOP's group bilinear gives: a threshold compares two logits
+        weight, bias = self.classifier.weight.float(), self.classifier.bias.float()
+        with torch.autocast(device.type, enabled=False):
+            return nn.functional.linear(pair_cells.float(), weight, bias)  # [P, C]
