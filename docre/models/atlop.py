@@ -49,11 +49,7 @@ class ATLOP(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits [P, num_classes] for the batch's candidate pairs (class 0 = NA/threshold)."""
-        hidden, mention_attention = encode(
-            self.encoder, self.tap, self.layer_pooling, batch.input_ids, batch.attention_mask,
-            batch.mention_doc, batch.mention_pos, self.window, self.start_ids, self.end_ids, batch.mentions_per_doc,
-            batch.lengths,
-        )  # [B, L, D], [M, H, L]
+        hidden, mention_attention = encode_batch(self, batch)  # [B, L, D], [M, H, L]
         entity_emb, entity_attention = pool_entities(hidden, mention_attention, batch)  # [E, D], [E, H, L]
         heads, tails = batch.hts[:, 0], batch.hts[:, 1]  # [P]
         context = localized_context(hidden, entity_attention, heads, tails, batch.pairs_per_doc, batch.entities_per_doc)  # [P, D]
@@ -66,6 +62,16 @@ class ATLOP(nn.Module):
         then one linear layer over all blocks' features (ATLOP), computed chunk by chunk."""
         chunk = bilinear_chunk(head_rep.device, self.emb_size, self.block_size, self.pair_chunk_size)
         return group_bilinear(head_rep, tail_rep, self.bilinear.weight, self.bilinear.bias, self.block_size, chunk)  # [P, C]
+
+
+def encode_batch(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder pass of a model built on ATLOP's pieces (its encoder, tap, layer pooling,
+    window and special tokens): hidden states [B, L, D] and mention-marker attention rows [M, H, L]."""
+    return encode(
+        model.encoder, model.tap, model.layer_pooling, batch.input_ids, batch.attention_mask,
+        batch.mention_doc, batch.mention_pos, model.window, model.start_ids, model.end_ids, batch.mentions_per_doc,
+        batch.lengths,
+    )
 
 
 def pool_entities(hidden: torch.Tensor, mention_attention: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from docre.data.collate import Batch
-from docre.models.atlop import bilinear_chunk, localized_context, pool_entities
+from docre.models.atlop import bilinear_chunk, encode_batch, localized_context, pool_entities
 from docre.models.bilinear import group_bilinear
-from docre.models.long_input import attention_tap, encode
+from docre.models.long_input import attention_tap
 
 
 class AxialSelfAttention(nn.Module):
@@ -114,11 +114,7 @@ class KDDocRE(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits [P, num_classes] for the batch's candidate pairs (class 0 = NA/threshold)."""
-        hidden, mention_attention = encode(
-            self.encoder, self.tap, self.layer_pooling, batch.input_ids, batch.attention_mask,
-            batch.mention_doc, batch.mention_pos, self.window, self.start_ids, self.end_ids, batch.mentions_per_doc,
-            batch.lengths,
-        )  # [B, L, D], [M, H, L]
+        hidden, mention_attention = encode_batch(self, batch)  # [B, L, D], [M, H, L]
         entity_emb, entity_attention = pool_entities(hidden, mention_attention, batch)  # [E, D], [E, H, L]
 
         # every cell (i, j) of every document's n x n map, self pairs included (they take part in the
