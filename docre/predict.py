@@ -192,14 +192,10 @@ class Predictor:
         if report:
             logger.warning("%s", report)
         num_classes = len(self.rel2id)
-        # a document with fewer than two entities has no pair: nothing to run the model on
-        with_pairs = [i for i, f in enumerate(features) if len(f.hts)]
-        logits = [torch.zeros(0, num_classes) for _ in features]  # per document [P_i, C]
-        computed = predict_logits(self.model, [features[i] for i in with_pairs], num_classes, self.tokenizer.pad_token_id or 0,
-                                  batch_size, self.device, self.dtype, desc="predict", show=progress,
-                                  max_tokens=self.cfg.eval.max_batch_tokens)
-        for i, doc_logits in zip(with_pairs, computed):
-            logits[i] = doc_logits
+        # per document [P_i, C]; a document with fewer than two entities gets [0, C] without the model
+        logits = predict_logits(self.model, features, num_classes, self.tokenizer.pad_token_id or 0, batch_size,
+                                self.device, self.dtype, desc="predict", show=progress,
+                                max_tokens=self.cfg.eval.max_batch_tokens)
         rows = decode_predictions(features, logits, self.loss_fn, top_k, self.rel2id)
         scores = decision_scores(self.loss_fn, torch.cat(logits)) if features else torch.zeros(0, num_classes)
         pair_rows, offset = [], 0

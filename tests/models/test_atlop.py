@@ -63,20 +63,27 @@ def reference_encode(encoder, ids: list[int], window: int, start: list[int], end
     return hidden_sum / seen[:, None], attention_sum / (attention_sum.sum(-1, keepdim=True) + 1e-10)
 
 
+def reference_entities(hidden, attention, entity_pos) -> tuple[list, list]:
+    """Per entity, the logsumexp of its mention markers' hidden states and the mean of their
+    attention rows (zeros for an entity whose mentions were all cut), one by one."""
+    embeddings, attentions = [], []
+    for positions in entity_pos:
+        if positions:
+            embeddings.append(torch.logsumexp(torch.stack([hidden[p] for p in positions]), dim=0))
+            attentions.append(torch.stack([attention[:, p] for p in positions]).mean(0))
+        else:
+            embeddings.append(torch.zeros(hidden.size(1)))
+            attentions.append(torch.zeros(attention.size(0), hidden.size(0)))
+    return embeddings, attentions
+
+
 def reference_logits(model, reference_encoder, features, pooling="mean_last_3"):
     """Slow ATLOP head: loops over documents, entities and pairs."""
     rows = []
     for feature in features:
         hidden, attention = reference_encode(reference_encoder, feature.input_ids.tolist(), model.window,
                                              model.start_ids, model.end_ids, pooling)
-        embeddings, attentions = [], []
-        for positions in feature.entity_pos:
-            if positions:
-                embeddings.append(torch.logsumexp(torch.stack([hidden[p] for p in positions]), dim=0))
-                attentions.append(torch.stack([attention[:, p] for p in positions]).mean(0))
-            else:
-                embeddings.append(torch.zeros(hidden.size(1)))
-                attentions.append(torch.zeros(attention.size(0), hidden.size(0)))
+        embeddings, attentions = reference_entities(hidden, attention, feature.entity_pos)
         for head, tail in feature.hts.tolist():
             pair_attention = (attentions[head] * attentions[tail]).mean(0)
             pair_attention = pair_attention / (pair_attention.sum() + 1e-5)

@@ -14,7 +14,7 @@ from docre.config import TrainConfig
 from docre.data.collate import collate
 from docre.losses import build_loss
 from docre.trainer import _optimizer_step, build_optimizer, linear_warmup_decay
-from tests.models.test_atlop import eager_encoder, features_for, make_model, reference_encode  # noqa: F401
+from tests.models.test_atlop import eager_encoder, features_for, make_model, reference_encode, reference_entities  # noqa: F401
 
 NUM_CLASSES = 97
 
@@ -38,14 +38,7 @@ def reference_logits(model, encoder, features, pooling="mean_last_3"):
     for feature in features:
         hidden, attention = reference_encode(encoder, feature.input_ids.tolist(), model.window,
                                              model.start_ids, model.end_ids, pooling)
-        embeddings, attentions = [], []
-        for positions in feature.entity_pos:
-            if positions:
-                embeddings.append(torch.logsumexp(torch.stack([hidden[p] for p in positions]), dim=0))
-                attentions.append(torch.stack([attention[:, p] for p in positions]).mean(0))
-            else:
-                embeddings.append(torch.zeros(hidden.size(1)))
-                attentions.append(torch.zeros(attention.size(0), hidden.size(0)))
+        embeddings, attentions = reference_entities(hidden, attention, feature.entity_pos)
         n = len(embeddings)
         blocks = model.emb_size // model.block_size
         pair_map = torch.zeros(n, n, hidden.size(1))
