@@ -1,15 +1,16 @@
 """Speed and memory of docre against the floor set by its encoder (the figures of
 docs/performance.md).
 
-    python scripts/benchmark.py [--encoder minilm|bert-base] [--threads 2] [--quick] [--json]
+    python scripts/benchmark.py [--encoder minilm|bert-base] [--model atlop|...] [--threads 2] [--quick] [--json]
     python scripts/benchmark.py --attention-paths [--encoder bert-base]   # fast vs general attention path
 
 Measured in one process, side by side, on batches of 4 Re-DocRED documents from the training
-sampler: a full training step of the ATLOP model (forward, loss, backward, optimizer step) against
-the same encoder's own forward+backward with its fastest attention (SDPA), and inference per
-document against the encoder's forward. Each figure is the median over repetitions after a
-warm-up; the ratios are medians of per-repetition ratios, so slow moments of the machine hit both
-sides. Peak memory comes from a real `train.py` run and the 4,096-word-piece document from a
+sampler: a full training step of the model (forward, loss, backward, optimizer step) against the
+same encoder's own forward+backward with its fastest attention (SDPA), and inference per document
+against the encoder's forward; the model is ATLOP unless `--model` names another entry of
+docre.models.MODELS (the training run and the long document then use it too). Each figure is the
+median over repetitions after a warm-up; the ratios are medians of per-repetition ratios, so slow
+moments of the machine hit both sides. Peak memory comes from a real `train.py` run and the 4,096-word-piece document from a
 separate process, since a process's peak resident memory cannot be reset. `--json` prints one JSON
 object as the last line. "bert-base" is a randomly initialised BertConfig() model (no download)
 with the MiniLM tokenizer (same vocabulary). Results and how to read them: docs/performance.md.
@@ -40,6 +41,10 @@ def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--encoder", choices=("minilm", "bert-base"), default="minilm")
+    from docre.models import MODELS  # after use_huge_pages: it imports torch
+
+    parser.add_argument("--model", choices=tuple(MODELS), default="atlop",
+                        help="the model of docre.models.MODELS whose step, inference and memory are measured")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the step and inference ratios run")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
@@ -62,20 +67,20 @@ def main() -> int:
 
     setup_logging()
     if args.part == "long-doc":
-        print(json.dumps(long_document_step(args.encoder, args.gradient_checkpointing)))
+        print(json.dumps(long_document_step(args.encoder, args.gradient_checkpointing, args.model)))
         return 0
 
     from docre.utils import resolve_device, resolve_precision
 
     device = resolve_device(args.device)
     dtype = resolve_precision(args.precision, device)
-    figures = {"encoder": args.encoder, "threads": args.threads, "quick": args.quick, "device": str(device),
+    figures = {"encoder": args.encoder, "model": args.model, "threads": args.threads, "quick": args.quick, "device": str(device),
                "precision": args.precision} | machine_record()
     if args.attention_paths:
         with tempfile.TemporaryDirectory() as scratch:
             backbone = backbone_folder(args.encoder, Path(scratch))
             figures |= attention_paths(backbone, batches=2 if args.quick else 5, reps=1 if args.quick else 3,
-                                       device=device, dtype=dtype)
+                                       device=device, dtype=dtype, name=args.model)
         report_attention_paths(figures)
         if args.json:
             print(json.dumps(figures))
@@ -83,17 +88,20 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         backbone = backbone_folder(args.encoder, Path(scratch))
         figures |= preprocessing(Path(scratch) / "cache")
-        figures |= step_ratios(backbone, batches=1 if args.quick else 5, reps=1 if args.quick else 6, device=device, dtype=dtype)
+        figures |= step_ratios(backbone, batches=1 if args.quick else 5, reps=1 if args.quick else 6, device=device, dtype=dtype,
+                               name=args.model)
         figures |= inference_ratio(backbone, docs=16 if args.quick else 100, reps=1 if args.quick else 4, device=device,
-                                   dtype=dtype)
+                                   dtype=dtype, name=args.model)
         if device.type == "cuda":  # the rest measures CPU memory (resident set size)
             figures["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         else:
-            figures |= training_run_memory(backbone, Path(scratch), steps=2 if args.quick else 10, quick=args.quick)
+            figures |= training_run_memory(backbone, Path(scratch), steps=2 if args.quick else 10, quick=args.quick,
+                                           name=args.model)
         if not args.quick and device.type == "cpu":  # the memory switches' costs and the long document: a few minutes more
-            figures |= memory_options(backbone, reps=2)
+            figures |= memory_options(backbone, reps=2, name=args.model)
             for checkpointing in (False, True):
-                long = run_part(["--part", "long-doc", "--encoder", args.encoder, "--threads", str(args.threads)]
+                long = run_part(["--part", "long-doc", "--encoder", args.encoder, "--model", args.model,
+                                 "--threads", str(args.threads)]
                                 + (["--gradient-checkpointing"] if checkpointing else []))
                 prefix = "long_doc_checkpointing" if checkpointing else "long_doc"
                 figures |= {f"{prefix}_{k}": v for k, v in long.items()}
@@ -165,8 +173,8 @@ def preprocessing(cache: Path) -> dict:
     return {"prep_cold_s_per_500": cold, "prep_cached_s_per_500": cached}
 
 
-def build(backbone: str, **options):
-    """(ATLOP model, SDPA-only encoder with the same weights, loss, tokenizer, rel2id)."""
+def build(backbone: str, name: str = "atlop", **options):
+    """(the model `name` of MODELS, SDPA-only encoder with the same weights, loss, tokenizer, rel2id)."""
     from transformers import AutoModel
 
     from docre.data import load_rel2id
@@ -177,7 +185,7 @@ def build(backbone: str, **options):
     tokenizer = load_tokenizer(backbone)
     rel2id = load_rel2id("docred", str(ROOT / "data/docred/rel2id.json"))
     info = probe_tokenizer(tokenizer, "*")
-    model = build_model(backbone, len(rel2id), info.start_ids, info.end_ids, **options)
+    model = build_model(backbone, len(rel2id), info.start_ids, info.end_ids, name=name, **options)
     encoder = AutoModel.from_pretrained(backbone, attn_implementation="sdpa", use_safetensors=True)
     return model, encoder, build_loss("atgl", alpha=16.5), tokenizer, rel2id
 
@@ -206,11 +214,11 @@ def encoder_inputs(batch, model):
     return ids, mask
 
 
-def step_ratios(backbone: str, batches: int, reps: int, device=None, dtype=None, **options) -> dict:
+def step_ratios(backbone: str, batches: int, reps: int, device=None, dtype=None, name: str = "atlop", **options) -> dict:
     """A training step as train() runs it (collate, forward, loss, backward, clipping, AdamW step,
     with the MiniLM config's max_batch_tokens) vs the encoder's forward+backward on the same
-    documents (their windows where they are longer than the encoder window). `options` go to
-    build_model."""
+    documents (their windows where they are longer than the encoder window). `name` (the model) and
+    `options` go to build_model."""
     import torch
 
     from docre.config import TrainConfig, load_config
@@ -221,7 +229,7 @@ def step_ratios(backbone: str, batches: int, reps: int, device=None, dtype=None,
     device, dtype = device or torch.device("cpu"), dtype or torch.float32
     # the CPU config's token budget on CPU; none on a GPU (its memory holds a whole batch)
     budget = load_config(ROOT / "configs/redocred_mini/minilm_atgl.yaml").train.max_batch_tokens if device.type == "cpu" else 0
-    model, encoder, loss_fn, tokenizer, rel2id = build(backbone, **options)
+    model, encoder, loss_fn, tokenizer, rel2id = build(backbone, name, **options)
     model, encoder = model.to(device), encoder.to(device).train()
     optimizer = build_optimizer(model, TrainConfig())
     scheduler = linear_warmup_decay(optimizer, 0, 10**6)
@@ -258,16 +266,16 @@ def step_ratios(backbone: str, batches: int, reps: int, device=None, dtype=None,
     }
 
 
-def attention_paths(backbone: str, batches: int, reps: int, device=None, dtype=None) -> dict:
+def attention_paths(backbone: str, batches: int, reps: int, device=None, dtype=None, name: str = "atlop") -> dict:
     """`step_ratios` on docre's fast attention path, then on the general path forced on the same
     encoder (models/long_input.py: every layer runs the encoder's own eager attention, the pooled
     layers return their whole maps); each against the same SDPA encoder's forward+backward."""
-    fast = step_ratios(backbone, batches, reps, device, dtype)
-    general = step_ratios(backbone, batches, reps, device, dtype, general_attention=True)
+    fast = step_ratios(backbone, batches, reps, device, dtype, name)
+    general = step_ratios(backbone, batches, reps, device, dtype, name, general_attention=True)
     return {f"fast_{k}": v for k, v in fast.items()} | {f"general_{k}": v for k, v in general.items()}
 
 
-def inference_ratio(backbone: str, docs: int, reps: int, device=None, dtype=None) -> dict:
+def inference_ratio(backbone: str, docs: int, reps: int, device=None, dtype=None, name: str = "atlop") -> dict:
     """Prediction per document (eval batches of 8, as evaluation runs) vs the encoder's forward."""
     import torch
 
@@ -277,7 +285,7 @@ def inference_ratio(backbone: str, docs: int, reps: int, device=None, dtype=None
     from docre.utils import autocast
 
     device, dtype = device or torch.device("cpu"), dtype or torch.float32
-    model, encoder, _, tokenizer, rel2id = build(backbone)
+    model, encoder, _, tokenizer, rel2id = build(backbone, name)
     model, encoder = model.to(device), encoder.to(device).eval()
     split = load_split("dev", "docred", f"{DEV}[400:{400 + docs}]", DATA_DIR, tokenizer, rel2id, "*", 1024)
     features = split.features
@@ -309,22 +317,24 @@ def inference_ratio(backbone: str, docs: int, reps: int, device=None, dtype=None
             "infer_ratio": median_of([a / b for a, b in zip(ours, theirs)])}
 
 
-def memory_options(backbone: str, reps: int) -> dict:
+def memory_options(backbone: str, reps: int, name: str = "atlop") -> dict:
     """Time cost of the memory switches (gradient checkpointing, small pair chunks), as step ratios."""
     import torch
 
     from docre.data.collate import collate
+    from docre.models.output import logits_of
 
     results = {}
     switches = (("default", {}), ("checkpointing", {"gradient_checkpointing": True}), ("pair_chunk_32", {"pair_chunk_size": 32}))
     for name, options in switches:
-        model, _, loss_fn, tokenizer, rel2id = build(backbone, **options)
+        model, _, loss_fn, tokenizer, rel2id = build(backbone, name, **options)
         model.train()
         data = [collate(f, len(rel2id), tokenizer.pad_token_id) for f in training_batches(tokenizer, rel2id, 2)]
         torch.manual_seed(0)
         times = []
         for rep in range(reps + 1):
-            elapsed = sum(timed(lambda b=b, model=model, loss_fn=loss_fn: loss_fn(model(b), b.labels).backward()) for b in data)
+            elapsed = sum(timed(lambda b=b, model=model, loss_fn=loss_fn: loss_fn(logits_of(model(b)), b.labels).backward())
+                          for b in data)
             if rep:
                 times.append(elapsed / len(data))
         results[name] = median_of(times)
@@ -332,11 +342,12 @@ def memory_options(backbone: str, reps: int) -> dict:
             "pair_chunk_32_step_ratio": results["pair_chunk_32"] / results["default"]}
 
 
-def training_run_memory(backbone: str, scratch: Path, steps: int, quick: bool) -> dict:
+def training_run_memory(backbone: str, scratch: Path, steps: int, quick: bool, name: str = "atlop") -> dict:
     """Peak resident memory of a real `train.py` run (training steps plus a dev evaluation)."""
     dev = f"{DEV}[400:420]" if quick else f"{DEV}[400:]"
     command = [sys.executable, str(ROOT / "train.py"), str(ROOT / "configs/redocred_mini/minilm_atgl.yaml"),
-               f"model.backbone={backbone}", f"train.max_steps={steps}", f"data.dev_file={dev}", "data.test_file=",
+               f"model.backbone={backbone}", f"model.name={name}", f"train.max_steps={steps}", f"data.dev_file={dev}",
+               "data.test_file=",
                f"output_dir={scratch / 'runs'}", "run_name=benchmark", "train.overwrite=true", "train.num_threads=2",
                f"data.cache_dir={scratch / 'cache'}"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
@@ -346,7 +357,7 @@ def training_run_memory(backbone: str, scratch: Path, steps: int, quick: bool) -
     return {"peak_rss_mb": results["peak_rss_mb"], "run_seconds_per_step": results["seconds_per_step"], "run_steps": steps}
 
 
-def long_document_step(encoder: str, gradient_checkpointing: bool) -> dict:
+def long_document_step(encoder: str, gradient_checkpointing: bool, name: str = "atlop") -> dict:
     """One training step on a single document of at least 4,096 word-pieces (no truncation): a
     Re-DocRED document repeated, its entities' mentions repeated with it."""
     import torch
@@ -354,11 +365,12 @@ def long_document_step(encoder: str, gradient_checkpointing: bool) -> dict:
     from docre.data.collate import collate
     from docre.data.docred import parse_json_list, read_bytes
     from docre.data.feature import featurize
+    from docre.models.output import logits_of
     from docre.utils import peak_rss_mb
 
     with tempfile.TemporaryDirectory() as scratch:
         backbone = backbone_folder(encoder, Path(scratch))
-        model, _, loss_fn, tokenizer, rel2id = build(backbone, gradient_checkpointing=gradient_checkpointing)
+        model, _, loss_fn, tokenizer, rel2id = build(backbone, name, gradient_checkpointing=gradient_checkpointing)
         base = parse_json_list(Path(DATA_DIR) / DEV, read_bytes(Path(DATA_DIR) / DEV))[0]
         doc = {"title": "long", "sents": [], "vertexSet": [[] for _ in base["vertexSet"]], "labels": base["labels"]}
         while True:
@@ -374,7 +386,7 @@ def long_document_step(encoder: str, gradient_checkpointing: bool) -> dict:
         before = peak_rss_mb()
         times = []
         for _ in range(2):
-            times.append(timed(lambda: loss_fn(model(batch), batch.labels).backward()))
+            times.append(timed(lambda: loss_fn(logits_of(model(batch)), batch.labels).backward()))
         return {"tokens": len(feature.input_ids), "pairs": len(feature.hts), "step_s": times[-1],
                 "finite": bool(all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)),
                 "peak_rss_mb": peak_rss_mb(), "peak_rss_before_mb": before}
@@ -389,7 +401,7 @@ def run_part(arguments: list[str]) -> dict:
 
 def report(figures: dict) -> None:
     lines = [
-        f"docre benchmark: encoder {figures['encoder']}, {figures['device']} {figures['precision']}, "
+        f"docre benchmark: model {figures['model']}, encoder {figures['encoder']}, {figures['device']} {figures['precision']}, "
         f"{figures['threads']} threads, "
         f"{figures['cpu']} ({figures['cores']} cores), "
         f"torch {figures['torch']}, transformers {figures['transformers']}",
@@ -417,8 +429,8 @@ def report(figures: dict) -> None:
 
 
 def report_attention_paths(figures: dict) -> None:
-    print(f"docre benchmark: encoder {figures['encoder']}, {figures['device']} {figures['precision']}, "
-          f"{figures['threads']} threads, {figures['cpu']} ({figures['cores']} cores)")
+    print(f"docre benchmark: model {figures['model']}, encoder {figures['encoder']}, {figures['device']} "
+          f"{figures['precision']}, {figures['threads']} threads, {figures['cpu']} ({figures['cores']} cores)")
     for path in ("fast", "general"):
         print(f"{path:8} path: training step {figures[path + '_train_step_s']:.3f} s   encoder fwd+bwd "
               f"{figures[path + '_encoder_train_s']:.3f} s   ratio {figures[path + '_train_ratio']:.2f}")
