@@ -36,7 +36,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "atlop"  # model in docre.models.MODELS: atlop, kd_docre (DREEAM, DocuNet planned)
+    name: str = "atlop"  # model in docre.models.MODELS: atlop, dreeam, docunet, kd_docre
     backbone: str = "bert-base-cased"  # Hugging Face id, local folder, or the alias "minilm"
     revision: str = ""  # hub revision (branch, tag or commit) to pin; "" = default branch
     trust_remote_code: bool = False  # allow code from the backbone's hub repository
@@ -48,6 +48,11 @@ class ModelConfig:
     block_size: int = 64  # block width of the group bilinear
     gradient_checkpointing: bool = False  # recompute encoder activations in backward (saves memory)
     pair_chunk_size: int = 0  # pairs per group-bilinear chunk (bounds its memory); 0 = about 64 MB of features
+    # models that predict evidence (DREEAM): weight of the evidence KL added to the relation loss
+    # (DREEAM's lambda; its maintainer suggests 0.05 for Re-DocRED), and the share of a pair's attention
+    # above which a sentence is predicted as evidence
+    evidence_weight: float = 0.1
+    evidence_threshold: float = 0.2
 
 
 @dataclass
@@ -203,6 +208,7 @@ MINIMUMS = [
     ("train.num_threads", 0, "0 or more"), ("model.max_seq_length", 0, "0 or more"), ("model.window", 0, "0 or more"),
     ("model.pair_chunk_size", 0, "0 or more"), ("model.emb_size", 1, "at least 1"), ("model.block_size", 1, "at least 1"),
     ("train.max_grad_norm", 0, "0 or more"), ("train.weight_decay", 0, "0 or more"),
+    ("model.evidence_weight", 0, "0 or more"),
     ("eval.max_batch_tokens", -1, "-1 (4096 on CPU, no cap on a GPU), 0 (no cap) or more"),
 ]
 
@@ -239,6 +245,8 @@ def check_config(cfg: Config, source: str = "config") -> None:
         raise DocreError(f"{source}: train.epochs must be at least 1 (or set train.max_steps)")
     if not 0 <= cfg.train.warmup_ratio <= 1:
         raise DocreError(f"{source}: train.warmup_ratio must lie in [0, 1]")
+    if not 0 < cfg.model.evidence_threshold < 1:
+        raise DocreError(f"{source}: model.evidence_threshold must lie in (0, 1)")
     if cfg.model.emb_size % cfg.model.block_size:
         raise DocreError(f"{source}: model.emb_size must be a multiple of model.block_size")
     if not cfg.sweep.alpha_grid or min(cfg.sweep.alpha_grid) <= 0 or cfg.sweep.alpha_base < 0:

@@ -10,19 +10,28 @@ from tqdm.auto import tqdm
 from docre.data import Split
 from docre.data.collate import collate, encoded_tokens, stacked_facts
 from docre.data.feature import Feature
+from docre.models.output import EvidenceOutput, logits_of
 from docre.utils import atomic_save_safetensors, autocast, release_free_memory
 
 # Encoder tokens per evaluation batch on CPU by default: bounds the attention maps' memory there.
 CPU_TOKEN_BUDGET = 4096
 
 
-@torch.no_grad()
 def predict_logits(model, features: list[Feature], num_classes: int, pad_id: int, batch_size: int,
                    device, dtype, desc: str = "predict", show: bool = True, max_tokens: int = 0) -> list[torch.Tensor]:
-    """Logits [P_i, C] (float32, CPU) for each document, in the order given. Documents are batched
-    by length (less padding), at most `batch_size` per batch and, with `max_tokens`, at most that
-    many encoder tokens (a longer document alone; 0 = no cap, -1 = 4096 on CPU and no cap on a GPU);
-    the result does not depend on the batching."""
+    """Logits [P_i, C] (float32, CPU) for each document, in the order given (see `predict`)."""
+    return predict(model, features, num_classes, pad_id, batch_size, device, dtype, desc, show, max_tokens)[0]
+
+
+@torch.no_grad()
+def predict(model, features: list[Feature], num_classes: int, pad_id: int, batch_size: int, device, dtype,
+            desc: str = "predict", show: bool = True, max_tokens: int = 0) -> tuple[list[torch.Tensor], list | None]:
+    """Logits [P_i, C] (float32, CPU) for each document, in the order given, and, for a model that
+    predicts evidence (DREEAM), each document's evidence distributions [P_i, S_i] (else None).
+
+    Documents are batched by length (less padding), at most `batch_size` per batch and, with
+    `max_tokens`, at most that many encoder tokens (a longer document alone; 0 = no cap, -1 = 4096
+    on CPU and no cap on a GPU); the result does not depend on the batching."""
     model.eval()
     on_cpu = torch.device(device).type == "cpu"
     if max_tokens < 0:
@@ -32,6 +41,7 @@ def predict_logits(model, features: list[Feature], num_classes: int, pad_id: int
     # documents without candidate pairs (fewer than two entities) have empty logits and skip the model
     order = sorted((i for i in range(len(features)) if len(features[i].hts)), key=lambda i: len(features[i].input_ids))
     logits: list = [torch.zeros(0, num_classes) for _ in features]
+    evidence: list = [torch.zeros(0, _sentences(f)) for f in features]
     batches: list[list[int]] = []
     for i in order:
         if batches and len(batches[-1]) < batch_size and (
@@ -39,31 +49,45 @@ def predict_logits(model, features: list[Feature], num_classes: int, pad_id: int
             batches[-1].append(i)
         else:
             batches.append([i])
+    has_evidence = False
     for indices in tqdm(batches, desc=desc, disable=not show or None, leave=False):
         batch = collate([features[i] for i in indices], num_classes, pad_id).to(device)
         with autocast(device, dtype):
-            output = model(batch).float().cpu()
-        for i, doc_logits in zip(indices, output.split(batch.pairs_per_doc)):
+            output = model(batch)
+        for i, doc_logits in zip(indices, logits_of(output).float().cpu().split(batch.pairs_per_doc)):
             logits[i] = doc_logits.clone()  # its own storage: a view would keep (and pickle) the whole batch's
+        if isinstance(output, EvidenceOutput):
+            has_evidence = True
+            for i, doc_evidence in zip(indices, output.evidence.float().cpu().split(batch.pairs_per_doc)):
+                evidence[i] = doc_evidence[:, : _sentences(features[i])].clone()
     if on_cpu:
         release_free_memory()  # and evaluation's, before training goes on
-    return logits
+    return logits, evidence if has_evidence else None
+
+
+def _sentences(feature: Feature) -> int:
+    return len(feature.sent_pos) if feature.sent_pos is not None else 0
 
 
 def decode_predictions(features: list[Feature], logits: list[torch.Tensor], loss_fn, top_k: int,
-                       rel2id: dict[str, int]) -> list[dict]:
+                       rel2id: dict[str, int], evidence: list[torch.Tensor] | None = None,
+                       evidence_threshold: float = 0.2) -> list[dict]:
     """Leaderboard rows {"title", "h_idx", "t_idx", "r", "evidence"} from per-document logits, with
-    the loss's own decision rule."""
+    the loss's own decision rule. With `evidence` (per document [P_i, S_i], from `predict`), a
+    relation's evidence is every sentence of its pair's distribution above `evidence_threshold`
+    (DREEAM's rule); without it, evidence lists are empty."""
     id2rel = {i: r for r, i in rel2id.items()}
     if not features:
         return []
     decoded = loss_fn.decode(torch.cat(logits), top_k)  # [P_total, C]
     rows = []
-    for feature, doc_decoded in zip(features, decoded.split([len(f.hts) for f in features])):
+    for doc, (feature, doc_decoded) in enumerate(zip(features, decoded.split([len(f.hts) for f in features]))):
         pair_index, relation = doc_decoded[:, 1:].nonzero(as_tuple=True)
         for p, r in zip(pair_index.tolist(), relation.tolist()):
             head, tail = feature.hts[p]
-            rows.append({"title": feature.title, "h_idx": int(head), "t_idx": int(tail), "r": id2rel[r + 1], "evidence": []})
+            sentences = [] if evidence is None else (evidence[doc][p] > evidence_threshold).nonzero().flatten().tolist()
+            rows.append({"title": feature.title, "h_idx": int(head), "t_idx": int(tail), "r": id2rel[r + 1],
+                         "evidence": sentences})
     return rows
 
 

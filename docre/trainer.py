@@ -29,11 +29,13 @@ from docre.data import FIXED_RELATIONS, Split, load_rel2id, load_rel_names, load
 from docre.data.collate import collate, split_by_tokens, stack_labels
 from docre.data.feature import Feature
 from docre.errors import DocreError
-from docre.inference import decode_predictions, has_labels, predict_logits, save_logits
+from docre.inference import decode_predictions, has_labels, predict, save_logits
 from docre.losses import build_loss
 from docre.losses.common import tune_threshold_offset
+from docre.losses.evidence import evidence_kl
 from docre.metrics import breakdown, score
 from docre.models import build_model_from_config, load_tokenizer
+from docre.models.output import EvidenceOutput, logits_of
 from docre.utils import (
     append_jsonl,
     atomic_write_json,
@@ -294,10 +296,12 @@ def _train_step(run: Run, state: TrainState, group: list[list[int]]) -> None:
     size, features = run.cfg.train.batch_size, run.train_split.features
     micro = [[features[i] for i in batch[run.rank * size : (run.rank + 1) * size]] for batch in group]
     global_pairs = [sum(len(features[i].hts) for i in batch) for batch in group]
+    global_related = [related_pairs([features[i] for i in batch]) for batch in group]
     started = time.perf_counter()
     loss, grad_norm, finite = _optimizer_step(
         run.step_model, run.loss_fn, run.optimizer, run.scheduler, run.scaler, micro, len(run.rel2id), run.pad_id,
-        run.device, run.dtype, run.cfg.train.max_grad_norm, run.cfg.train.max_batch_tokens, run.model.window, global_pairs)
+        run.device, run.dtype, run.cfg.train.max_grad_norm, run.cfg.train.max_batch_tokens, run.model.window, global_pairs,
+        run.cfg.model.evidence_weight, global_related)
     state.step += 1
     state.train_seconds += time.perf_counter() - started  # on a GPU: until the step is queued (see _settle)
     run.pending.append((state.step, torch.stack([loss.float(), grad_norm.float(), finite.float()])))
@@ -380,12 +384,16 @@ def evaluate_split(run: Run, split: Split, decode: dict, tune: bool = False) -> 
     cfg = run.cfg
     mine = list(range(run.rank, len(split.features), run.world))
     dtype = run.dtype if run.device.type == "cuda" else torch.float32  # as evaluate.py and the Predictor (inference_precision)
-    logits = predict_logits(run.model, [split.features[i] for i in mine], len(run.rel2id), run.pad_id, cfg.eval.batch_size,
-                            run.device, dtype, desc=split.name, show=run.rank == 0, max_tokens=cfg.eval.max_batch_tokens)
+    logits, evidence = predict(run.model, [split.features[i] for i in mine], len(run.rel2id), run.pad_id,
+                               cfg.eval.batch_size, run.device, dtype, desc=split.name, show=run.rank == 0,
+                               max_tokens=cfg.eval.max_batch_tokens)
     ordered: list = [None] * len(split.features)
-    for indices, part in zip(distributed.gather(mine), distributed.gather(logits)):
-        for i, doc_logits in zip(indices, part):
-            ordered[i] = doc_logits
+    ordered_evidence: list | None = None if evidence is None else [None] * len(split.features)
+    for indices, part, part_evidence in zip(distributed.gather(mine), distributed.gather(logits), distributed.gather(evidence)):
+        for n, i in enumerate(indices):
+            ordered[i] = part[n]
+            if ordered_evidence is not None:
+                ordered_evidence[i] = part_evidence[n]
     if tune:
         decode = {}
         labels = stack_labels(split.features, len(run.rel2id))
@@ -394,7 +402,8 @@ def evaluate_split(run: Run, split: Split, decode: dict, tune: bool = False) -> 
         if cfg.eval.tune_threshold_offset:  # the decode-side correction (docs/losses.md)
             decode = {"th_offset": tune_threshold_offset(torch.cat(ordered), labels, cfg.eval.top_k)}
     decoder = build_loss(**{**cfg.loss, **decode})  # the training loss itself is never changed
-    predictions = decode_predictions(split.features, ordered, decoder, cfg.eval.top_k, run.rel2id)
+    predictions = decode_predictions(split.features, ordered, decoder, cfg.eval.top_k, run.rel2id, ordered_evidence,
+                                     cfg.model.evidence_threshold)
     scores = score(cfg.data.dataset, predictions, split.docs, run.ign_docs) if has_labels(split) else {}
     return Evaluation(scores, predictions, ordered, decode)
 
@@ -509,9 +518,15 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, bu
     return batches
 
 
+def related_pairs(features: list[Feature]) -> int:
+    """Candidate pairs with at least one relation in `features`."""
+    return sum(len(np.unique(f.labels[:, 0])) for f in features if f.labels is not None)
+
+
 def _optimizer_step(model, loss_fn, optimizer, scheduler, scaler, micro_batches: list[list[Feature]], num_classes: int,
                     pad_id: int, device, dtype, max_grad_norm: float, max_batch_tokens: int = 0, window: int = 512,
-                    global_pairs: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    global_pairs: list[int] | None = None, evidence_weight: float = 0.0,
+                    global_related: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimizer step over accumulated micro-batches; returns (loss, grad norm, finite) as 0-d
     tensors on `device`, so that the step itself never waits for the device.
 
@@ -520,11 +535,16 @@ def _optimizer_step(model, loss_fn, optimizer, scheduler, scaler, micro_batches:
     processes (DDP) or into parts of at most `max_batch_tokens` (memory). `global_pairs` are those
     totals per micro-batch (every process knows the whole batch); without them they are summed
     across processes. A non-finite loss or gradient skips the update (fp16: the grad scaler's own skip).
+    A model that returns evidence (DREEAM) adds `evidence_weight` x its evidence KL, averaged over the
+    micro-batch's pairs with a relation (`global_related`, likewise summed when not given) in the
+    same exact way.
     """
     model.train()
     world = distributed.world_size()
     if global_pairs is None:
         global_pairs = [int(distributed.sum_across(sum(len(f.hts) for f in features), device)) for features in micro_batches]
+    if evidence_weight and global_related is None:
+        global_related = [int(distributed.sum_across(related_pairs(features), device)) for features in micro_batches]
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     loss_finite = torch.ones((), dtype=torch.bool, device=device)
     for index, (features, pairs_in_batch) in enumerate(zip(micro_batches, global_pairs)):
@@ -535,11 +555,15 @@ def _optimizer_step(model, loss_fn, optimizer, scheduler, scaler, micro_batches:
             last = index == len(micro_batches) - 1 and part_index == len(parts) - 1
             with contextlib.nullcontext() if last or world == 1 else model.no_sync():
                 with autocast(device, dtype):
-                    logits = model(batch)
-                loss = loss_fn(logits, batch.labels)
-                scaler.scale(loss * (share * world)).backward()
+                    output = model(batch)
+                loss = loss_fn(logits_of(output), batch.labels) * share  # its part of the global mean
+                if evidence_weight and isinstance(output, EvidenceOutput):  # mean over the micro-batch's related pairs
+                    related = batch.labels[:, 0] == 0  # [P]
+                    kl = evidence_kl(output.evidence[related], batch.evidence[related]).sum()
+                    loss = loss + evidence_weight * kl / max(global_related[index], 1) / len(micro_batches)
+                scaler.scale(loss * world).backward()
             loss_finite &= torch.isfinite(loss.detach())
-            total_loss += loss.detach().double() * share
+            total_loss += loss.detach().double()
     distributed.all_reduce_sum_(total_loss)
     loss_finite = distributed.all_reduce_min_(loss_finite.to(torch.uint8)).bool()
     scaler.unscale_(optimizer)

@@ -29,6 +29,11 @@ class Batch:
         entities_per_doc, mentions_per_doc: counts per document (entities and mentions are numbered
             document by document), kept on the host so the model never asks the device for them.
         lengths: tokens of each document (likewise).
+        token_sentence: [B, L] sentence of each token (the features' `sent_pos`), S for special
+            and padding tokens, S = the most sentences of a document in the batch.
+        sentences_per_doc: sentences of each document (host side, as the counts above).
+        evidence: [P, S] per pair, how many of its gold facts name each sentence as evidence
+            (DREEAM's evidence target); None for unlabelled data.
     """
 
     input_ids: torch.Tensor
@@ -43,6 +48,9 @@ class Batch:
     entities_per_doc: list[int]
     mentions_per_doc: list[int]
     lengths: list[int]
+    token_sentence: torch.Tensor
+    sentences_per_doc: list[int]
+    evidence: torch.Tensor | None
 
     def to(self, device: torch.device) -> "Batch":
         """The tensors on `device`; to a GPU through pinned memory, so the copies do not make the
@@ -81,7 +89,9 @@ def collate(features: list[Feature], num_classes: int, pad_id: int) -> Batch:
     for entity, (size, end) in enumerate(zip(entity_sizes, ends)):
         entity_mentions[entity, :size] = np.arange(end - size, end)
     pairs_per_doc = [len(f.hts) for f in features]
-    labels = stack_labels(features, num_classes) if all(f.labels is not None for f in features) else None
+    labelled = all(f.labels is not None for f in features)
+    labels = stack_labels(features, num_classes) if labelled else None
+    token_sentence, num_sents = sentence_index(features, length)
     return Batch(
         input_ids=torch.from_numpy(input_ids),
         attention_mask=torch.from_numpy(attention_mask),
@@ -95,7 +105,32 @@ def collate(features: list[Feature], num_classes: int, pad_id: int) -> Batch:
         entities_per_doc=[len(f.entity_pos) for f in features],
         mentions_per_doc=[sum(len(positions) for positions in f.entity_pos) for f in features],
         lengths=[len(f.input_ids) for f in features],
+        token_sentence=torch.from_numpy(token_sentence),
+        sentences_per_doc=[len(f.sent_pos) if f.sent_pos is not None else 0 for f in features],
+        evidence=stack_evidence(features, num_sents) if labelled else None,
     )
+
+
+def sentence_index(features: list[Feature], length: int) -> tuple[np.ndarray, int]:
+    """[B, length] sentence of each token, S (the most sentences of a feature) where none; and S."""
+    num_sents = max((len(f.sent_pos) for f in features if f.sent_pos is not None), default=0)
+    index = np.full((len(features), length), num_sents, dtype=np.int64)
+    for doc, feature in enumerate(features):
+        for sentence, (start, end) in enumerate(feature.sent_pos if feature.sent_pos is not None else ()):
+            index[doc, start:end] = sentence
+    return index, num_sents
+
+
+def stack_evidence(features: list[Feature], num_sents: int) -> torch.Tensor:
+    """[P_total, num_sents] per pair, the number of its gold facts that name each sentence as
+    evidence (the union over a fact's repeated labels; DREEAM counts per relation of a pair)."""
+    counts = np.zeros((sum(len(f.hts) for f in features), num_sents), dtype=np.float32)
+    start = 0
+    for feature in features:
+        for (pair, _), sentences in zip(feature.labels, feature.evidence or ()):
+            counts[start + pair, sentences] += 1
+        start += len(feature.hts)
+    return torch.from_numpy(counts)
 
 
 def stacked_facts(features: list[Feature]) -> np.ndarray:

@@ -16,12 +16,15 @@ from torch import nn
 from docre.data.collate import Batch
 from docre.errors import DocreError
 from docre.models.atlop import ATLOP
+from docre.models.docunet import DocuNet
+from docre.models.dreeam import DREEAM
 from docre.models.kd_docre import KDDocRE
 from docre.models.long_input import Tap, encoder_window
+from docre.models.output import EvidenceOutput
 
 # model.name -> the model's class, called as cls(encoder, num_classes=, start_ids=, end_ids=, window=,
 # layer_pooling=, emb_size=, block_size=, pair_chunk_size=, general_attention=) by build_model
-MODELS = {"atlop": ATLOP, "kd_docre": KDDocRE}
+MODELS = {"atlop": ATLOP, "docunet": DocuNet, "dreeam": DREEAM, "kd_docre": KDDocRE}
 
 
 class RelationModel(Protocol):
@@ -34,18 +37,17 @@ class RelationModel(Protocol):
     rate, and export writes `encoder.config`. `window` is the encoder window in tokens (batching by
     encoded tokens reads it); `tap` is the attention tap (`long_input.attention_tap`) the model
     encodes through. A model that predicts more than relations (DREEAM's per-pair distribution over
-    the document's sentences, for evidence) will return it beside the logits in one small typed
-    output, e.g. a dataclass `(logits [P, C], evidence [P, S])`, without changing what the logits
-    mean; its auxiliary objective (DREEAM's evidence KL) will be a plain function in docre/losses/
-    weighted by a config key, applied where the batch carries the evidence labels. Until a model
-    needs it, forward returns the logits tensor alone.
+    the document's sentences, for evidence) returns it beside the logits in one small typed output
+    (`output.EvidenceOutput`) without changing what the logits mean; its auxiliary objective
+    (`losses.evidence.evidence_kl`) is added by the trainer, weighted by `model.evidence_weight`,
+    where the batch carries evidence labels. The other models return the logits tensor alone.
     """
 
     encoder: nn.Module
     window: int
     tap: Tap
 
-    def forward(self, batch: Batch) -> torch.Tensor: ...
+    def forward(self, batch: Batch) -> torch.Tensor | EvidenceOutput: ...
 
 
 # Short names for backbones that ship inside a Python package (installed with --no-deps).

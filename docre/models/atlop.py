@@ -7,6 +7,8 @@ gathered and scattered with the index tensors of `Batch`, and the only Python lo
 documents of the batch (for the per-document context product) and over pair chunks.
 """
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -99,20 +101,33 @@ def localized_context(hidden: torch.Tensor, entity_attention: torch.Tensor, head
                       pairs_per_doc: list[int], entities_per_doc: list[int], epsilon: float = 1e-5) -> torch.Tensor:
     """Localized context pooling: weight tokens by how much both entities attend to them.
 
+    Args as `pair_attentions`. Returns:
+        [P, D] context embedding of each pair.
+    """
+    return torch.cat([attention @ hidden[doc] for doc, attention in
+                      pair_attentions(entity_attention, heads, tails, pairs_per_doc, entities_per_doc, epsilon)])
+
+
+def pair_attentions(entity_attention: torch.Tensor, heads: torch.Tensor, tails: torch.Tensor, pairs_per_doc: list[int],
+                    entities_per_doc: list[int], epsilon: float = 1e-5) -> Iterator[tuple[int, torch.Tensor]]:
+    """Per document, its pairs' localized-context attention over its tokens: the product of the
+    head's and the tail's attention, averaged over heads and normalised to sum 1.
+
     Per document, one batched product gives the head-summed attention products of all n x n
     entity pairs ([L, n, n]); the candidate pairs are gathered from it. This never builds the
     [P, H, L] products of the pairs (10x more memory at DocRED sizes) and costs the same FLOPs.
     A document's entities are numbered first..last-1 in the batch (counted on the host).
 
     Args:
+        entity_attention: [E, H, L] attention rows of the batch's entities.
         heads, tails: [P] entity indices (batch numbering) of the pairs, grouped by document.
         epsilon: added to each pair's attention mass before normalising (1e-5 in ATLOP).
 
-    Returns:
-        [P, D] context embedding of each pair.
+    Yields:
+        (document, [P_doc, L] attention of the document's pairs), documents in order.
     """
     num_heads = entity_attention.size(1)
-    contexts, pair_start, first = [], 0, 0
+    pair_start, first = 0, 0
     for doc, (num_pairs, num_entities) in enumerate(zip(pairs_per_doc, entities_per_doc)):
         doc_heads, doc_tails = heads[pair_start : pair_start + num_pairs], tails[pair_start : pair_start + num_pairs]
         last = first + num_entities
@@ -120,10 +135,8 @@ def localized_context(hidden: torch.Tensor, entity_attention: torch.Tensor, head
         attention = entity_attention[first:last].permute(2, 0, 1).contiguous()  # [L, n, H]
         products = torch.bmm(attention, attention.transpose(1, 2))  # [L, n, n]: sum over heads of a_i * a_j
         pair_attention = products[:, doc_heads - first, doc_tails - first].t() / num_heads  # [P_doc, L]
-        pair_attention = pair_attention / (pair_attention.sum(1, keepdim=True) + epsilon)
-        contexts.append(pair_attention @ hidden[doc])  # [P_doc, D]
+        yield doc, pair_attention / (pair_attention.sum(1, keepdim=True) + epsilon)
         pair_start, first = pair_start + num_pairs, last
-    return torch.cat(contexts)  # [P, D]
 
 
 def bilinear_chunk(device: torch.device, emb_size: int, block_size: int, pair_chunk_size: int = 0) -> int:

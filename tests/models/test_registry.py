@@ -15,6 +15,7 @@ from docre.data.feature import featurize, probe_tokenizer
 from docre.errors import DocreError
 from docre.models import MODELS, build_model, build_model_from_config
 from docre.models.long_input import encoder_window
+from docre.models.output import EvidenceOutput, logits_of
 from docre.trainer import build_optimizer
 from tests.conftest import FIXTURES
 
@@ -58,7 +59,11 @@ def test_every_model_builds_and_keeps_the_contract(name, tiny_backbone, tiny_tok
 
     # logits [P, C] in the order of the documents' pairs, finite, and differentiable down to the encoder
     model.train()
-    logits = model(batch)
+    output = model(batch)
+    logits = logits_of(output)  # DREEAM returns its evidence distributions beside the logits
+    if isinstance(output, EvidenceOutput):
+        assert output.evidence.shape == (batch.hts.size(0), max(batch.sentences_per_doc))
+        assert torch.isfinite(output.evidence).all() and (output.evidence >= 0).all()
     assert logits.shape == (sum(len(f.hts) for f in features), NUM_CLASSES) == (batch.hts.size(0), NUM_CLASSES)
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
     logits.logsumexp(1).sum().backward()
@@ -67,8 +72,8 @@ def test_every_model_builds_and_keeps_the_contract(name, tiny_backbone, tiny_tok
     # each document's logits are its own: the first document alone gives its rows of the batch
     model.eval()
     with torch.no_grad():
-        together = model(batch)[: len(features[0].hts)]
-        alone = model(collate(features[:1], NUM_CLASSES, tiny_tokenizer.pad_token_id))
+        together = logits_of(model(batch))[: len(features[0].hts)]
+        alone = logits_of(model(collate(features[:1], NUM_CLASSES, tiny_tokenizer.pad_token_id)))
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
 
 
