@@ -48,9 +48,9 @@ class ModelConfig:
     block_size: int = 64  # block width of the group bilinear
     gradient_checkpointing: bool = False  # recompute encoder activations in backward (saves memory)
     pair_chunk_size: int = 0  # pairs per group-bilinear chunk (bounds its memory); 0 = about 64 MB of features
-    # models that predict evidence (DREEAM): weight of the evidence KL added to the relation loss
-    # (DREEAM's lambda; its maintainer suggests 0.05 for Re-DocRED), and the share of a pair's attention
-    # above which a sentence is predicted as evidence
+    # models that predict evidence (DREEAM): weight of the evidence KL added to the relation loss (DREEAM's
+    # lambda; its maintainer suggests 0.05 in some settings, YoumiMa/dreeam issues #8 and #11), and the
+    # share of a pair's attention above which a sentence is predicted as evidence
     evidence_weight: float = 0.1
     evidence_threshold: float = 0.2
 

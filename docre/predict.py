@@ -147,7 +147,7 @@ class Predictor:
             document's entities (vertexSet), their names, the relation id and name, the score (how
             far past the loss's decision boundary: the relation logit minus the TH logit for
             ATL/ATGL), the sentence ids of the head's and of the tail's mentions, and the ids of the
-            sentences predicted as the triple's evidence (always [] until a model predicts evidence).
+            sentences predicted as the triple's evidence ([] for a model that predicts none; DREEAM does).
         """
         docs = documents if prepared else prepare_documents(documents)
         rows, scores, pair_rows = self._decode(docs, batch_size or self.cfg.eval.batch_size, self._top_k(top_k), progress)
@@ -184,7 +184,7 @@ class Predictor:
 
     def _decode(self, docs: list[dict], batch_size: int, top_k: int, progress: bool):
         """(leaderboard rows, decision scores [P_total, C], per document {(head, tail): its row in the scores})."""
-        from docre.inference import decode_predictions, predict_logits
+        from docre.inference import decode_predictions, predict
 
         unlabelled = [{k: v for k, v in doc.items() if k != "labels"} for doc in docs]  # labels may name unknown relations
         features, report = featurize(unlabelled, self.tokenizer, self.rel2id, self.cfg.model.marker,
@@ -193,10 +193,11 @@ class Predictor:
             logger.warning("%s", report)
         num_classes = len(self.rel2id)
         # per document [P_i, C]; a document with fewer than two entities gets [0, C] without the model
-        logits = predict_logits(self.model, features, num_classes, self.tokenizer.pad_token_id or 0, batch_size,
-                                self.device, self.dtype, desc="predict", show=progress,
-                                max_tokens=self.cfg.eval.max_batch_tokens)
-        rows = decode_predictions(features, logits, self.loss_fn, top_k, self.rel2id)
+        logits, evidence = predict(self.model, features, num_classes, self.tokenizer.pad_token_id or 0, batch_size,
+                                   self.device, self.dtype, desc="predict", show=progress,
+                                   max_tokens=self.cfg.eval.max_batch_tokens)
+        rows = decode_predictions(features, logits, self.loss_fn, top_k, self.rel2id, evidence,
+                                  self.cfg.model.evidence_threshold)
         scores = decision_scores(self.loss_fn, torch.cat(logits)) if features else torch.zeros(0, num_classes)
         pair_rows, offset = [], 0
         for feature in features:

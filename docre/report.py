@@ -9,8 +9,9 @@ SUBSETS = (("intra", "intra-sentence"), ("inter", "inter-sentence"), ("frequent"
 
 def results_table(results: dict) -> str:
     """A markdown table of the dev/test scores in a results dict (fractions shown as %). Evidence
-    P/R/F1 columns appear only when some split's predictions carry evidence."""
-    splits = [s for s in ("dev", "test") if results.get(s)]
+    P/R/F1 columns appear only when some split's predictions carry evidence. Rows: every entry
+    holding scores ("dev", "test", "test + ISF", ...), in order."""
+    splits = [s for s, value in results.items() if isinstance(value, dict) and "f1" in value]
     columns = [(key, name) for key, name in METRICS if any(key in results[s] for s in splits)]
     if any(results[s].get("num_evidence_predicted", 0) > 0 for s in splits):
         columns += [(key, name) for key, name in EVIDENCE if any(key in results[s] for s in splits)]

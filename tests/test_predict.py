@@ -443,3 +443,41 @@ def test_read_documents_takes_json_lists_slices_gzip_and_json_lines(fixture_docs
         read_documents(lines, "docred")
     with pytest.raises(DocreError, match=r"--format 'xml'"):
         read_documents(lines, "xml")
+
+
+# ---------------------------------------------------------------------------------------------- evidence
+def test_dreeam_run_carries_the_same_evidence_through_every_path(backbone, tmp_path, fixture_docs, capsys):
+    """A DREEAM run: the trainer's predictions, the Predictor's rows and triples, result.zip and
+    evaluate.py all give the same evidence sentences, and the evidence scores of the official scorer."""
+    cfg = load_config(ROOT / "configs/smoke.yaml", [f"model.backbone={backbone}", f"output_dir={tmp_path}",
+                                                    "train.max_steps=3", "model.name=dreeam", "model.evidence_threshold=0.3"])
+    run_dir = Path(train(cfg)["run_dir"])
+    logged = json.loads((run_dir / "dev_predictions.json").read_text())
+    predictor = Predictor.from_pretrained(run_dir, device="cpu")
+    rows = predictor.leaderboard_rows(fixture_docs)
+    evidence = {(r["title"], r["h_idx"], r["t_idx"], r["r"]): r["evidence"] for r in rows}
+    assert evidence == {(r["title"], r["h_idx"], r["t_idx"], r["r"]): r["evidence"] for r in logged}
+    assert any(evidence.values()) and all(e == sorted(set(e)) for e in evidence.values())
+    assert all(0 <= s < len(d["sents"]) for d in fixture_docs for r in rows if r["title"] == d["title"] for s in r["evidence"])
+    triples = predictor.predict(fixture_docs)
+    by_triple = {(d["title"], t["h_idx"], t["t_idx"], t["r"]): t["evidence"] for d, ts in zip(fixture_docs, triples) for t in ts}
+    assert by_triple == evidence
+    status, _, _ = call("scripts/predict", [run_dir, FIXTURE, "-o", tmp_path / "result.zip"], capsys)
+    assert status == 0
+    with zipfile.ZipFile(tmp_path / "result.zip") as archive:
+        zipped = json.loads(archive.read("result.json"))
+    assert {(r["title"], r["h_idx"], r["t_idx"], r["r"]): r["evidence"] for r in zipped} == evidence
+    status, out, _ = call("evaluate", [run_dir, "--data", FIXTURE, "--json"], capsys)
+    evaluated = json.loads(out.strip().splitlines()[-1])
+    ours = docred_scores(rows, fixture_docs, fixture_docs)
+    assert status == 0 and ours["num_evidence_predicted"] > 0
+    for key in ("evidence_precision", "evidence_recall", "evidence_f1", "num_evidence_correct"):
+        assert ours[key] == evaluated[key], key
+    assert "Evi F1" in out
+
+
+def test_isf_needs_a_model_that_predicts_evidence(run_dir, capsys):
+    status, _, err = call("evaluate", [run_dir, "--data", FIXTURE, "--isf"], capsys)
+    assert status == 1
+    assert err.strip().splitlines()[-1] == (f"error: {run_dir}: --isf needs a model that predicts evidence "
+                                            "(model.name=dreeam), not atlop")

@@ -1,11 +1,15 @@
 """Score a trained run on a labelled split, rebuilding everything from the run directory.
 
-    python evaluate.py RUN_DIR [--split dev|test] [--data FILE] [--top-k K]
+    python evaluate.py RUN_DIR [--split dev|test] [--data FILE] [--top-k K] [--isf]
 
 The split's file comes from the run's config unless --data names another (a DocRED-format file,
 or a slice such as data/redocred/dev_revised.json.gz[400:]). Splits without labels (DocRED test)
 are refused: their scores come only from the CodaLab leaderboard (scripts/predict.py writes
 result.zip).
+
+--isf (models that predict evidence: DREEAM) also scores inference-stage fusion (docre/isf.py): the
+model re-run on pseudo-documents of each pair's evidence sentences, merged with the first pass under a
+threshold tuned on the run's dev file, and printed beside the plain scores.
 """
 
 import json
@@ -22,6 +26,7 @@ def main() -> int:
     parser.add_argument("--split", choices=("dev", "test"), default="dev")
     parser.add_argument("--data", help="score this file instead of the config's split file")
     parser.add_argument("--top-k", type=int, help="most relations per pair (default: the run's eval.top_k)")
+    parser.add_argument("--isf", action="store_true", help="also score inference-stage fusion (DREEAM)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true", help="print the scores as one JSON line at the end")
     args = parser.parse_args()
@@ -29,7 +34,7 @@ def main() -> int:
     from docre.config import resolve_path
     from docre.data import load_rel_names, load_split, read_split
     from docre.data.docred import split_spec
-    from docre.inference import decode_predictions, predict_logits
+    from docre.inference import decode_predictions, predict
     from docre.metrics import breakdown, score
     from docre.report import breakdown_table, per_relation_table, results_table
     from docre.run_dir import load_trained
@@ -55,17 +60,44 @@ def main() -> int:
     train_docs = read_split(data.dataset, data.train_file, data.dir, None)[2]
     ign_docs = read_split(data.dataset, data.ign_train_file, data.dir, None)[2] if data.ign_train_file else train_docs
     rel_names = load_rel_names(data.rel_info)
-    logits = predict_logits(model, split.features, len(rel2id), tokenizer.pad_token_id or 0, cfg.eval.batch_size,
-                            device, inference_precision(cfg.train.precision, device), desc=args.split,
-                            max_tokens=cfg.eval.max_batch_tokens)
-    predictions = decode_predictions(split.features, logits, loss_fn, args.top_k or cfg.eval.top_k, rel2id)
+    logits, evidence = predict(model, split.features, len(rel2id), tokenizer.pad_token_id or 0, cfg.eval.batch_size,
+                               device, inference_precision(cfg.train.precision, device), desc=args.split,
+                               max_tokens=cfg.eval.max_batch_tokens)
+    predictions = decode_predictions(split.features, logits, loss_fn, args.top_k or cfg.eval.top_k, rel2id, evidence,
+                                     cfg.model.evidence_threshold)
     scores = score(data.dataset, predictions, split.docs, ign_docs)
     details = breakdown(data.dataset, predictions, split.docs, train_docs, rel_names)
-    print(results_table({args.split: scores}))
+    fused = {}
+    if args.isf:
+        if evidence is None:
+            raise DocreError(f"{args.run_dir}: --isf needs a model that predicts evidence (model.name=dreeam), "
+                             f"not {cfg.model.name}")
+        dev = split if args.split == "dev" and not args.data else load_split(
+            "dev", data.dataset, data.dev_file, data.dir, tokenizer, rel2id, cfg.model.marker, cfg.model.max_seq_length,
+            data.cache_dir)
+        fused = _isf(cfg, model, loss_fn, tokenizer, rel2id, device, split, (logits, evidence), dev, ign_docs)
+    print(results_table({args.split: scores, **({f"{args.split} + ISF": fused} if fused else {})}))
     print(f"\n{breakdown_table({args.split: details})}\n\n{per_relation_table(details['per_relation'])}")
     if args.json:
-        print(json.dumps({"split": args.split, **scores, "breakdown": details}))
+        print(json.dumps({"split": args.split, **scores, "breakdown": details, **({"isf": fused} if fused else {})}))
     return 0
+
+
+def _isf(cfg, model, loss_fn, tokenizer, rel2id, device, split, first_pass, dev, ign_docs) -> dict:
+    """Scores of inference-stage fusion on `split`, its threshold tuned on `dev` (with "isf_threshold")."""
+    from docre.inference import predict
+    from docre.isf import run_isf
+    from docre.metrics import score
+    from docre.utils import inference_precision
+
+    dtype = inference_precision(cfg.train.precision, device)
+    dev_pass = first_pass if dev is split else predict(
+        model, dev.features, len(rel2id), tokenizer.pad_token_id or 0, cfg.eval.batch_size, device, dtype, desc="dev",
+        max_tokens=cfg.eval.max_batch_tokens)
+    _, threshold = run_isf(model, loss_fn, dev.docs, dev.features, *dev_pass, tokenizer, rel2id, cfg, device, dtype)
+    rows, _ = run_isf(model, loss_fn, split.docs, split.features, *first_pass, tokenizer, rel2id, cfg, device, dtype,
+                      threshold)
+    return {**score(cfg.data.dataset, rows, split.docs, ign_docs), "isf_threshold": threshold}
 
 
 def run() -> None:
