@@ -111,18 +111,23 @@ class Predictor:
         self.rel2id, self.rel_info, self.device, self.dtype = rel2id, rel_info, device, dtype
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "auto") -> "Predictor":
-        """Load a run directory (config.yaml, best.safetensors, rel2id.json) or a folder written by
+    def from_pretrained(cls, path: str | Path, device: str = "auto", revision: str | None = None,
+                        trust_remote_code: bool = False) -> "Predictor":
+        """Load a run directory (config.yaml, best.safetensors, rel2id.json), a folder written by
         scripts/export.py (which also carries the encoder's config and tokenizer, so it loads offline
-        without the original backbone).
+        without the original backbone), or such a folder on the Hugging Face Hub ("ORG/NAME",
+        `resolve_model`).
 
         Args:
             device: "auto" (CUDA if available), "cpu", "cuda", "cuda:N".
+            revision: of a hub model: a branch, tag or commit (default: the main branch).
+            trust_remote_code: let a hub model whose config.yaml sets model.trust_remote_code run the
+                code in its encoder/ folder (else it is refused).
         """
         from docre.run_dir import load_trained, model_kind
         from docre.utils import inference_precision, resolve_device
 
-        path = Path(path)
+        path = resolve_model(path, revision, trust_remote_code)
         model_kind(path)
         torch_device = resolve_device(device)
         cfg, tokenizer, model, loss_fn, rel2id = load_trained(path, torch_device)
@@ -204,6 +209,71 @@ class Predictor:
             pair_rows.append({(int(h), int(t)): offset + p for p, (h, t) in enumerate(feature.hts.tolist())})
             offset += len(feature.hts)
         return rows, scores, pair_rows
+
+
+def resolve_model(name: str | Path, revision: str | None = None, trust_remote_code: bool = False) -> Path:
+    """The local folder of a model argument: an existing folder is itself; anything else shaped like a
+    Hugging Face Hub id ("ORG/NAME") is that repository's snapshot in the Hugging Face cache
+    (`snapshot_download`: HF_HOME / HF_HUB_CACHE decide where, HF_HUB_OFFLINE=1 reads only the
+    cache), downloaded first when missing or outdated. Any other name is returned as given, for
+    `run_dir.model_kind` to report as not found.
+
+    Raises:
+        DocreError: a revision with a local folder, or the hub model cannot be had (one line: not
+            cached while offline, no such repository, no such revision, no connection), or it would
+            run its own code (model.trust_remote_code in its config.yaml) without `trust_remote_code`.
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    path = Path(name)
+    if path.exists():
+        if revision:
+            raise DocreError(f"{name}: a local folder; a revision ({revision}) applies only to a Hugging Face Hub id")
+        return path
+    try:
+        validate_repo_id(str(name))
+    except HFValidationError:
+        return path
+    if str(name).count("/") != 1:  # docre's models on the Hub are ORG/NAME (scripts/export.py --push-to-hub)
+        return path
+    folder = _download(str(name), revision)
+    # Whether someone else's code runs here is the caller's decision (as in transformers), never the
+    # downloaded config's: an exported encoder/ folder of a custom-code encoder carries that code.
+    if (folder / "config.yaml").is_file() and not trust_remote_code:
+        from docre.config import load_config
+
+        if load_config(folder / "config.yaml").model.trust_remote_code:
+            raise DocreError(f"{name}: its config.yaml runs code from the model repository (model.trust_remote_code=true); if "
+                             f"you trust {name}, load it with Predictor.from_pretrained({str(name)!r}, trust_remote_code=True)")
+    return folder
+
+
+def _download(repo_id: str, revision: str | None) -> Path:
+    """`repo_id`'s snapshot folder in the Hugging Face cache, each library error as one line."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    from docre import __version__
+
+    at = f"{repo_id}@{revision}" if revision else repo_id
+    fetch = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, library_name="docre", library_version=__version__))
+    except LocalEntryNotFoundError:  # offline (or the Hub unreachable) and not cached; also a partial snapshot
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hugging Face Hub could not be reached"
+        raise DocreError(f"{at}: not a local folder, and not (completely) in the Hugging Face cache {constants.HF_HUB_CACHE} "
+                         f"({why}); fetch it where the Hub is reachable with `{fetch}` into the same cache "
+                         "(HF_HOME / HF_HUB_CACHE), or name a local model folder") from None
+    except RepositoryNotFoundError:  # also a private or gated repository without a token that may read it
+        raise DocreError(f"{repo_id}: not a local folder, nor a model on the Hugging Face Hub that this token may "
+                         "read (private? log in with `hf auth login` or set HF_TOKEN)") from None
+    except RevisionNotFoundError:
+        raise DocreError(f"{repo_id}: the Hugging Face Hub model has no revision {revision!r}") from None
+    except HfHubHTTPError as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise DocreError(f"{at}: the Hugging Face Hub refused the download: {first_line}") from None
+
 
 def _rel_info(path: Path, cfg, rel2id: dict) -> dict[str, str]:
     """Relation id -> name: the exported folder's rel_info.json, else the run's data.rel_info file."""

@@ -1,4 +1,4 @@
-"""Export a training run as a self-contained model folder (loads offline; push it to a model hub as is).
+"""Export a training run as a self-contained model folder (loads offline); --push-to-hub shares it on the Hub.
 
 Usage: python scripts/export.py --help. The command lives in docre/cli/export.py; after the set-up it
 is also the console command `docre-export`.

@@ -1,7 +1,10 @@
-"""Predict relations with a trained model (a run directory or a folder from scripts/export.py).
+"""Predict relations with a trained model (a run directory, a folder from scripts/export.py, or one on the Hugging Face Hub).
 
     python scripts/predict.py MODEL INPUT -o OUTPUT [--format auto|docred|text] [--top-k K]
-                              [--batch-size N] [--device auto|cpu|cuda]
+                              [--batch-size N] [--device auto|cpu|cuda] [--revision REV]
+
+MODEL: a run directory, an exported model folder, or the Hub id ORG/NAME of one (scripts/export.py
+--push-to-hub), downloaded into the Hugging Face cache; HF_HUB_OFFLINE=1 reads only the cache.
 
 INPUT: a DocRED-format JSON list (plain or .gz; labels are ignored; FILE[a:b] takes a slice) or
 JSON lines, one document per line, DocRED-format or raw text {"text", "entities": [{"name"?,
@@ -12,6 +15,9 @@ OUTPUT, by its extension:
            score, h_sents, t_sents}, ...]} (raw-text documents add "sent_spans")
   *.json   the leaderboard list [{"title", "h_idx", "t_idx", "r", "evidence": []}]
   *.zip    a CodaLab submission: that list as result.json inside the zip
+  *.html   one self-contained page to read the predictions: each document's text with its entity
+           mentions highlighted, its relations (click one to mark its head, tail and evidence) and,
+           for labelled documents, correct / wrong / missed marks against the gold facts
 """
 
 from pathlib import Path
@@ -20,20 +26,22 @@ from docre.allocator import use_huge_pages
 from docre.cli import command_parser
 from docre.errors import DocreError, run_cli
 
-OUTPUTS = (".jsonl", ".json", ".zip")
+OUTPUTS = (".jsonl", ".json", ".zip", ".html")
 CHUNK = 256  # documents per call of the predictor: bounds the memory held by logits
 
 
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
     parser = command_parser("docre-predict", __doc__)
-    parser.add_argument("model", help="run directory or exported model folder")
+    parser.add_argument("model", help="run directory, exported model folder, or Hugging Face Hub id ORG/NAME")
     parser.add_argument("input", help="documents: DocRED JSON list or JSON lines (DocRED or raw text)")
-    parser.add_argument("-o", "--output", required=True, help="*.jsonl (triples), *.json (leaderboard) or *.zip (CodaLab)")
+    parser.add_argument("-o", "--output", required=True,
+                        help="*.jsonl (triples), *.json (leaderboard), *.zip (CodaLab) or *.html (a page to read them)")
     parser.add_argument("--format", default="auto", choices=("auto", "docred", "text"), help="input format (default: by keys)")
     parser.add_argument("--top-k", type=int, help="most relations per entity pair (default: the run's eval.top_k)")
     parser.add_argument("--batch-size", type=int, help="documents per forward pass (default: the run's eval.batch_size)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    parser.add_argument("--revision", help="of a Hub model: branch, tag or commit (default: main)")
     args = parser.parse_args()
 
     output = Path(args.output)
@@ -47,18 +55,21 @@ def main() -> int:
 
     from tqdm.auto import tqdm
 
-    from docre.predict import Predictor, read_documents
+    from docre.predict import Predictor, read_documents, resolve_model
     from docre.run_dir import model_kind
     from docre.utils import setup_logging
 
-    model_kind(Path(args.model))  # a wrong model path fails before the input is read
+    model_dir = resolve_model(args.model, args.revision)  # a Hub id: its folder in the Hugging Face cache
+    model_kind(model_dir)  # a wrong model path fails before the input is read
     docs = read_documents(args.input, args.format)  # bad input fails before the model is loaded
     setup_logging()
-    predictor = Predictor.from_pretrained(args.model, args.device)
+    predictor = Predictor.from_pretrained(model_dir, args.device)
     started = time.perf_counter()
     with tqdm(total=len(docs), desc="predict", unit="doc") as progress:
         if output.suffix == ".jsonl":
             count = _write_jsonl(output, predictor, docs, args, progress)
+        elif output.suffix == ".html":
+            count = _write_html(output, predictor, docs, args, progress)
         else:
             rows = []
             for start in range(0, len(docs), CHUNK):
@@ -88,6 +99,24 @@ def _write_jsonl(output: Path, predictor, docs: list[dict], args, progress) -> i
                 handle.write(json.dumps(line, ensure_ascii=False) + "\n")
                 count += len(triples)
             progress.update(len(chunk))
+    return count
+
+
+def _write_html(output: Path, predictor, docs: list[dict], args, progress) -> int:
+    from docre import html_view
+    from docre.utils import atomic_open
+
+    count = 0
+    with atomic_open(output) as handle:  # streamed like the .jsonl file: one document section at a time
+        handle.write(html_view.page_start(docs, f"{args.model} on {args.input}"))
+        for start in range(0, len(docs), CHUNK):
+            chunk = docs[start : start + CHUNK]
+            predicted = predictor.predict(chunk, args.batch_size, args.top_k, prepared=True)
+            for index, (doc, triples) in enumerate(zip(chunk, predicted), start):
+                handle.write(html_view.document_html(index, doc, triples, predictor.rel_info))
+                count += len(triples)
+            progress.update(len(chunk))
+        handle.write(html_view.page_end())
     return count
 
 
