@@ -101,8 +101,10 @@ class SweepConfig:
 
 @dataclass
 class LogConfig:
-    wandb: bool = False  # also log to Weights & Biases (honours WANDB_MODE=offline)
+    # metrics.jsonl is always written; these send the same rows (and the config, and the final scores) to a tracker
+    wandb: bool = False  # Weights & Biases (pip install wandb); honours WANDB_MODE=offline and WANDB_DIR (else RUN_DIR/wandb)
     wandb_project: str = "docre"
+    tensorboard: bool = False  # TensorBoard event files in RUN_DIR/tensorboard (pip install tensorboard)
 
 
 @dataclass

@@ -6,16 +6,20 @@ out-of-memory in one run leaves the others, and this process, untouched. What ha
 `run_dir.plan`'s rule, the same as the alpha sweep's: a finished run is skipped, a run with a
 checkpoint resumed, a run stopped before its first checkpoint started again. Ctrl-C or SIGTERM
 stops the current run at its next step with a checkpoint; the same command then continues the grid.
+Before each run it prints how many are done and how long the rest will take at the pace of the runs
+finished so far in this command.
 """
 
 import os
 import signal
 import subprocess
 import sys
+import time
 
 from docre.errors import DocreError
 from docre.run_dir import ACTIONS
 from docre.tables import Run
+from docre.utils import runs_left_note
 
 
 class ChildSignals:
@@ -72,16 +76,21 @@ def run_grid(runs: list[Run], nproc: int = 1) -> list[Run]:
     """
     todo = [run for run in runs if run.state != "finished"]
     failed = []
+    durations = []  # seconds of each run that finished in this command (failed runs say nothing about the pace)
     with ChildSignals() as signals:
         for index, run in enumerate(todo, 1):
             if signals.received:  # arrived between two runs
                 raise DocreError(f"interrupted before {run.cfg.run_name}; run the same command again to go on")
-            print(f"[{index}/{len(todo)}] {run.cfg.run_name}: {ACTIONS[run.state]}", flush=True)
+            print(f"[{index}/{len(todo)}] {run.cfg.run_name}: {ACTIONS[run.state]} "
+                  f"({runs_left_note(durations, len(todo) - index + 1)})", flush=True)
+            started = time.monotonic()
             status = signals.run(train_command(run, nproc))
             if signals.received:
                 raise DocreError(f"interrupted during {run.cfg.run_name} (exit status {status}); "
                                  f"run the same command again to resume: {' '.join(sys.argv)}")
-            if status != 0:
+            if status == 0:
+                durations.append(time.monotonic() - started)
+            else:
                 failed.append(run)
                 print(f"[{index}/{len(todo)}] {run.cfg.run_name} failed (exit status {status}); "
                       f"log: {run.run_dir / 'train.log'}", file=sys.stderr, flush=True)

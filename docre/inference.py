@@ -11,7 +11,7 @@ from docre.data import Split
 from docre.data.collate import collate, encoded_tokens, stacked_facts
 from docre.data.feature import Feature
 from docre.models.output import EvidenceOutput, logits_of
-from docre.utils import atomic_save_safetensors, autocast, release_free_memory
+from docre.utils import atomic_save_safetensors, autocast, hide_progress, release_free_memory
 
 # Encoder tokens per evaluation batch on CPU by default: bounds the attention maps' memory there.
 CPU_TOKEN_BUDGET = 4096
@@ -50,7 +50,11 @@ def predict(model, features: list[Feature], num_classes: int, pad_id: int, batch
         else:
             batches.append([i])
     has_evidence = False
-    for indices in tqdm(batches, desc=desc, disable=not show or None, leave=False):
+    # The bar (with the time left) counts tokens, not batches: batches run from the shortest documents
+    # to the longest, so a count of batches would promise the end far too early.
+    progress = tqdm(total=sum(len(features[i].input_ids) for i in order), desc=desc, unit="tok", unit_scale=True,
+                    disable=hide_progress(show), leave=False)
+    for indices in batches:
         batch = collate([features[i] for i in indices], num_classes, pad_id).to(device)
         with autocast(device, dtype):
             output = model(batch)
@@ -60,6 +64,8 @@ def predict(model, features: list[Feature], num_classes: int, pad_id: int, batch
             has_evidence = True
             for i, doc_evidence in zip(indices, output.evidence.float().cpu().split(batch.pairs_per_doc)):
                 evidence[i] = doc_evidence[:, : _sentences(features[i])].clone()
+        progress.update(sum(len(features[i].input_ids) for i in indices))
+    progress.close()
     if on_cpu:
         release_free_memory()  # and evaluation's, before training goes on
     return logits, evidence if has_evidence else None

@@ -27,7 +27,7 @@ from docre import distributed
 from docre import run_dir as runs
 from docre.config import Config, load_config, save_config
 from docre.errors import DocreError
-from docre.utils import atomic_write_json, logger, resolve_device
+from docre.utils import atomic_write_json, logger, resolve_device, runs_left_note
 
 # The ATGL paper's alpha per dataset (data.dataset, or the data folder's name for DocRED-format sets).
 PAPER_ALPHA = {"docred": 16.5, "redocred": 16.5, "cdr": 7.5, "dwie": 6.0, "docgnre": 20.0}
@@ -76,15 +76,20 @@ def tune_alpha(cfg: Config) -> dict:
     rank = distributed.init_distributed(resolve_device(cfg.train.device))[0]
     _prepare(run_dir, cfg, rank)
     rows = []
-    for alpha in values:
-        sub_dir = run_dir / SWEEP_DIR / f"alpha={alpha:g}"
+    durations = []  # wall seconds of the finished values' runs (earlier ones too): the same config but alpha
+    for index, alpha in enumerate(values):
+        sub_dir = _value_dir(run_dir, alpha)
         action, sub_cfg = runs.plan(sub_dir, _sub_config(cfg, alpha, sub_dir), IGNORED)
         if action == "skip":
             logger.info("alpha %g: finished earlier (%s), skipped", alpha, sub_dir)
             results = runs.read_results(sub_dir)
         else:
-            logger.info("alpha %g: %s in %s", alpha, action, sub_dir)
+            left = sum(1 for value in values[index:] if runs.read_results(_value_dir(run_dir, value)) is None)
+            logger.info("alpha %g (%d of %d): %s in %s (%s)", alpha, index + 1, len(values), action, sub_dir,
+                        runs_left_note(durations, left))
             results = train(sub_cfg)
+        if results.get("wall_seconds"):
+            durations.append(results["wall_seconds"])
         rows.append({"alpha": alpha, "run_dir": str(sub_dir), "dev": results.get("dev", {}), "test": results.get("test", {})})
     chosen = max(rows, key=lambda row: row["dev"]["f1"])  # max keeps the first (smallest alpha) of equal F1s
     logger.info("alpha sweep: dev F1 %s; chosen alpha %g",
@@ -135,6 +140,10 @@ def _prepare(run_dir: Path, cfg: Config, rank: int) -> None:
         saved.train.resume, saved.train.overwrite = "", False
         save_config(saved, saved_path)
     distributed.barrier()
+
+
+def _value_dir(run_dir: Path, alpha: float) -> Path:
+    return run_dir / SWEEP_DIR / f"alpha={alpha:g}"
 
 
 def _sub_config(cfg: Config, alpha: float, sub_dir: Path) -> Config:

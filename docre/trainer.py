@@ -6,7 +6,9 @@ are docre/inference.py, shared with evaluate.py and the Predictor.
 """
 
 import contextlib
+import importlib
 import math
+import os
 import shutil
 import signal
 import threading
@@ -39,8 +41,12 @@ from docre.models.output import EvidenceOutput, logits_of
 from docre.utils import (
     append_jsonl,
     atomic_write_json,
+    atomic_write_text,
     autocast,
+    estimate_remaining,
+    format_duration,
     freeze_loaded_data,
+    hide_progress,
     logger,
     peak_rss_mb,
     release_free_memory,
@@ -113,11 +119,49 @@ class Run:
     scaler: torch.amp.GradScaler
     steps_per_epoch: int
     total_steps: int
-    wandb_run: Any
+    trackers: "Trackers"  # W&B / TensorBoard as the config asks (rank 0 only; empty elsewhere)
     started: float  # time.perf_counter() at the start of this process
     wall_before: float  # wall seconds of the earlier processes of a resumed run
     # (step, [loss, grad norm, finite]) of the steps whose numbers are still on the device (see _settle)
     pending: list = field(default_factory=list)
+
+
+@dataclass
+class Trackers:
+    """The experiment trackers of a run (log.wandb, log.tensorboard): they get the rows metrics.jsonl
+    gets, at the same steps, and the final scores. Empty (no tracker) unless the config asks."""
+
+    wandb_run: Any = None
+    tensorboard: Any = None  # a torch.utils.tensorboard SummaryWriter
+
+    def log(self, values: dict, step: int) -> None:
+        if self.wandb_run is not None:
+            self.wandb_run.log(values, step=step)
+        if self.tensorboard is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)):  # None (no finite step in the window) has no point to draw
+                    self.tensorboard.add_scalar(key, value, step)
+            self.tensorboard.flush()  # written now: a crash loses no row that metrics.jsonl has
+
+    def finish(self, final: dict, step: int) -> None:
+        """The final scores, then close: W&B's summary gets them all (the best dev, not the last); TensorBoard
+        gets the test scores as points at the last step (the best dev scores already are points)."""
+        if self.wandb_run is not None:
+            self.wandb_run.summary.update(final)
+        if self.tensorboard is not None:
+            self.log({key: value for key, value in final.items() if not key.startswith("dev/")}, step)
+        self.__exit__(None, None, None)
+
+    def __enter__(self) -> "Trackers":
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        """Close what is open; after an error or interruption W&B marks the run failed (a resume continues it)."""
+        if self.wandb_run is not None:
+            self.wandb_run.finish(exit_code=1 if exc_type else 0)
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        self.wandb_run = self.tensorboard = None
 
 
 @dataclass
@@ -136,15 +180,17 @@ def train(cfg: Config) -> dict:
         checkpoint, step counts, seconds per step, peak memory.
     """
     run, state = setup(cfg)
-    with _StopSignals(run.run_dir, state) as stop:
-        fit(run, state, stop)
-    return final_evaluation(run, state)
+    with run.trackers:  # closed however train() ends, so that a later run in this process starts its own
+        with _StopSignals(run.run_dir, state) as stop:
+            fit(run, state, stop)
+        return final_evaluation(run, state)
 
 
 # ---------------------------------------------------------------------------------------------- setup
 def setup(cfg: Config) -> tuple[Run, TrainState]:
     """Processes and device, the run directory, data, model, loss, optimizer; the state of a resumed run."""
     started = time.perf_counter()
+    _require_trackers(cfg)  # a missing package fails now, not after the data and the model are loaded
     rank, world, device = distributed.init_distributed(resolve_device(cfg.train.device))
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
@@ -197,7 +243,7 @@ def setup(cfg: Config) -> tuple[Run, TrainState]:
         step_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     run = Run(cfg, run_dir, rank, world, device, dtype, tokenizer.pad_token_id or 0, rel2id, rel_names, train_split,
               dev_split, test_split, ign_docs, model, step_model, build_loss(**cfg.loss), optimizer, scheduler, scaler,
-              steps_per_epoch, total_steps, _start_wandb(cfg, run_dir) if rank == 0 and cfg.log.wandb else None,
+              steps_per_epoch, total_steps, _start_trackers(cfg, run_dir, state.step) if rank == 0 else Trackers(),
               started, state.wall_seconds)
     logger.info(
         "%d train documents, %d optimizer steps (%d per epoch), effective batch %d documents "
@@ -253,10 +299,12 @@ def fit(run: Run, state: TrainState, stop: "_StopSignals") -> None:
     epochs = math.ceil(run.total_steps / run.steps_per_epoch)
     lengths = [len(f.input_ids) for f in run.train_split.features]
     window_start = time.perf_counter()
+    pace = (time.perf_counter(), state.step)  # the time left is estimated at this process's pace (evaluations included)
     for epoch in range(state.epoch, epochs):
         batches = epoch_batches(lengths, train_cfg.batch_size * run.world, cfg.seed, epoch, train_cfg.length_bucketing)
+        # the bar's own estimate is the epoch's; run_left (set with the loss) is the whole run's
         progress = tqdm(total=run.steps_per_epoch, initial=state.epoch_step, desc=f"epoch {epoch + 1}/{epochs}",
-                        disable=run.rank != 0 or None, leave=False)
+                        disable=hide_progress(run.rank == 0), leave=False)
         for epoch_step in range(state.epoch_step, run.steps_per_epoch):
             _train_step(run, state, batches[epoch_step * train_cfg.grad_accum : (epoch_step + 1) * train_cfg.grad_accum])
             state.epoch_step = epoch_step + 1
@@ -264,7 +312,7 @@ def fit(run: Run, state: TrainState, stop: "_StopSignals") -> None:
             log_due = state.step % train_cfg.log_every == 0
             if log_due or run.device.type == "cpu":  # the host reads the step's numbers (a wait on a GPU)
                 loss, grad_norm = _settle(run, state)
-                progress.set_postfix(loss=f"{loss:.4f}")
+                progress.set_postfix(loss=f"{loss:.4f}", run_left=_time_left(run, state, pace))
             if log_due and run.rank == 0:
                 _log_train_row(run, state, epoch + state.epoch_step / run.steps_per_epoch, grad_norm, window_start)
                 window_start = time.perf_counter()
@@ -281,6 +329,9 @@ def fit(run: Run, state: TrainState, stop: "_StopSignals") -> None:
                 evaluate_dev(run, state)
                 window_start = time.perf_counter()
             _checkpoint_or_stop(run, state, stop, end_of_epoch or last_step, log_due, progress)
+            if end_of_epoch and not last_step:  # after its evaluation and checkpoint, which the pace then includes
+                logger.info("epoch %d/%d done, step %d/%d: about %s left", epoch + 1, epochs, state.step, run.total_steps,
+                            _time_left(run, state, pace))
             if last_step:
                 break
         progress.close()
@@ -305,6 +356,14 @@ def _train_step(run: Run, state: TrainState, group: list[list[int]]) -> None:
     state.step += 1
     state.train_seconds += time.perf_counter() - started  # on a GPU: until the step is queued (see _settle)
     run.pending.append((state.step, torch.stack([loss.float(), grad_norm.float(), finite.float()])))
+
+
+def _time_left(run: Run, state: TrainState, pace: tuple[float, int]) -> str:
+    """The run's remaining time at the pace of the steps this process has done since `pace`
+    (time.perf_counter(), step then): evaluations and checkpoints so far are in the pace."""
+    since, first_step = pace
+    seconds = estimate_remaining(time.perf_counter() - since, state.step - first_step, run.total_steps - state.step)
+    return "?" if seconds is None else format_duration(seconds)
 
 
 def _settle(run: Run, state: TrainState) -> tuple[float, float]:
@@ -341,8 +400,7 @@ def _log_train_row(run: Run, state: TrainState, epoch: float, grad_norm: float, 
            "seconds_per_step": (time.perf_counter() - window_start) / run.cfg.train.log_every,
            "skipped_steps": state.skipped_steps}
     append_jsonl(run.run_dir / runs.METRICS, row)
-    if run.wandb_run is not None:
-        run.wandb_run.log({f"train/{k}": v for k, v in row.items() if k != "type"}, step=state.step)
+    run.trackers.log({f"train/{k}": v for k, v in row.items() if k not in ("type", "step")}, state.step)
     state.window_loss, state.window_steps = 0.0, 0
 
 
@@ -419,8 +477,7 @@ def evaluate_dev(run: Run, state: TrainState) -> None:
         return
     append_jsonl(run.run_dir / runs.METRICS, row)
     logger.info("dev step %d: %s%s", state.step, _short(result.scores), " (best)" if improved else "")
-    if run.wandb_run is not None:
-        run.wandb_run.log({f"dev/{k}": v for k, v in result.scores.items()}, step=state.step)
+    run.trackers.log({f"dev/{k}": v for k, v in row.items() if k not in ("type", "split", "step")}, state.step)
     if improved:
         save_weights(run.model, run.run_dir / runs.BEST_WEIGHTS)
         atomic_write_json(run.run_dir / runs.BEST_SCORES, row)
@@ -472,9 +529,7 @@ def final_evaluation(run: Run, state: TrainState) -> dict:
     if run.rank == 0:
         atomic_write_json(run_dir / runs.RESULTS, results)
         shutil.rmtree(run_dir / runs.LAST, ignore_errors=True)  # finished: the resume state has done its job
-        if run.wandb_run is not None:
-            run.wandb_run.summary.update({f"{s}/{k}": v for s in ("dev", "test") for k, v in results.get(s, {}).items()})
-            run.wandb_run.finish()
+        run.trackers.finish({f"{s}/{k}": v for s in ("dev", "test") for k, v in results.get(s, {}).items()}, state.step)
     distributed.barrier()  # the process group stays up (an alpha sweep trains again); its owner shuts it down
     return results
 
@@ -602,13 +657,50 @@ def _short(scores: dict) -> str:
     return " ".join(f"{k}={v * 100:.2f}" for k, v in scores.items() if k in ("precision", "recall", "f1", "ign_f1"))
 
 
-def _start_wandb(cfg: Config, run_dir: Path):
-    """Weights & Biases, only when the config asks; WANDB_MODE=offline/disabled is honoured."""
-    try:
+# (log.<flag>, the modules it imports, the package that brings them): trackers are optional installs
+TRACKERS = [("wandb", ("wandb",), "wandb"), ("tensorboard", ("tensorboard", "torch.utils.tensorboard"), "tensorboard")]
+WANDB_ID = "wandb_id.txt"  # in the run directory: a resumed run continues the same W&B run
+
+
+def _require_trackers(cfg: Config) -> None:
+    """One line naming the package to install when the config asks for a tracker that is not installed."""
+    for flag, modules, package in TRACKERS:
+        if getattr(cfg.log, flag):
+            try:
+                for module in modules:
+                    importlib.import_module(module)
+            except ImportError as error:
+                raise DocreError(f"log.{flag}=true needs the {package} package ({error}): pip install {package}, "
+                                 f"or set log.{flag}=false") from None
+
+
+def _start_trackers(cfg: Config, run_dir: Path, step: int) -> Trackers:
+    """Start the trackers the config asks for; `step` > 0 continues a resumed run."""
+    trackers = Trackers()
+    if cfg.log.wandb:
         import wandb
-    except ImportError:
-        raise DocreError("log.wandb=true needs the wandb package: pip install wandb") from None
-    return wandb.init(project=cfg.log.wandb_project, name=cfg.run_name, config=to_dict(cfg), dir=str(run_dir))
+
+        id_file = run_dir / WANDB_ID
+        same_run = {"id": id_file.read_text().strip(), "resume": "allow"} if step and id_file.is_file() else {}
+        # its files go to WANDB_DIR where the user set one, else beside the run's own
+        directory = None if os.environ.get("WANDB_DIR") else str(run_dir)
+        try:
+            trackers.wandb_run = wandb.init(project=cfg.log.wandb_project, name=cfg.run_name, config=to_dict(cfg),
+                                            dir=directory, **same_run)
+        except Exception as error:  # e.g. no API key: one line, not W&B's traceback
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise DocreError(f"log.wandb=true: W&B did not start ({reason}); run `wandb login`, "
+                             "or set WANDB_MODE=offline") from None
+        atomic_write_text(id_file, trackers.wandb_run.id)
+    if cfg.log.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step: TensorBoard drops a resumed run's events after its checkpoint, as metrics.jsonl drops its rows
+        trackers.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step + 1 if step else None)
+        if not step:  # the config as Markdown (indented: a code block), once
+            config_text = (run_dir / runs.CONFIG).read_text(encoding="utf-8")
+            trackers.tensorboard.add_text("config", "\n".join("    " + line for line in config_text.splitlines()))
+    return trackers
 
 
 class _StopSignals:

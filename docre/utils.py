@@ -198,6 +198,61 @@ def peak_rss_mb() -> float:
     return peak / 1024 if sys.platform != "darwin" else peak / 2**20
 
 
+# ----------------------------------------------------------------------------- progress
+# Values of CI / DOCRE_PROGRESS that mean "no" (CI=false is sometimes set on purpose).
+_NO = ("", "0", "false", "no", "off")
+
+
+def hide_progress(wanted: bool = True) -> bool | None:
+    """tqdm's `disable=` for every docre progress bar: one rule for where bars show.
+
+    True (hidden) when the caller wants none (e.g. a process other than rank 0), with DOCRE_PROGRESS=0
+    or under CI (CI set, as CI services do); False (shown, even into a file or pipe) with
+    DOCRE_PROGRESS=1, which wins over CI; otherwise None, tqdm's own rule: a bar on a terminal (and in
+    a notebook), none when stderr is a file or a pipe, where a redrawn line is only noise. The
+    remaining-time estimates that matter in a log (per epoch, per run of a grid) are log lines, not bars.
+    """
+    if not wanted:
+        return True
+    forced = os.environ.get("DOCRE_PROGRESS", "").strip().lower()
+    if forced:
+        return forced in _NO
+    if os.environ.get("CI", "").strip().lower() not in _NO:
+        return True
+    return None
+
+
+def estimate_remaining(elapsed: float, done: int, left: int) -> float | None:
+    """Seconds that `left` more units of work (steps, runs) take at the pace of the `done` ones,
+    which took `elapsed` seconds together; None before the first is done."""
+    if done <= 0:
+        return None
+    return elapsed / done * max(left, 0)
+
+
+def format_duration(seconds: float) -> str:
+    """'45s', '12m05s', '3h07m': as precise as a remaining-time estimate deserves."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+def runs_left_note(durations: list[float], left: int) -> str:
+    """The remaining-time estimate of a sequence of runs (a grid, an alpha sweep) from the durations
+    of the runs already finished, e.g. '2 done, 20m45s each: about 1h02m left for 3' (the mean: runs
+    of one grid differ, and a resumed one is short, so it is an estimate, not a promise)."""
+    if left <= 0:
+        return "none left"
+    seconds = estimate_remaining(sum(durations), len(durations), left)
+    if seconds is None:
+        return f"{left} to go, no estimate before the first finishes"
+    each = format_duration(sum(durations) / len(durations))
+    return f"{len(durations)} done, {each} each: about {format_duration(seconds)} left for {left}"
+
+
 # ----------------------------------------------------------------------------- logging, records
 def setup_logging(log_file: Path | None = None, rank: int = 0) -> None:
     """INFO to stderr (rank 0 only) and to `log_file`; idempotent across repeated calls.

@@ -20,6 +20,10 @@ OUTPUT, by its extension:
            for labelled documents, correct / wrong / missed marks against the gold facts
 """
 
+import contextlib
+import json
+import os
+from functools import partial
 from pathlib import Path
 
 from docre.allocator import use_huge_pages
@@ -42,30 +46,62 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, help="documents per forward pass (default: the run's eval.batch_size)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     parser.add_argument("--revision", help="of a Hub model: branch, tag or commit (default: main)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="JSON lines: set bad lines aside in OUTPUT.rejects.jsonl (with the reason) instead of stopping")
+    parser.add_argument("--chunk-size", type=int, default=CHUNK, help=f"JSON lines: documents per chunk (default {CHUNK})")
+    parser.add_argument("--overwrite", action="store_true", help="predict again into an output that is already complete")
     args = parser.parse_args()
 
     output = Path(args.output)
     if output.suffix not in OUTPUTS:
         raise DocreError(f"{output}: the output must end in {', '.join(OUTPUTS)}")
-    for name, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
+    for name, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size), ("--chunk-size", args.chunk_size)):
         if value is not None and value < 1:
             raise DocreError(f"{name} must be at least 1, got {value}")
 
+    from docre.predict import resolve_model
+    from docre.run_dir import model_kind
+
+    model_dir = resolve_model(args.model, args.revision)  # a Hub id: its folder in the Hugging Face cache
+    model_kind(model_dir)  # a wrong model path fails before the input is read
+    streamed = output.suffix != ".html" and is_json_lines(args.input)
+    if not streamed and (args.skip_bad or int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        raise DocreError(f"{args.input}: --skip-bad and torchrun need JSON-lines input and a .jsonl, .json or .zip output")
+    return _predict_stream(args, model_dir, output) if streamed else _predict_in_memory(args, model_dir, output)
+
+
+def is_json_lines(spec: str) -> bool:
+    """Whether the input is a JSON-lines file (no FILE[a:b] slice, first character not "[")."""
+    path = Path(spec)
+    if not path.is_file():
+        return False  # a slice, or a missing file (read_documents says which)
+    with open(path, "rb") as probe:
+        head = probe.read(2)
+    if head == b"\x1f\x8b":
+        import gzip
+
+        with gzip.open(path, "rb") as handle:
+            head = handle.read(4096)
+    else:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    return head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] not in (b"[", b"")
+
+
+def _predict_in_memory(args, model_dir, output: Path) -> int:
+    """A JSON list (or a slice, or the .html page): read whole, predicted in chunks, written at the end."""
     import time
 
     from tqdm.auto import tqdm
 
-    from docre.predict import Predictor, read_documents, resolve_model
-    from docre.run_dir import model_kind
-    from docre.utils import setup_logging
+    from docre.predict import Predictor, read_documents
+    from docre.utils import hide_progress, setup_logging
 
-    model_dir = resolve_model(args.model, args.revision)  # a Hub id: its folder in the Hugging Face cache
-    model_kind(model_dir)  # a wrong model path fails before the input is read
     docs = read_documents(args.input, args.format)  # bad input fails before the model is loaded
     setup_logging()
     predictor = Predictor.from_pretrained(model_dir, args.device)
     started = time.perf_counter()
-    with tqdm(total=len(docs), desc="predict", unit="doc") as progress:
+    with tqdm(total=len(docs), desc="predict", unit="doc", disable=hide_progress()) as progress:
         if output.suffix == ".jsonl":
             count = _write_jsonl(output, predictor, docs, args, progress)
         elif output.suffix == ".html":
@@ -81,6 +117,93 @@ def main() -> int:
     print(f"{len(docs)} documents, {count} relations -> {output} "
           f"({seconds:.1f} s, {len(docs) / max(seconds, 1e-9):.1f} documents/s on {predictor.device})")
     return 0
+
+
+def _predict_stream(args, model_dir, output: Path) -> int:
+    """JSON lines: streamed, resumable and sharded over torchrun's processes (docre/stream.py)."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    from docre import distributed, stream
+    from docre.predict import Predictor, prepare_documents
+    from docre.utils import hide_progress, resolve_device, setup_logging
+
+    path = Path(args.input)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.overwrite:
+        stream.remove_state(output, world)
+    elif output.exists() and not stream.progress_path(stream.shard_path(output, 0, world)).exists():
+        print(f"{output} is already complete; pass --overwrite to predict again")
+        return 0
+    setup_logging()
+    rank, world, device = distributed.init_distributed(resolve_device(args.device))
+    predictor = Predictor.from_pretrained(model_dir, str(device))
+    settings = {"model": str(Path(model_dir).resolve()), "input": str(path.resolve()), "format": args.format,
+                "output": output.suffix, "top_k": args.top_k, "chunk": args.chunk_size, "skip_bad": args.skip_bad}
+    started = time.perf_counter()
+    with tqdm(total=stream.count_lines(path) if rank == 0 else None, desc="predict", unit="doc",
+              disable=hide_progress(rank == 0)) as bar:
+        _, done = stream.run_shard(
+            path, output, rank, world, settings, args.chunk_size, lambda docs: prepare_documents(docs, args.format, str(path)),
+            partial(_records, output.suffix, predictor, args), args.skip_bad, bar)
+    done = sum(distributed.gather(done))  # documents predicted by this command (not before an interruption)
+    if rank == 0:
+        (documents, relations), rejected = _finish(output, world)
+        seconds = time.perf_counter() - started
+        print(f"{documents} documents, {relations} relations -> {output}"
+              + (f", {rejected} bad lines -> {output}.rejects.jsonl" if rejected else "")
+              + f" ({seconds:.1f} s, {done / max(seconds, 1e-9):.1f} documents/s on {world} x {device})")
+    distributed.barrier()
+    distributed.shutdown()
+    return 0
+
+
+def _records(suffix: str, predictor, args, docs: list[dict]) -> list[bytes]:
+    """One output record per document: its .jsonl line, or (.json/.zip) the JSON list of its rows."""
+    if suffix == ".jsonl":
+        triples = predictor.predict(docs, args.batch_size, args.top_k, prepared=True)
+        lines = [{"title": doc["title"], "triples": t, **({"sent_spans": doc["sent_spans"]} if "sent_spans" in doc else {})}
+                 for doc, t in zip(docs, triples)]
+    else:
+        rows_of: dict[str, list] = {doc["title"]: [] for doc in docs}
+        for row in predictor.leaderboard_rows(docs, args.batch_size, args.top_k, prepared=True):
+            rows_of[row["title"]].append(row)
+        lines = [rows_of[doc["title"]] for doc in docs]
+    return [(json.dumps(line, ensure_ascii=False) + "\n").encode() for line in lines]
+
+
+def _finish(output: Path, world: int) -> tuple[tuple[int, int], int]:
+    """Merge the shards into `output` in its format, the rejects into OUT.rejects.jsonl; remove
+    the shards. Returns ((documents, relations), rejected lines)."""
+    import zipfile
+
+    from docre import stream
+    from docre.utils import atomic_open
+
+    counts = [0, 0]
+
+    def counted():
+        for record in stream.merged_records(output, world):
+            parsed = json.loads(record)
+            counts[0] += 1
+            counts[1] += len(parsed["triples"] if output.suffix == ".jsonl" else parsed)
+            yield record if output.suffix == ".jsonl" else record.strip()[1:-1]  # the rows without their brackets
+
+    if output.suffix == ".jsonl":
+        stream.write_lines(output, counted())
+    else:
+        with atomic_open(output, "wb") as handle, contextlib.ExitStack() as stack:
+            target = handle
+            if output.suffix == ".zip":
+                archive = stack.enter_context(zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED))
+                target = stack.enter_context(archive.open("result.json", "w"))
+            target.write(b"[" + b", ".join(rows for rows in counted() if rows) + b"]")
+    rejected = stream.write_lines(Path(f"{output}.rejects.jsonl"), stream.merged_records(output, world, "rejects"))
+    if not rejected:
+        Path(f"{output}.rejects.jsonl").unlink()
+    stream.remove_state(output, world)
+    return (counts[0], counts[1]), rejected
 
 
 def _write_jsonl(output: Path, predictor, docs: list[dict], args, progress) -> int:

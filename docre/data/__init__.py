@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from docre import distributed
 from docre.data.bio import read_cdr, read_gda
 from docre.data.cache import cache_key, default_cache_dir, load_features, save_features, tokenizer_fingerprint
 from docre.data.docred import read_bytes, read_docred, split_spec
@@ -139,7 +140,8 @@ def load_split(
         features, report = cached
     else:
         with gc_paused():
-            features, report = featurize(docs, tokenizer, rel2id, marker, max_seq_length)
+            features, report = featurize(docs, tokenizer, rel2id, marker, max_seq_length,
+                                         progress=f"featurise {name}" if distributed.rank() == 0 else "")
         if cache is not None:
             save_features(entry, features, report)
     if report:

@@ -13,6 +13,9 @@ same as the per-word loop gives.
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm.auto import tqdm
+
+from docre.utils import hide_progress
 
 
 @dataclass
@@ -73,7 +76,7 @@ def all_pairs(num_entities: int) -> np.ndarray:
 
 
 def featurize(
-    docs: list[dict], tokenizer, rel2id: dict[str, int], marker: str, max_seq_length: int
+    docs: list[dict], tokenizer, rel2id: dict[str, int], marker: str, max_seq_length: int, progress: str = ""
 ) -> tuple[list[Feature], str]:
     """Tokenise documents with entity markers and build candidate pairs and labels.
 
@@ -81,6 +84,7 @@ def featurize(
         docs: validated DocRED-format documents; an optional "pairs" key lists candidate pairs.
         rel2id: relation name -> class id; 0 is NA.
         max_seq_length: cap on tokens per document incl. special tokens; 0 = no cap.
+        progress: the label of a progress bar over the documents (shown by `hide_progress`'s rule); "" = none.
 
     Returns:
         The features, and a one-line report of what `max_seq_length` cut ("" if nothing).
@@ -90,7 +94,7 @@ def featurize(
     pieces_of = dict(zip(vocabulary, tokenizer(vocabulary, add_special_tokens=False)["input_ids"] if vocabulary else []))
     budget = max_seq_length - len(info.start_ids) - len(info.end_ids) if max_seq_length > 0 else None
     features, cut_docs, cut_pieces, cut_mentions = [], 0, 0, 0
-    for doc in docs:
+    for doc in tqdm(docs, desc=progress, unit="doc", disable=hide_progress(bool(progress)), leave=False):
         feature, lost_pieces, lost_mentions = _featurize_doc(doc, pieces_of, info, rel2id, budget)
         features.append(feature)
         cut_docs += lost_pieces > 0
