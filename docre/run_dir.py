@@ -12,6 +12,7 @@ A run directory (`output_dir/run_name`) holds:
     decode.json              decision parameters tuned on dev with those weights (e.g. BCE's threshold)
     dev_predictions.json, test_predictions.json          leaderboard rows
     dev_logits.safetensors, test_logits.safetensors      fp16 logits (eval.save_logits)
+    curves.png               the learning curve: dev F1 and training loss against the epoch
     results.json             final scores; written last, so its presence means the run finished
     last/                    the resume checkpoint (removed when the run finishes)
     alpha_sweep/, alpha_sweep.json, alpha_sweep.png      loss.alpha=auto (docre/sweep.py)
@@ -41,6 +42,7 @@ BEST_WEIGHTS = "best.safetensors"
 BEST_SCORES = "best.json"
 LAST = "last"
 METRICS = "metrics.jsonl"
+CURVES = "curves.png"
 REL2ID = "rel2id.json"
 EXPORTED_WEIGHTS = "model.safetensors"
 EXPORTED_ENCODER = "encoder"

@@ -527,11 +527,22 @@ def final_evaluation(run: Run, state: TrainState) -> dict:
         "peak_gpu_mb": torch.cuda.max_memory_allocated(run.device) / 2**20 if run.device.type == "cuda" else None,
     }
     if run.rank == 0:
+        _plot_curves(run_dir)
         atomic_write_json(run_dir / runs.RESULTS, results)
         shutil.rmtree(run_dir / runs.LAST, ignore_errors=True)  # finished: the resume state has done its job
         run.trackers.finish({f"{s}/{k}": v for s in ("dev", "test") for k, v in results.get(s, {}).items()}, state.step)
     distributed.barrier()  # the process group stays up (an alpha sweep trains again); its owner shuts it down
     return results
+
+
+def _plot_curves(run_dir: Path) -> None:
+    """RUN_DIR/curves.png, the run's learning curve; a plotting failure costs only the picture."""
+    from docre.plots import plot_curves
+
+    try:
+        plot_curves({run_dir.name: [run_dir]}, run_dir / runs.CURVES, f"{run_dir.name}: dev F1 and training loss")
+    except Exception as error:  # a finished run must not fail over its picture
+        logger.warning("could not draw %s: %s", run_dir / runs.CURVES, error)
 
 
 # ---------------------------------------------------------------------------------------------- steps
