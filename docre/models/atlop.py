@@ -38,16 +38,12 @@ class ATLOP(nn.Module):
         general_attention: bool = False,
     ):
         super().__init__()
-        self.encoder = encoder
+        keep_encoder(self, encoder, start_ids, end_ids, window, layer_pooling, emb_size, block_size, pair_chunk_size,
+                     general_attention)
         hidden_size = encoder.config.hidden_size
         self.head_extractor = nn.Linear(2 * hidden_size, emb_size)
         self.tail_extractor = nn.Linear(2 * hidden_size, emb_size)
         self.bilinear = nn.Linear(emb_size * block_size, num_classes)
-        # docre's fast attention path where the encoder allows it, else the encoder's own (long_input.py)
-        self.tap = attention_tap(encoder, 1 if layer_pooling == "last" else 3, general_attention)
-        self.layer_pooling = layer_pooling
-        self.start_ids, self.end_ids, self.window = list(start_ids), list(end_ids), window
-        self.emb_size, self.block_size, self.pair_chunk_size = emb_size, block_size, pair_chunk_size
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits [P, num_classes] for the batch's candidate pairs (class 0 = NA/threshold)."""
@@ -55,15 +51,30 @@ class ATLOP(nn.Module):
         entity_emb, entity_attention = pool_entities(hidden, mention_attention, batch)  # [E, D], [E, H, L]
         heads, tails = batch.hts[:, 0], batch.hts[:, 1]  # [P]
         context = localized_context(hidden, entity_attention, heads, tails, batch.pairs_per_doc, batch.entities_per_doc)  # [P, D]
-        head_rep = torch.tanh(self.head_extractor(torch.cat([entity_emb[heads], context], dim=1)))  # [P, emb]
-        tail_rep = torch.tanh(self.tail_extractor(torch.cat([entity_emb[tails], context], dim=1)))  # [P, emb]
-        return self._classify_in_chunks(head_rep, tail_rep)
+        return classify_pairs(self, entity_emb[heads], entity_emb[tails], context)
 
-    def _classify_in_chunks(self, head_rep: torch.Tensor, tail_rep: torch.Tensor) -> torch.Tensor:
-        """Group bilinear: per block of `block_size`, the outer product of head and tail blocks,
-        then one linear layer over all blocks' features (ATLOP), computed chunk by chunk."""
-        chunk = bilinear_chunk(head_rep.device, self.emb_size, self.block_size, self.pair_chunk_size)
-        return group_bilinear(head_rep, tail_rep, self.bilinear.weight, self.bilinear.bias, self.block_size, chunk)  # [P, C]
+
+def keep_encoder(model: nn.Module, encoder: nn.Module, start_ids: list[int], end_ids: list[int], window: int,
+                 layer_pooling: str, emb_size: int, block_size: int, pair_chunk_size: int, general_attention: bool) -> None:
+    """Set what every model of `MODELS` holds on `model`: the encoder (registered first, so its
+    parameters come first, as checkpoints of the optimizer state expect), the attention tap it encodes
+    through (docre's fast path where the encoder allows it, else the encoder's own: long_input.py), the
+    layer pooling, window and special tokens `encode_batch` reads, and the group bilinear's sizes."""
+    model.encoder = encoder
+    model.tap = attention_tap(encoder, 1 if layer_pooling == "last" else 3, general_attention)
+    model.layer_pooling = layer_pooling
+    model.start_ids, model.end_ids, model.window = list(start_ids), list(end_ids), window
+    model.emb_size, model.block_size, model.pair_chunk_size = emb_size, block_size, pair_chunk_size
+
+
+def classify_pairs(model: nn.Module, head_emb: torch.Tensor, tail_emb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """ATLOP's classifier: tanh head and tail extractors over [entity; context] [P, 2D], then the
+    group bilinear (per block of `block_size`, the outer product of head and tail blocks, one linear
+    layer over all blocks' features), computed chunk by chunk. Returns logits [P, C]."""
+    head_rep = torch.tanh(model.head_extractor(torch.cat([head_emb, context], dim=1)))  # [P, emb]
+    tail_rep = torch.tanh(model.tail_extractor(torch.cat([tail_emb, context], dim=1)))  # [P, emb]
+    chunk = bilinear_chunk(head_rep.device, model.emb_size, model.block_size, model.pair_chunk_size)
+    return group_bilinear(head_rep, tail_rep, model.bilinear.weight, model.bilinear.bias, model.block_size, chunk)
 
 
 def encode_batch(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,9 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from docre.data.collate import Batch
-from docre.models.atlop import bilinear_chunk, encode_batch, localized_context, pool_entities
+from docre.models.atlop import bilinear_chunk, encode_batch, keep_encoder, localized_context, pool_entities
 from docre.models.bilinear import group_bilinear
-from docre.models.long_input import attention_tap
 
 MIN_MAP_SIZE = 42  # the official min_height: DocRED's largest document has 42 entities
 
@@ -103,17 +102,14 @@ class DocuNet(nn.Module):
         """Args as ATLOP's; the U-Net sizes and the smallest map side are the official defaults
         (unet_in_dim 3, down_dim 256, unet_out_dim 256, max_height 42)."""
         super().__init__()
-        self.encoder = encoder
+        keep_encoder(self, encoder, start_ids, end_ids, window, layer_pooling, emb_size, block_size, pair_chunk_size,
+                     general_attention)
         hidden_size = encoder.config.hidden_size
         self.projection = nn.Linear(hidden_size, unet_in_channels)  # the context map to the U-Net's channels
         self.unet = UNet(unet_in_channels, unet_out_channels, unet_down_channels)
         self.head_extractor = nn.Linear(hidden_size + unet_out_channels, emb_size)
         self.tail_extractor = nn.Linear(hidden_size + unet_out_channels, emb_size)
         self.bilinear = nn.Linear(emb_size * block_size, num_classes)
-        self.tap = attention_tap(encoder, 1 if layer_pooling == "last" else 3, general_attention)
-        self.layer_pooling = layer_pooling
-        self.start_ids, self.end_ids, self.window = list(start_ids), list(end_ids), window
-        self.emb_size, self.block_size, self.pair_chunk_size = emb_size, block_size, pair_chunk_size
         self.min_map_size = min_map_size
 
     def forward(self, batch: Batch) -> torch.Tensor:

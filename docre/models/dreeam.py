@@ -18,9 +18,7 @@ import torch
 from torch import nn
 
 from docre.data.collate import Batch
-from docre.models.atlop import bilinear_chunk, encode_batch, pair_attentions, pool_entities
-from docre.models.bilinear import group_bilinear
-from docre.models.long_input import attention_tap
+from docre.models.atlop import classify_pairs, encode_batch, keep_encoder, pair_attentions, pool_entities
 from docre.models.output import EvidenceOutput
 
 EPSILON = 1e-30  # the official normalisation of the pair attention
@@ -42,15 +40,12 @@ class DREEAM(nn.Module):
     ):
         """Args as ATLOP's (the official DREEAM uses the mean of the last 3 layers)."""
         super().__init__()
-        self.encoder = encoder
+        keep_encoder(self, encoder, start_ids, end_ids, window, layer_pooling, emb_size, block_size, pair_chunk_size,
+                     general_attention)
         hidden_size = encoder.config.hidden_size
         self.head_extractor = nn.Linear(2 * hidden_size, emb_size)
         self.tail_extractor = nn.Linear(2 * hidden_size, emb_size)
         self.bilinear = nn.Linear(emb_size * block_size, num_classes)
-        self.tap = attention_tap(encoder, 1 if layer_pooling == "last" else 3, general_attention)
-        self.layer_pooling = layer_pooling
-        self.start_ids, self.end_ids, self.window = list(start_ids), list(end_ids), window
-        self.emb_size, self.block_size, self.pair_chunk_size = emb_size, block_size, pair_chunk_size
 
     def forward(self, batch: Batch) -> EvidenceOutput:
         """Logits [P, C] of the batch's candidate pairs and their evidence distributions [P, S]."""
@@ -65,9 +60,5 @@ class DREEAM(nn.Module):
                                               batch.entities_per_doc, EPSILON):  # [P_doc, L]
             contexts.append(attention @ hidden[doc])  # [P_doc, D]
             evidence.append(attention @ sentences[doc].to(attention.dtype))  # [P_doc, S]
-        context = torch.cat(contexts)  # [P, D]
-        head_rep = torch.tanh(self.head_extractor(torch.cat([entity_emb[heads], context], dim=1)))  # [P, emb]
-        tail_rep = torch.tanh(self.tail_extractor(torch.cat([entity_emb[tails], context], dim=1)))  # [P, emb]
-        chunk = bilinear_chunk(head_rep.device, self.emb_size, self.block_size, self.pair_chunk_size)
-        logits = group_bilinear(head_rep, tail_rep, self.bilinear.weight, self.bilinear.bias, self.block_size, chunk)
+        logits = classify_pairs(self, entity_emb[heads], entity_emb[tails], torch.cat(contexts))  # [P, C]
         return EvidenceOutput(logits, torch.cat(evidence).float())  # [P, C], [P, S]

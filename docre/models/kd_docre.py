@@ -25,9 +25,8 @@ import torch
 from torch import nn
 
 from docre.data.collate import Batch
-from docre.models.atlop import bilinear_chunk, encode_batch, localized_context, pool_entities
+from docre.models.atlop import bilinear_chunk, encode_batch, keep_encoder, localized_context, pool_entities
 from docre.models.bilinear import group_bilinear
-from docre.models.long_input import attention_tap
 
 
 class AxialSelfAttention(nn.Module):
@@ -99,7 +98,8 @@ class KDDocRE(nn.Module):
     ):
         """Args as ATLOP's; `num_axial_layers` and `axial_heads` are the official values (6, 8)."""
         super().__init__()
-        self.encoder = encoder
+        keep_encoder(self, encoder, start_ids, end_ids, window, layer_pooling, emb_size, block_size, pair_chunk_size,
+                     general_attention)
         hidden_size = encoder.config.hidden_size
         self.head_extractor = nn.Linear(2 * hidden_size, emb_size)
         self.tail_extractor = nn.Linear(2 * hidden_size, emb_size)
@@ -107,10 +107,6 @@ class KDDocRE(nn.Module):
         self.projection = nn.Linear(emb_size * block_size, hidden_size, bias=False)
         self.axial_layers = nn.ModuleList(AxialLayer(hidden_size, axial_heads) for _ in range(num_axial_layers))
         self.classifier = nn.Linear(hidden_size, num_classes)
-        self.tap = attention_tap(encoder, 1 if layer_pooling == "last" else 3, general_attention)
-        self.layer_pooling = layer_pooling
-        self.start_ids, self.end_ids, self.window = list(start_ids), list(end_ids), window
-        self.emb_size, self.block_size, self.pair_chunk_size = emb_size, block_size, pair_chunk_size
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits [P, num_classes] for the batch's candidate pairs (class 0 = NA/threshold)."""
