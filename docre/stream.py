@@ -109,8 +109,12 @@ def parse_line(path: Path, number: int, line: bytes, prepare: Callable[[list], l
     if not line.strip():
         return None
     try:
-        doc = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as error:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DocreError(f"{path}: line {number}: not UTF-8 text (byte {error.start})") from None
+    try:
+        doc = json.loads(text)
+    except ValueError as error:
         raise DocreError(f"{path}: line {number}: invalid JSON ({error})") from None
     try:
         return prepare([doc])[0]
@@ -254,3 +258,25 @@ def write_lines(output: Path, lines: Iterable[bytes]) -> int:
             handle.write(line)
             count += 1
     return count
+
+
+def write_joined_lists(output: Path, lists: Iterable[bytes], member: str | None = None) -> None:
+    """Write `output` atomically: one JSON list of the elements of `lists` (each the JSON text of a list),
+    streamed; with `member`, as that file inside a zip archive (a CodaLab result.zip)."""
+    import zipfile
+
+    from docre.utils import atomic_open
+
+    with atomic_open(output, "wb") as handle, contextlib.ExitStack() as stack:
+        target = handle
+        if member is not None:
+            archive = stack.enter_context(zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED))
+            target = stack.enter_context(archive.open(member, "w"))
+        target.write(b"[")
+        first = True
+        for text in lists:
+            inner = text.strip()[1:-1]  # the elements without their brackets
+            if inner:
+                target.write(inner if first else b", " + inner)
+                first = False
+        target.write(b"]")

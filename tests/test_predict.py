@@ -305,13 +305,13 @@ def hostile_inputs(tmp_path: Path) -> dict:
     cases = {
         "bad_json.jsonl": (json.dumps(good_text) + "\n{not json\n", r"bad_json\.jsonl: line 2: invalid JSON"),
         "cut_word.jsonl": (json.dumps({**good_text, "title": "T", "entities": [{"mentions": [[0, 3]]}]}),
-                           r"document 0 \('T'\): entities\[0\]\.mentions\[0\]: \[0, 3\] 'Alp' ends inside the word 'Alpha'"),
+                           r"line 1 \('T'\): entities\[0\]\.mentions\[0\]: \[0, 3\] 'Alp' ends inside the word 'Alpha'"),
         "outside.jsonl": (json.dumps({**good_text, "entities": [{"mentions": [[0, 5]]}, {"mentions": [[16, 80]]}]}),
                           r"entities\[1\]\.mentions\[0\]: \[16, 80\] lies outside the text"),
         "list.json": ("[1, 2]", r"document 0: neither DocRED format"),
         "docred_bad.json": (json.dumps([{"title": "x", "sents": [["a"]], "vertexSet": []}]),
                             r"vertexSet: must be a non-empty list"),
-        "latin1.jsonl": (None, r"not UTF-8 text"),
+        "latin1.jsonl": (None, r"latin1\.jsonl: line 1: not UTF-8 text"),
         "empty.jsonl": ("", r"file is empty"),
     }
     paths = {}

@@ -56,9 +56,13 @@ def test_streamed_output_equals_the_in_memory_one(run_dir, tmp_path, capsys, suf
     streamed, whole = read(tmp_path / f"streamed{suffix}"), read(tmp_path / f"whole{suffix}")
     assert streamed == whole if suffix != ".json" else json.loads(streamed) == json.loads(whole)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["corpus.jsonl", "corpus.json", f"streamed{suffix}",
-                                                                 f"whole{suffix}"])
-    status, out, _ = call("scripts/predict", [run_dir, lines, "-o", tmp_path / f"streamed{suffix}"], capsys)
+                                                                 f"streamed{suffix}.done.json", f"whole{suffix}"])
+    again = [run_dir, lines, "-o", tmp_path / f"streamed{suffix}", "--chunk-size", "3"]
+    status, out, _ = call("scripts/predict", again, capsys)
     assert status == 0 and "already complete" in out
+    lines.write_text(lines.read_text() + json.dumps({**DOCS[0], "title": "one more"}) + "\n")  # another input: redone
+    status, out, _ = call("scripts/predict", again, capsys)
+    assert status == 0 and "8 documents" in out
 
 
 def test_killed_half_way_and_rerun_gives_the_uninterrupted_output(run_dir, tmp_path):
@@ -97,7 +101,8 @@ def test_two_processes_under_torchrun_merge_into_the_single_process_output(run_d
     assert torchrun.returncode == 0, torchrun.stderr[-3000:]
     assert "on 2 x cpu" in torchrun.stdout
     assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.json", "corpus.jsonl", "one.jsonl", "two.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.json", "corpus.jsonl", "one.jsonl", "one.jsonl.done.json",
+                                                          "two.jsonl", "two.jsonl.done.json"]
 
 
 def test_bad_line_stops_or_is_set_aside(run_dir, tmp_path, capsys):

@@ -20,7 +20,6 @@ OUTPUT, by its extension:
            for labelled documents, correct / wrong / missed marks against the gold facts
 """
 
-import contextlib
 import json
 import os
 from functools import partial
@@ -127,20 +126,22 @@ def _predict_stream(args, model_dir, output: Path) -> int:
 
     from docre import distributed, stream
     from docre.predict import Predictor, prepare_documents
-    from docre.utils import hide_progress, resolve_device, setup_logging
+    from docre.utils import atomic_write_json, hide_progress, resolve_device, setup_logging
 
     path = Path(args.input)
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    status = path.stat()
+    settings = {"model": str(Path(model_dir).resolve()), "input": str(path.resolve()), "format": args.format,
+                "output": output.suffix, "top_k": args.top_k, "chunk": args.chunk_size, "skip_bad": args.skip_bad}
+    record = {"settings": settings, "input_bytes": status.st_size, "input_mtime_ns": status.st_mtime_ns}
     if args.overwrite:
         stream.remove_state(output, world)
-    elif output.exists() and not stream.progress_path(stream.shard_path(output, 0, world)).exists():
-        print(f"{output} is already complete; pass --overwrite to predict again")
+    elif output.exists() and _done_record(output) == record:
+        print(f"{output} is already complete (the same command over the same input); pass --overwrite to predict again")
         return 0
     setup_logging()
     rank, world, device = distributed.init_distributed(resolve_device(args.device))
     predictor = Predictor.from_pretrained(model_dir, str(device))
-    settings = {"model": str(Path(model_dir).resolve()), "input": str(path.resolve()), "format": args.format,
-                "output": output.suffix, "top_k": args.top_k, "chunk": args.chunk_size, "skip_bad": args.skip_bad}
     started = time.perf_counter()
     with tqdm(total=stream.count_lines(path) if rank == 0 else None, desc="predict", unit="doc",
               disable=hide_progress(rank == 0)) as bar:
@@ -150,6 +151,7 @@ def _predict_stream(args, model_dir, output: Path) -> int:
     done = sum(distributed.gather(done))  # documents predicted by this command (not before an interruption)
     if rank == 0:
         (documents, relations), rejected = _finish(output, world)
+        atomic_write_json(Path(f"{output}.done.json"), record)  # what "already complete" compares with
         seconds = time.perf_counter() - started
         print(f"{documents} documents, {relations} relations -> {output}"
               + (f", {rejected} bad lines -> {output}.rejects.jsonl" if rejected else "")
@@ -157,6 +159,14 @@ def _predict_stream(args, model_dir, output: Path) -> int:
     distributed.barrier()
     distributed.shutdown()
     return 0
+
+
+def _done_record(output: Path) -> dict | None:
+    """OUTPUT.done.json: the settings and input (size, mtime) of the streamed run that completed OUTPUT."""
+    try:
+        return json.loads(Path(f"{output}.done.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _records(suffix: str, predictor, args, docs: list[dict]) -> list[bytes]:
@@ -176,10 +186,7 @@ def _records(suffix: str, predictor, args, docs: list[dict]) -> list[bytes]:
 def _finish(output: Path, world: int) -> tuple[tuple[int, int], int]:
     """Merge the shards into `output` in its format, the rejects into OUT.rejects.jsonl; remove
     the shards. Returns ((documents, relations), rejected lines)."""
-    import zipfile
-
     from docre import stream
-    from docre.utils import atomic_open
 
     counts = [0, 0]
 
@@ -188,17 +195,12 @@ def _finish(output: Path, world: int) -> tuple[tuple[int, int], int]:
             parsed = json.loads(record)
             counts[0] += 1
             counts[1] += len(parsed["triples"] if output.suffix == ".jsonl" else parsed)
-            yield record if output.suffix == ".jsonl" else record.strip()[1:-1]  # the rows without their brackets
+            yield record
 
     if output.suffix == ".jsonl":
         stream.write_lines(output, counted())
     else:
-        with atomic_open(output, "wb") as handle, contextlib.ExitStack() as stack:
-            target = handle
-            if output.suffix == ".zip":
-                archive = stack.enter_context(zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED))
-                target = stack.enter_context(archive.open("result.json", "w"))
-            target.write(b"[" + b", ".join(rows for rows in counted() if rows) + b"]")
+        stream.write_joined_lists(output, counted(), "result.json" if output.suffix == ".zip" else None)
     rejected = stream.write_lines(Path(f"{output}.rejects.jsonl"), stream.merged_records(output, world, "rejects"))
     if not rejected:
         Path(f"{output}.rejects.jsonl").unlink()
