@@ -71,6 +71,11 @@ def predict(model, features: list[Feature], num_classes: int, pad_id: int, batch
     return logits, evidence if has_evidence else None
 
 
+def evidence_sentences(distribution: torch.Tensor, threshold: float) -> list[int]:
+    """DREEAM's evidence rule: the sentences whose share of a pair's distribution [S] exceeds `threshold`."""
+    return (distribution > threshold).nonzero().flatten().tolist()
+
+
 def _sentences(feature: Feature) -> int:
     return len(feature.sent_pos) if feature.sent_pos is not None else 0
 
@@ -91,7 +96,7 @@ def decode_predictions(features: list[Feature], logits: list[torch.Tensor], loss
         pair_index, relation = doc_decoded[:, 1:].nonzero(as_tuple=True)
         for p, r in zip(pair_index.tolist(), relation.tolist()):
             head, tail = feature.hts[p]
-            sentences = [] if evidence is None else (evidence[doc][p] > evidence_threshold).nonzero().flatten().tolist()
+            sentences = [] if evidence is None else evidence_sentences(evidence[doc][p], evidence_threshold)
             rows.append({"title": feature.title, "h_idx": int(head), "t_idx": int(tail), "r": id2rel[r + 1],
                          "evidence": sentences})
     return rows

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from docre.data.feature import featurize
-from docre.inference import predict
+from docre.inference import evidence_sentences, predict
 from docre.predict import decision_scores
 
 PENALTY = 10.0  # subtracted from a candidate only one pass proposes (the official value)
@@ -46,7 +46,7 @@ def sentence_groups(doc: dict, evidence: torch.Tensor, hts, threshold: float) ->
     """
     groups: dict[tuple[int, ...], None] = {}
     for (head, tail), row in zip(hts.tolist(), evidence):
-        sentences = set((row > threshold).nonzero().flatten().tolist())
+        sentences = set(evidence_sentences(row, threshold))
         if not sentences:
             continue
         for entity in (head, tail):
@@ -160,7 +160,7 @@ def run_isf(model, loss_fn, docs: list[dict], features, logits, evidence, tokeni
     pair_evidence = {}
     for feature, doc_evidence in zip(features, evidence):
         for (head, tail), row in zip(feature.hts.tolist(), doc_evidence):
-            pair_evidence[(feature.title, head, tail)] = (row > evidence_threshold).nonzero().flatten().tolist()
+            pair_evidence[(feature.title, head, tail)] = evidence_sentences(row, evidence_threshold)
     rows = [{"title": t, "h_idx": h, "t_idx": tl, "r": r, "evidence": pair_evidence.get((t, h, tl), [])}
             for t, h, tl, r in sorted(chosen)]
     return rows, threshold

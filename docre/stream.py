@@ -48,14 +48,19 @@ class Progress:
     finished: bool = False
 
 
+def open_text(path: Path):
+    """The file's (uncompressed) bytes as a binary handle: gunzipped when it is gzip, by magic number
+    as the readers tell (docre.data.docred.read_bytes), not by name."""
+    with open(path, "rb") as probe:
+        gzipped = probe.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rb") if gzipped else open(path, "rb")  # the caller's `with` closes it
+
+
 def input_lines(path: Path, start: int = 0) -> Iterator[tuple[int, bytes, int]]:
     """(line number, line, input bytes read after it) of a JSON-lines file (gzip by magic number),
     from byte `start` (a line boundary) of the uncompressed text."""
-    with open(path, "rb") as probe:
-        gzipped = probe.read(2) == b"\x1f\x8b"
-    opener = gzip.open if gzipped else open
     try:
-        with opener(path, "rb") as handle:
+        with open_text(path) as handle:
             number, offset = 0, 0
             if start:
                 number = _skip(handle, start)
@@ -83,9 +88,7 @@ def prefix_digest(path: Path, count: int):
     """sha256 (a hashlib object, to be continued) of the first `count` bytes of the file's
     (uncompressed) text."""
     digest, left = hashlib.sha256(), count
-    with open(path, "rb") as probe:
-        gzipped = probe.read(2) == b"\x1f\x8b"
-    with (gzip.open if gzipped else open)(path, "rb") as handle:
+    with open_text(path) as handle:
         while left > 0:
             block = handle.read(min(left, 1 << 20))
             if not block:

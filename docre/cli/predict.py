@@ -74,16 +74,10 @@ def is_json_lines(spec: str) -> bool:
     path = Path(spec)
     if not path.is_file():
         return False  # a slice, or a missing file (read_documents says which)
-    with open(path, "rb") as probe:
-        head = probe.read(2)
-    if head == b"\x1f\x8b":
-        import gzip
+    from docre.stream import open_text
 
-        with gzip.open(path, "rb") as handle:
-            head = handle.read(4096)
-    else:
-        with open(path, "rb") as handle:
-            head = handle.read(4096)
+    with open_text(path) as handle:
+        head = handle.read(4096)
     return head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] not in (b"[", b"")
 
 
@@ -169,12 +163,19 @@ def _done_record(output: Path) -> dict | None:
         return None
 
 
+def _jsonl_line(doc: dict, triples: list[dict]) -> dict:
+    """A document's line of a .jsonl output: its title and triples (raw text: and its sentence spans)."""
+    line = {"title": doc["title"], "triples": triples}
+    if "sent_spans" in doc:
+        line["sent_spans"] = doc["sent_spans"]
+    return line
+
+
 def _records(suffix: str, predictor, args, docs: list[dict]) -> list[bytes]:
     """One output record per document: its .jsonl line, or (.json/.zip) the JSON list of its rows."""
     if suffix == ".jsonl":
         triples = predictor.predict(docs, args.batch_size, args.top_k, prepared=True)
-        lines = [{"title": doc["title"], "triples": t, **({"sent_spans": doc["sent_spans"]} if "sent_spans" in doc else {})}
-                 for doc, t in zip(docs, triples)]
+        lines = [_jsonl_line(doc, t) for doc, t in zip(docs, triples)]
     else:
         rows_of: dict[str, list] = {doc["title"]: [] for doc in docs}
         for row in predictor.leaderboard_rows(docs, args.batch_size, args.top_k, prepared=True):
@@ -218,10 +219,7 @@ def _write_jsonl(output: Path, predictor, docs: list[dict], args, progress) -> i
         for start in range(0, len(docs), CHUNK):
             chunk = docs[start : start + CHUNK]
             for doc, triples in zip(chunk, predictor.predict(chunk, args.batch_size, args.top_k, prepared=True)):
-                line = {"title": doc["title"], "triples": triples}
-                if "sent_spans" in doc:
-                    line["sent_spans"] = doc["sent_spans"]
-                handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+                handle.write(json.dumps(_jsonl_line(doc, triples), ensure_ascii=False) + "\n")
                 count += len(triples)
             progress.update(len(chunk))
     return count
