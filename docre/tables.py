@@ -11,11 +11,17 @@ numbers. scripts/compare_losses.py builds its grid of losses as a table too.
     source: ATGL paper (ACL 2026) Table 2
     seeds: [66, 67, 68]
     overrides: []                       # for every row
+    alpha_seed: 66                      # optional: rows with loss.alpha=auto sweep alpha on seed 66 only
     rows:
       - name: atlop-atl
         config: configs/redocred/bert_atl.yaml
         overrides: []
         published: {dev_f1: 74.22, dev_ign_f1: 73.35, test_f1: 74.02, test_ign_f1: 73.22, note: ...}
+
+With `alpha_seed`, a row whose config says `loss.alpha: auto` runs its alpha sweep (docre/sweep.py) for
+that seed only; its other seeds train once, with the alpha that sweep chose on dev. This costs one run
+per seed instead of one per value of the grid, for the choice made on one seed; without `alpha_seed`
+every seed sweeps.
 
 Published numbers are percentages, keyed `<split>_<metric>` with metric in precision, recall, f1,
 ign_f1, optionally with a `_std` twin when the paper reports one.
@@ -28,11 +34,12 @@ from pathlib import Path
 from docre import run_dir
 from docre.config import PROJECT_ROOT, Config, load_config
 from docre.errors import DocreError
+from docre.sweep import is_auto
 
 TABLES_DIR = PROJECT_ROOT / "configs" / "tables"
 METRICS = ("precision", "recall", "f1", "ign_f1")
 PUBLISHED_KEYS = {f"{split}_{metric}{std}" for split in ("dev", "test") for metric in METRICS for std in ("", "_std")}
-TABLE_KEYS = {"title", "source", "seeds", "overrides", "rows"}
+TABLE_KEYS = {"title", "source", "seeds", "overrides", "alpha_seed", "rows"}
 ROW_KEYS = {"name", "config", "overrides", "published"}
 SEED_SUFFIX = re.compile(r"-s(\d+)$")
 
@@ -52,6 +59,7 @@ class Table:
     source: str = ""  # where the published numbers come from
     seeds: list[int] = field(default_factory=lambda: [66])
     overrides: list[str] = field(default_factory=list)  # for every row
+    alpha_seed: int | None = None  # loss.alpha=auto rows sweep alpha on this seed; their other seeds reuse its choice
     rows: list[Row] = field(default_factory=list)
 
 
@@ -65,7 +73,7 @@ class Run:
     overrides: list[str]  # everything train.py gets after the config file
     cfg: Config
     run_dir: Path
-    state: str = "missing"  # finished | resumable | stale | missing (docre.run_dir.state_of)
+    state: str = "missing"  # finished | resumable | stale | missing (docre.run_dir.state_of), or waiting (below)
     detail: str = ""  # e.g. "checkpoint at step 120"
 
 
@@ -114,6 +122,11 @@ def load_table(path: Path) -> Table:
             raise DocreError(f"{path}: seeds: expected a non-empty list of integers, got {seeds!r}")
         table.seeds = list(seeds)
     table.overrides = _overrides(data.get("overrides"), f"{path}: overrides")
+    if "alpha_seed" in data:
+        alpha_seed = data["alpha_seed"]
+        if not isinstance(alpha_seed, int) or isinstance(alpha_seed, bool):
+            raise DocreError(f"{path}: alpha_seed: expected the seed whose alpha sweep the other seeds reuse, got {alpha_seed!r}")
+        table.alpha_seed = alpha_seed
     rows = data.get("rows")
     if not isinstance(rows, list) or not rows:
         raise DocreError(f"{path}: rows: expected a non-empty list of rows")
@@ -150,7 +163,9 @@ def plan_runs(table: Table, seeds: list[int], out: Path, overrides: list[str] = 
     """Every (row, seed) run, in the folder `out`, with its resolved config and state; the configs
     are loaded and checked here, so a bad override or a missing config fails before anything runs.
 
-    Override order: the table's, the row's, the command line's; then seed, run name and output folder.
+    Override order: the table's, the row's, the command line's; then seed, run name and output folder;
+    then, with the table's alpha_seed, `loss.alpha=<the alpha seed's choice>` for the other seeds of a
+    row whose loss.alpha is auto. Until that seed's sweep has finished, those runs are "waiting".
 
     Raises:
         DocreError: a config is missing or does not load, or a run directory holds a finished or
@@ -169,6 +184,17 @@ def plan_runs(table: Table, seeds: list[int], out: Path, overrides: list[str] = 
                 cfg = load_config(config_path, run_overrides)
             except DocreError as error:
                 raise DocreError(f"table {table.name}: row {row.name}: {error}") from None
+            if table.alpha_seed is not None and seed != table.alpha_seed and is_auto(cfg):
+                alpha = chosen_alpha(out / f"{row.name}-s{table.alpha_seed}")
+                if alpha is None:
+                    if table.alpha_seed not in seeds:
+                        raise DocreError(f"table {table.name}: row {row.name}: alpha is tuned on seed {table.alpha_seed} "
+                                         f"(alpha_seed), whose sweep has not finished; add {table.alpha_seed} to --seeds")
+                    runs.append(Run(row, seed, config_path, run_overrides, cfg, out / cfg.run_name, "waiting",
+                                    f"for the alpha seed {table.alpha_seed}'s sweep chooses"))
+                    continue
+                run_overrides.append(f"loss.alpha={alpha}")
+                cfg = load_config(config_path, run_overrides)
             run = Run(row, seed, config_path, run_overrides, cfg, out / cfg.run_name)
             state = run_dir.state_of(run.run_dir)
             run.state, run.detail = state.kind, state.detail
@@ -176,6 +202,12 @@ def plan_runs(table: Table, seeds: list[int], out: Path, overrides: list[str] = 
                 run_dir.check_same_config(run.run_dir, cfg)
             runs.append(run)
     return runs
+
+
+def chosen_alpha(sweep_dir: Path) -> float | None:
+    """The alpha a finished sweep chose (its results.json), else None."""
+    results = run_dir.read_results(sweep_dir)
+    return None if results is None else results.get("alpha")
 
 
 def _check_keys(data: dict, allowed: set[str], where: str) -> None:

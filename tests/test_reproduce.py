@@ -1,6 +1,7 @@
 """scripts/reproduce.py end to end on the tiny model: a table of the smoke config over 2 seeds is
 interrupted by SIGTERM, resumed by the same command, tabulated and plotted; a finished grid is not
-trained again; summarize_runs.py rebuilds the same table. Also the train.py command of each state."""
+trained again; summarize_runs.py rebuilds the same table. A table with alpha_seed sweeps alpha on that
+seed and trains the other seeds with its choice. Also the train.py command of each state."""
 
 import json
 import signal
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from docre.config import load_config
 from docre.errors import DocreError
 from docre.grid import train_command
 from docre.tables import Row, Table, plan_runs
@@ -104,6 +106,42 @@ def _table(path: Path) -> Table:
     from docre.tables import load_table
 
     return load_table(path)
+
+
+def alpha_seed_table(tmp_path: Path, backbone: str) -> Path:
+    table = tmp_path / "alpha_grid.yaml"
+    table.write_text(
+        "seeds: [1, 2]\nalpha_seed: 1\n"
+        f"overrides: [model.backbone={backbone}, train.epochs=2, loss.alpha=auto, 'sweep.alpha_grid=[0.5, 1]']\n"
+        "rows:\n  - {name: atgl, config: configs/smoke.yaml}\n"
+    )
+    return table
+
+
+@pytest.mark.slow  # three training processes of the tiny model
+def test_alpha_seed_sweeps_once_and_the_other_seeds_reuse_its_alpha(tmp_path, tiny_backbone):
+    table, out = alpha_seed_table(tmp_path, tiny_backbone), tmp_path / "runs"
+    planned = reproduce(str(table), "--dry-run", "--output-dir", str(out))
+    assert "atgl-s2" in planned.stdout and "waiting (for the alpha seed 1's sweep chooses)" in planned.stdout
+    assert "1 missing, 1 waiting. Nothing was run" in planned.stdout
+    result = reproduce(str(table), "--output-dir", str(out), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep, reuse = out / "alpha_grid" / "atgl-s1", out / "alpha_grid" / "atgl-s2"
+    chosen = json.loads((sweep / "results.json").read_text())
+    assert sorted(row["alpha"] for row in chosen["alpha_sweep"]) == [8.25, 16.5]
+    assert load_config(reuse / "config.yaml").loss == {"name": "atgl", "alpha": chosen["alpha"]}
+    assert not (reuse / "alpha_sweep").exists() and (reuse / "results.json").is_file()
+    assert [row["n"] for row in json.loads((out / "alpha_grid" / "table.json").read_text())["rows"]] == [2]
+
+
+def test_a_failed_alpha_seed_sweep_leaves_its_other_seeds_waiting(tmp_path):
+    result = reproduce(str(alpha_seed_table(tmp_path, str(tmp_path / "no_backbone"))), "--output-dir", str(tmp_path / "runs"),
+                       timeout=300)
+    assert result.returncode == 1
+    assert result.stdout.count("atgl-s1: start") == 1  # tried once, not again in the second pass
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: 1 of 2 runs failed: atgl-s1 (see their train.log; the same command retries them); "
+        "1 runs wait for their alpha seed's sweep: atgl-s2")
 
 
 def test_runner_errors(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Table files (configs/tables/): every shipped table loads and each of its runs binds to a valid run
 config; malformed tables fail with one line naming the file and field; planning expands rows over
-seeds with the documented override order and reads each run's state from disk."""
+seeds with the documented override order, reads each run's state from disk and, with alpha_seed,
+gives the other seeds of an alpha=auto row the alpha that seed's sweep chose."""
 
 import json
 import shutil
@@ -68,6 +69,7 @@ GOOD = "rows:\n  - {name: a, config: configs/smoke.yaml}\n"
     ("rows:\n  - {name: a b, config: configs/smoke.yaml}\n", "rows[0]: name 'a b'"),
     ("rows:\n  - {name: atl-s66, config: configs/smoke.yaml}\n", "no -s<number> ending"),
     (GOOD + "  - {name: a, config: configs/smoke.yaml}\n", "the name 'a' is used twice"),
+    ("alpha_seed: [66]\n" + GOOD, "alpha_seed: expected the seed whose alpha sweep"),
     ("overrides: [train.epochs]\n" + GOOD, "overrides: expected a list of key=value strings"),
     ("rows:\n  - {name: a, config: configs/smoke.yaml, published: {test_F1: 70}}\n", "unknown key 'test_F1'"),
     ("rows:\n  - {name: a, config: configs/smoke.yaml, published: {test_f1: 0.77x}}\n", "test_f1: expected a percentage"),
@@ -132,3 +134,26 @@ def test_plan_errors_name_the_row(tmp_path, tiny_backbone):
     table.rows.append(Row("gone", "configs/none.yaml"))
     with pytest.raises(DocreError, match=r"table t: row gone: config configs/none\.yaml not found"):
         plan_runs(table, [1], tmp_path)
+
+
+def test_alpha_seed_passes_the_chosen_alpha_to_the_other_seeds(tmp_path, tiny_backbone):
+    table = Table(name="t", alpha_seed=2, overrides=[f"model.backbone={tiny_backbone}"],
+                  rows=[Row("atgl", "configs/smoke.yaml", ["loss.alpha=auto"]), Row("fixed", "configs/smoke.yaml")])
+    runs = plan_runs(table, [1, 2, 3], tmp_path)
+    assert [(run.cfg.run_name, run.state) for run in runs] == [
+        ("atgl-s1", "waiting"), ("atgl-s2", "missing"), ("atgl-s3", "waiting"),
+        ("fixed-s1", "missing"), ("fixed-s2", "missing"), ("fixed-s3", "missing")]  # a fixed alpha never waits
+    assert runs[0].detail == "for the alpha seed 2's sweep chooses" and runs[0].cfg.loss["alpha"] == "auto"
+    # without seed 2 in the command, nothing would ever choose the alpha
+    with pytest.raises(DocreError, match=r"table t: row atgl: alpha is tuned on seed 2 \(alpha_seed\), whose sweep "
+                                         r"has not finished; add 2 to --seeds"):
+        plan_runs(table, [1, 3], tmp_path)
+    sweep = runs[1]
+    sweep.run_dir.mkdir(parents=True)
+    save_config(sweep.cfg, sweep.run_dir / "config.yaml")
+    (sweep.run_dir / "results.json").write_text(json.dumps({"alpha": 8.25, "alpha_sweep": []}))
+    for seeds in ([1, 2, 3], [3]):  # once it has finished, seed 2 need not be in the command
+        runs = {run.cfg.run_name: run for run in plan_runs(table, seeds, tmp_path)}
+        assert runs["atgl-s3"].state == "missing" and runs["atgl-s3"].cfg.loss == {"name": "atgl", "alpha": 8.25}
+        assert runs["atgl-s3"].overrides[-1] == "loss.alpha=8.25"
+    assert runs["fixed-s3"].cfg.loss == {"name": "atgl", "alpha": 16.5}

@@ -8,7 +8,9 @@ CONFIG files become one row each. Every (row, seed) is one training process (doc
 <output-dir>/<table>/<row>-s<seed>/: finished runs (results.json) are skipped, interrupted ones (a
 last/ checkpoint) are resumed, runs stopped before their first checkpoint start again. A run
 directory holding a run of another config is an error, never silently mixed in. key=value
-overrides apply to every run (e.g. train.epochs=2). When the runs are done:
+overrides apply to every run (e.g. train.epochs=2). A table with alpha_seed sweeps alpha
+(loss.alpha: auto) on that seed first and trains its other seeds with the chosen alpha
+(docre/tables.py). When the runs are done:
 <output-dir>/<table>/table.md, table.json, curves.png and bars.png. Ctrl-C (or SIGTERM) stops the
 current run at its next step with a checkpoint; the same command resumes the grid. --nproc N
 trains each run with N data-parallel processes (torchrun).
@@ -60,6 +62,7 @@ def main() -> int:
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
     args = parser.parse_intermixed_args()  # overrides may follow the options
 
+    from docre import sweep
     from docre.grid import run_grid
     from docre.run_dir import ACTIONS
     from docre.tables import TABLES_DIR, load_table, plan_runs, table_from_configs, table_path
@@ -86,10 +89,10 @@ def main() -> int:
 
     print(f"{table.name}: {len(table.rows)} rows x {len(seeds)} seeds = {len(runs)} runs in {out}")
     for run in runs:
-        print(f"  {run.cfg.run_name:<40} {run.state if args.dry_run else ACTIONS[run.state]}"
+        print(f"  {run.cfg.run_name:<40} {run.state if args.dry_run else ACTIONS.get(run.state, run.state)}"
               f"{f' ({run.detail})' if run.detail else ''}")
     if args.dry_run:
-        counts = {state: sum(run.state == state for run in runs) for state in ACTIONS}
+        counts = {state: sum(run.state == state for run in runs) for state in [*ACTIONS, "waiting"]}
         print(", ".join(f"{n} {state}" for state, n in counts.items() if n) + ". Nothing was run (--dry-run).")
         return 0
 
@@ -99,11 +102,23 @@ def main() -> int:
         "rows": [{"name": row.name, "config": row.config, "overrides": row.overrides, "published": row.published}
                  for row in table.rows],
     })
-    failed = run_grid(runs, args.nproc)
+    failed = []
+    if any(run.state == "waiting" for run in runs):
+        # first the alpha seed's sweeps, then the runs that train with the alpha they chose
+        failed = run_grid([run for run in runs if run.seed == table.alpha_seed and sweep.is_auto(run.cfg)], args.nproc)
+        runs = plan_runs(table, seeds, out, overrides)
+    tried = {run.cfg.run_name for run in failed}  # a failed sweep is retried by the next command, not this one
+    failed += run_grid([run for run in runs if run.state != "waiting" and run.cfg.run_name not in tried], args.nproc)
     tabulate(table, runs, seeds, out)
+    problems = []
     if failed:
-        raise DocreError(f"{len(failed)} of {len(runs)} runs failed: {', '.join(run.cfg.run_name for run in failed)} "
-                         "(see their train.log; the same command retries them)")
+        problems.append(f"{len(failed)} of {len(runs)} runs failed: {', '.join(run.cfg.run_name for run in failed)} "
+                        "(see their train.log; the same command retries them)")
+    waiting = [run.cfg.run_name for run in runs if run.state == "waiting"]
+    if waiting:
+        problems.append(f"{len(waiting)} runs wait for their alpha seed's sweep: {', '.join(waiting)}")
+    if problems:
+        raise DocreError("; ".join(problems))
     return 0
 
 
