@@ -65,6 +65,9 @@ class TrainConfig:
     max_batch_tokens: int = 0
     encoder_lr: float = 5e-5
     head_lr: float = 1e-4  # extractors and bilinear classifier
+    # learning rates of named modules, overriding the two above: {parameter-name prefix: lr}, the
+    # longest matching prefix wins, e.g. {unet: 4.0e-4} (DocuNet's own rate for its U-Net)
+    module_lr: dict[str, float] = field(default_factory=dict)
     warmup_ratio: float = 0.06  # share of optimizer steps with linear warm-up, then linear decay
     max_grad_norm: float = 1.0  # gradient clipping; 0 = off
     adam_eps: float = 1e-6

@@ -1,7 +1,10 @@
-"""Training-loop pieces: the epoch sampler, the learning-rate schedule, and splitting a batch by
-tokens (the same gradient as the whole batch, less memory)."""
+"""Training-loop pieces: the epoch sampler, the learning-rate schedule and groups (train.module_lr, and
+every shipped config's module names), and splitting a batch by tokens (the same gradient as the whole
+batch, less memory)."""
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ import torch
 from docre.config import TrainConfig
 from docre.data.collate import split_by_tokens
 from docre.data.feature import featurize, probe_tokenizer
+from docre.errors import DocreError
 from docre.losses import build_loss
 from docre.models import build_model
 from docre.trainer import _optimizer_step, build_optimizer, epoch_batches, linear_warmup_decay
@@ -116,3 +120,44 @@ def test_prediction_batches_under_a_token_cap_give_the_same_logits(tiny_backbone
     assert all(len(part) == 1 or encoded_tokens(part, model.window) <= cap for part in parts)
     for a, b in zip(whole, capped):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
+def test_module_lr_gives_named_modules_their_own_rate():
+    model = torch.nn.Module()
+    model.encoder = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    model.unet = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    model.unet_out = torch.nn.Linear(2, 2)  # "unet" is a whole name, not a string prefix: not matched by it
+    model.bilinear = torch.nn.Linear(2, 2)
+
+    def rates(**module_lr) -> dict[str, float]:
+        optimizer = build_optimizer(model, TrainConfig(encoder_lr=1.0, head_lr=2.0, module_lr=module_lr))
+        rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+        assert len(rate) == len(list(model.parameters()))  # every parameter in exactly one group
+        return {name: rate[id(p)] for name, p in model.named_parameters()}
+
+    default = rates()
+    assert {n.split(".")[0]: r for n, r in default.items()} == {"encoder": 1.0, "unet": 2.0, "unet_out": 2.0, "bilinear": 2.0}
+    named = rates(unet=3.0, **{"unet.1": 4.0, "encoder.0": 5.0})  # the longest matching prefix wins
+    assert named == {"encoder.0.weight": 5.0, "encoder.0.bias": 5.0, "encoder.1.weight": 1.0, "encoder.1.bias": 1.0,
+                     "unet.0.weight": 3.0, "unet.0.bias": 3.0, "unet.1.weight": 4.0, "unet.1.bias": 4.0,
+                     "unet_out.weight": 2.0, "unet_out.bias": 2.0, "bilinear.weight": 2.0, "bilinear.bias": 2.0}
+    for typo in ("une", "unet.2", "axial_layers"):
+        with pytest.raises(DocreError, match=rf"train.module_lr: '{re.escape(typo)}' names no module of this model "
+                                             r"\(its modules: encoder, unet, unet_out, bilinear\)"):
+            rates(**{typo: 1e-3})
+
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+MODULE_LR_CONFIGS = sorted(p for p in CONFIGS_DIR.rglob("*.yaml") if "module_lr:" in p.read_text())
+
+
+@pytest.mark.parametrize("path", MODULE_LR_CONFIGS, ids=[str(p.relative_to(CONFIGS_DIR)) for p in MODULE_LR_CONFIGS])
+def test_shipped_module_lr_names_modules_of_its_model(path, tiny_backbone, tiny_tokenizer):
+    from docre.config import load_config
+    from docre.models import build_model_from_config
+
+    cfg = load_config(path, [f"model.backbone={tiny_backbone}"])
+    model = build_model_from_config(cfg.model, tiny_tokenizer, 97)
+    optimizer = build_optimizer(model, cfg.train)  # raises on a prefix that names no module
+    for group, (prefix, lr) in zip(optimizer.param_groups[2:], cfg.train.module_lr.items()):
+        assert group["lr"] == lr and group["params"], prefix
