@@ -13,13 +13,14 @@ import time
 from pathlib import Path
 
 from docre.errors import DocreError
+from docre.report import EVIDENCE
 from docre.run_dir import read_results
 from docre.tables import METRICS, SEED_SUFFIX, load_table, table_path
 from docre.utils import atomic_write_json, atomic_write_text
 
 SPLITS = ("dev", "test")
 COST_KEYS = ("wall_seconds", "train_seconds", "seconds_per_step", "steps", "peak_rss_mb", "peak_gpu_mb")
-LABELS = {"precision": "P", "recall": "R", "f1": "F1", "ign_f1": "Ign F1"}
+LABELS = {"precision": "P", "recall": "R", "f1": "F1", "ign_f1": "Ign F1", **dict(EVIDENCE)}
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -104,6 +105,9 @@ def markdown_table(rows: list[dict], title: str = "", source: str = "") -> str:
     """Our mean ± std per row, with the published numbers on a line below it where known."""
     columns = [(split, metric) for split in SPLITS for metric in METRICS
                if any(metric in row[split] or f"{split}_{metric}" in row["published"] for row in rows)]
+    # evidence P/R/F1 on test, where some row's model predicts evidence (DREEAM), as in report.results_table
+    if any(row["test"].get("num_evidence_predicted", {}).get("mean", 0) > 0 for row in rows):
+        columns += [("test", key) for key, _ in EVIDENCE if any(key in row["test"] for row in rows)]
     has_cost = any(row["cost"] for row in rows)
     header = ["row", "", "n"] + [f"{split} {LABELS[metric]}" for split, metric in columns]
     header += ["time/run", "s/step", "peak memory"] if has_cost else []
@@ -113,7 +117,9 @@ def markdown_table(rows: list[dict], title: str = "", source: str = "") -> str:
     for row in rows:
         count = f"{row['n']}/{row['expected']}" if row["expected"] is not None else str(row["n"])
         cells = [row["name"], "docre", count]
-        cells += [_format(row[split].get(metric), percent=True) for split, metric in columns]
+        no_evidence = row["test"].get("num_evidence_predicted", {}).get("mean", 0) == 0  # a model without evidence
+        cells += ["–" if metric.startswith("evidence_") and no_evidence else _format(row[split].get(metric), percent=True)
+                  for split, metric in columns]
         if has_cost:
             cost = row["cost"]
             cells += [_duration(cost.get("wall_seconds")), _number(cost.get("seconds_per_step"), "{:.2f}"), _memory(cost)]
@@ -130,6 +136,9 @@ def markdown_table(rows: list[dict], title: str = "", source: str = "") -> str:
             notes.append(f"{row['name']}: {paper['note']}")
     lines += ["", "docre: mean ± sample std over seeds (n = finished runs), in %; time/run is wall time per run"
               " (start-up, training, evaluation); peak memory is the GPU's where one was used, else the process's."]
+    if any(metric.startswith("evidence_") for _, metric in columns):
+        lines.append("Evi P/R/F1: test evidence sentences, scored over the correctly predicted relations (official "
+                     "DocRED scorer); – for models that predict no evidence.")
     if source:
         lines.append(f"Published numbers: {source}.")
     lines += [f"- {note}" for note in notes]

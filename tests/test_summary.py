@@ -76,6 +76,25 @@ def test_summary_table_by_hand(tmp_path):
     assert saved["rows"][0]["dev"]["f1"]["values"] == [0.70, 0.72, 0.74]
 
 
+def test_evidence_columns_appear_when_a_row_predicts_evidence(tmp_path):
+    evidence = {"f1": 0.5, "evidence_precision": 0.25, "evidence_recall": 0.5, "evidence_f1": 1 / 3,
+                "num_evidence_predicted": 8}
+    rows = summarize({"dreeam": [fake_run(tmp_path / "dreeam-s1", 1, 0.6, evidence)],
+                      "atlop": [fake_run(tmp_path / "atlop-s1", 1, 0.6, {"f1": 0.4})],
+                      "kd": [fake_run(tmp_path / "kd-s1", 1, 0.6, {**evidence, "num_evidence_predicted": 0})]})
+    lines = markdown_table(rows).splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert header == ["row", "", "n", "dev P", "dev F1", "test F1", "test Evi P", "test Evi R", "test Evi F1",
+                      "time/run", "s/step", "peak memory"]
+    assert lines[2].startswith("| dreeam | docre | 1 | 50.00 | 60.00 | 50.00 | 25.00 | 50.00 | 33.33 |")
+    assert lines[3].startswith("| atlop | docre | 1 | 50.00 | 60.00 | 40.00 | – | – | – |")
+    assert lines[4].startswith("| kd | docre | 1 | 50.00 | 60.00 | 50.00 | – | – | – |")  # zeros of no evidence
+    # a model that predicts no evidence (0 predicted) adds no columns
+    evidence["num_evidence_predicted"] = 0
+    rows = summarize({"dreeam": [fake_run(tmp_path / "again-s1", 1, 0.6, evidence)]})
+    assert "Evi" not in markdown_table(rows)
+
+
 def test_collect_takes_order_and_published_numbers_from_grid_json(tmp_path):
     table = tmp_path / "runs" / "t"
     for name in ("z-s1", "z-s2", "a-s1"):
