@@ -27,6 +27,27 @@ def features_for(tokenizer, rel2id, max_seq_length=1024, docs=None):
     return featurize(docs, tokenizer, rel2id, "*", max_seq_length)[0]
 
 
+def changed_by_one_step(model, loss_name: str, features) -> list[str]:
+    """One optimizer step of the trainer on `features` with loss `loss_name`: asserts a finite loss and
+    gradient norm; returns the names of the parameters the step changed."""
+    import math
+
+    from docre.config import TrainConfig
+    from docre.losses import build_loss
+    from docre.trainer import _optimizer_step, build_optimizer, linear_warmup_decay
+
+    model.train()
+    optimizer = build_optimizer(model, TrainConfig(encoder_lr=1e-4, head_lr=1e-3))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loss, grad_norm, finite = _optimizer_step(
+        model, build_loss(loss_name), optimizer, linear_warmup_decay(optimizer, 0, 10),
+        torch.amp.GradScaler("cpu", enabled=False), [features], 97, 0, torch.device("cpu"),
+        torch.float32, 1.0, 0, model.window,
+    )
+    assert bool(finite) and math.isfinite(float(loss)) and math.isfinite(float(grad_norm))
+    return [n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])]
+
+
 def reference_encode(encoder, ids: list[int], window: int, start: list[int], end: list[int], pooling: str):
     """One document, encoded alone: whole if it fits, else k windows evenly spread, with hidden
     states averaged and full attention maps summed then row-normalised (ATLOP's process_long_input)."""

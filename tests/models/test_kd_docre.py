@@ -5,16 +5,19 @@ summed), with loops over documents, entity pairs, rows/columns and attention hea
 documents, one longer than the tiny encoder's window. Also: gradients reach the encoder and the
 axial layers, and a training step with the adaptive focal loss is finite."""
 
-import math
 
 import pytest
 import torch
 
-from docre.config import TrainConfig
 from docre.data.collate import collate
-from docre.losses import build_loss
-from docre.trainer import _optimizer_step, build_optimizer, linear_warmup_decay
-from tests.models.test_atlop import eager_encoder, features_for, make_model, reference_encode, reference_entities  # noqa: F401
+from tests.models.test_atlop import (  # noqa: F401
+    changed_by_one_step,
+    eager_encoder,
+    features_for,
+    make_model,
+    reference_encode,
+    reference_entities,
+)
 
 NUM_CLASSES = 97
 
@@ -95,15 +98,5 @@ def test_gradients_reach_encoder_and_axial_layers(tiny_backbone, tiny_tokenizer,
 
 
 def test_training_step_with_adaptive_focal_loss_is_finite(tiny_backbone, tiny_tokenizer, rel2id):
-    model = kd_model(tiny_backbone, tiny_tokenizer)
-    features = features_for(tiny_tokenizer, rel2id)
-    optimizer = build_optimizer(model, TrainConfig(encoder_lr=1e-4, head_lr=1e-3))
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    loss, grad_norm, finite = _optimizer_step(
-        model, build_loss("afl"), optimizer, linear_warmup_decay(optimizer, 0, 10),
-        torch.amp.GradScaler("cpu", enabled=False), [features], NUM_CLASSES, 0, torch.device("cpu"),
-        torch.float32, 1.0, 0, model.window,
-    )
-    assert bool(finite) and math.isfinite(float(loss)) and math.isfinite(float(grad_norm))
-    changed = [n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])]
+    changed = changed_by_one_step(kd_model(tiny_backbone, tiny_tokenizer), "afl", features_for(tiny_tokenizer, rel2id))
     assert any(n.startswith("axial_layers.") for n in changed) and any(n.startswith("encoder.") for n in changed)
