@@ -24,13 +24,17 @@ LABELS = {"precision": "P", "recall": "R", "f1": "F1", "ign_f1": "Ign F1", **dic
 
 
 def find_runs(root: Path) -> list[Path]:
-    """Run directories (folders with a config.yaml) under `root`, or `root` itself, sorted."""
+    """Run directories (folders with a config.yaml) under `root`, or `root` itself, sorted. Runs
+    inside another run (an alpha sweep's values, RUN/alpha_sweep/alpha=<v>/) are left out: the
+    outer run stands for them; `find_runs(RUN / "alpha_sweep")` lists them."""
     root = Path(root)
     if not root.is_dir():
         raise DocreError(f"{root}: not a directory")
     if (root / "config.yaml").is_file():
         return [root]
-    return sorted(path.parent for path in root.rglob("config.yaml") if not any(p.startswith(".") for p in path.parts))
+    runs = sorted(path.parent for path in root.rglob("config.yaml") if not any(p.startswith(".") for p in path.parts))
+    found = set(runs)
+    return [run for run in runs if not any(parent in found for parent in run.parents)]
 
 
 def group_runs(run_dirs: list[Path], root: Path | None = None) -> dict[str, list[Path]]:

@@ -11,7 +11,7 @@ import pytest
 
 from docre.errors import DocreError
 from docre.plots import epoch_curves, mean_band, plot_bars, plot_curves
-from docre.summary import collect, group_runs, markdown_table, mean_std, summarize, write_summary
+from docre.summary import collect, find_runs, group_runs, markdown_table, mean_std, summarize, write_summary
 from tests.cli import run_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +35,14 @@ def test_mean_and_sample_std_by_hand():
     stat = mean_std([0.70, 0.72, 0.74])
     assert stat["mean"] == pytest.approx(0.72) and stat["std"] == pytest.approx(0.02)  # sqrt((.02² + 0 + .02²) / 2)
     assert mean_std([0.5]) == {"mean": 0.5, "std": None, "values": [0.5]}
+
+
+def test_runs_inside_a_run_are_left_out(tmp_path):
+    outer = fake_run(tmp_path / "t" / "atgl-s66", 66, 0.5)
+    values = [fake_run(outer / "alpha_sweep" / f"alpha={a}", 66, 0.5) for a in (4.125, 8.25)]
+    other = fake_run(tmp_path / "t" / "atl-s66", 66, 0.4)
+    assert find_runs(tmp_path) == [outer, other]  # sorted; the sweep's values belong to its run
+    assert find_runs(outer / "alpha_sweep") == values
 
 
 def test_runs_group_by_name_without_the_seed(tmp_path):
