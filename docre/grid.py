@@ -6,8 +6,8 @@ out-of-memory in one run leaves the others, and this process, untouched. What ha
 `run_dir.plan`'s rule, the same as the alpha sweep's: a finished run is skipped, a run with a
 checkpoint resumed, a run stopped before its first checkpoint started again. Ctrl-C or SIGTERM
 stops the current run at its next step with a checkpoint; the same command then continues the grid.
-Before each run it prints how many are done and how long the rest will take at the pace of the runs
-finished so far in this command.
+Before each run it prints how many are left and how long they will take, each at the pace of its
+row's finished runs (earlier ones too).
 """
 
 import os
@@ -17,9 +17,9 @@ import sys
 import time
 
 from docre.errors import DocreError
-from docre.run_dir import ACTIONS
+from docre.run_dir import ACTIONS, read_results
 from docre.tables import Run
-from docre.utils import runs_left_note
+from docre.utils import format_duration
 
 
 class ChildSignals:
@@ -67,6 +67,17 @@ def train_command(run: Run, nproc: int) -> list[str]:
     return [*train, str(run.config_path), *run.overrides, *extra]
 
 
+def grid_left_note(remaining: list[Run], pace: dict[str, list[float]]) -> str:
+    """The time the `remaining` runs take: each at the mean pace of its row's finished runs, a row
+    with none at the mean of all finished runs, e.g. '3 to go: about 1h05m at each row's pace so far'."""
+    known = [seconds for row in pace.values() for seconds in row]
+    if not known:
+        return f"{len(remaining)} to go, no estimate before the first finishes"
+    overall = sum(known) / len(known)
+    seconds = sum(sum(pace[r.row.name]) / len(pace[r.row.name]) if pace.get(r.row.name) else overall for r in remaining)
+    return f"{len(remaining)} to go: about {format_duration(seconds)} at each row's pace so far"
+
+
 def run_grid(runs: list[Run], nproc: int = 1) -> list[Run]:
     """Train every run that is not finished, one process at a time; returns the runs that failed.
 
@@ -76,20 +87,26 @@ def run_grid(runs: list[Run], nproc: int = 1) -> list[Run]:
     """
     todo = [run for run in runs if run.state != "finished"]
     failed = []
-    durations = []  # seconds of each run that finished in this command (failed runs say nothing about the pace)
+    # wall seconds of each row's finished runs: earlier ones (results.json) and this command's (failed
+    # runs say nothing about the pace); rows differ (another model, a larger encoder), seeds of a row hardly
+    pace: dict[str, list[float]] = {}
+    for run in runs:
+        wall = (read_results(run.run_dir) or {}).get("wall_seconds") if run.state == "finished" else None
+        if wall:
+            pace.setdefault(run.row.name, []).append(wall)
     with ChildSignals() as signals:
         for index, run in enumerate(todo, 1):
             if signals.received:  # arrived between two runs
                 raise DocreError(f"interrupted before {run.cfg.run_name}; run the same command again to go on")
             print(f"[{index}/{len(todo)}] {run.cfg.run_name}: {ACTIONS[run.state]} "
-                  f"({runs_left_note(durations, len(todo) - index + 1)})", flush=True)
+                  f"({grid_left_note(todo[index - 1:], pace)})", flush=True)
             started = time.monotonic()
             status = signals.run(train_command(run, nproc))
             if signals.received:
                 raise DocreError(f"interrupted during {run.cfg.run_name} (exit status {status}); "
                                  f"run the same command again to resume: {' '.join(sys.argv)}")
             if status == 0:
-                durations.append(time.monotonic() - started)
+                pace.setdefault(run.row.name, []).append(time.monotonic() - started)
             else:
                 failed.append(run)
                 print(f"[{index}/{len(todo)}] {run.cfg.run_name} failed (exit status {status}); "

@@ -81,8 +81,8 @@ def test_runs_left_note_uses_the_mean_of_the_finished_runs():
     assert runs_left_note([600.0], 0) == "none left"
 
 
-def test_a_grid_prints_runs_done_and_the_time_left(monkeypatch, capsys):
-    # four runs to train (one finished earlier, not counted); the second one fails after 30 s
+def test_a_grid_prints_runs_done_and_the_time_left(monkeypatch, capsys, tmp_path):
+    # four runs to train; one of row r1 finished earlier in 5 min (its results.json); b fails after 30 s
     clock = SimpleNamespace(now=0.0)
     monkeypatch.setattr(grid, "time", SimpleNamespace(monotonic=lambda: clock.now))
     took = {"a": (600, 0), "b": (30, 1), "c": (1200, 0), "d": (900, 0)}
@@ -94,16 +94,20 @@ def test_a_grid_prints_runs_done_and_the_time_left(monkeypatch, capsys):
 
     monkeypatch.setattr(grid.ChildSignals, "run", fake_run)
     monkeypatch.setattr(grid, "train_command", lambda run, nproc: ["train", run.cfg.run_name])
-    runs = [SimpleNamespace(cfg=SimpleNamespace(run_name=name), state=state, run_dir=Path("runs") / name)
-            for name, state in [("done", "finished"), ("a", "missing"), ("b", "stale"), ("c", "resumable"), ("d", "missing")]]
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "results.json").write_text('{"wall_seconds": 300}')
+    runs = [SimpleNamespace(cfg=SimpleNamespace(run_name=name), state=state, run_dir=tmp_path / name,
+                            row=SimpleNamespace(name=row))
+            for name, state, row in [("done", "finished", "r1"), ("a", "missing", "r1"), ("b", "stale", "r2"),
+                                     ("c", "resumable", "r1"), ("d", "missing", "r2")]]
     failed = grid.run_grid(runs)
     assert [run.cfg.run_name for run in failed] == ["b"]
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
     assert [line.split(" (", 1)[1] for line in lines] == [
-        "4 to go, no estimate before the first finishes)",
-        "1 done, 10m00s each: about 30m00s left for 3)",
-        "1 done, 10m00s each: about 20m00s left for 2)",  # the failed run says nothing about the pace
-        "2 done, 15m00s each: about 15m00s left for 1)",
+        "4 to go: about 20m00s at each row's pace so far)",  # 4 x 5 min: r2 has no run yet, the mean of all
+        "3 to go: about 22m30s at each row's pace so far)",  # r1 now 7m30s a run (5 and 10 min)
+        "2 to go: about 15m00s at each row's pace so far)",  # the failed run says nothing about the pace
+        "1 to go: about 11m40s at each row's pace so far)",  # r2 still none: the mean of 5, 10 and 20 min
     ]
     assert lines[0].startswith("[1/4] a: ")
 
@@ -145,3 +149,18 @@ def test_training_shows_its_bars_by_the_rule_and_logs_the_time_left(tiny_backbon
         assert bar in err, bar
     log = (tmp_path / cfg.run_name / "train.log").read_text()
     assert "epoch 1/2 done, step 1/2: about " in log and "epoch 2/2 done" not in log  # nothing left to estimate
+
+
+def test_grid_estimate_paces_each_row_by_its_own_runs():
+    from types import SimpleNamespace
+
+    from docre.grid import grid_left_note
+
+    def runs(*rows):
+        return [SimpleNamespace(row=SimpleNamespace(name=row)) for row in rows]
+
+    assert grid_left_note(runs("a", "b"), {}) == "2 to go, no estimate before the first finishes"
+    # a: 10 min a run, b: 30 min; c has none and goes at the mean of all finished runs (23m20s)
+    pace = {"a": [600.0], "b": [1200.0, 2400.0]}
+    assert grid_left_note(runs("a", "b", "b", "c"), pace) == "4 to go: about 1h33m at each row's pace so far"
+    assert grid_left_note(runs("a"), pace) == "1 to go: about 10m00s at each row's pace so far"
