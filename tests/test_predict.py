@@ -476,6 +476,19 @@ def test_dreeam_run_carries_the_same_evidence_through_every_path(backbone, tmp_p
     assert "Evi F1" in out
 
 
+@pytest.mark.parametrize("model, loss", [("docunet", "balanced_softmax"), ("kd_docre", "afl")])
+def test_a_trained_run_of_each_other_model_predicts_what_training_scored(model, loss, backbone, tmp_path, fixture_docs):
+    """The run directory rebuilds the model it trained (its own modules' weights included): the
+    Predictor's rows equal the trainer's dev predictions."""
+    cfg = load_config(ROOT / "configs/smoke.yaml", [f"model.backbone={backbone}", f"output_dir={tmp_path}",
+                                                    "train.max_steps=3", f"model.name={model}", f"loss.name={loss}"])
+    run_dir = Path(train(cfg)["run_dir"])
+    logged = json.loads((run_dir / "dev_predictions.json").read_text())
+    predictor = Predictor.from_pretrained(run_dir, device="cpu")
+    assert type(predictor.model).__name__ == {"docunet": "DocuNet", "kd_docre": "KDDocRE"}[model]
+    assert logged and row_set(predictor.leaderboard_rows(fixture_docs)) == row_set(logged)
+
+
 def test_isf_needs_a_model_that_predicts_evidence(run_dir, capsys):
     status, _, err = call("evaluate", [run_dir, "--data", FIXTURE, "--isf"], capsys)
     assert status == 1
