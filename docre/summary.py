@@ -110,7 +110,7 @@ def markdown_table(rows: list[dict], title: str = "", source: str = "") -> str:
     columns = [(split, metric) for split in SPLITS for metric in METRICS
                if any(metric in row[split] or f"{split}_{metric}" in row["published"] for row in rows)]
     # evidence P/R/F1 on test, where some row's model predicts evidence (DREEAM), as in report.results_table
-    if any(row["test"].get("num_evidence_predicted", {}).get("mean", 0) > 0 for row in rows):
+    if any(_predicts_evidence(row) for row in rows):
         columns += [("test", key) for key, _ in EVIDENCE if any(key in row["test"] for row in rows)]
     has_cost = any(row["cost"] for row in rows)
     header = ["row", "", "n"] + [f"{split} {LABELS[metric]}" for split, metric in columns]
@@ -121,9 +121,8 @@ def markdown_table(rows: list[dict], title: str = "", source: str = "") -> str:
     for row in rows:
         count = f"{row['n']}/{row['expected']}" if row["expected"] is not None else str(row["n"])
         cells = [row["name"], "docre", count]
-        no_evidence = row["test"].get("num_evidence_predicted", {}).get("mean", 0) == 0  # a model without evidence
-        cells += ["–" if metric.startswith("evidence_") and no_evidence else _format(row[split].get(metric), percent=True)
-                  for split, metric in columns]
+        cells += ["–" if metric.startswith("evidence_") and not _predicts_evidence(row)
+                  else _format(row[split].get(metric), percent=True) for split, metric in columns]
         if has_cost:
             cost = row["cost"]
             cells += [_duration(cost.get("wall_seconds")), _number(cost.get("seconds_per_step"), "{:.2f}"), _memory(cost)]
@@ -160,6 +159,11 @@ def write_summary(rows: list[dict], out_dir: Path, title: str = "", source: str 
     atomic_write_json(json_path, {"title": title, "source": source, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                   "rows": rows})
     return markdown, json_path
+
+
+def _predicts_evidence(row: dict) -> bool:
+    """The row's model predicts evidence (DREEAM): its test runs predicted some evidence sentences."""
+    return row["test"].get("num_evidence_predicted", {}).get("mean", 0) > 0
 
 
 def _is_number(value) -> bool:

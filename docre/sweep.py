@@ -43,6 +43,12 @@ def is_auto(cfg: Config) -> bool:
     return cfg.loss.get("alpha") == "auto"
 
 
+def chosen_alpha(run_dir: Path) -> float | None:
+    """The alpha a finished sweep in `run_dir` chose (its results.json, written by tune_alpha), else None."""
+    results = runs.read_results(run_dir)
+    return None if results is None else results.get("alpha")
+
+
 def run(cfg: Config) -> dict:
     """train(cfg), or the alpha sweep when loss.alpha is auto (what train.py calls)."""
     from docre.trainer import train

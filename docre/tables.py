@@ -34,7 +34,7 @@ from pathlib import Path
 from docre import run_dir
 from docre.config import PROJECT_ROOT, Config, load_config
 from docre.errors import DocreError
-from docre.sweep import is_auto
+from docre.sweep import chosen_alpha, is_auto
 
 TABLES_DIR = PROJECT_ROOT / "configs" / "tables"
 METRICS = ("precision", "recall", "f1", "ign_f1")
@@ -202,12 +202,6 @@ def plan_runs(table: Table, seeds: list[int], out: Path, overrides: list[str] = 
                 run_dir.check_same_config(run.run_dir, cfg)
             runs.append(run)
     return runs
-
-
-def chosen_alpha(sweep_dir: Path) -> float | None:
-    """The alpha a finished sweep chose (its results.json), else None."""
-    results = run_dir.read_results(sweep_dir)
-    return None if results is None else results.get("alpha")
 
 
 def _check_keys(data: dict, allowed: set[str], where: str) -> None:

@@ -553,9 +553,12 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     Raises:
         DocreError: a `train.module_lr` prefix that names no parameter of the model.
     """
+    def within(name: str, prefix: str) -> bool:  # the parameter lies in the module the prefix names
+        return name == prefix or name.startswith(prefix + ".")
+
     named = list(model.named_parameters())
     for prefix in cfg.module_lr:
-        if not any(name == prefix or name.startswith(prefix + ".") for name, _ in named):
+        if not any(within(name, prefix) for name, _ in named):
             modules = ", ".join(name for name, _ in model.named_children())
             raise DocreError(f"train.module_lr: {prefix!r} names no module of this model (its modules: {modules})")
     groups = [{"params": [], "lr": cfg.encoder_lr}, {"params": [], "lr": cfg.head_lr}]
@@ -563,7 +566,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     prefixes = list(cfg.module_lr)
 
     def group_of(name: str) -> int:
-        matches = [i for i, prefix in enumerate(prefixes) if name == prefix or name.startswith(prefix + ".")]
+        matches = [i for i, prefix in enumerate(prefixes) if within(name, prefix)]
         if matches:
             return 2 + max(matches, key=lambda i: len(prefixes[i]))  # the longest prefix
         return 0 if name.startswith("encoder.") else 1
