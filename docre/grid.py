@@ -74,7 +74,8 @@ def grid_left_note(remaining: list[Run], pace: dict[str, list[float]]) -> str:
     if not known:
         return f"{len(remaining)} to go, no estimate before the first finishes"
     overall = sum(known) / len(known)
-    seconds = sum(sum(pace[r.row.name]) / len(pace[r.row.name]) if pace.get(r.row.name) else overall for r in remaining)
+    row_mean = {row: sum(times) / len(times) for row, times in pace.items() if times}
+    seconds = sum(row_mean.get(run.row.name, overall) for run in remaining)
     return f"{len(remaining)} to go: about {format_duration(seconds)} at each row's pace so far"
 
 

@@ -241,9 +241,9 @@ def format_duration(seconds: float) -> str:
 
 
 def runs_left_note(durations: list[float], left: int) -> str:
-    """The remaining-time estimate of a sequence of runs (a grid, an alpha sweep) from the durations
-    of the runs already finished, e.g. '2 done, 20m45s each: about 1h02m left for 3' (the mean: runs
-    of one grid differ, and a resumed one is short, so it is an estimate, not a promise)."""
+    """The remaining-time estimate of an alpha sweep's runs from the durations of the runs already
+    finished, e.g. '2 done, 20m45s each: about 1h02m left for 3' (the mean: a resumed run is short,
+    so it is an estimate, not a promise). A grid mixes rows of different pace: grid.grid_left_note."""
     if left <= 0:
         return "none left"
     seconds = estimate_remaining(sum(durations), len(durations), left)

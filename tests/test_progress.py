@@ -152,15 +152,11 @@ def test_training_shows_its_bars_by_the_rule_and_logs_the_time_left(tiny_backbon
 
 
 def test_grid_estimate_paces_each_row_by_its_own_runs():
-    from types import SimpleNamespace
-
-    from docre.grid import grid_left_note
-
     def runs(*rows):
         return [SimpleNamespace(row=SimpleNamespace(name=row)) for row in rows]
 
-    assert grid_left_note(runs("a", "b"), {}) == "2 to go, no estimate before the first finishes"
+    assert grid.grid_left_note(runs("a", "b"), {}) == "2 to go, no estimate before the first finishes"
     # a: 10 min a run, b: 30 min; c has none and goes at the mean of all finished runs (23m20s)
     pace = {"a": [600.0], "b": [1200.0, 2400.0]}
-    assert grid_left_note(runs("a", "b", "b", "c"), pace) == "4 to go: about 1h33m at each row's pace so far"
-    assert grid_left_note(runs("a"), pace) == "1 to go: about 10m00s at each row's pace so far"
+    assert grid.grid_left_note(runs("a", "b", "b", "c"), pace) == "4 to go: about 1h33m at each row's pace so far"
+    assert grid.grid_left_note(runs("a"), pace) == "1 to go: about 10m00s at each row's pace so far"
