@@ -15,6 +15,30 @@ class DocreError(Exception):
     exit_status = 1
 
 
+def hub_errors() -> tuple[type[Exception], ...]:
+    """What huggingface_hub raises when the Hub refuses, cannot be reached or is switched off, as
+    families rather than class names, which move between its versions: its own HTTP and id errors,
+    OSError (its offline mode, the cache, requests-era connection errors) and the whole error tree of
+    the HTTP client it is built on (requests, httpx or httpx2 by version; httpx's ConnectError is no
+    OSError), found as the client's root class among HfHubHTTPError's ancestors."""
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    client = [cls for cls in HfHubHTTPError.__mro__ if cls.__module__.split(".")[0] not in ("huggingface_hub", "builtins")]
+    return (HfHubHTTPError, HFValidationError, OSError, *client[-1:])
+
+
+def hub_error_line(error: Exception) -> str:
+    """One of `hub_errors()` as one line: the library's first line; for an error of the HTTP client
+    itself (no answer from the Hub) also where the Hub was looked for and what went wrong."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if isinstance(error, (HfHubHTTPError, HFValidationError, OSError)):
+        return first_line
+    return f"the Hub at {constants.ENDPOINT} could not be reached ({type(error).__name__}: {first_line})"
+
+
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run a CLI `main()` and turn a `DocreError` into `error: <message>` on stderr and its exit
     status (1); Ctrl-C outside a training loop prints one line too (exit status 130). Errors only:

@@ -112,7 +112,8 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, revisio
         DocreError: a bad repository id, no token, or the Hub refused or could not be reached (one line).
     """
     import huggingface_hub
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    from docre.errors import hub_error_line, hub_errors
 
     check_can_push(repo_id)
     api = huggingface_hub.HfApi(library_name="docre")
@@ -123,9 +124,9 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, revisio
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
                                    commit_message=commit_message or f"Upload {Path(folder).name} with docre")
-    except (HfHubHTTPError, HFValidationError, OSError) as error:  # OSError: no connection, HF_HUB_OFFLINE
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise DocreError(f"pushing {folder} to the Hugging Face Hub repository {repo_id} failed: {first_line}") from None
+    except hub_errors() as error:  # refused, unreachable, HF_HUB_OFFLINE
+        why = hub_error_line(error)
+        raise DocreError(f"pushing {folder} to the Hugging Face Hub repository {repo_id} failed: {why}") from None
     logger.info("pushed %s to %s", folder, commit.commit_url)
     return commit.commit_url
 

@@ -1,4 +1,5 @@
-"""Sharing on the Hugging Face Hub, all offline (the Hub is never contacted).
+"""Sharing on the Hugging Face Hub, all offline (the Hub is never contacted; one test points the real
+library at a closed port on 127.0.0.1).
 
 Pushing: `scripts/export.py RUN OUT --push-to-hub ORG/NAME` creates the repository and uploads the
 exported folder (weights, docre config, encoder files and a model card carrying the run's scores and
@@ -201,6 +202,30 @@ def test_push_errors_are_one_line(run_dir, hub, tmp_path, monkeypatch, capsys):
     _, (*_, err) = push()
     assert "failed: Cannot reach https://huggingface.co: offline mode is enabled." in err
 
+
+
+def closed_loopback_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on: connecting to it is refused at once."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_unreachable_hub_is_one_line_from_the_real_library(run_dir, tmp_path, monkeypatch, capsys):
+    """The installed huggingface_hub, not a stand-in, failing to connect: its HTTP client's own error
+    (httpx's ConnectError, not an OSError) is one line too."""
+    monkeypatch.setattr(hub_constants, "ENDPOINT", f"http://127.0.0.1:{closed_loopback_port()}")  # what HF_ENDPOINT sets
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    out = tmp_path / "model"
+    status, _, err = call("scripts/export", [run_dir, out, "--push-to-hub", REPO], capsys)
+    lines = err.strip().splitlines()
+    assert status == 1 and "Traceback" not in err, err
+    assert re.fullmatch(rf"error: pushing {out} to the Hugging Face Hub repository {REPO} failed: the Hub at "
+                        r"http://127\.0\.0\.1:\d+ could not be reached \(\w*ConnectError: .*\)", lines[-1]), lines[-1]
+    assert (out / "model.safetensors").is_file()  # the export stays, to push again later
 
 def test_card_metadata_names_hub_backbones_datasets_and_licences(tmp_path, monkeypatch):
     from docre.models import MODELS
