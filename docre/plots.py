@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from docre.summary import LABELS
+from docre.report import LABELS
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

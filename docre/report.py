@@ -3,6 +3,8 @@
 METRICS = (("precision", "P"), ("recall", "R"), ("f1", "F1"), ("ign_f1", "Ign F1"),
            ("intra_f1", "Intra F1"), ("inter_f1", "Inter F1"))
 EVIDENCE = (("evidence_precision", "Evi P"), ("evidence_recall", "Evi R"), ("evidence_f1", "Evi F1"))
+# metric key -> its short label, for tables and figures (summary.py, plots.py)
+LABELS = dict(METRICS + EVIDENCE)
 SUBSETS = (("intra", "intra-sentence"), ("inter", "inter-sentence"), ("frequent", "frequent relations"),
            ("long_tail", "long-tail relations"))
 

@@ -13,14 +13,13 @@ import time
 from pathlib import Path
 
 from docre.errors import DocreError
-from docre.report import EVIDENCE
+from docre.report import EVIDENCE, LABELS
 from docre.run_dir import read_results
 from docre.tables import METRICS, SEED_SUFFIX, load_table, table_path
 from docre.utils import atomic_write_json, atomic_write_text
 
 SPLITS = ("dev", "test")
 COST_KEYS = ("wall_seconds", "train_seconds", "seconds_per_step", "steps", "peak_rss_mb", "peak_gpu_mb")
-LABELS = {"precision": "P", "recall": "R", "f1": "F1", "ign_f1": "Ign F1", **dict(EVIDENCE)}
 
 
 def find_runs(root: Path) -> list[Path]:
