@@ -22,6 +22,7 @@ rel2id.json and decode.json, and loads like a run.
 """
 
 import contextlib
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -239,6 +240,31 @@ def model_kind(path: Path) -> str:
         f"{path}: neither a run directory ({CONFIG}, {BEST_WEIGHTS}) nor an exported model folder "
         f"({CONFIG}, {EXPORTED_WEIGHTS}, {EXPORTED_ENCODER}/)"
     )
+
+
+def model_fingerprint(path: Path) -> dict[str, str]:
+    """What decides a trained model's predictions, to tell two models apart: the sha256 of each file
+    `load_trained` and the Predictor read (weights, config.yaml, rel2id.json, and where present
+    decode.json, rel_info.json and an export's encoder/ files), keyed by its path in the folder, and
+    the docre version (whose code decodes them). A retrained run under the same name differs in
+    its weights; a re-tuned decode in decode.json."""
+    from docre import __version__
+
+    path = Path(path)
+    kind = model_kind(path)
+    names = [CONFIG, REL2ID, DECODE, "rel_info.json", EXPORTED_WEIGHTS if kind == "export" else BEST_WEIGHTS]
+    files = [path / name for name in names if (path / name).is_file()]
+    if kind == "export":
+        files += sorted(f for f in (path / EXPORTED_ENCODER).rglob("*") if f.is_file())
+    return {"docre": __version__} | {f.relative_to(path).as_posix(): _sha256(f) for f in files}
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_config_and_loss(run_dir: Path, overrides: list[str] = ()):

@@ -141,7 +141,11 @@ def load_progress(shard: Path, settings: dict, path: Path):
     except (ValueError, TypeError):
         raise DocreError(f"{file}: unreadable progress file; delete it and {shard} to start again") from None
     if progress.settings != settings:
-        changed = sorted(k for k in settings.keys() | progress.settings.keys() if settings.get(k) != progress.settings.get(k))
+        model = differences(progress.settings.get("model_files") or {}, settings.get("model_files") or {})
+        if model:  # never continue one model's output with another's predictions
+            raise DocreError(f"{file}: an interrupted run of another model (changed since: {', '.join(model)}); "
+                             "pass --overwrite to start again with this one")
+        changed = differences(progress.settings, settings)
         raise DocreError(f"{file}: an interrupted run with other settings ({', '.join(changed)}); rerun it with the "
                          "same command, or pass --overwrite to start again")
     digest = prefix_digest(path, progress.bytes_done)
@@ -149,6 +153,11 @@ def load_progress(shard: Path, settings: dict, path: Path):
         raise DocreError(f"{path}: changed in its first {progress.bytes_done} bytes since the interrupted run "
                          f"({file}); pass --overwrite to start again")
     return progress, digest
+
+
+def differences(before: dict, now: dict) -> list[str]:
+    """The keys whose values differ between two dicts (a key missing from one counts)."""
+    return sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
 
 
 def progress_path(shard: Path) -> Path:
@@ -194,6 +203,24 @@ def run_shard(path: Path, output: Path, rank: int, world: int, settings: dict, c
         return progress, 0
     if bar is not None:
         bar.update(progress.chunks_done * chunk)  # the lines of the chunks done before an interruption
+    try:
+        _predict_chunks(path, shard, rank, world, chunk, prepare, records, skip_bad, bar, progress, digest)
+    except BaseException as error:
+        if not progress.records:  # nothing of this process's finished: leave no files behind
+            for file in (shard, progress_path(shard), Path(f"{shard}.rejects")):
+                file.unlink(missing_ok=True)
+        elif isinstance(error, DocreError):  # bad input after finished chunks: those are kept for a rerun
+            raise DocreError(f"{error} (the {progress.documents} documents predicted before it are kept: "
+                             "run the same command again to go on from there)") from None
+        raise
+    progress.finished = True
+    save_progress(shard, progress)
+    return progress, progress.documents - before
+
+
+def _predict_chunks(path: Path, shard: Path, rank: int, world: int, chunk: int, prepare, records, skip_bad: bool,
+                    bar, progress: Progress, digest) -> None:
+    """run_shard's loop: this process's chunks from where `progress` stands, each synced and recorded."""
     with _open_appending(shard, progress.shard_bytes) as out, \
             _open_appending(Path(f"{shard}.rejects"), progress.rejects_bytes) as rejects:
         lines, index = input_lines(path, progress.bytes_done), progress.chunks_done
@@ -213,9 +240,6 @@ def run_shard(path: Path, output: Path, rank: int, world: int, settings: dict, c
             if bar is not None:
                 bar.update(len(block))
             index += 1
-    progress.finished = True
-    save_progress(shard, progress)
-    return progress, progress.documents - before
 
 
 def _parse_block(path: Path, block: list, prepare, skip_bad: bool) -> tuple[list[dict], list[tuple[int, str]]]:

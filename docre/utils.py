@@ -127,14 +127,20 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, option: str = "train.device") -> torch.device:
+    """"auto" (CUDA if available), "cpu", "cuda", "cuda:N" as a torch device; `option` is how the
+    user gave it (a config key or a command's flag), for the one-line error."""
+    from docre.errors import DocreError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    shown = f"{option}={name}" if "." in option else f"{option} {name}"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DocreError(f"{shown}: not a device (auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        from docre.errors import DocreError
-
-        raise DocreError(f"train.device={name!r} but CUDA is not available")
+        raise DocreError(f"{shown}, but CUDA is not available here (use cpu or auto)")
     return device
 
 

@@ -1,11 +1,14 @@
 """scripts/predict.py over a JSON-lines corpus with a real (tiny) model: the streamed output equals
 the in-memory one for every format; a run killed about half way and rerun with the same command
 ends with exactly the uninterrupted output; two CPU processes under torchrun merge into the
-single-process output; a finished output is not redone; bad lines and --skip-bad."""
+single-process output; a finished output is not redone by the same model, and is by another (a
+retrained run under the same name); a partial one is never continued by another model; bad lines
+and --skip-bad; nothing is left beside the output but what docs/predict.md names."""
 
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +17,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from docre.config import load_config
 from docre.trainer import train
@@ -125,3 +130,72 @@ def test_skip_bad_needs_json_lines(run_dir, tmp_path, capsys):
     _, listed = write_corpus(tmp_path, 3)
     status, _, err = call("scripts/predict", [run_dir, listed, "-o", tmp_path / "out.jsonl", "--skip-bad"], capsys)
     assert status == 1 and "--skip-bad and torchrun need JSON-lines input" in err
+
+
+def retrain(run_dir: Path) -> None:
+    """Stand in for training the run again under its name: other weights in best.safetensors (a
+    shifted classifier bias, so the model predicts other relations)."""
+    weights = load_file(run_dir / "best.safetensors")
+    bias = next(name for name in weights if name.endswith("bias") and weights[name].shape[0] == 97)
+    weights[bias] = weights[bias] + torch.linspace(-3.0, 3.0, 97)
+    save_file(weights, run_dir / "best.safetensors")
+
+
+def test_retrained_model_predicts_again_and_an_unchanged_one_skips(run_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    lines, _ = write_corpus(tmp_path, 4)
+    command = [run, lines, "-o", tmp_path / "out.jsonl"]
+    assert call("scripts/predict", command, capsys)[0] == 0
+    old = (tmp_path / "out.jsonl").read_bytes()
+    status, out, _ = call("scripts/predict", command, capsys)  # the same model: nothing to do
+    assert status == 0 and "already complete" in out and (tmp_path / "out.jsonl").read_bytes() == old
+
+    retrain(run)
+    status, out, _ = call("scripts/predict", command, capsys)
+    assert status == 0 and f"{tmp_path / 'out.jsonl'} was predicted by another model (changed since: best.safetensors)" in out
+    assert call("scripts/predict", [run, lines, "-o", tmp_path / "fresh.jsonl"], capsys)[0] == 0
+    new = (tmp_path / "out.jsonl").read_bytes()
+    assert new == (tmp_path / "fresh.jsonl").read_bytes() != old  # the retrained model's own output
+    assert "already complete" in call("scripts/predict", command, capsys)[1]
+
+    (run / "decode.json").write_text(json.dumps({"th_offset": 0.5}))  # a re-tuned decode is another model too
+    status, out, _ = call("scripts/predict", command, capsys)
+    assert status == 0 and "changed since: decode.json" in out
+
+
+def test_partial_output_of_one_model_is_not_continued_with_another(run_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    lines, _ = write_corpus(tmp_path, 6)
+    good = lines.read_text()
+    text = good.splitlines(keepends=True)
+    lines.write_text("".join(text[:4] + ['{"title": "x", "sents": [["a"]]}\n'] + text[5:]))
+    output = tmp_path / "out.jsonl"
+    command = [run, lines, "-o", output, "--chunk-size", "2"]
+    status, _, err = call("scripts/predict", command, capsys)  # chunks 1-2 done by model A, then a bad line
+    assert status == 1 and err.strip().splitlines()[-1] == (
+        f"error: {lines}: line 5 ('x'): missing field 'vertexSet' (the 4 documents predicted before it are kept: "
+        "run the same command again to go on from there)")
+    assert not output.exists() and json.loads((tmp_path / "out.jsonl.shard-0-of-1.progress.json").read_text())["chunks_done"] == 2
+
+    lines.write_text(good)  # the line fixed (after the finished chunks, so the input's done part is unchanged)
+    retrain(run)
+    status, _, err = call("scripts/predict", command, capsys)
+    assert status == 1 and err.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'out.jsonl.shard-0-of-1.progress.json'}: an interrupted run of another model "
+        "(changed since: best.safetensors); pass --overwrite to start again with this one")
+    assert not output.exists()
+    assert call("scripts/predict", [*command, "--overwrite"], capsys)[0] == 0
+    assert call("scripts/predict", [run, lines, "-o", tmp_path / "fresh.jsonl"], capsys)[0] == 0
+    assert output.read_bytes() == (tmp_path / "fresh.jsonl").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.json", "corpus.jsonl", "fresh.jsonl", "fresh.jsonl.done.json",
+                                                          "out.jsonl", "out.jsonl.done.json", "run"]
+
+
+def test_failed_first_chunk_leaves_no_files(run_dir, tmp_path, capsys):
+    lines = tmp_path / "corpus.jsonl"
+    lines.write_text('{"title": "x", "sents": [["a"]]}\n')
+    status, _, err = call("scripts/predict", [run_dir, lines, "-o", tmp_path / "out.jsonl"], capsys)
+    assert status == 1 and err.strip().splitlines()[-1] == f"error: {lines}: line 1 ('x'): missing field 'vertexSet'"
+    assert [p.name for p in tmp_path.iterdir()] == ["corpus.jsonl"]

@@ -1,8 +1,5 @@
 """Predict relations with a trained model (a run directory, a folder from scripts/export.py, or one on the Hugging Face Hub).
 
-    python scripts/predict.py MODEL INPUT -o OUTPUT [--format auto|docred|text] [--top-k K]
-                              [--batch-size N] [--device auto|cpu|cuda] [--revision REV]
-
 MODEL: a run directory, an exported model folder, or the Hub id ORG/NAME of one (scripts/export.py
 --push-to-hub), downloaded into the Hugging Face cache; HF_HUB_OFFLINE=1 reads only the cache.
 
@@ -18,6 +15,11 @@ OUTPUT, by its extension:
   *.html   one self-contained page to read the predictions: each document's text with its entity
            mentions highlighted, its relations (click one to mark its head, tail and evidence) and,
            for labelled documents, correct / wrong / missed marks against the gold facts
+
+Examples:
+  docre-predict runs/minilm_atgl-s66 docs.jsonl -o relations.jsonl
+  docre-predict runs/minilm_atgl-s66 data/redocred/test_revised.json.gz -o result.zip
+  docre-predict my-org/minilm-atgl docs.jsonl -o relations.html --device cpu
 """
 
 import json
@@ -36,13 +38,13 @@ CHUNK = 256  # documents per call of the predictor: bounds the memory held by lo
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
     parser = command_parser("docre-predict", __doc__)
-    parser.add_argument("model", help="run directory, exported model folder, or Hugging Face Hub id ORG/NAME")
-    parser.add_argument("input", help="documents: DocRED JSON list or JSON lines (DocRED or raw text)")
-    parser.add_argument("-o", "--output", required=True,
+    parser.add_argument("model", metavar="MODEL", help="run directory, exported model folder, or Hugging Face Hub id ORG/NAME")
+    parser.add_argument("input", metavar="INPUT", help="documents: DocRED JSON list or JSON lines (DocRED or raw text)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                         help="*.jsonl (triples), *.json (leaderboard), *.zip (CodaLab) or *.html (a page to read them)")
     parser.add_argument("--format", default="auto", choices=("auto", "docred", "text"), help="input format (default: by keys)")
-    parser.add_argument("--top-k", type=int, help="most relations per entity pair (default: the run's eval.top_k)")
-    parser.add_argument("--batch-size", type=int, help="documents per forward pass (default: the run's eval.batch_size)")
+    parser.add_argument("--top-k", type=int, metavar="K", help="most relations per entity pair (default: the run's eval.top_k)")
+    parser.add_argument("--batch-size", type=int, metavar="N", help="documents per forward pass (default: the run's eval.batch_size)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     parser.add_argument("--revision", help="of a Hub model: branch, tag or commit (default: main)")
     parser.add_argument("--skip-bad", action="store_true",
@@ -60,6 +62,9 @@ def main() -> int:
 
     from docre.predict import resolve_model
     from docre.run_dir import model_kind
+    from docre.utils import resolve_device
+
+    resolve_device(args.device, "--device")  # no CUDA here fails before anything is read
 
     model_dir = resolve_model(args.model, args.revision)  # a Hub id: its folder in the Hugging Face cache
     model_kind(model_dir)  # a wrong model path fails before the input is read
@@ -120,21 +125,29 @@ def _predict_stream(args, model_dir, output: Path) -> int:
 
     from docre import distributed, stream
     from docre.predict import Predictor, prepare_documents
+    from docre.run_dir import model_fingerprint
     from docre.utils import atomic_write_json, hide_progress, resolve_device, setup_logging
 
     path = Path(args.input)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     status = path.stat()
-    settings = {"model": str(Path(model_dir).resolve()), "input": str(path.resolve()), "format": args.format,
-                "output": output.suffix, "top_k": args.top_k, "chunk": args.chunk_size, "skip_bad": args.skip_bad}
+    # The model is part of the command: its files' hashes (weights, decode parameters, ...) and the docre
+    # version, so a retrained run under the same name never counts as done, nor continues another's output.
+    settings = {"model": str(Path(model_dir).resolve()), "model_files": model_fingerprint(model_dir),
+                "input": str(path.resolve()), "format": args.format, "output": output.suffix, "top_k": args.top_k,
+                "chunk": args.chunk_size, "skip_bad": args.skip_bad}
     record = {"settings": settings, "input_bytes": status.st_size, "input_mtime_ns": status.st_mtime_ns}
+    done = _done_record(output) if output.exists() else None
     if args.overwrite:
         stream.remove_state(output, world)
-    elif output.exists() and _done_record(output) == record:
-        print(f"{output} is already complete (the same command over the same input); pass --overwrite to predict again")
+    elif done == record:
+        print(f"{output} is already complete (the same model and command over the same input); "
+              "pass --overwrite to predict again")
         return 0
+    elif done and (changed := stream.differences(done.get("settings", {}).get("model_files") or {}, settings["model_files"])):
+        print(f"{output} was predicted by another model (changed since: {', '.join(changed)}); predicting again")
     setup_logging()
-    rank, world, device = distributed.init_distributed(resolve_device(args.device))
+    rank, world, device = distributed.init_distributed(resolve_device(args.device, "--device"))
     predictor = Predictor.from_pretrained(model_dir, str(device))
     started = time.perf_counter()
     with tqdm(total=stream.count_lines(path) if rank == 0 else None, desc="predict", unit="doc",
