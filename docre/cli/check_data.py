@@ -1,11 +1,14 @@
 """Validate a dataset file with the reader training uses and print its statistics.
 
-    python scripts/check_data.py FILE --format docred|cdr|gda [--rel2id FILE] [--json]
-
 FILE is DocRED-style JSON (`.json`, `.json.gz`, `file.json[a:b]` for a slice) or an EoG file
 (CDR/GDA). Without --rel2id the relations are those of the file itself; with it, a relation the
 map lacks is an error naming the document. Bad input: exit status 1 and one line naming the file,
 document and field. No tokenizer is needed.
+
+Examples:
+  docre-check-data data/redocred/dev_revised.json --format docred
+  docre-check-data my_train.json --format docred --rel2id data/docred/rel2id.json --json
+  docre-check-data data/cdr/train_filter.data --format cdr
 """
 
 import json
@@ -41,8 +44,8 @@ def statistics(docs: list[dict]) -> dict:
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
     parser = command_parser("docre-check-data", __doc__)
-    parser.add_argument("file")
-    parser.add_argument("--format", choices=FORMATS, required=True)
+    parser.add_argument("file", metavar="FILE", help="the dataset file (FILE[a:b]: documents a to b-1)")
+    parser.add_argument("--format", choices=FORMATS, required=True, help="the file's format: " + " | ".join(FORMATS))
     parser.add_argument("--rel2id", help="relation map {\"Na\": 0, ...}: every label's relation must be in it")
     parser.add_argument("--json", action="store_true", help="print the statistics as one JSON line at the end")
     args = parser.parse_args()

@@ -1,8 +1,5 @@
 """Train one config once per loss and seed, then tabulate scores, errors and threshold diagnostics.
 
-    python scripts/compare_losses.py CONFIG --losses atgl,atl,afl,... [--seeds 66,67,68]
-                                     [--output-dir DIR] [--split test|dev] [key=value ...]
-
 Every run is one training process (the grid runner of scripts/reproduce.py, docre.grid) with the same
 data, model and seed; only the loss differs. Runs land in DIR/<config>-<loss>-s<seed>/ (default DIR:
 runs/compare-<config>): finished runs (results.json present) are skipped, interrupted ones resumed,
@@ -15,6 +12,10 @@ Loss keywords: a loss named on the command line does not inherit the config file
 (`load_config`), so each loss runs with its own defaults, except the loss the config itself names,
 which keeps the file's keywords (ATGL keeps alpha from an ATGL config; elsewhere its default 16.5).
 The table spells out every run's keywords, defaults included. `--losses all` runs every loss.
+
+Examples:
+  docre-compare-losses configs/redocred_mini/minilm_atgl.yaml --losses atl,atgl,afl
+  docre-compare-losses configs/redocred_mini/minilm_atgl.yaml --losses all --seeds 66,67,68 train.epochs=2
 """
 
 import inspect
@@ -139,12 +140,13 @@ def markdown(rows: list[dict], summary: list[dict], split: str, command: str) ->
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
     parser = command_parser("docre-compare-losses", __doc__)
-    parser.add_argument("config")
+    parser.add_argument("config", metavar="CONFIG", help="the config file every run trains with")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every run")
     parser.add_argument("--losses", required=True, help="comma-separated names from docre.losses.LOSSES, or 'all'")
-    parser.add_argument("--seeds", default="66", help="comma-separated seeds (default 66)")
-    parser.add_argument("--output-dir", type=Path, help="where runs, tables and plots go (default runs/compare-<config>)")
-    parser.add_argument("--split", choices=("test", "dev"), default="test", help="split of the table (default test)")
+    parser.add_argument("--seeds", default="66", help="comma-separated seeds (default: 66)")
+    parser.add_argument("--output-dir", type=Path, metavar="DIR",
+                        help="where runs, tables and plots go (default: runs/compare-<config>)")
+    parser.add_argument("--split", choices=("test", "dev"), default="test", help="split of the table (default: test)")
     args = parser.parse_intermixed_args()  # overrides may come before or after the options
 
     from docre.diagnostics import plot_comparison

@@ -1,11 +1,13 @@
 """Threshold diagnostics of a finished run (ATGL paper Fig. 2/3), from its saved logits.
 
-    python scripts/diagnose.py RUN_DIR [--split dev|test|both] [--no-plots]
-
 Reads RUN_DIR/{dev,test}_logits.safetensors, config.yaml and decode.json; prints false positives
 and negatives under the loss's own decode, the TH offset (mean, std) and ordering-violation rate of
 pairs with relations, and the NA pairs' margin and violation rate; writes RUN_DIR/diagnostics.json
 and RUN_DIR/margins-<split>.png. Definitions: docs/losses.md.
+
+Examples:
+  docre-diagnose runs/minilm_atgl-s66
+  docre-diagnose runs/minilm_atgl-s66 --split test --no-plots
 """
 
 from pathlib import Path
@@ -39,8 +41,8 @@ def format_report(report: dict) -> str:
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
     parser = command_parser("docre-diagnose", __doc__)
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--split", choices=("dev", "test", "both"), default="both")
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished training run directory")
+    parser.add_argument("--split", choices=("dev", "test", "both"), default="both", help="which split's logits to diagnose")
     parser.add_argument("--no-plots", action="store_true", help="skip the margin plots")
     args = parser.parse_args()
 

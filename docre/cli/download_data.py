@@ -1,7 +1,5 @@
 """Fetch a dataset from its upstream location, verified, or say where to get it.
 
-    python scripts/download_data.py NAME [--dest data/]       NAME: redocred, docred, docgnre, dwie, cdr, gda
-
 Every file is downloaded into `DEST/NAME/FILE.part` (resumed there after an interruption, with an
 HTTP range request), checked against its recorded sha256 or git blob id, and only then renamed to
 its final name; a file already in place is verified and kept. Re-DocRED, DocRED and DWIE come
@@ -10,6 +8,10 @@ without a published checksum) or whose licence forbids redistribution (CDR and G
 preprocessing's NaCTeM non-commercial no-redistribution licence) are not downloaded: the command
 says where to get them and verifies the copies you place in `DEST/NAME/` where a hash is known. Sources:
 ../shared/data/SOURCES.md.
+
+Examples:
+  docre-download-data redocred
+  docre-download-data dwie --dest /data/docre
 """
 
 import hashlib
@@ -129,8 +131,8 @@ def download(source: Source, folder: Path, progress: bool = True) -> Path:
 
 def main() -> int:
     parser = command_parser("docre-download-data", __doc__)
-    parser.add_argument("name", choices=sorted(DATASETS))
-    parser.add_argument("--dest", default="data", help="folder for the dataset's folder (default: data/)")
+    parser.add_argument("name", choices=sorted(DATASETS), metavar="NAME", help="the dataset: " + ", ".join(sorted(DATASETS)))
+    parser.add_argument("--dest", default="data", metavar="DEST", help="folder for the dataset's folder NAME/ (default: data)")
     args = parser.parse_args()
 
     sources, about = DATASETS[args.name]

@@ -1,7 +1,5 @@
 """Score a trained run on a labelled split, rebuilding everything from the run directory.
 
-    python evaluate.py RUN_DIR [--split dev|test] [--data FILE] [--top-k K] [--isf]
-
 The split's file comes from the run's config unless --data names another (a DocRED-format file,
 or a slice such as data/redocred/dev_revised.json.gz[400:]). Splits without labels (DocRED test)
 are refused: their scores come only from the CodaLab leaderboard (scripts/predict.py writes
@@ -10,6 +8,11 @@ result.zip).
 --isf (models that predict evidence: DREEAM) also scores inference-stage fusion (docre/isf.py): the
 model re-run on pseudo-documents of each pair's evidence sentences, merged with the first pass under a
 threshold tuned on the run's dev file, and printed beside the plain scores.
+
+Examples:
+  docre-evaluate runs/minilm_atgl-s66
+  docre-evaluate runs/minilm_atgl-s66 --split test --json
+  docre-evaluate runs/minilm_atgl-s66 --data "data/redocred/dev_revised.json.gz[400:]"
 """
 
 import json
@@ -22,12 +25,12 @@ from docre.errors import DocreError, run_cli
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
     parser = command_parser("docre-evaluate", __doc__)
-    parser.add_argument("run_dir")
-    parser.add_argument("--split", choices=("dev", "test"), default="dev")
-    parser.add_argument("--data", help="score this file instead of the config's split file")
-    parser.add_argument("--top-k", type=int, help="most relations per pair (default: the run's eval.top_k)")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a training run directory (config.yaml, best.safetensors)")
+    parser.add_argument("--split", choices=("dev", "test"), default="dev", help="which of the config's splits to score")
+    parser.add_argument("--data", metavar="FILE", help="score this file instead of the config's split file")
+    parser.add_argument("--top-k", type=int, metavar="K", help="most relations per pair (default: the run's eval.top_k)")
     parser.add_argument("--isf", action="store_true", help="also score inference-stage fusion (DREEAM)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     parser.add_argument("--json", action="store_true", help="print the scores as one JSON line at the end")
     args = parser.parse_args()
 

@@ -1,8 +1,5 @@
 """Export a training run as a self-contained model folder (loads offline), and share it on the Hugging Face Hub.
 
-    python scripts/export.py RUN_DIR OUT_DIR [--overwrite]
-                             [--push-to-hub ORG/NAME [--private] [--revision BRANCH] [--commit-message TEXT]]
-
 OUT_DIR gets model.safetensors, the encoder's config and tokenizer (encoder/), config.yaml,
 rel2id.json, rel_info.json, decode.json (if any), results.json and a README.md model card.
 Load it with Predictor.from_pretrained(OUT_DIR) or python scripts/predict.py OUT_DIR ...
@@ -10,6 +7,10 @@ Load it with Predictor.from_pretrained(OUT_DIR) or python scripts/predict.py OUT
 --push-to-hub uploads OUT_DIR to the Hub model repository ORG/NAME (created if missing; needs a token:
 `hf auth login` or HF_TOKEN); then Predictor.from_pretrained("ORG/NAME") and
 python scripts/predict.py ORG/NAME ... load it anywhere. See docs/predict.md.
+
+Examples:
+  docre-export runs/minilm_atgl-s66 models/minilm-atgl
+  docre-export runs/minilm_atgl-s66 models/minilm-atgl --overwrite --push-to-hub my-org/minilm-atgl --private
 """
 
 
@@ -21,13 +22,15 @@ from docre.errors import run_cli
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
     parser = command_parser("docre-export", __doc__)
-    parser.add_argument("run_dir", help="a training run directory (config.yaml, best.safetensors, rel2id.json)")
-    parser.add_argument("out_dir", help="the model folder to write")
+    parser.add_argument("run_dir", metavar="RUN_DIR",
+                        help="a training run directory (config.yaml, best.safetensors, rel2id.json)")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="the model folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     parser.add_argument("--push-to-hub", metavar="ORG/NAME", help="then upload OUT_DIR to this Hugging Face Hub model repository")
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
-    parser.add_argument("--revision", help="with --push-to-hub: the branch to upload to (created if missing; default main)")
-    parser.add_argument("--commit-message", help="with --push-to-hub: the commit's message")
+    parser.add_argument("--revision",
+                        help="with --push-to-hub: the branch to upload to (created if missing; default: main)")
+    parser.add_argument("--commit-message", metavar="TEXT", help="with --push-to-hub: the commit's message")
     args = parser.parse_args()
 
     from docre.errors import DocreError

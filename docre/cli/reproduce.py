@@ -1,8 +1,5 @@
 """Run a result table over seeds and tabulate mean ± std next to the published numbers.
 
-    python scripts/reproduce.py TABLE [--seeds 66,67,68] [--dry-run] [--output-dir runs] [key=value ...]
-    python scripts/reproduce.py CONFIG [CONFIG ...] --name NAME [--seeds ...] [key=value ...]
-
 TABLE is a name in configs/tables/ (e.g. redocred_mini, atgl_table2_redocred_bert) or a table file;
 CONFIG files become one row each. Every (row, seed) is one training process (docre.grid) writing
 <output-dir>/<table>/<row>-s<seed>/: finished runs (results.json) are skipped, interrupted ones (a
@@ -14,6 +11,11 @@ overrides apply to every run (e.g. train.epochs=2). A table with alpha_seed swee
 <output-dir>/<table>/table.md, table.json, curves.png and bars.png. Ctrl-C (or SIGTERM) stops the
 current run at its next step with a checkpoint; the same command resumes the grid. --nproc N
 trains each run with N data-parallel processes (torchrun).
+
+Examples:
+  docre-reproduce redocred_mini --dry-run
+  docre-reproduce redocred_mini --seeds 66,67,68 train.epochs=2
+  docre-reproduce configs/redocred_mini/minilm_atl.yaml configs/redocred_mini/minilm_atgl.yaml --name mine
 """
 
 import sys
@@ -54,11 +56,14 @@ def tabulate(table, runs, seeds: list[int], out: Path) -> None:
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
     parser = command_parser("docre-reproduce", __doc__)
-    parser.add_argument("targets", nargs="+", metavar="TABLE_OR_CONFIGS [key=value ...]")
+    parser.add_argument("targets", nargs="+", metavar="TABLE|CONFIG",
+                        help="a table (name in configs/tables/ or file), or config files (one row each); "
+                             "key=value overrides for every run may follow")
     parser.add_argument("--seeds", help="comma-separated seeds (default: the table's, else 66)")
-    parser.add_argument("--output-dir", default="runs", help="runs go to OUTPUT_DIR/<table>/<row>-s<seed>/ (default: runs)")
+    parser.add_argument("--output-dir", default="runs", metavar="DIR", help="runs go to DIR/<table>/<row>-s<seed>/")
     parser.add_argument("--name", help="the table's name when CONFIG files are given (default: grid)")
-    parser.add_argument("--nproc", type=int, default=1, help="data-parallel processes per run (torchrun), e.g. one per GPU")
+    parser.add_argument("--nproc", type=int, default=1, metavar="N",
+                        help="data-parallel processes per run (torchrun), e.g. one per GPU")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
     args = parser.parse_intermixed_args()  # overrides may follow the options
 

@@ -1,14 +1,17 @@
 """The mean ± std table of any set of run directories (the same table reproduce.py writes).
 
-    python scripts/summarize_runs.py RUNS_DIR [--table NAME] [-o DIR]
-
 Runs are the folders under RUNS_DIR with a config.yaml; finished ones (results.json) are counted,
 grouped by their name without the -s<seed> suffix (prefixed by their folder when RUNS_DIR holds
 several). The published numbers come from --table, else from the grid.json that reproduce.py
-leaves in a table's folder. Prints the markdown table; -o DIR also writes DIR/table.md and
+leaves in a table's folder. Prints the markdown table; --output-dir DIR also writes DIR/table.md and
 DIR/table.json.
+
+Examples:
+  docre-summarize runs/redocred_mini
+  docre-summarize runs --table redocred_mini --output-dir tables/
 """
 
+import argparse
 from pathlib import Path
 
 from docre.allocator import use_huge_pages
@@ -19,9 +22,10 @@ from docre.errors import run_cli
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
     parser = command_parser("docre-summarize", __doc__)
-    parser.add_argument("runs_dir")
-    parser.add_argument("--table", help="table name or file whose published numbers to show")
-    parser.add_argument("-o", "--output-dir", help="also write table.md and table.json here")
+    parser.add_argument("runs_dir", metavar="RUNS_DIR", help="a folder of run directories (e.g. one table's)")
+    parser.add_argument("--table", metavar="NAME", help="table name or file whose published numbers to show")
+    parser.add_argument("--output-dir", metavar="DIR", help="also write table.md and table.json here")
+    parser.add_argument("-o", dest="output_dir", help=argparse.SUPPRESS)  # its old spelling; -o is a file elsewhere
     args = parser.parse_args()
 
     from docre.summary import markdown_table, summarize_folder, write_summary

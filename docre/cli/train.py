@@ -1,11 +1,14 @@
 """Train a DocRE model from a config file.
 
-    python train.py CONFIG [key=value ...]           e.g. python train.py configs/quickstart.yaml train.epochs=2
-    python train.py --resume RUN_DIR [key=value ...]  continue an interrupted run from RUN_DIR/last/
-    python train.py CONFIG loss.name=atgl loss.alpha=auto  ATGL with alpha tuned on dev (docs/alpha.md)
-
 Writes runs/<run_name>/ (config, metrics.jsonl, best.safetensors, predictions, results.json) and
-prints the dev/test results table. Multi-GPU: torchrun --nproc-per-node N train.py CONFIG.
+prints the dev/test results table. A key=value override sets one config key, dotted as in the
+file (train.epochs=2, loss.alpha=8). Multi-GPU: torchrun --nproc-per-node N train.py CONFIG.
+
+Examples:
+  docre-train configs/quickstart.yaml                                 train with a config file
+  docre-train configs/quickstart.yaml train.epochs=2 seed=67          ... with overrides
+  docre-train configs/quickstart.yaml loss.name=atgl loss.alpha=auto  ATGL with alpha tuned on dev (docs/alpha.md)
+  docre-train --resume runs/quickstart-atgl-s66                       continue an interrupted run from its last/
 """
 
 from pathlib import Path
@@ -18,21 +21,23 @@ from docre.errors import DocreError, run_cli
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
     parser = command_parser("docre-train", __doc__)
-    parser.add_argument("args", nargs="*", metavar="CONFIG [key=value ...]", help="config file, then overrides")
+    parser.add_argument("config", nargs="?", metavar="CONFIG", help="the config file (YAML; not with --resume)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=2")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (its config.yaml is used)")
     args = parser.parse_args()
 
     from docre.config import load_config
 
     if args.resume:
-        config, overrides = Path(args.resume) / "config.yaml", args.args + [f"train.resume={args.resume}"]
-        stray = next((arg for arg in args.args if "=" not in arg), None)
+        given = [args.config, *args.overrides] if args.config is not None else []  # argparse put the first override in CONFIG
+        config, overrides = Path(args.resume) / "config.yaml", [*given, f"train.resume={args.resume}"]
+        stray = next((arg for arg in given if "=" not in arg), None)
         if stray is not None:
             raise DocreError(f"--resume continues a run with its own config.yaml: give only key=value overrides, not {stray!r}")
         if not config.is_file():
             raise DocreError(f"{args.resume}: not a run directory (no config.yaml)")
-    elif args.args:
-        config, overrides = args.args[0], args.args[1:]
+    elif args.config is not None:
+        config, overrides = args.config, args.overrides
     else:
         parser.error("give a config file, or --resume RUN_DIR")
     cfg = load_config(config, overrides)  # fails here, before any model is loaded, on a bad key or value

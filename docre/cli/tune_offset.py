@@ -1,12 +1,14 @@
 """Effect of a dev-tuned TH offset on threshold-class losses, from runs' saved logits (no retraining).
 
-    python scripts/tune_offset.py RUN_DIR [RUN_DIR ...] [--json]
-
 For each run: the offset o that maximises dev F1 of `threshold_decode(logits, top_k, o)`
 (`docre.losses.common.tune_threshold_offset`, exact), then dev and test P/R/F1 at o = 0 (the official
 rule) and at the tuned o, with the official scorer (P, R, F1, Ign F1 against the run's training
 documents; CDR and GDA: binary P, R, F1, no Ign F1). The logits are the saved fp16 ones, so a score can differ from the run's own
 results.json in the last digit.
+
+Examples:
+  docre-tune-offset runs/minilm_atl-s66
+  docre-tune-offset runs/redocred_mini/minilm-atl-s66 runs/redocred_mini/minilm-atgl-s66 --json
 """
 
 import json
@@ -49,7 +51,7 @@ def official_scores(run_dir: Path, splits: dict, offsets: dict) -> dict:
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
     parser = command_parser("docre-tune-offset", __doc__)
-    parser.add_argument("run_dirs", nargs="+")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a finished run directory with saved logits")
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON line at the end")
     args = parser.parse_args()
 
