@@ -11,6 +11,9 @@ This is the only module that imports OmegaConf; everything else receives plain d
 import dataclasses
 import difflib
 import inspect
+import io
+import re
+import tokenize
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,27 +54,27 @@ class ModelConfig:
     # models that predict evidence (DREEAM): weight of the evidence KL added to the relation loss (DREEAM's
     # lambda; its maintainer suggests 0.05 in some settings, YoumiMa/dreeam issues #8 and #11), and the
     # share of a pair's attention above which a sentence is predicted as evidence
-    evidence_weight: float = 0.1
-    evidence_threshold: float = 0.2
+    evidence_weight: float = 0.1  # weight of the evidence KL (DREEAM's lambda; evidence-predicting models only)
+    evidence_threshold: float = 0.2  # attention share above which a sentence is predicted as evidence
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
+    epochs: int = 30  # passes over the training split (see max_steps)
     max_steps: int = 0  # stop after this many optimizer steps; 0 = run all epochs
     batch_size: int = 4  # documents per micro-step and process
     grad_accum: int = 1  # micro-steps per optimizer step
     # split a batch whose documents x padded length exceeds this (same gradient, less memory); 0 = never
     max_batch_tokens: int = 0
-    encoder_lr: float = 5e-5
+    encoder_lr: float = 5e-5  # learning rate of the encoder (backbone)
     head_lr: float = 1e-4  # extractors and bilinear classifier
     # learning rates of named modules, overriding the two above: {parameter-name prefix: lr}, the
     # longest matching prefix wins, e.g. {unet: 4.0e-4} (DocuNet's own rate for its U-Net)
     module_lr: dict[str, float] = field(default_factory=dict)
     warmup_ratio: float = 0.06  # share of optimizer steps with linear warm-up, then linear decay
     max_grad_norm: float = 1.0  # gradient clipping; 0 = off
-    adam_eps: float = 1e-6
-    weight_decay: float = 0.0
+    adam_eps: float = 1e-6  # AdamW's epsilon
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     tf32: bool = True  # on CUDA, float32 matrix products in TF32 (Ampere and newer; about 8x faster, 10-bit mantissa)
@@ -89,7 +92,7 @@ class TrainConfig:
 class EvalConfig:
     top_k: int = 4  # most relations predicted per entity pair (ATLOP's num_labels)
     batch_size: int = 8  # documents per evaluation batch
-    # and at most this many encoder tokens per batch (bounds memory); 0 = no cap; -1 = 4096 on CPU, no cap on a GPU
+    # at most this many encoder tokens per evaluation batch (bounds memory); 0 = no cap; -1 = 4096 on CPU, no cap on a GPU
     max_batch_tokens: int = -1
     tune_threshold_offset: bool = False  # add a dev-tuned offset to the TH logit when decoding (threshold-class losses)
     save_logits: bool = True  # keep dev/test logits (fp16 safetensors) for threshold diagnostics
@@ -106,15 +109,15 @@ class SweepConfig:
 class LogConfig:
     # metrics.jsonl is always written; these send the same rows (and the config, and the final scores) to a tracker
     wandb: bool = False  # Weights & Biases (pip install wandb); honours WANDB_MODE=offline and WANDB_DIR (else RUN_DIR/wandb)
-    wandb_project: str = "docre"
+    wandb_project: str = "docre"  # the Weights & Biases project of the run
     tensorboard: bool = False  # TensorBoard event files in RUN_DIR/tensorboard (pip install tensorboard)
 
 
 @dataclass
 class Config:
-    seed: int = 66
+    seed: int = 66  # seeds Python, NumPy and torch (data order, initialisation, dropout)
     output_dir: str = "runs"  # runs are written to <output_dir>/<run_name>/
-    run_name: str = ""  # "" = <config file name>[-<loss>]-s<seed>
+    run_name: str = ""  # "" = <config file name>[-<loss named on the command line>]-s<seed>, e.g. minilm_atgl-s66
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     # the loss: its name in docre.losses.LOSSES plus its keyword arguments, e.g. {name: atgl, alpha: 16.5}
@@ -172,6 +175,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     # A loss named on the command line does not inherit the file's loss keywords (loss.name=atl on
     # an ATGL config must not pass alpha to ATL); keywords given next to it still apply.
     new_loss = OmegaConf.select(command_line, "loss.name")
+    file_loss = OmegaConf.select(layers[-1], "loss.name") or OmegaConf.select(schema, "loss.name")  # file, else default
     if new_loss is not None and len(layers) > 1 and OmegaConf.select(layers[1], "loss.name") != new_loss:
         layers[1].pop("loss", None)
     layers.append(command_line)
@@ -181,9 +185,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     except OmegaConfBaseException as error:
         raise DocreError(f"{source}: {_describe(error)}") from None
     if not cfg.run_name:
+        # One convention for every run name: the config file's name as written (words joined by "_"),
+        # "-s<seed>" at the end, and "-<loss>" before it only when the command line swapped the loss,
+        # so that such a run never lands in the directory of the file's own loss.
         stem = Path(path).stem if path is not None else "run"
-        loss = str(cfg.loss.get("name", ""))
-        cfg.run_name = f"{stem}-s{cfg.seed}" if loss in stem else f"{stem}-{loss}-s{cfg.seed}"
+        swapped = f"-{new_loss}" if new_loss is not None and new_loss != file_loss else ""
+        cfg.run_name = f"{stem}{swapped}-s{cfg.seed}"
     check_config(cfg, source)
     return cfg
 
@@ -274,6 +281,44 @@ def check_loss_kwargs(name: Any, kwargs: dict, source: str = "config") -> None:
         signature.bind(**kwargs)
     except TypeError as error:
         raise DocreError(f"{source}: loss {name!r}: {error}") from None
+
+
+def config_keys() -> list[tuple[str, Any, str]]:
+    """Every config key as (dotted name, default, description), the description read from the comment
+    beside or above its field in this file, so that the schema stays the one place a key is explained."""
+    keys = []
+
+    def walk(section: type, prefix: str) -> None:
+        described, defaults = documented_names(inspect.getsource(section)), section()
+        for f in dataclasses.fields(section):
+            value = getattr(defaults, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(type(value), f"{prefix}{f.name}.")
+            elif isinstance(value, dict) and value:  # an open mapping with defaults (loss): its keys, as overridden
+                keys.extend((f"{prefix}{f.name}.{key}", item, described.get(f.name, "")) for key, item in value.items())
+            else:
+                keys.append((prefix + f.name, value, described.get(f.name, "")))
+
+    walk(Config, "")
+    return keys
+
+
+def documented_names(source: str) -> dict[str, str]:
+    """Name -> its comment in Python `source`, for lines that start with a name and a colon (a dataclass
+    field `name: type = ...`, a table entry `"name": ...`): the comment at the end of the line, else the
+    comment lines right above it, joined into one line."""
+    comments = {token.start[0]: token.string.lstrip("#").strip()
+                for token in tokenize.generate_tokens(io.StringIO(source).readline) if token.type == tokenize.COMMENT}
+    names, block = {}, []
+    for number, line in enumerate(source.splitlines(), 1):
+        if line.lstrip().startswith("#"):
+            block.append(comments[number])
+            continue
+        match = re.match(r'\s*"?(\w+)"?\s*:', line)
+        if match and (number in comments or block):
+            names[match.group(1)] = comments.get(number) or " ".join(block)
+        block = []
+    return names
 
 
 def to_dict(cfg: Config) -> dict:

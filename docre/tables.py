@@ -13,7 +13,7 @@ numbers. scripts/compare_losses.py builds its grid of losses as a table too.
     overrides: []                       # for every row
     alpha_seed: 66                      # optional: rows with loss.alpha=auto sweep alpha on seed 66 only
     rows:
-      - name: atlop-atl
+      - name: atlop_atl                 # a row is named like a config file: words joined by "_"
         config: configs/redocred/bert_atl.yaml
         overrides: []
         published: {dev_f1: 74.22, dev_ign_f1: 73.35, test_f1: 74.02, test_ign_f1: 73.22, note: ...}

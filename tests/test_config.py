@@ -2,6 +2,7 @@
 with one line naming the key, before torch, transformers or any model is loaded."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,24 @@ def test_shipped_config_loads(path):
     text = path.read_text()
     assert text.startswith("#"), "each config opens with a comment: what it reproduces and the command"
     assert "python " in text.split("\n\n")[0] or "python " in text[:800], "the opening comment shows the command"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT / "configs")) for p in CONFIGS])
+def test_shipped_config_run_name_follows_the_convention(path):
+    # one convention (README, docs/reproducing.md): the config file's name, words joined by "_", then
+    # -s<seed>; table rows are named the same way (tests/test_tables.py)
+    assert re.fullmatch(r"[a-z0-9_]+", path.stem), f"{path.name}: a config's name is lower-case words joined by '_'"
+    assert load_config(path).run_name == f"{path.stem}-s66"
+    assert load_config(path, ["seed=7"]).run_name == f"{path.stem}-s7"
+
+
+def test_run_name_says_a_loss_only_when_the_command_line_swapped_it():
+    # smoke.yaml trains ATGL: naming its own loss again changes nothing; another loss gets its own directory
+    assert load_config(ROOT / "configs/smoke.yaml", ["loss.name=atgl"]).run_name == "smoke-s66"
+    assert load_config(ROOT / "configs/smoke.yaml", ["loss.name=bce"]).run_name == "smoke-bce-s66"
+    assert load_config(ROOT / "configs/redocred_mini/minilm_docunet_bsl.yaml").run_name == "minilm_docunet_bsl-s66"
+    assert load_config(None).run_name == "run-s66" and load_config(None, ["loss.name=afl"]).run_name == "run-afl-s66"
+    assert load_config(None, ["run_name=mine"]).run_name == "mine"  # a name given is kept as it is
 
 
 def test_overrides_take_precedence():

@@ -26,7 +26,7 @@ def smoke_run(tiny_backbone, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     result = run(["train.py", "configs/smoke.yaml", f"model.backbone={tiny_backbone}", f"output_dir={out}"])
     assert result.returncode == 0, result.stderr[-3000:]
-    return out / "smoke-atgl-s66", result
+    return out / "smoke-s66", result
 
 
 def test_train_cli_prints_the_results_table(smoke_run):

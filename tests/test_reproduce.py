@@ -150,7 +150,7 @@ def test_runner_errors(tmp_path, capsys):
     assert len(unknown.stderr.strip().splitlines()) == 1
     with pytest.raises(DocreError) as error:
         run_main("reproduce", ["redocred_mini", "--dry-run", "train.epoch=2"])
-    assert str(error.value) == (f"table redocred_mini: row minilm-atl: {ROOT / 'configs/redocred_mini/minilm_atl.yaml'}: "
+    assert str(error.value) == (f"table redocred_mini: row minilm_atl: {ROOT / 'configs/redocred_mini/minilm_atl.yaml'}: "
                                 "unknown key 'train.epoch' (did you mean train.epochs?)")
     with pytest.raises(DocreError, match="--seeds '5,x': expected comma-separated integers"):
         run_main("reproduce", ["redocred_mini", "--dry-run", "--seeds", "5,x"])
@@ -162,7 +162,7 @@ def test_runner_errors(tmp_path, capsys):
     args = ["redocred_mini", "--dry-run", "--seeds", "5", "train.epochs=1", "--output-dir", str(tmp_path)]
     assert run_main("reproduce", args) == 0
     out = capsys.readouterr().out
-    assert "minilm-atl-s5" in out and "minilm-atgl-s5" in out and "2 missing. Nothing was run" in out
+    assert "minilm_atl-s5" in out and "minilm_atgl-s5" in out and "2 missing. Nothing was run" in out
     assert not (tmp_path / "redocred_mini").exists()  # a dry run writes nothing
     config = str(ROOT / "configs/redocred_mini/minilm_atl.yaml")
     assert run_main("reproduce", [config, "--dry-run", "--name", "mine", "--output-dir", str(tmp_path)]) == 0

@@ -4,6 +4,7 @@ seeds with the documented override order, reads each run's state from disk and, 
 gives the other seeds of an alpha=auto row the alpha that seed's sweep chose."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -45,6 +46,14 @@ def test_shipped_table_loads_and_every_run_binds(path):
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             assert config_differences(resolved[a], resolved[b]), f"rows {a} and {b} resolve to the same config"
+
+
+def test_shipped_table_rows_are_named_like_config_files():
+    # a row's runs are <row>-s<seed>: with rows named like configs (minilm_atgl) a table's runs and
+    # `train.py configs/.../minilm_atgl.yaml` follow one convention, not minilm-atgl-s66 beside minilm_atgl-s66
+    for path in TABLES:
+        for row in load_table(path).rows:
+            assert re.fullmatch(r"[a-z0-9_]+", row.name), f"{path.name}: row {row.name!r}: lower-case words joined by '_'"
 
 
 def test_table_names_resolve():
