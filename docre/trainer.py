@@ -36,7 +36,7 @@ from docre.losses import build_loss
 from docre.losses.common import tune_threshold_offset
 from docre.losses.evidence import evidence_kl
 from docre.metrics import breakdown, score
-from docre.models import build_model_from_config, load_tokenizer
+from docre.models import build_model_from_config, check_backbone, load_tokenizer
 from docre.models.output import EvidenceOutput, logits_of
 from docre.utils import (
     append_jsonl,
@@ -191,6 +191,7 @@ def setup(cfg: Config) -> tuple[Run, TrainState]:
     """Processes and device, the run directory, data, model, loss, optimizer; the state of a resumed run."""
     started = time.perf_counter()
     _require_trackers(cfg)  # a missing package fails now, not after the data and the model are loaded
+    check_backbone(cfg.model.backbone, cfg.model.revision)  # a misspelt one too, in a second, before the data
     rank, world, device = distributed.init_distributed(resolve_device(cfg.train.device))
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)

@@ -216,7 +216,9 @@ def closed_loopback_port() -> int:
 def test_an_unreachable_hub_is_one_line_from_the_real_library(run_dir, tmp_path, monkeypatch, capsys):
     """The installed huggingface_hub, not a stand-in, failing to connect: its HTTP client's own error
     (httpx's ConnectError, not an OSError) is one line too."""
-    monkeypatch.setattr(hub_constants, "ENDPOINT", f"http://127.0.0.1:{closed_loopback_port()}")  # what HF_ENDPOINT sets
+    endpoint = f"http://127.0.0.1:{closed_loopback_port()}"  # what HF_ENDPOINT sets, for the API and downloads
+    monkeypatch.setattr(hub_constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(hub_constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     out = tmp_path / "model"

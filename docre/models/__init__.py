@@ -24,7 +24,12 @@ from docre.models.output import EvidenceOutput
 
 # model.name -> the model's class, called as cls(encoder, num_classes=, start_ids=, end_ids=, window=,
 # layer_pooling=, emb_size=, block_size=, pair_chunk_size=, general_attention=) by build_model
-MODELS = {"atlop": ATLOP, "docunet": DocuNet, "dreeam": DREEAM, "kd_docre": KDDocRE}
+MODELS = {
+    "atlop": ATLOP,  # ATLOP: localized context pooling, group bilinear classifier (Zhou et al. 2021)
+    "docunet": DocuNet,  # DocuNet: a U-Net over the entity-pair map (Zhang et al. 2021)
+    "dreeam": DREEAM,  # DREEAM: ATLOP whose attention is guided by evidence; predicts evidence (Ma et al. 2023)
+    "kd_docre": KDDocRE,  # KD-DocRE: axial attention over entity pairs (Tan et al. 2022)
+}
 
 
 class RelationModel(Protocol):
@@ -71,6 +76,55 @@ def resolve_backbone(name: str) -> str:
     if looks_local:
         raise DocreError(f"model.backbone: folder {name!r} does not exist")
     return name
+
+
+def check_backbone(name: str, revision: str = "") -> None:
+    """Fail in about a second, before any data is read, when `model.backbone` names nothing that can
+    load: an alias without its package, a folder that does not exist, a hub id that is neither in the
+    Hugging Face cache nor (online) on the Hub. A hub id that is on the Hub but not cached passes: the
+    loaders download it. One request without the hub client's retries, which take ~50 s to give up
+    on a misspelt name when the Hub cannot be reached. A local folder's contents are left to the loaders.
+
+    Raises:
+        DocreError: one line, with "did you mean" among the aliases and the cached hub models.
+    """
+    import difflib
+
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    from docre.errors import hub_error_line, hub_errors
+
+    if Path(resolve_backbone(name)).is_dir():  # an alias's folder or a local folder
+        return
+    try:
+        validate_repo_id(name)
+    except HFValidationError as error:
+        raise DocreError(f"model.backbone: {name!r} is neither a local folder nor a Hugging Face model id "
+                         f"({str(error).splitlines()[0]})") from None
+    if isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json", revision=revision or None), str):
+        return  # cached (else None, or a marker that the Hub has no such file)
+    cache = Path(constants.HF_HUB_CACHE)
+    cached = [p.name.removeprefix("models--").replace("--", "/") for p in cache.glob("models--*")] if cache.is_dir() else []
+    hint = difflib.get_close_matches(name, [*ALIASES, *cached], n=1)
+    suggestion = f"; did you mean {hint[0]}?" if hint else ""
+    where = f"{name}@{revision}" if revision else name
+    if constants.HF_HUB_OFFLINE:
+        raise DocreError(f"model.backbone: {where!r} is not a local folder, nor in the Hugging Face cache {cache} "
+                         f"(HF_HUB_OFFLINE is set){suggestion}")
+    try:
+        huggingface_hub.HfApi(library_name="docre").model_info(name, revision=revision or None, timeout=10)
+    except RevisionNotFoundError:
+        raise DocreError(f"model.backbone: the Hugging Face Hub model {name!r} has no revision {revision!r} "
+                         "(model.revision)") from None
+    except RepositoryNotFoundError:  # also a private or gated one this token may not read
+        raise DocreError(f"model.backbone: {name!r} is not a local folder, nor a model on the Hugging Face Hub that "
+                         f"this token may read{suggestion}") from None
+    except hub_errors() as error:
+        raise DocreError(f"model.backbone: {where!r} is not a local folder, nor in the Hugging Face cache {cache}, and "
+                         f"the Hub could not be asked: {hub_error_line(error)}{suggestion}") from None
 
 
 def _hub_error(name: str, error: Exception) -> DocreError:
