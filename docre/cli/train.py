@@ -2,13 +2,16 @@
 
 Writes runs/<run_name>/ (config, metrics.jsonl, best.safetensors, predictions, results.json) and
 prints the dev/test results table. A key=value override sets one config key, dotted as in the
-file (train.epochs=2, loss.alpha=8). Multi-GPU: torchrun --nproc-per-node N train.py CONFIG.
+file (train.epochs=2, loss.alpha=8); --list keys prints every key with its default and meaning,
+--list models and --list losses the names model.name and loss.name take (with each loss's keywords).
+Multi-GPU: torchrun --nproc-per-node N train.py CONFIG.
 
 Examples:
   docre-train configs/quickstart.yaml                                 train with a config file
   docre-train configs/quickstart.yaml train.epochs=2 seed=67          ... with overrides
   docre-train configs/quickstart.yaml loss.name=atgl loss.alpha=auto  ATGL with alpha tuned on dev (docs/alpha.md)
   docre-train --resume runs/quickstart-atgl-s66                       continue an interrupted run from its last/
+  docre-train --list losses                                           the losses and their keywords
 """
 
 from pathlib import Path
@@ -17,6 +20,38 @@ from docre.allocator import use_huge_pages
 from docre.cli import command_parser
 from docre.errors import DocreError, run_cli
 
+LISTS = ("models", "losses", "keys")
+
+
+def listing(what: str) -> str:
+    """What `--list models|losses|keys` prints: one line per choice, its description taken from where
+    the choice is defined (the comments of MODELS, LOSSES and the config schema)."""
+    import json
+
+    from docre.config import config_keys, documented_names
+
+    if what == "keys":
+        def shown(value) -> str:  # as written in YAML or an override
+            return json.dumps(value) if isinstance(value, bool | dict | list) or value == "" else str(value)
+
+        rows = [(f"{key}={shown(default)}", about) for key, default, about in config_keys()]
+    else:
+        import inspect
+
+        from docre import losses, models
+
+        module, table = (models, models.MODELS) if what == "models" else (losses, losses.LOSSES)
+        about = documented_names(inspect.getsource(module))
+        rows = []
+        for name in table:
+            if what == "losses":
+                keywords = ", ".join(k if v is inspect.Parameter.empty else f"{k}={v}"
+                                     for k, v in losses.loss_keywords(name).items())
+                name = f"{name}({keywords})"
+            rows.append((name, about.get(name.split("(")[0], "")))
+    width = max(len(left) for left, _ in rows)
+    return "\n".join(f"{left:<{width}}  {right}".rstrip() for left, right in rows)
+
 
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
@@ -24,7 +59,12 @@ def main() -> int:
     parser.add_argument("config", nargs="?", metavar="CONFIG", help="the config file (YAML; not with --resume)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=2")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (its config.yaml is used)")
+    parser.add_argument("--list", choices=LISTS, help="print the models, the losses (with their keywords) or the "
+                                                      "config keys (with defaults and meaning), and exit")
     args = parser.parse_args()
+    if args.list:
+        print(listing(args.list))
+        return 0
 
     from docre.config import load_config
 

@@ -8,6 +8,9 @@ Formulas, decode rules, defaults and sources: docs/losses.md.
 Adding a loss: one file here, one line in `LOSSES`, one test file (the contract tests pick it up).
 """
 
+import inspect
+from typing import Any
+
 from torch import nn
 
 from docre.errors import DocreError
@@ -34,6 +37,13 @@ LOSSES = {
     "aml": AdaptiveMarginLoss,  # SagDRE's margin loss
     "ncrl": NoneClassRankingLoss,  # none-class ranking loss with NA regulariser (shift)
 }
+
+
+def loss_keywords(name: str) -> dict[str, Any]:
+    """The keyword arguments of loss `name` with their defaults (`inspect.Parameter.empty`: none):
+    its constructor's signature is the schema of the config's loss.* keys."""
+    parameters = inspect.signature(LOSSES[name]).parameters.values()
+    return {p.name: p.default for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
 def build_loss(name: str, **kwargs) -> nn.Module:
