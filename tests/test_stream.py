@@ -1,7 +1,9 @@
 """Corpus-scale prediction machinery (docre/stream.py) with a stand-in for the model: chunked
 shards merge into the single-process output in input order; an interruption at any chunk, or a chunk
 cut short by a kill, resumes into exactly the uninterrupted output; bad lines stop the run with one
-line naming the line, or are set aside with --skip-bad; a changed command or input is refused."""
+line naming the line, or are set aside with --skip-bad; a changed command or input is refused; a
+truncated or corrupt gzip input stops scripts/predict.py with one line and exit 1 (never a shorter
+output and exit 0), writing no output and leaving an interrupted run's files as they were."""
 
 import gzip
 import json
@@ -155,3 +157,74 @@ def test_input_lines_resume_at_a_byte_offset(tmp_path):
     everything = list(input_lines(path))
     assert [n for n, _, _ in everything] == [1, 2, 3, 4, 5]
     assert list(input_lines(path, everything[1][2])) == everything[2:]
+
+
+# ------------------------------------------------------------------------------------ a damaged gzip corpus
+def damaged(path: Path, how: str) -> Path:
+    """`path` (a .jsonl.gz) cut short before its end-of-stream marker, or with a wrong CRC."""
+    data = path.read_bytes()
+    path.write_bytes(data[:-12] if how == "truncated" else data[:-8] + bytes(b ^ 0xFF for b in data[-8:-4]) + data[-4:])
+    return path
+
+
+@pytest.mark.parametrize(("how", "reason"), [("truncated", "Compressed file ended before the end-of-stream marker"),
+                                             ("corrupt", "CRC check failed")])
+def test_damaged_gzip_stops_with_one_line_instead_of_ending_early(tmp_path, how, reason):
+    path = damaged(corpus(tmp_path, 11, gz=True), how)
+    with pytest.raises(DocreError) as error:
+        run_shard(path, tmp_path / "out.jsonl", 0, 1, {"model": "m"}, 2, prepare(path), records, False)
+    assert str(error.value).startswith(f"{path}: cannot read ({reason}") and "\n" not in str(error.value)
+
+
+class StubPredictor:
+    """Stands in for a trained model in scripts/predict.py: no relations, or Ctrl-C at call `stop`."""
+
+    def __init__(self, stop=None):
+        self.calls, self.stop = 0, stop
+
+    def predict(self, docs, batch_size, top_k, prepared):  # a document's triples
+        self.calls += 1
+        if self.calls == self.stop:
+            raise KeyboardInterrupt
+        return [[] for _ in docs]
+
+    def predict_records(self, docs, batch_size, top_k, prepared):  # a document's .jsonl line
+        return [{"title": doc["title"], "triples": triples} for doc, triples in zip(docs, self.predict(docs, 0, 0, True))]
+
+
+def predict_cli(monkeypatch, capsys, tmp_path, path, predictor):
+    """scripts/predict.py MODEL PATH -o out.jsonl --chunk-size 2 with `predictor`; (status, stderr)."""
+    import docre.predict
+    from tests.test_predict import call
+
+    model = tmp_path / "model"  # what model_kind needs to see a run directory; the stub does the rest
+    model.mkdir(exist_ok=True)
+    for name in ("config.yaml", "best.safetensors"):
+        (model / name).touch()
+    monkeypatch.setattr(docre.predict.Predictor, "from_pretrained", lambda *args, **kwargs: predictor)
+    status, _, err = call("scripts/predict", [model, path, "-o", tmp_path / "out.jsonl", "--chunk-size", "2"], capsys)
+    return status, err
+
+
+def test_truncated_gzip_corpus_fails_the_command_and_writes_no_output(tmp_path, monkeypatch, capsys):
+    path = damaged(corpus(tmp_path, 12, gz=True), "truncated")
+    status, err = predict_cli(monkeypatch, capsys, tmp_path, path, StubPredictor())
+    assert status == 1
+    assert err.strip().splitlines() == [
+        f"error: {path}: cannot read (Compressed file ended before the end-of-stream marker was reached)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.jsonl.gz", "model"]  # no output, no shard
+
+
+def test_truncated_gzip_corpus_leaves_an_interrupted_run_as_it_was(tmp_path, monkeypatch, capsys):
+    path = corpus(tmp_path, 12, gz=True)
+    status, _ = predict_cli(monkeypatch, capsys, tmp_path, path, StubPredictor(stop=2))  # Ctrl-C after one chunk
+    shard = shard_path(tmp_path / "out.jsonl", 0, 1)
+    assert status == 130 and json.loads(Path(f"{shard}.progress.json").read_text())["chunks_done"] == 1
+    state = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p != path}
+    assert sorted(state) == [shard.name, f"{shard.name}.progress.json", f"{shard.name}.rejects"]
+    damaged(path, "truncated")  # cut after the chunk done: the rerun would otherwise go on to the cut and finish
+    status, err = predict_cli(monkeypatch, capsys, tmp_path, path, StubPredictor())
+    assert status == 1
+    assert err.strip().splitlines() == [
+        f"error: {path}: cannot read (Compressed file ended before the end-of-stream marker was reached)"]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p != path} == state  # no output
