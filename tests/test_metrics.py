@@ -1,5 +1,6 @@
 """Official DocRED scoring on hand-worked cases: P/R/F1, Ign F1 with a fact seen in training,
-repeated and unknown-title predictions, empty predictions."""
+repeated and unknown-title predictions, empty predictions, every correct prediction seen in training,
+and a split without labels."""
 
 import pytest
 
@@ -59,3 +60,18 @@ def test_training_facts_use_every_mention_name():
     assert training_facts(TRAIN) == {("Xavier", "Y", "P1")}
     two = [{"vertexSet": [entity("a", "b"), entity("c")], "labels": [{"h": 0, "t": 1, "r": "R"}]}]
     assert training_facts(two) == {("a", "c", "R"), ("b", "c", "R")}
+
+
+def test_ign_precision_is_zero_when_every_predicted_fact_was_seen_in_training():
+    scores = docred_scores([row("A", 0, 1, "P1")], GOLD, TRAIN)  # correct, and (Xavier, Y, P1) is a training fact
+    assert (scores["precision"], scores["recall"], scores["f1"]) == pytest.approx((1.0, 1 / 3, 0.5))
+    # Ign precision (1 - 1) / (1 - 1): nothing is left to score, and that scores 0 (ATLOP: 0 / 1e-5), not 1
+    assert scores["num_correct_in_train"] == 1
+    assert scores["ign_precision"] == 0.0 and scores["ign_f1"] == 0.0
+
+
+def test_a_split_without_labels_scores_zero_recall():
+    unlabelled = [{key: value for key, value in doc.items() if key != "labels"} for doc in GOLD]  # like DocRED's test
+    scores = docred_scores([row("A", 0, 1, "P1"), row("B", 0, 1, "P1")], unlabelled, TRAIN)
+    assert (scores["num_predicted"], scores["num_gold"], scores["num_correct"]) == (2, 0, 0)
+    assert scores["precision"] == scores["recall"] == scores["f1"] == scores["ign_precision"] == scores["ign_f1"] == 0.0

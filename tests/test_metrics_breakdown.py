@@ -116,6 +116,12 @@ def test_intra_inter_by_hand():
     assert inter["precision"] == inter["recall"] == inter["f1"] == pytest.approx(0.5)
 
 
+def test_intra_inter_leaves_out_entities_past_either_end():
+    # document A has entities 0..2: index 3 (= its length) and -1 name none, and must not index the list
+    outside = [row("A", 3, 0, "P1"), row("A", 0, 3, "P3"), row("A", -1, 1, "P1"), row("A", 1, -1, "P2")]
+    parts = intra_inter_scores(PREDICTIONS + outside, GOLD)
+    assert [(part["num_predicted"], part["num_gold"], part["num_correct"]) for part in parts.values()] == [(2, 1, 1), (2, 2, 1)]
+
 def test_frequent_relations_count_facts_and_break_ties_by_id():
     assert frequent_relations(TRAIN, top=2) == ["P1", "P2"]  # P2 and P3 tie at 2: the smaller id wins
     assert frequent_relations(TRAIN) == ["P1", "P2", "P3", "P4"]  # fewer than 10 relations: all
