@@ -1,6 +1,9 @@
 """Every loss in LOSSES keeps the contract: finite scalar, gradient, inputs untouched, float32
 under autocast, decode shape, column 0 set iff nothing predicted, at most top_k relations; and
-stays finite at extreme logit scales and on degenerate label rows (all NA, no negatives)."""
+stays finite at extreme logit scales and on degenerate label rows (all NA, no negatives); and every
+threshold-class loss decodes with ATLOP's rule (TH offset 0) unless an offset is tuned."""
+
+import inspect
 
 import pytest
 import torch
@@ -8,6 +11,7 @@ import torch
 from docre.config import check_loss_kwargs
 from docre.errors import DocreError
 from docre.losses import LOSSES, build_loss
+from docre.losses.common import threshold_decode
 from tests.losses.helpers import random_case
 
 
@@ -82,3 +86,17 @@ def test_config_check_rejects_a_stray_keyword(name):
     # config fails in load_config, before any model is loaded
     with pytest.raises(DocreError, match="unexpected keyword argument 'bogus'"):
         check_loss_kwargs(name, {"bogus": 1})
+
+
+# the losses that decode against the TH class: those taking a th_offset (docre/config.py's rule)
+THRESHOLD_LOSSES = sorted(name for name, cls in LOSSES.items() if "th_offset" in inspect.signature(cls).parameters)
+
+
+@pytest.mark.parametrize("name", THRESHOLD_LOSSES)
+@pytest.mark.parametrize("top_k", [1, 4, 100])
+def test_threshold_losses_decode_with_offset_zero_by_default(name, top_k):
+    # what every run decodes with when no offset is tuned (eval.tune_threshold_offset=false)
+    logits, _ = random_case(pairs=200, classes=9, seed=3)
+    official = threshold_decode(logits, top_k, 0.0)
+    assert not torch.equal(threshold_decode(logits, top_k, 1.0), official)  # this case tells the offsets apart
+    assert torch.equal(build_loss(name).decode(logits, top_k), official)
