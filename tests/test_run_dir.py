@@ -1,6 +1,7 @@
 """docre.run_dir: the states a run directory can be in, the one skip / resume / start-again plan
 that grids and the alpha sweep follow, the saved-vs-requested config check, and loading a run's
-loss with its decode.json applied."""
+loss with its decode.json applied; a checkpoint without its step, a saved config that does not load,
+and a run directory without config.yaml or metrics.jsonl."""
 
 import json
 
@@ -127,3 +128,45 @@ def test_model_kind(tmp_path):
     (tmp_path / "encoder").mkdir()
     (tmp_path / "model.safetensors").write_bytes(b"")
     assert runs.model_kind(tmp_path) == "export"
+
+
+def test_a_checkpoint_without_its_step_counter_is_resumable(tmp_path):
+    run_dir = tmp_path / "r"
+    make_checkpoint(run_dir, 7)
+    for state_json in ({"counters": {}}, {}):
+        (run_dir / "last" / "state.json").write_text(json.dumps(state_json))
+        state = runs.state_of(run_dir)
+        assert (state.kind, state.detail, state.checkpoint) == ("resumable", "checkpoint present", run_dir / "last")
+
+
+def test_plan_starts_a_missing_run_afresh_whatever_the_caller_left_in_resume_and_overwrite(tmp_path):
+    cfg = smoke(tmp_path, f"train.resume={tmp_path / 'elsewhere'}", "train.overwrite=true")
+    action, planned = runs.plan(tmp_path / "r", cfg)
+    assert (action, planned.train.resume, planned.train.overwrite) == ("start", "", False)
+
+
+def test_a_saved_config_that_does_not_load_is_one_line(tmp_path):
+    cfg = smoke(tmp_path)
+    run_dir = runs.path_of(cfg)
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("loss: [unclosed\n")
+    (run_dir / "results.json").write_text("{}")
+    with pytest.raises(DocreError) as error:
+        runs.plan(run_dir, cfg)
+    assert str(error.value) == (f"{run_dir}: its config.yaml does not load ({run_dir}/config.yaml: not valid YAML at "
+                                "line 2 column 1: did not find expected ',' or ']'); move the run away")
+
+
+def test_a_run_directory_without_config_or_metrics(tmp_path):
+    cfg = smoke(tmp_path)
+    run_dir = runs.path_of(cfg)
+    make_checkpoint(run_dir, 4)  # a resumable run whose config.yaml is gone: nothing to compare, so no refusal
+    assert runs.plan(run_dir, cfg)[0] == "resume"
+    (run_dir / "results.json").write_text("{}")
+    assert runs.plan(run_dir, cfg)[0] == "skip"
+    runs.truncate_metrics(run_dir, 4)  # no metrics.jsonl: nothing to truncate, and none is made
+    assert not (run_dir / "metrics.jsonl").exists()
+    rows = [json.dumps({"step": step}) for step in (2, 4, 6)] + ['{"step": 8, "lo']  # the last cut short by a kill
+    (run_dir / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+    runs.truncate_metrics(run_dir, 4)
+    assert (run_dir / "metrics.jsonl").read_text() == '{"step": 2}\n{"step": 4}\n'
