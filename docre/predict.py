@@ -41,6 +41,7 @@ def read_documents(path: str | Path, fmt: str = "auto") -> list[dict]:
     if fmt not in FORMATS:
         raise DocreError(f"--format {fmt!r}: not one of {', '.join(FORMATS)}")
     path = Path(path)
+    check_not_plain_text(path)
     part = slice(None)
     if not path.exists():
         name, part = split_spec(str(path))
@@ -49,6 +50,18 @@ def read_documents(path: str | Path, fmt: str = "auto") -> list[dict]:
     docs = parse_json_list(path, raw) if raw.lstrip()[:1] == b"[" else _parse_json_lines(path, raw)
     first = part.indices(len(docs))[0]
     return prepare_documents(docs[part], fmt, str(path), first)
+
+
+RAW_TEXT_FORMAT = "docs/predict.md#raw-text"
+
+
+def check_not_plain_text(path: Path) -> None:
+    """A .txt file is refused with a pointer to the raw-text format: docre reads JSON, and finds no
+    entities itself (each is given by its mentions' character spans)."""
+    if path.suffix.lower() == ".txt":
+        raise DocreError(f"{path}: plain text is not an input format; give JSON lines of raw-text documents "
+                         '{"text": ..., "entities": [{"mentions": [[start, end], ...]}, ...]} with the entities '
+                         f"marked ({RAW_TEXT_FORMAT})")
 
 
 def _parse_json_lines(path: Path, raw: bytes) -> list:
@@ -134,12 +147,12 @@ class Predictor:
         return cls(cfg, tokenizer, model, loss_fn, rel2id, _rel_info(path, cfg, rel2id), torch_device,
                    inference_precision(cfg.train.precision, torch_device))
 
-    def predict(self, documents: list[dict], batch_size: int | None = None, top_k: int | None = None,
-                progress: bool = False, prepared: bool = False) -> list[list[dict]]:
-        """Relation triples of each document.
+    def predict(self, documents: list[dict] | dict, batch_size: int | None = None, top_k: int | None = None,
+                progress: bool = False, prepared: bool = False) -> list[list[dict]] | list[dict]:
+        """Relation triples of each document (of one document, when given one dict rather than a list).
 
         Args:
-            documents: DocRED-format or raw-text dicts (see `prepare_documents`).
+            documents: DocRED-format or raw-text dicts (see `prepare_documents`), or one of them.
             batch_size: documents per forward pass (default: the run's eval.batch_size).
             top_k: most relations per entity pair (default: the run's eval.top_k).
             progress: show a progress bar.
@@ -154,6 +167,8 @@ class Predictor:
             ATL/ATGL), the sentence ids of the head's and of the tail's mentions, and the ids of the
             sentences predicted as the triple's evidence ([] for a model that predicts none; DREEAM does).
         """
+        if isinstance(documents, dict):
+            return self.predict([documents], batch_size, top_k, progress, prepared)[0]
         docs = documents if prepared else prepare_documents(documents)
         rows, scores, pair_rows = self._decode(docs, batch_size or self.cfg.eval.batch_size, self._top_k(top_k), progress)
         scores = scores.numpy()
@@ -174,10 +189,27 @@ class Predictor:
             results.append(sorted(triples, key=lambda x: (-x["score"], x["h_idx"], x["t_idx"], x["r"])))
         return results
 
-    def leaderboard_rows(self, documents: list[dict], batch_size: int | None = None, top_k: int | None = None,
+    def predict_records(self, documents: list[dict] | dict, batch_size: int | None = None, top_k: int | None = None,
+                        progress: bool = False, prepared: bool = False) -> list[dict] | dict:
+        """Per document the record a .jsonl output holds: {"title", "triples"} (`predict`'s triples)
+        and, for raw text, "sent_spans": the [start, end) character span of each sentence in the
+        text, which the triples' sentence ids (h_sents, t_sents, evidence) index. Arguments as for
+        `predict`; one dict in, one record out."""
+        if isinstance(documents, dict):
+            return self.predict_records([documents], batch_size, top_k, progress, prepared)[0]
+        docs = documents if prepared else prepare_documents(documents)
+        records = []
+        for doc, triples in zip(docs, self.predict(docs, batch_size, top_k, progress, prepared=True)):
+            spans = {"sent_spans": doc["sent_spans"]} if "sent_spans" in doc else {}  # raw text only
+            records.append({"title": doc["title"], "triples": triples} | spans)
+        return records
+
+    def leaderboard_rows(self, documents: list[dict] | dict, batch_size: int | None = None, top_k: int | None = None,
                          progress: bool = False, prepared: bool = False) -> list[dict]:
         """The official result.json rows {"title", "h_idx", "t_idx", "r", "evidence": []}, exactly as
-        evaluate.py scores them (arguments as for `predict`)."""
+        evaluate.py scores them (arguments as for `predict`; one document or a list, rows either way)."""
+        if isinstance(documents, dict):
+            documents = [documents]
         docs = documents if prepared else prepare_documents(documents)
         return self._decode(docs, batch_size or self.cfg.eval.batch_size, self._top_k(top_k), progress)[0]
 
@@ -230,6 +262,8 @@ def resolve_model(name: str | Path, revision: str | None = None, trust_remote_co
     if path.exists():
         if revision:
             raise DocreError(f"{name}: a local folder; a revision ({revision}) applies only to a Hugging Face Hub id")
+        return path
+    if path.parent.is_dir() and path.parent != Path("."):  # "runs/nosuch" beside real runs: a missing folder, not a Hub id
         return path
     try:
         validate_repo_id(str(name))

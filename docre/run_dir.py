@@ -231,7 +231,7 @@ def model_kind(path: Path) -> str:
     """"run" (a training run directory) or "export" (a folder from scripts/export.py); else DocreError."""
     path = Path(path)
     if not path.is_dir():
-        raise DocreError(f"{path}: model directory not found")
+        raise DocreError(f"{path}: model directory not found (no run directory or exported model folder there)")
     if (path / CONFIG).is_file() and (path / EXPORTED_ENCODER).is_dir() and (path / EXPORTED_WEIGHTS).is_file():
         return "export"
     if (path / CONFIG).is_file() and (path / BEST_WEIGHTS).is_file():

@@ -243,6 +243,52 @@ def test_api_input_errors_are_docre_errors(predictor, fixture_docs):
         predictor.predict([bad])
 
 
+def test_one_document_in_gives_one_result_out(predictor, fixture_docs):
+    listed = predictor.predict(fixture_docs)
+    assert predictor.predict(fixture_docs[1]) == listed[1]  # a dict, not a list of one
+    assert predictor.leaderboard_rows(fixture_docs[1]) == predictor.leaderboard_rows([fixture_docs[1]])
+    assert predictor.predict_records(fixture_docs[1]) == {"title": fixture_docs[1]["title"], "triples": listed[1]}
+
+
+def test_records_of_raw_text_carry_the_sentence_spans_that_sentence_ids_index(predictor):
+    text = "Alpha works for Beta.  Beta is in\nGamma City."
+    raw = {"title": "t", "text": text, "entities": [{"mentions": [[0, 5]]}, {"mentions": [[16, 20], [23, 27]]},
+                                                    {"mentions": [[34, 44]]}]}
+    record = predictor.predict_records(raw)
+    assert record["triples"] == predictor.predict(raw)
+    assert record["sent_spans"] == [[0, 21], [23, 45]]  # "Alpha works for Beta." and "Beta is in\nGamma City."
+    for triple in record["triples"]:  # each sentence id names the text its mentions stand in
+        for sent in triple["t_sents"]:
+            start, end = record["sent_spans"][sent]
+            assert any(text[a:b] in text[start:end] for a, b in raw["entities"][triple["t_idx"]]["mentions"])
+
+
+def test_raw_text_without_entities_or_with_overlapping_mentions_is_refused(predictor):
+    text = "Toyota City hosts Toyota."
+    with pytest.raises(DocreError, match=r"^input: document 0 \('document 0'\): entities: must be a non-empty list .*"
+                                         r"docre does not find entities itself; docs/predict.md#raw-text\)$"):
+        predictor.predict({"text": text})
+    found_by_search = {"text": text, "entities": [{"name": "Toyota City", "mentions": [[0, 11]]},
+                                                  {"name": "Toyota", "mentions": [[0, 6], [18, 24]]}]}
+    with pytest.raises(DocreError) as error:
+        predictor.predict(found_by_search)
+    assert str(error.value) == ("input: document 0 ('document 0'): entities[1].mentions[0] [0, 6] 'Toyota' and "
+                                "entities[0].mentions[0] [0, 11] 'Toyota City' overlap; a word can be a mention of one "
+                                "entity only (drop the shorter span if it was found inside a longer name)")
+    fixed = {**found_by_search, "entities": [found_by_search["entities"][0], {"name": "Toyota", "mentions": [[18, 24]]}]}
+    assert isinstance(predictor.predict(fixed), list)
+    crossing = {"text": "New York City Hall", "entities": [{"mentions": [[0, 13]]}, {"mentions": [[4, 18]]}]}
+    with pytest.raises(DocreError, match=r"entities\[0\]\.mentions\[0\] \[0, 13\] 'New York City' and entities\[1\]"):
+        predictor.predict(crossing)
+    nested = {"text": "The University of Warsaw in Warsaw.", "entities": [{"mentions": [[4, 24]]}, {"mentions": [[4, 14]]}]}
+    with pytest.raises(DocreError, match=r"entities\[1\]\.mentions\[0\] \[4, 14\] 'University' and entities\[0\]"):
+        predictor.predict(nested)
+    past_a_neighbour = {"text": nested["text"], "entities": [  # its own mention "of" lies between the two
+        {"mentions": [[4, 24], [15, 17]]}, {"mentions": [[18, 24], [28, 34]]}]}
+    with pytest.raises(DocreError, match=r"\[4, 24\] 'University of Warsaw' and entities\[1\]\.mentions\[0\] \[18, 24\]"):
+        predictor.predict(past_a_neighbour)
+
+
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_decision_score_is_positive_exactly_where_the_loss_decodes_a_relation(name):
     """The score shown with a triple agrees with the loss's own decode (before the top-k cap)."""
@@ -313,6 +359,10 @@ def hostile_inputs(tmp_path: Path) -> dict:
                             r"vertexSet: must be a non-empty list"),
         "latin1.jsonl": (None, r"latin1\.jsonl: line 1: not UTF-8 text"),
         "empty.jsonl": ("", r"file is empty"),
+        "notes.txt": ("Marie Curie was born in Warsaw.\n", r"notes\.txt: plain text is not an input format; give JSON lines "
+                      r"of raw-text documents .* with the entities marked \(docs/predict\.md#raw-text\)$"),
+        "no_entities.jsonl": ('{"text": "Marie Curie was born in Warsaw."}\n',
+                              r"line 1 \('document 0'\): entities: must be a non-empty list .*docs/predict\.md#raw-text\)$"),
     }
     paths = {}
     for name, (content, message) in cases.items():
@@ -340,11 +390,22 @@ def test_cli_refuses_hostile_input_with_one_line(run_dir, tmp_path, capsys):
          r"document 0 \('Alpha at Beta'\): text: must be a non-empty string"),
         ([tmp_path, FIXTURE, "-o", output], r"neither a run directory .* nor an exported model folder"),
         ([tmp_path / "no_run", FIXTURE, "-o", output], r"no_run: model directory not found"),
+        ([run_dir, FIXTURE, "-o", output, "--device", "cuda"],  # CUDA is hidden from the tests
+         r"^error: --device cuda, but CUDA is not available here \(use cpu or auto\)$"),
+        ([run_dir, FIXTURE, "-o", output, "--device", "gpu"], r"^error: --device gpu: not a device"),
     ]:
         status, _, err = call("scripts/predict", args, capsys)
         assert status == 1 and len(err.strip().splitlines()) == 1 and re.search(message, err), err
     assert output.read_text() == "previous\n"  # nothing half-written over the old output
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_missing_run_beside_others_is_a_missing_folder_not_a_hub_id(run_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()  # "runs/nosuch" is also shaped like a Hub id ORG/NAME
+    status, _, err = call("scripts/predict", ["runs/nosuch", FIXTURE, "-o", "out.jsonl"], capsys)
+    assert status == 1 and err.strip() == ("error: runs/nosuch: model directory not found "
+                                           "(no run directory or exported model folder there)")
 
 
 # ---------------------------------------------------------------------------------------------- evaluate.py

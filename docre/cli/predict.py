@@ -61,7 +61,7 @@ def main() -> int:
         if value is not None and value < 1:
             raise DocreError(f"{name} must be at least 1, got {value}")
 
-    from docre.predict import resolve_model
+    from docre.predict import check_not_plain_text, resolve_model
     from docre.run_dir import model_kind
     from docre.utils import resolve_device
 
@@ -69,6 +69,7 @@ def main() -> int:
 
     model_dir = resolve_model(args.model, args.revision)  # a Hub id: its folder in the Hugging Face cache
     model_kind(model_dir)  # a wrong model path fails before the input is read
+    check_not_plain_text(Path(args.input))
     streamed = output.suffix != ".html" and is_json_lines(args.input)
     if not streamed and (args.skip_bad or int(os.environ.get("WORLD_SIZE", "1")) > 1):
         raise DocreError(f"{args.input}: --skip-bad and torchrun need JSON-lines input and a .jsonl, .json or .zip output")
@@ -177,19 +178,10 @@ def _done_record(output: Path) -> dict | None:
         return None
 
 
-def _jsonl_line(doc: dict, triples: list[dict]) -> dict:
-    """A document's line of a .jsonl output: its title and triples (raw text: and its sentence spans)."""
-    line = {"title": doc["title"], "triples": triples}
-    if "sent_spans" in doc:
-        line["sent_spans"] = doc["sent_spans"]
-    return line
-
-
 def _records(suffix: str, predictor, args, docs: list[dict]) -> list[bytes]:
     """One output record per document: its .jsonl line, or (.json/.zip) the JSON list of its rows."""
     if suffix == ".jsonl":
-        triples = predictor.predict(docs, args.batch_size, args.top_k, prepared=True)
-        lines = [_jsonl_line(doc, t) for doc, t in zip(docs, triples)]
+        lines = predictor.predict_records(docs, args.batch_size, args.top_k, prepared=True)
     else:
         rows_of: dict[str, list] = {doc["title"]: [] for doc in docs}
         for row in predictor.leaderboard_rows(docs, args.batch_size, args.top_k, prepared=True):
@@ -232,9 +224,9 @@ def _write_jsonl(output: Path, predictor, docs: list[dict], args, progress) -> i
     with atomic_open(output) as handle:  # streamed into a temporary file, renamed when complete
         for start in range(0, len(docs), CHUNK):
             chunk = docs[start : start + CHUNK]
-            for doc, triples in zip(chunk, predictor.predict(chunk, args.batch_size, args.top_k, prepared=True)):
-                handle.write(json.dumps(_jsonl_line(doc, triples), ensure_ascii=False) + "\n")
-                count += len(triples)
+            for record in predictor.predict_records(chunk, args.batch_size, args.top_k, prepared=True):
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                count += len(record["triples"])
             progress.update(len(chunk))
     return count
 

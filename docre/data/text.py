@@ -135,7 +135,8 @@ def text_to_docred(doc, index: int, source: str = "input") -> dict:
         raise DocreError(f"{where}: text: must be a non-empty string")
     entities = doc.get("entities")
     if not isinstance(entities, list) or not entities:
-        raise DocreError(f"{where}: entities: must be a non-empty list of entities")
+        raise DocreError(f"{where}: entities: must be a non-empty list of entities, each given by its mentions' "
+                         "character spans (docre does not find entities itself; docs/predict.md#raw-text)")
 
     words = word_spans(text)
     word_at_start = {start: w for w, (start, _) in enumerate(words)}
@@ -155,6 +156,7 @@ def text_to_docred(doc, index: int, source: str = "input") -> dict:
         for m, span in enumerate(spans):
             found.append(_locate(span, text, words, word_at_start, word_at_end, f"{field}.mentions[{m}]"))
         mentions.append(found)
+    _check_no_overlap(mentions, text, where)
 
     starts = sentence_starts(text, words, [(start, end) for found in mentions for _, _, start, end in found])
     sentence_of = [0] * len(words)
@@ -173,6 +175,23 @@ def text_to_docred(doc, index: int, source: str = "input") -> dict:
     names = [entity.get("name", found[0]["name"]) for entity, found in zip(entities, vertex_set)]
     sent_spans = [[words[first][0], words[stop - 1][1]] for first, stop in zip(starts, starts[1:] + [len(words)])]
     return {"title": title, "sents": sents, "vertexSet": vertex_set, "entity_names": names, "sent_spans": sent_spans}
+
+
+def _check_no_overlap(mentions: list[list[tuple[int, int, int, int]]], text: str, where: str) -> None:
+    """Refuse a stretch of text marked as mentions of two entities ("Toyota" inside "Toyota City",
+    as marking names by string search does): each word belongs to one entity's mention."""
+    spans = sorted((start, end, e, m) for e, found in enumerate(mentions) for m, (_, _, start, end) in enumerate(found))
+    for i, (start, end, e, m) in enumerate(spans):
+        for j in range(i + 1, len(spans)):
+            start2, end2, e2, m2 = spans[j]
+            if start2 >= end:
+                break  # sorted by start: no later span begins inside this one
+            if e2 == e:
+                continue
+            raise DocreError(
+                f"{where}: entities[{e}].mentions[{m}] [{start}, {end}] {text[start:end]!r} and entities[{e2}].mentions[{m2}] "
+                f"[{start2}, {end2}] {text[start2:end2]!r} overlap; a word can be a mention of one entity only "
+                "(drop the shorter span if it was found inside a longer name)")
 
 
 def _locate(span, text: str, words: list[tuple[int, int]], word_at_start: dict, word_at_end: dict, field: str):

@@ -109,11 +109,13 @@ def test_random_word_aligned_spans_map_back_to_exactly_their_words(seed):
     pieces = ["Alpha", "works", "for", "Zürich", "(", "3.5", "!", "naïve", "東", "e\u0301", "Inc.", "?", "x"]
     text = "".join(rng.choice(pieces) + rng.choice([" ", "  ", "\n", "\n\n", "", "\t"]) for _ in range(60))
     spans = word_spans(text)
-    chosen = []
+    chosen, taken = [], set()
     for _ in range(8):
         first = rng.randrange(len(spans))
         last = min(len(spans) - 1, first + rng.randrange(4))
-        chosen.append([spans[first][0], spans[last][1]])
+        if taken.isdisjoint(range(first, last + 1)):  # two entities' mentions never share a word (refused)
+            taken.update(range(first, last + 1))
+            chosen.append([spans[first][0], spans[last][1]])
     doc = text_to_docred({"text": text, "entities": [{"mentions": [s]} for s in chosen]}, 3)
     assert doc["title"] == "document 3"
     for (start, end), entity in zip(chosen, doc["vertexSet"]):
