@@ -4,6 +4,7 @@ import gzip
 import hashlib
 import io
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,8 @@ def test_cdr_is_never_downloaded_but_placed_copies_are_verified(tmp_path):
     assert "cannot download" in result.stderr and "edge-oriented-graph" in result.stderr and len(result.stderr.splitlines()) == 1
     if not (SHARED / "cdr").exists():
         pytest.skip("the CDR files are not in the shared data folder beside the repository")
+    assert not (tmp_path / "cdr").exists()  # a failed run leaves no empty folder; the user makes it
+    (tmp_path / "cdr").mkdir()
     for name in ("train_filter.data", "dev_filter.data", "test_filter.data"):
         (tmp_path / "cdr" / name).write_bytes(gzip.decompress((SHARED / "cdr" / f"{name}.gz").read_bytes()))
     result = run("cdr", "--dest", str(tmp_path))
@@ -126,3 +129,54 @@ def test_docgnre_says_where_to_get_it(tmp_path):
     result = run("docgnre", "--dest", str(tmp_path))
     assert result.returncode == 1 and len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
     assert "enhancement_data.zip" in result.stderr and "no checksum" in result.stderr
+
+
+class Broken(Partial):
+    """A 200 response whose connection drops after `keep` bytes."""
+    status = 200
+
+    def __init__(self, data: bytes, keep: int):
+        super().__init__(data)
+        self.keep = keep
+
+    def read(self, size=-1):
+        if self.tell() >= self.keep:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return super().read(min(size, self.keep - self.tell()))
+
+
+def test_a_failed_download_leaves_nothing_it_created(tmp_path, monkeypatch):
+    from tests.cli import run_main
+
+    def offline(request, timeout):
+        raise dd.urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(dd.urllib.request, "urlopen", offline)
+    dest = tmp_path / "new" / "deeper"
+    with pytest.raises(DocreError, match="are you offline"):
+        run_main("download_data", ["redocred", "--dest", str(dest)])
+    assert list(tmp_path.iterdir()) == []  # neither DEST nor DEST/redocred, nor new/
+    with pytest.raises(DocreError, match="docre cannot download"):  # the same for a dataset placed by hand
+        run_main("download_data", ["cdr", "--dest", str(dest)])
+    assert list(tmp_path.iterdir()) == []
+
+    # what existed before stays, even empty
+    (dest / "redocred").mkdir(parents=True)
+    with pytest.raises(DocreError, match="are you offline"):
+        run_main("download_data", ["redocred", "--dest", str(dest)])
+    assert list((dest / "redocred").iterdir()) == []
+
+    # the connection drops: before the first byte nothing is left; after it, the part file (resumed
+    # on the next run, as the message says) and the folders holding it
+    shutil.rmtree(tmp_path / "new")
+    for keep in (0, 3):
+        monkeypatch.setattr(dd.urllib.request, "urlopen", lambda request, timeout, keep=keep: Broken(CONTENT, keep))
+        with pytest.raises(DocreError) as error:
+            run_main("download_data", ["redocred", "--dest", str(dest)])
+        message = str(error.value)
+        assert "\n" not in message and "the transfer stopped (Connection reset by peer)" in message, message
+        if keep:
+            assert (dest / "redocred" / "train_revised.json.part").read_bytes() == CONTENT[:3]
+            assert "run this command again to resume it" in message
+        else:
+            assert list(tmp_path.iterdir()) == []

@@ -15,6 +15,7 @@ Examples:
 """
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -110,17 +111,26 @@ def download(source: Source, folder: Path, progress: bool = True) -> Path:
         raise DocreError(f"{source.url}: cannot download ({getattr(error, 'reason', error)}); are you offline? "
                          f"Place the file at {target} yourself and run this command again to verify it") from None
     if response is not None:
-        with response:
-            resumed = have and getattr(response, "status", 200) == 206  # a server without ranges sends it all
-            total = int(response.headers.get("Content-Length") or 0) + (have if resumed else 0)
-            with open(part, "ab" if resumed else "wb") as handle, \
-                    tqdm(total=total or None, initial=have if resumed else 0, unit="B", unit_scale=True,
-                         desc=source.name, disable=not progress) as bar:
-                while chunk := response.read(CHUNK):
-                    handle.write(chunk)
-                    bar.update(len(chunk))
-                handle.flush()
-                os.fsync(handle.fileno())
+        try:
+            with response:
+                resumed = have and getattr(response, "status", 200) == 206  # a server without ranges sends it all
+                total = int(response.headers.get("Content-Length") or 0) + (have if resumed else 0)
+                with open(part, "ab" if resumed else "wb") as handle, \
+                        tqdm(total=total or None, initial=have if resumed else 0, unit="B", unit_scale=True,
+                             desc=source.name, disable=not progress) as bar:
+                    while chunk := response.read(CHUNK):
+                        handle.write(chunk)
+                        bar.update(len(chunk))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        except (OSError, http.client.HTTPException) as error:  # the connection dropped, a timeout, a full disk
+            why = getattr(error, "strerror", None) or error
+            resume = f"; what arrived is kept in {part}: run this command again to resume it"
+            raise DocreError(f"{source.url}: the transfer stopped ({why})"
+                             + (resume if part.exists() and part.stat().st_size else "")) from None
+        finally:  # a part file without a byte resumes nothing: no reason to leave it
+            if part.exists() and part.stat().st_size == 0:
+                part.unlink()
     if not digest_matches(part, source):
         part.unlink()
         raise DocreError(f"{source.url}: the downloaded file does not match its recorded "
@@ -137,22 +147,31 @@ def main() -> int:
 
     sources, about = DATASETS[args.name]
     folder = Path(args.dest) / args.name
+    created = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
     folder.mkdir(parents=True, exist_ok=True)
-    missing = []
-    for source in sources:
-        target = folder / source.name
-        if target.exists():
-            if not digest_matches(target, source):
-                raise DocreError(f"{target}: does not match the recorded {'sha256' if source.sha256 else 'git blob id'} "
-                                 "of the upstream file (another version, or damaged); move it away and run again")
-            print(f"{target}: present" + (", verified" if source.sha256 or source.git_blob else " (no recorded hash)"))
-        elif source.url:
-            print(f"{download(source, folder)}: downloaded, verified")
-        else:
-            missing.append(source.name)
-    if missing:
-        raise DocreError(f"{args.name}: docre cannot download {', '.join(missing)}. {about}. Put the files in {folder}/ "
-                         "and run this command again to verify them")
+    try:
+        missing = []
+        for source in sources:
+            target = folder / source.name
+            if target.exists():
+                if not digest_matches(target, source):
+                    raise DocreError(f"{target}: does not match the recorded {'sha256' if source.sha256 else 'git blob id'} "
+                                     "of the upstream file (another version, or damaged); move it away and run again")
+                print(f"{target}: present" + (", verified" if source.sha256 or source.git_blob else " (no recorded hash)"))
+            elif source.url:
+                print(f"{download(source, folder)}: downloaded, verified")
+            else:
+                missing.append(source.name)
+        if missing:
+            raise DocreError(f"{args.name}: docre cannot download {', '.join(missing)}. {about}. Put the files in {folder}/ "
+                             "and run this command again to verify them")
+    except BaseException:  # also Ctrl-C: a failed run leaves none of the folders it made, only files worth keeping
+        for path in created:
+            try:
+                path.rmdir()  # only when empty: a part file kept for resuming keeps its folders
+            except OSError:
+                break
+        raise
     return 0
 
 
