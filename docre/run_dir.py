@@ -81,14 +81,20 @@ def state_of(run_dir: Path) -> RunState:
         return RunState("finished")
     checkpoint = find_training_state(run_dir / LAST)
     if checkpoint is not None:
-        try:
-            step = read_json(checkpoint / "state.json")["counters"]["step"]
-            return RunState("resumable", f"checkpoint at step {step}", checkpoint)
-        except (OSError, ValueError, KeyError):
-            return RunState("resumable", "checkpoint present", checkpoint)
+        step = checkpoint_step(checkpoint)
+        return RunState("resumable", "checkpoint present" if step is None else f"checkpoint at step {step}", checkpoint)
     if run_dir.is_dir() and any(run_dir.iterdir()):
         return RunState("stale", "no checkpoint: starts again")
     return RunState("missing")
+
+
+def checkpoint_step(checkpoint: Path) -> int | None:
+    """The step a complete checkpoint was saved at, or None where its state.json does not say (damaged,
+    or not the JSON object docre writes): the weights are still there to resume from."""
+    try:
+        return read_json(checkpoint / "state.json")["counters"]["step"]
+    except (OSError, DocreError, KeyError, TypeError):
+        return None
 
 
 def config_differences(saved: Config, intended: Config, ignored: set[str] = START_KEYS) -> list[str]:
@@ -178,9 +184,9 @@ def last_checkpoint_message(run_dir: Path, resume_hint: bool = True) -> str:
     state = find_training_state(run_dir / LAST)
     if state is None:
         return "No checkpoint was saved yet."
-    step = read_json(state / "state.json")["counters"]["step"]
+    step = checkpoint_step(state)
     hint = f" Resume with: python train.py --resume {run_dir}" if resume_hint else ""
-    return f"The last checkpoint (step {step}) is in {state}.{hint}"
+    return f"The last checkpoint{'' if step is None else f' (step {step})'} is in {state}.{hint}"
 
 
 def changed_settings(run_dir: Path, cfg: Config) -> list[str]:

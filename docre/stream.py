@@ -88,13 +88,16 @@ def prefix_digest(path: Path, count: int):
     """sha256 (a hashlib object, to be continued) of the first `count` bytes of the file's
     (uncompressed) text."""
     digest, left = hashlib.sha256(), count
-    with open_text(path) as handle:
-        while left > 0:
-            block = handle.read(min(left, 1 << 20))
-            if not block:
-                break
-            digest.update(block)
-            left -= len(block)
+    try:
+        with open_text(path) as handle:
+            while left > 0:
+                block = handle.read(min(left, 1 << 20))
+                if not block:
+                    break
+                digest.update(block)
+                left -= len(block)
+    except (OSError, EOFError) as error:  # a gzip cut inside the part already done
+        raise DocreError(f"{path}: cannot read ({error})") from None
     return digest
 
 

@@ -133,8 +133,8 @@ def test_model_kind(tmp_path):
 def test_a_checkpoint_without_its_step_counter_is_resumable(tmp_path):
     run_dir = tmp_path / "r"
     make_checkpoint(run_dir, 7)
-    for state_json in ({"counters": {}}, {}):
-        (run_dir / "last" / "state.json").write_text(json.dumps(state_json))
+    for state_json in ('{"counters": {}}', "{}", "[1]", "{not json"):  # the last two: damaged, not docre's
+        (run_dir / "last" / "state.json").write_text(state_json)
         state = runs.state_of(run_dir)
         assert (state.kind, state.detail, state.checkpoint) == ("resumable", "checkpoint present", run_dir / "last")
 

@@ -228,3 +228,29 @@ def test_truncated_gzip_corpus_leaves_an_interrupted_run_as_it_was(tmp_path, mon
     assert err.strip().splitlines() == [
         f"error: {path}: cannot read (Compressed file ended before the end-of-stream marker was reached)"]
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p != path} == state  # no output
+
+
+def test_gzip_cut_within_its_first_bytes_is_one_line_too(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "corpus.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"title": "a"}\n' * 50)[:30])  # the cut lies inside the first 4 KiB read
+    status, err = predict_cli(monkeypatch, capsys, tmp_path, path, StubPredictor())
+    assert status == 1 and err.strip().splitlines() == [
+        f"error: {path}: cannot read (Compressed file ended before the end-of-stream marker was reached)"]
+
+
+def test_input_cut_inside_the_part_an_interrupted_run_did_is_one_line(tmp_path):
+    path = corpus(tmp_path, 12, gz=True)
+    output = tmp_path / "out.jsonl"
+    calls = []
+
+    def interrupted(docs):  # Ctrl-C in the fourth chunk
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return records(docs)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_shard(path, output, 0, 1, {"model": "m"}, 2, prepare(path), interrupted, False)
+    path.write_bytes(path.read_bytes()[:40])  # now cut inside the bytes the interrupted run had done
+    with pytest.raises(DocreError, match=rf"^{path}: cannot read \(Compressed file ended"):
+        run_shard(path, output, 0, 1, {"model": "m"}, 2, prepare(path), records, False)

@@ -83,8 +83,11 @@ def is_json_lines(spec: str) -> bool:
         return False  # a slice, or a missing file (read_documents says which)
     from docre.stream import open_text
 
-    with open_text(path) as handle:
-        head = handle.read(4096)
+    try:
+        with open_text(path) as handle:
+            head = handle.read(4096)
+    except (OSError, EOFError) as error:  # a gzip cut or damaged within its first 4 KiB
+        raise DocreError(f"{path}: cannot read ({error})") from None
     return head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] not in (b"[", b"")
 
 
