@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from docre.errors import DocreError
+from docre.errors import DocreError, did_you_mean
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -158,6 +158,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             mark = getattr(error, "problem_mark", None)
             where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
             raise DocreError(f"{path}: not valid YAML{where}: {_yaml_problem(error)}") from None
+    given = list(overrides)  # as typed, for messages
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise DocreError(f"override {item!r}: expected key=value")
@@ -178,9 +179,16 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     file_loss = OmegaConf.select(layers[-1], "loss.name") or OmegaConf.select(schema, "loss.name")  # file, else default
     if new_loss is not None and len(layers) > 1 and OmegaConf.select(layers[1], "loss.name") != new_loss:
         layers[1].pop("loss", None)
-    layers.append(command_line)
+    # the file first, then the command line: a bad key or value is reported where it was given
     try:
         merged = OmegaConf.merge(*layers)
+    except OmegaConfBaseException as error:
+        raise DocreError(f"{source}: {_describe(error)}") from None
+    try:
+        merged = OmegaConf.merge(merged, command_line)
+    except OmegaConfBaseException as error:
+        raise DocreError(f"{_origin(getattr(error, 'full_key', None) or '', 'overrides', given)}: {_describe(error)}") from None
+    try:
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         raise DocreError(f"{source}: {_describe(error)}") from None
@@ -191,8 +199,18 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         stem = Path(path).stem if path is not None else "run"
         swapped = f"-{new_loss}" if new_loss is not None and new_loss != file_loss else ""
         cfg.run_name = f"{stem}{swapped}-s{cfg.seed}"
-    check_config(cfg, source)
+    check_config(cfg, source, given)
     return cfg
+
+
+def _origin(key: str, source: str, overrides: list[str]) -> str:
+    """Where `key` got its value: the command-line override that sets it (or a key inside or around
+    it; the last one wins), else `source` (the config file)."""
+    for item in reversed(overrides):
+        name = item.split("=", 1)[0]
+        if name == key or name.startswith(key + ".") or key.startswith(name + "."):
+            return f"override {item!r}"
+    return source
 
 
 def _check_sections(loaded, path):
@@ -225,62 +243,70 @@ MINIMUMS = [
 ]
 
 
-def check_config(cfg: Config, source: str = "config") -> None:
-    """Checks OmegaConf cannot do: enumerated choices, registry names and loss keywords."""
+def check_config(cfg: Config, source: str = "config", overrides: list[str] = ()) -> None:
+    """Checks OmegaConf cannot do: enumerated choices, registry names and loss keywords. An error names
+    the override of `overrides` that set the value, else `source`."""
+    def where(key: str) -> str:
+        return _origin(key, source, list(overrides))
+
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
-            raise DocreError(f"{source}: {key}={value!r} is not one of {', '.join(allowed)}")
+            raise DocreError(f"{where(key)}: {key}={value!r} is not one of {', '.join(allowed)}")
     from docre.data import READERS
 
     if cfg.data.dataset not in READERS:
-        raise DocreError(f"{source}: data.dataset={cfg.data.dataset!r} is not one of {', '.join(READERS)}")
+        raise DocreError(f"{where('data.dataset')}: data.dataset={cfg.data.dataset!r} is not one of {', '.join(READERS)}"
+                         f"{did_you_mean(cfg.data.dataset, READERS)}")
     from docre.models import MODELS
 
     if cfg.model.name not in MODELS:
-        hint = difflib.get_close_matches(cfg.model.name, MODELS, n=1)
-        suggestion = f" (did you mean {hint[0]}?)" if hint else ""
-        raise DocreError(f"{source}: model.name={cfg.model.name!r} is not one of {', '.join(MODELS)}{suggestion}")
+        raise DocreError(f"{where('model.name')}: model.name={cfg.model.name!r} is not one of {', '.join(MODELS)}"
+                         f"{did_you_mean(cfg.model.name, MODELS)}")
     loss_kwargs = dict(cfg.loss)
     name = loss_kwargs.pop("name", None)
-    check_loss_kwargs(name, loss_kwargs, source)
+    check_loss_kwargs(name, loss_kwargs, source, overrides)
     from docre.losses import LOSSES
 
     if cfg.eval.tune_threshold_offset and "th_offset" not in inspect.signature(LOSSES[name]).parameters:
-        raise DocreError(f"{source}: eval.tune_threshold_offset needs a loss that decodes with the TH class; {name!r} does not")
+        raise DocreError(f"{where('eval.tune_threshold_offset')}: eval.tune_threshold_offset needs a loss that decodes "
+                         f"with the TH class; {name!r} does not")
     for key, lowest, allowed in MINIMUMS:
         section, field_name = key.split(".")
         if getattr(getattr(cfg, section), field_name) < lowest:
-            raise DocreError(f"{source}: {key} must be {allowed}")
+            raise DocreError(f"{where(key)}: {key} must be {allowed}")
     if cfg.train.max_steps == 0 and cfg.train.epochs < 1:
-        raise DocreError(f"{source}: train.epochs must be at least 1 (or set train.max_steps)")
+        raise DocreError(f"{where('train.epochs')}: train.epochs must be at least 1 (or set train.max_steps)")
     if not 0 <= cfg.train.warmup_ratio <= 1:
-        raise DocreError(f"{source}: train.warmup_ratio must lie in [0, 1]")
+        raise DocreError(f"{where('train.warmup_ratio')}: train.warmup_ratio must lie in [0, 1]")
     if not 0 < cfg.model.evidence_threshold < 1:
-        raise DocreError(f"{source}: model.evidence_threshold must lie in (0, 1)")
+        raise DocreError(f"{where('model.evidence_threshold')}: model.evidence_threshold must lie in (0, 1)")
     if cfg.model.emb_size % cfg.model.block_size:
-        raise DocreError(f"{source}: model.emb_size must be a multiple of model.block_size")
+        raise DocreError(f"{where('model.emb_size')}: model.emb_size must be a multiple of model.block_size")
     if not cfg.sweep.alpha_grid or min(cfg.sweep.alpha_grid) <= 0 or cfg.sweep.alpha_base < 0:
-        raise DocreError(f"{source}: sweep.alpha_grid must hold positive numbers and sweep.alpha_base be >= 0")
+        raise DocreError(f"{where('sweep')}: sweep.alpha_grid must hold positive numbers and sweep.alpha_base be >= 0")
 
 
-def check_loss_kwargs(name: Any, kwargs: dict, source: str = "config") -> None:
-    """Check that `name` is a registered loss and that `kwargs` bind to its constructor."""
-    from docre.losses import LOSSES
+def check_loss_kwargs(name: Any, kwargs: dict, source: str = "config", overrides: list[str] = ()) -> None:
+    """Check that `name` is a registered loss and that `kwargs` are its keywords (its constructor's
+    parameters), required ones included; a misspelt name or keyword gets "did you mean"."""
+    from docre.losses import LOSSES, loss_keywords
 
     if name not in LOSSES:
-        raise DocreError(f"{source}: loss.name={name!r} is not one of {', '.join(LOSSES)}")
-    for key, value in kwargs.items():  # "auto" means a dev-tuned sweep (docre.sweep), only for ATGL's alpha
-        if value == "auto" and (name, key) != ("atgl", "alpha"):
-            raise DocreError(f"{source}: loss.{key}=auto: only loss.alpha of atgl can be tuned automatically")
-    signature = inspect.signature(LOSSES[name])
-    if all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.parameters.values()):
-        signature = inspect.Signature()  # no __init__ of its own (nn.Module's *args, **kwargs): no keywords
-    try:
-        signature.bind(**kwargs)
-    except TypeError as error:
-        raise DocreError(f"{source}: loss {name!r}: {error}") from None
+        raise DocreError(f"{_origin('loss.name', source, list(overrides))}: loss.name={name!r} is not one of "
+                         f"{', '.join(LOSSES)}{did_you_mean(name, LOSSES)}")
+    keywords = loss_keywords(name)
+    for key, value in kwargs.items():
+        where = _origin(f"loss.{key}", source, list(overrides))
+        if key not in keywords:
+            raise DocreError(f"{where}: loss {name!r}: got an unexpected keyword argument {key!r}{did_you_mean(key, keywords)}; "
+                             f"its keywords: {', '.join(keywords) or 'none'}")
+        if value == "auto" and (name, key) != ("atgl", "alpha"):  # "auto" means a dev-tuned sweep (docre.sweep)
+            raise DocreError(f"{where}: loss.{key}=auto: only loss.alpha of atgl can be tuned automatically")
+    missing = [key for key, default in keywords.items() if default is inspect.Parameter.empty and key not in kwargs]
+    if missing:
+        raise DocreError(f"{source}: loss {name!r} needs loss.{missing[0]}")
 
 
 def config_keys() -> list[tuple[str, Any, str]]:

@@ -4,8 +4,9 @@ Command-line entry points catch `DocreError` and print its message as a single l
 traceback; anything else is a bug in docre and keeps its traceback.
 """
 
+import difflib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 
 class DocreError(Exception):
@@ -37,6 +38,12 @@ def hub_error_line(error: Exception) -> str:
     if isinstance(error, (HfHubHTTPError, HFValidationError, OSError)):
         return first_line
     return f"the Hub at {constants.ENDPOINT} could not be reached ({type(error).__name__}: {first_line})"
+
+
+def did_you_mean(word, choices: Iterable[str]) -> str:
+    """' (did you mean X?)' with the choice closest to a misspelt `word`, or '' if none is close."""
+    hint = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean {hint[0]}?)" if hint else ""
 
 
 def run_cli(main: Callable[[], int | None]) -> None:

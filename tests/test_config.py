@@ -115,6 +115,6 @@ runpy.run_path("train.py", run_name="__main__")
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "error: configs/redocred_mini/minilm_atgl.yaml: unknown key 'train.epoch' (did you mean train.epochs?)"]
+        "error: override 'train.epoch=3': unknown key 'train.epoch' (did you mean train.epochs?)"]
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert json.loads(record_file.read_text()) == []  # no torch, no transformers, no model or data code was imported

@@ -186,7 +186,7 @@ def test_bad_relation_map(tmp_path, content, message):
     ("train:\n  save_every: -5\n", "train.save_every must be 0 or more"),
     ("train:\n  max_nonfinite_steps: 0\n", "train.max_nonfinite_steps must be at least 1"),
     ("train:\n  warmup_ratio: 1.5\n", "train.warmup_ratio must lie in [0, 1]"),
-    ("loss:\n  name: atl\n  alpha: 3\n", "loss 'atl': got an unexpected keyword argument 'alpha'"),
+    ("loss:\n  name: atl\n  alpha: 3\n", "loss 'atl': got an unexpected keyword argument 'alpha'; its keywords: th_offset"),
 ])
 def test_bad_config_file(tmp_path, text, message):
     path = tmp_path / "run.yaml"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from docre.allocator import use_huge_pages
 from docre.cli import command_parser
-from docre.errors import DocreError, run_cli
+from docre.errors import DocreError, did_you_mean, run_cli
 
 # Set per run by this script; an override of these would make the runs collide or differ.
 RESERVED = ("loss.", "seed=", "run_name=", "output_dir=", "train.resume=", "train.overwrite=")
@@ -159,7 +159,8 @@ def main() -> int:
     losses = list(LOSSES) if args.losses == "all" else parse_list(args.losses, "losses")
     unknown = [name for name in losses if name not in LOSSES]
     if unknown:
-        raise DocreError(f"--losses: unknown loss {unknown[0]!r}; available: {', '.join(LOSSES)}")
+        raise DocreError(f"--losses: unknown loss {unknown[0]!r}{did_you_mean(unknown[0], LOSSES)}; "
+                         f"available: {', '.join(LOSSES)}")
     try:
         seeds = [int(seed) for seed in parse_list(args.seeds, "seeds")]
     except ValueError:

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from docre.errors import DocreError
+from docre.errors import DocreError, did_you_mean
 from docre.losses.afl import AdaptiveFocalLoss
 from docre.losses.aml import AdaptiveMarginLoss
 from docre.losses.atgl import ATGLoss
@@ -49,7 +49,12 @@ def loss_keywords(name: str) -> dict[str, Any]:
 def build_loss(name: str, **kwargs) -> nn.Module:
     """Build a registered loss from its name and keyword arguments."""
     if name not in LOSSES:
-        raise DocreError(f"unknown loss {name!r}; available: {', '.join(LOSSES)}")
+        raise DocreError(f"unknown loss {name!r}{did_you_mean(name, LOSSES)}; available: {', '.join(LOSSES)}")
+    keywords = loss_keywords(name)
+    for key in kwargs:
+        if key not in keywords:
+            raise DocreError(f"loss {name!r}: got an unexpected keyword argument {key!r}{did_you_mean(key, keywords)}; "
+                             f"its keywords: {', '.join(keywords) or 'none'}")
     try:
         return LOSSES[name](**kwargs)
     except (TypeError, ValueError) as error:

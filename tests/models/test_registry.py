@@ -89,7 +89,7 @@ def test_model_name_in_a_config_is_checked_with_a_suggestion(tmp_path):
     with pytest.raises(DocreError) as error:
         load_config(None, ["model.name=atlpo"])
     message = str(error.value)
-    assert message == f"defaults: model.name='atlpo' is not one of {', '.join(MODELS)} (did you mean atlop?)"
+    assert message == f"override 'model.name=atlpo': model.name='atlpo' is not one of {', '.join(MODELS)} (did you mean atlop?)"
     path = tmp_path / "typo.yaml"
     path.write_text("model:\n  name: ATLOP\n")
     with pytest.raises(DocreError) as error:
