@@ -89,7 +89,7 @@ def _evidence_ids(evidence, where: str) -> set[int]:
     return set(evidence)
 
 
-def evidence_scores(predictions: list[dict], gold_docs: list[dict]) -> dict[str, float]:
+def evidence_scores(predictions: list[dict], gold_docs: list[dict]) -> dict[str, float | None]:
     """Evidence precision, recall and F1: the official DocRED scorer's Evi_F1 (thunlp/DocRED,
     code/evaluation.py), on facts counted once as everywhere in this module.
 
@@ -98,9 +98,10 @@ def evidence_scores(predictions: list[dict], gold_docs: list[dict]) -> dict[str,
     * gold evidence: the evidence sentences of every distinct gold fact, found or not (`tot_evidences`);
     * correct evidence: for each correctly predicted fact only, |predicted ∩ gold| sentences; the
       evidence of a fact with a wrong relation, head or tail earns nothing.
-    P = correct / predicted (0 when nothing is predicted), R = correct / gold (0 when no gold fact
-    has evidence), F1 their harmonic mean. The keys are always present; with no evidence predicted
-    (every model but an evidence model, rows with "evidence": [] or none) all three are 0.
+    P = correct / predicted, R = correct / gold (0 when no gold fact has evidence), F1 their harmonic
+    mean. The keys are always present; with no evidence predicted (every model but an evidence model:
+    rows with "evidence": [] or none) all three are None, absent rather than 0, so that no table or
+    file reports a model that predicts no evidence as one that predicts it all wrong.
 
     Where the official script counts lists instead of sets, this counts sets, as the relation scores
     here already do: rows repeating a fact count once with the union of their evidence (the
@@ -122,7 +123,7 @@ def evidence_scores(predictions: list[dict], gold_docs: list[dict]) -> dict[str,
     num_predicted = sum(map(len, predicted.values()))
     num_gold = sum(map(len, gold.values()))
     num_correct = sum(len(evidence & gold[fact]) for fact, evidence in predicted.items() if fact in gold)
-    scores = prf(num_correct, num_predicted, num_gold)
+    scores = prf(num_correct, num_predicted, num_gold) if num_predicted else {"precision": None, "recall": None, "f1": None}
     return {"evidence_precision": scores["precision"], "evidence_recall": scores["recall"], "evidence_f1": scores["f1"],
             "num_evidence_predicted": num_predicted, "num_evidence_gold": num_gold, "num_evidence_correct": num_correct}
 

@@ -19,7 +19,8 @@ def results_table(results: dict) -> str:
         columns += [(key, name) for key, name in EVIDENCE if any(key in results[s] for s in splits)]
     lines = ["| split | " + " | ".join(name for _, name in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for split in splits:
-        cells = [f"{results[split][key] * 100:.2f}" if key in results[split] else "–" for key, _ in columns]
+        # – : not scored; also evidence scores of a split that predicted no evidence (None)
+        cells = [f"{results[split][key] * 100:.2f}" if results[split].get(key) is not None else "–" for key, _ in columns]
         lines.append(f"| {split} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

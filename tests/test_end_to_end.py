@@ -47,6 +47,11 @@ def test_loss_falls_and_artefacts_exist(smoke_run):
     assert not (run_dir / "last").exists()  # the resume state is dropped once the run finished
     results = json.loads((run_dir / "results.json").read_text())
     assert {"dev", "test", "seconds_per_step", "peak_rss_mb", "best_step"} <= results.keys()
+    # ATLOP predicts no evidence: its evidence scores are absent (null), not 0, wherever scores are written
+    evidence = ("evidence_precision", "evidence_recall", "evidence_f1")
+    dev_rows = [r for r in rows if r["type"] == "eval"]
+    for scores in (results["dev"], results["test"], *dev_rows):
+        assert scores["num_evidence_predicted"] == 0 and all(scores[key] is None for key in evidence), scores
     environment = json.loads((run_dir / "environment.json").read_text())
     assert {"torch", "transformers", "cpu_threads", "git_commit", "git_dirty", "device"} <= environment.keys()
     predictions = json.loads((run_dir / "dev_predictions.json").read_text())
@@ -75,6 +80,7 @@ def test_evaluate_scores_the_test_split_like_training(smoke_run):
     assert result.returncode == 0, result.stderr[-2000:]
     scores = json.loads(result.stdout.strip().splitlines()[-1])
     assert scores["f1"] == json.loads((run_dir / "results.json").read_text())["test"]["f1"]
+    assert scores["evidence_f1"] is None and "Evi" not in result.stdout  # no evidence predicted: absent
 
 
 def test_finished_run_is_not_overwritten(smoke_run, tiny_backbone):

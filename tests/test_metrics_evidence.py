@@ -66,10 +66,10 @@ def test_repeats_count_once():
     assert (repeated["num_evidence_gold"], repeated["num_evidence_correct"]) == (3 + 1 + 2, 1)
 
 
-def test_no_predicted_evidence_scores_zero_and_leaves_relation_scores_alone():
+def test_no_predicted_evidence_is_absent_not_zero_and_leaves_relation_scores_alone():
     facts = [row("A", 0, 1, "P1"), row("A", 1, 2, "P2", []), row("B", 0, 1, "P1", [])]
     scores = docred_scores(facts, GOLD, [])
-    assert scores["evidence_precision"] == scores["evidence_recall"] == scores["evidence_f1"] == 0.0
+    assert scores["evidence_precision"] is scores["evidence_recall"] is scores["evidence_f1"] is None
     assert (scores["num_evidence_predicted"], scores["num_evidence_gold"]) == (0, 5)
     with_evidence = docred_scores([dict(r, evidence=[0, 1]) for r in facts], GOLD, [])
     relation_keys = ("precision", "recall", "f1", "ign_precision", "ign_f1", "num_predicted", "num_gold", "num_correct")
@@ -82,7 +82,7 @@ def test_gold_without_evidence_and_no_predictions():
     scores = evidence_scores([row("T", 0, 1, "P1", [0])], no_evidence)
     assert scores["evidence_precision"] == scores["evidence_recall"] == scores["evidence_f1"] == 0.0
     empty = evidence_scores([], GOLD)
-    assert empty["evidence_f1"] == 0.0 and empty["num_evidence_gold"] == 5
+    assert empty["evidence_f1"] is None and empty["num_evidence_gold"] == 5
 
 
 def test_perfect_evidence():
@@ -105,5 +105,5 @@ def test_results_table_shows_evidence_only_when_predicted():
     with_evidence = docred_scores([dict(r, evidence=[0]) for r in facts], GOLD, [])
     lines = results_table({"dev": without, "test": with_evidence}).splitlines()
     assert lines[0] == "| split | P | R | F1 | Ign F1 | Evi P | Evi R | Evi F1 |"
-    assert lines[2].endswith("| 0.00 | 0.00 | 0.00 |")  # dev predicted no evidence
+    assert lines[2].endswith("| – | – | – |")  # dev predicted no evidence: absent, not 0
     assert lines[3].endswith(f"| 50.00 | {100 / 5:.2f} | {100 * 2 * 0.5 * 0.2 / 0.7:.2f} |")
