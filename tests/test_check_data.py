@@ -72,3 +72,19 @@ def test_real_files():
         pytest.skip("the CDR files are not in the shared data folder beside the repository")
     stats = last_json(check(str(cdr), "--format", "cdr", "--json"))
     assert stats["docs"] == 500 and stats["facts"] == stats["positive_pairs"] <= stats["pairs"]
+
+
+def test_the_format_comes_from_a_json_name(tmp_path):
+    # --format may be left out for DocRED's .json / .json.gz (a slice too); CDR and GDA share .data
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps([DOC, dict(DOC, title="Beta")]))
+    result = check(f"{path}[1:]", "--json")
+    assert result.stdout.startswith(f"{path}: valid docred file") and last_json(result)["docs"] == 1
+    assert last_json(check("data/redocred/dev_revised.json.gz[:5]", "--json"))["docs"] == 5
+    unnamed = tmp_path / "corpus.data"
+    unnamed.write_text((ROOT / "tests/fixtures/cdr_tiny.data").read_text())
+    result = check(str(unnamed))
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        f"error: {unnamed}: cannot tell the format from the file name (DocRED files end in .json or .json.gz); "
+        "pass --format docred, cdr or gda"]
+    assert check(str(unnamed), "--format", "cdr").returncode == 0

@@ -37,14 +37,16 @@ def run_paths(text: str) -> list[tuple[str, str]]:
 
 def test_run_paths_in_the_docs_are_runs_docre_names_that_way():
     # A command a user copies must name the run directory docre writes: <config name>-s<seed> from
-    # train.py, <row>-s<seed> in runs/<table>/ from reproduce.py (docs/results.md included: its
-    # commands are copied too).
+    # train.py (or the run_name=... the docs give), <row>-s<seed> in runs/<table>/ from reproduce.py
+    # (docs/results.md included: its commands are copied too).
     from docre.tables import TABLES_DIR, load_table
 
     rows = {path.stem: [row.name for row in load_table(path).rows] for path in TABLES_DIR.glob("*.yaml")}
     stems = {path.stem for path in (ROOT / "configs").rglob("*.yaml") if "tables" not in path.parts}
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    stems |= {name for page in pages for name in re.findall(r"run_name=(\w+)-s", page.read_text(encoding="utf-8"))}
     checked, wrong = 0, []
-    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+    for page in pages:
         for folder, name in run_paths(page.read_text(encoding="utf-8")):
             if folder in rows:
                 names = rows[folder]

@@ -1,12 +1,13 @@
 """Validate a dataset file with the reader training uses and print its statistics.
 
-FILE is DocRED-style JSON (`.json`, `.json.gz`, `file.json[a:b]` for a slice) or an EoG file
-(CDR/GDA). Without --rel2id the relations are those of the file itself; with it, a relation the
-map lacks is an error naming the document. Bad input: exit status 1 and one line naming the file,
-document and field. No tokenizer is needed.
+FILE is DocRED-style JSON (`.json`, `.json.gz`, `file.json[a:b]` for a slice; --format docred is
+then the default) or an EoG file (CDR/GDA: name the format). Without --rel2id the relations are
+those of the file itself; with it, a relation the map lacks is an error naming the document. Bad
+input: exit status 1 and one line naming the file, document and field. No tokenizer is needed.
+Your own data: docs/your_data.md.
 
 Examples:
-  docre-check-data data/redocred/dev_revised.json --format docred
+  docre-check-data data/redocred/dev_revised.json
   docre-check-data my_train.json --format docred --rel2id data/docred/rel2id.json --json
   docre-check-data data/cdr/train_filter.data --format cdr
 """
@@ -16,7 +17,7 @@ from collections import Counter
 
 from docre.allocator import use_huge_pages
 from docre.cli import command_parser
-from docre.errors import run_cli
+from docre.errors import DocreError, run_cli
 
 FORMATS = ("docred", "cdr", "gda")
 
@@ -37,15 +38,27 @@ def statistics(docs: list[dict]) -> dict:
         "relations": len(relations),
         "sentences": sum(len(doc["sents"]) for doc in docs),
         "labelled": all("labels" in doc for doc in docs),
-        "most_frequent": relations.most_common(5),
+        "most_frequent": sorted(relations.items(), key=lambda item: (-item[1], item[0]))[:5],  # ties by name, not set order
     }
+
+
+def infer_format(spec: str) -> str:
+    """The format of a FILE given without --format: docred for .json / .json.gz (a [a:b] slice
+    allowed). CDR and GDA files share the .data ending, so those must be named."""
+    from docre.data.docred import split_spec
+
+    if split_spec(spec)[0].endswith((".json", ".json.gz")):
+        return "docred"
+    raise DocreError(f"{spec}: cannot tell the format from the file name (DocRED files end in .json or .json.gz); "
+                     f"pass --format {', '.join(FORMATS[:-1])} or {FORMATS[-1]}")
 
 
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
     parser = command_parser("docre-check-data", __doc__)
     parser.add_argument("file", metavar="FILE", help="the dataset file (FILE[a:b]: documents a to b-1)")
-    parser.add_argument("--format", choices=FORMATS, required=True, help="the file's format: " + " | ".join(FORMATS))
+    parser.add_argument("--format", choices=FORMATS, help="the file's format: " + " | ".join(FORMATS)
+                        + " (default: docred for a .json or .json.gz FILE)")
     parser.add_argument("--rel2id", help="relation map {\"Na\": 0, ...}: every label's relation must be in it")
     parser.add_argument("--json", action="store_true", help="print the statistics as one JSON line at the end")
     args = parser.parse_args()
@@ -54,10 +67,11 @@ def main() -> int:
     from docre.utils import setup_logging
 
     setup_logging()
-    rel2id = load_rel2id(args.format, args.rel2id) if args.rel2id or args.format != "docred" else None
-    path, _, docs = read_split(args.format, args.file, "", rel2id)
+    data_format = args.format or infer_format(args.file)
+    rel2id = load_rel2id(data_format, args.rel2id) if args.rel2id or data_format != "docred" else None
+    path, _, docs = read_split(data_format, args.file, "", rel2id)
     stats = statistics(docs)
-    print(f"{path}: valid {args.format} file")
+    print(f"{path}: valid {data_format} file")
     print(f"  {stats['docs']} documents, {stats['sentences']} sentences, {stats['entities']} entities, "
           f"{stats['mentions']} mentions")
     print(f"  {stats['pairs']} candidate pairs, {stats['positive_pairs']} positive pairs, {stats['facts']} relation facts "

@@ -61,7 +61,9 @@ def load_rel2id(dataset: str, rel2id_file: str, train_docs: list[dict] | None = 
         return rel2id
     if train_docs is None:
         raise DocreError("data.rel2id is empty and there are no training documents to take relations from")
-    relations = sorted({label["r"] for doc in train_docs for label in doc.get("labels", [])})
+    # A label "Na" is not a relation: kept in, it would take Na's id from class 0 (the threshold class).
+    # Left out, the training file's reading against this map refuses it, naming the document.
+    relations = sorted({label["r"] for doc in train_docs for label in doc.get("labels", [])} - {"Na"})
     return {"Na": 0, **{r: i + 1 for i, r in enumerate(relations)}}
 
 
