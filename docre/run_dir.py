@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,7 +171,7 @@ def prepare(run_dir: Path, cfg: Config, rank: int) -> Path | None:
         elif (run_dir / RESULTS).exists():
             raise DocreError(f"{run_dir}: this run already finished; choose another run_name or set train.overwrite=true")
         elif find_training_state(run_dir / LAST) is not None:
-            raise DocreError(f"{run_dir}: holds an unfinished run; resume it with python train.py --resume {run_dir}, "
+            raise DocreError(f"{run_dir}: holds an unfinished run; resume it with {resume_command(run_dir)}, "
                              "or set train.overwrite=true")
         else:
             raise DocreError(f"{run_dir}: directory is not empty; choose another run_name or set train.overwrite=true")
@@ -185,8 +186,21 @@ def last_checkpoint_message(run_dir: Path, resume_hint: bool = True) -> str:
     if state is None:
         return "No checkpoint was saved yet."
     step = checkpoint_step(state)
-    hint = f" Resume with: python train.py --resume {run_dir}" if resume_hint else ""
+    hint = f" Resume with: {resume_command(run_dir)}" if resume_hint else ""
     return f"The last checkpoint{'' if step is None else f' (step {step})'} is in {state}.{hint}"
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that resumes `run_dir`, spelt as this process was started: `python train.py` (the
+    script as typed), `python -m docre.cli.train` (how docre.grid starts runs), else `docre-train`."""
+    script = sys.argv[0] if sys.argv else ""
+    if Path(script).name != "train.py":
+        command = "docre-train"
+    elif Path(script).resolve() == Path(__file__).resolve().parent / "cli" / "train.py":
+        command = "python -m docre.cli.train"
+    else:
+        command = f"python {script}"
+    return f"{command} --resume {run_dir}"
 
 
 def changed_settings(run_dir: Path, cfg: Config) -> list[str]:

@@ -430,7 +430,7 @@ def _checkpoint_or_stop(run: Run, state: TrainState, stop: "_StopSignals", due: 
         name = signal.Signals(stop.signal or signal.SIGTERM).name  # other ranks: SIGTERM sent to rank 0
         raise Interrupted(
             f"interrupted by {name} after step {state.step}; checkpoint saved in {run.run_dir / runs.LAST}. "
-            f"Resume with: python train.py --resume {run.run_dir}", stop.signal or signal.SIGTERM
+            f"Resume with: {runs.resume_command(run.run_dir)}", stop.signal or signal.SIGTERM
         )
 
 

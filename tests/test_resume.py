@@ -140,7 +140,7 @@ def test_sigterm_mid_epoch_then_resume_is_exact(tmp_path, tiny_backbone, referen
     with pytest.raises(Interrupted) as error:
         train(config(args))
     assert str(error.value) == (f"interrupted by SIGTERM after step 5; checkpoint saved in {run_dir / 'last'}. "
-                                f"Resume with: python train.py --resume {run_dir}")
+                                f"Resume with: docre-train --resume {run_dir}")
     assert error.value.exit_status == 128 + signal.SIGTERM
     assert saved_step(run_dir) == 5
     assert signal.getsignal(signal.SIGTERM) is handler  # restored
@@ -214,7 +214,7 @@ def test_second_signal_stops_at_once(tmp_path, tiny_backbone, monkeypatch):
     with pytest.raises(Interrupted) as error:
         train(config(run_args(tiny_backbone, tmp_path, "run")))
     assert str(error.value) == (f"stopped at once by a second SIGINT during step 5. The last checkpoint (step 3) is in "
-                                f"{run_dir / 'last'}. Resume with: python train.py --resume {run_dir}")
+                                f"{run_dir / 'last'}. Resume with: docre-train --resume {run_dir}")
     assert error.value.exit_status == 128 + signal.SIGINT
     assert saved_step(run_dir) == 3  # the end of epoch 1; step 5 was never saved
     assert signal.getsignal(signal.SIGINT) is handler
