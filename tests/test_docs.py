@@ -38,12 +38,12 @@ def run_paths(text: str) -> list[tuple[str, str]]:
 def test_run_paths_in_the_docs_are_runs_docre_names_that_way():
     # A command a user copies must name the run directory docre writes: <config name>-s<seed> from
     # train.py (or the run_name=... the docs give), <row>-s<seed> in runs/<table>/ from reproduce.py
-    # (docs/results.md included: its commands are copied too).
+    # (docs/results.md and the commands' --help examples included: their commands are copied too).
     from docre.tables import TABLES_DIR, load_table
 
     rows = {path.stem: [row.name for row in load_table(path).rows] for path in TABLES_DIR.glob("*.yaml")}
     stems = {path.stem for path in (ROOT / "configs").rglob("*.yaml") if "tables" not in path.parts}
-    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "docre" / "cli").glob("*.py"))]
     stems |= {name for page in pages for name in re.findall(r"run_name=(\w+)-s", page.read_text(encoding="utf-8"))}
     checked, wrong = 0, []
     for page in pages:

@@ -10,7 +10,7 @@ Examples:
   docre-train configs/quickstart.yaml                                 train with a config file
   docre-train configs/quickstart.yaml train.epochs=2 seed=67          ... with overrides
   docre-train configs/quickstart.yaml loss.name=atgl loss.alpha=auto  ATGL with alpha tuned on dev (docs/alpha.md)
-  docre-train --resume runs/quickstart-atgl-s66                       continue an interrupted run from its last/
+  docre-train --resume runs/quickstart-s66                            continue an interrupted run from its last/
   docre-train --list losses                                           the losses and their keywords
 """
 

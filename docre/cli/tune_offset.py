@@ -8,7 +8,7 @@ results.json in the last digit.
 
 Examples:
   docre-tune-offset runs/minilm_atl-s66
-  docre-tune-offset runs/redocred_mini/minilm-atl-s66 runs/redocred_mini/minilm-atgl-s66 --json
+  docre-tune-offset runs/redocred_mini/minilm_atl-s66 runs/redocred_mini/minilm_atgl-s66 --json
 """
 
 import json
