@@ -305,11 +305,12 @@ def test_train_cli_answers_bad_data_in_one_line_and_leaves_nothing_blocking(tmp_
     assert all(row["title"] != "One entity" for row in json.loads((out / "hostile" / "dev_predictions.json").read_text()))
 
 
-def test_train_cli_refuses_directories_it_must_not_touch(tmp_path, capsys):
+def test_train_cli_refuses_directories_it_must_not_touch(tmp_path, capsys, tiny_backbone):
     out = tmp_path / "runs"
     (out / "mine").mkdir(parents=True)
     (out / "mine" / "notes.txt").write_text("not a run")
-    status, _, stderr = cli(capsys, "train.py", "configs/smoke.yaml", "model.backbone=x", f"output_dir={out}", "run_name=mine")
+    status, _, stderr = cli(capsys, "train.py", "configs/smoke.yaml", f"model.backbone={tiny_backbone}", f"output_dir={out}",
+                            "run_name=mine")
     assert (status, stderr.strip()) == (
         1, f"error: {out / 'mine'}: directory is not empty; choose another run_name or set train.overwrite=true")
     assert (out / "mine" / "notes.txt").read_text() == "not a run"
