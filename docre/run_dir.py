@@ -14,6 +14,10 @@ A run directory (`output_dir/run_name`) holds:
     dev_logits.safetensors, test_logits.safetensors      fp16 logits (eval.save_logits)
     curves.png               the learning curve: dev F1 and training loss against the epoch
     results.json             final scores; written last, so its presence means the run finished
+    failed.json              {"error": one line}: why the run's last process ended in an error (bad data or
+                             settings, a crash; not Ctrl-C or a stop signal, after which it is resumable);
+                             removed when the run starts again or resumes. A process killed outright
+                             (SIGKILL, out of host memory) cannot write it: such a run looks unfinished.
     last/                    the resume checkpoint (removed when the run finishes)
     alpha_sweep/, alpha_sweep.json, alpha_sweep.png      loss.alpha=auto (docre/sweep.py)
 
@@ -46,13 +50,14 @@ LAST = "last"
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
 REL2ID = "rel2id.json"
+FAILED = "failed.json"
 EXPORTED_WEIGHTS = "model.safetensors"
 EXPORTED_ENCODER = "encoder"
 
 # What a start writes before its first checkpoint. A run directory holding nothing else (apart from
 # the temporary files of killed writes) saved nothing worth keeping: a failed start (bad data, a
 # missing backbone, out of memory at step 1) must not block the next attempt under the same name.
-START_FILES = {CONFIG, "environment.json", REL2ID, "train.log", METRICS, "last.tmp"}
+START_FILES = {CONFIG, "environment.json", REL2ID, "train.log", METRICS, "last.tmp", FAILED}
 # Settings that may differ between a run on disk and the same run requested again without changing
 # what is trained: how it was started, and the CPU threads (seeds may run side by side).
 START_KEYS = {"train.resume", "train.overwrite", "train.num_threads"}
@@ -162,6 +167,8 @@ def prepare(run_dir: Path, cfg: Config, rank: int) -> Path | None:
             raise DocreError(f"{run_dir}: this run already finished ({RESULTS}); there is nothing to resume")
         if state.checkpoint is None:
             raise DocreError(f"{run_dir}: no checkpoint to resume from (no complete {LAST}/ directory)")
+        if rank == 0:
+            (run_dir / FAILED).unlink(missing_ok=True)  # this process may fail again, or finish
         return state.checkpoint
     if run_dir.exists() and any(run_dir.iterdir()):
         leftovers = [p.name for p in run_dir.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))]
@@ -228,6 +235,29 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- reading
+def record_failure(run_dir: Path, error: Exception) -> None:
+    """Write `error` as failed.json in `run_dir` (see the module docstring): its message's first line,
+    prefixed by its type where it is no DocreError (a crash). Never raises: the error itself matters more."""
+    lines = str(error).strip().splitlines()
+    line = lines[0] if lines else ""
+    if not isinstance(error, DocreError):
+        line = f"{type(error).__name__}: {line}" if line else type(error).__name__
+    with contextlib.suppress(OSError):
+        atomic_write_text(Path(run_dir) / FAILED, json.dumps({"error": line}) + "\n")
+
+
+def read_failure(run_dir: Path) -> str | None:
+    """The error that ended an unfinished run's last process (failed.json), or None: finished, still
+    running, stopped by a signal, or killed before it could say."""
+    path = Path(run_dir) / FAILED
+    if (Path(run_dir) / RESULTS).is_file() or not path.is_file():
+        return None
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8"))["error"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "failed (failed.json is unreadable)"
+
+
 def read_json(path: Path) -> dict:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))

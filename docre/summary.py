@@ -14,7 +14,7 @@ from pathlib import Path
 
 from docre.errors import DocreError
 from docre.report import EVIDENCE, LABELS
-from docre.run_dir import read_results
+from docre.run_dir import read_failure, read_results
 from docre.tables import METRICS, SEED_SUFFIX, load_table, table_path
 from docre.utils import atomic_write_json, atomic_write_text
 
@@ -64,6 +64,20 @@ def run_seed(run_dir: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def run_setting(run_dir: Path) -> tuple[str, str]:
+    """(model.name, the loss with its keywords, e.g. "atgl (alpha=16.5)") from the run's config.yaml;
+    the defaults where it leaves them out, "?" where it cannot be read."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8")) or {}
+        model, loss = (cfg.get("model") or {}).get("name", "atlop"), dict(cfg.get("loss") or {"name": "atl"})
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
+        return "?", "?"
+    name = loss.pop("name", "atl")
+    return str(model), f"{name} ({', '.join(f'{k}={v}' for k, v in loss.items())})" if loss else str(name)
+
+
 def mean_std(values: list[float]) -> dict:
     """{"mean", "std" (sample, None for one value), "values"}."""
     mean = sum(values) / len(values)
@@ -73,8 +87,10 @@ def mean_std(values: list[float]) -> dict:
 
 def summarize(groups: dict[str, list[Path]], published: dict[str, dict] | None = None,
               expected: dict[str, int] | None = None) -> list[dict]:
-    """One summary row per group: mean/std over its finished runs of every number in their dev and
-    test scores and of their costs, plus the published numbers and the runs still missing.
+    """One summary row per group: its model and loss, mean/std over its finished runs of every number
+    in their dev and test scores and of their costs, the published numbers, the runs whose last
+    process ended in an error ("failed": run dir -> the error, from failed.json) and the others not
+    finished yet ("unfinished": running, stopped, or killed before they could say).
 
     Args:
         groups: row name -> run directories (finished or not).
@@ -85,13 +101,18 @@ def summarize(groups: dict[str, list[Path]], published: dict[str, dict] | None =
     rows = []
     for name, run_dirs in groups.items():
         finished = [(run_dir, results) for run_dir in run_dirs if (results := read_results(run_dir)) is not None]
+        failed = {str(d): error for d in sorted(run_dirs) if (error := read_failure(d)) is not None}
+        settings = [run_setting(run_dir) for run_dir in run_dirs]
         row = {
             "name": name,
+            "model": " / ".join(dict.fromkeys(model for model, _ in settings)),
+            "loss": " / ".join(dict.fromkeys(loss for _, loss in settings)),
             "n": len(finished),
             "expected": expected.get(name),
             "seeds": [run_seed(run_dir) for run_dir, _ in finished],
             "run_dirs": [str(run_dir) for run_dir, _ in finished],
-            "unfinished": sorted(str(d) for d in run_dirs if d not in {r for r, _ in finished}),
+            "failed": failed,
+            "unfinished": sorted(str(d) for d in run_dirs if d not in {r for r, _ in finished} and str(d) not in failed),
             "published": published.get(name, {}),
         }
         for split in SPLITS:
@@ -112,14 +133,14 @@ def markdown_table(rows: list[dict], title: str = "", source: str = "") -> str:
     if any(_predicts_evidence(row) for row in rows):
         columns += [("test", key) for key, _ in EVIDENCE if any(key in row["test"] for row in rows)]
     has_cost = any(row["cost"] for row in rows)
-    header = ["row", "", "n"] + [f"{split} {LABELS[metric]}" for split, metric in columns]
+    header = ["row", "model", "loss", "source", "n"] + [f"{split} {LABELS[metric]}" for split, metric in columns]
     header += ["time/run", "s/step", "peak memory"] if has_cost else []
     lines = [f"### {title}", ""] if title else []
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     notes = []
     for row in rows:
         count = f"{row['n']}/{row['expected']}" if row["expected"] is not None else str(row["n"])
-        cells = [row["name"], "docre", count]
+        cells = [row["name"], row["model"], row["loss"], "docre", count]
         cells += ["–" if metric.startswith("evidence_") and not _predicts_evidence(row)
                   else _format(row[split].get(metric), percent=True) for split, metric in columns]
         if has_cost:
@@ -128,7 +149,7 @@ def markdown_table(rows: list[dict], title: str = "", source: str = "") -> str:
         lines.append("| " + " | ".join(cells) + " |")
         paper = row["published"]
         if any(k != "note" for k in paper):
-            cells = ["", "paper", ""]
+            cells = ["", "", "", "paper", ""]
             for split, metric in columns:
                 value, std = paper.get(f"{split}_{metric}"), paper.get(f"{split}_{metric}_std")
                 cells.append("–" if value is None else f"{value:.2f}" + (f" ± {std:.2f}" if std is not None else ""))
@@ -144,6 +165,10 @@ def markdown_table(rows: list[dict], title: str = "", source: str = "") -> str:
     if source:
         lines.append(f"Published numbers: {source}.")
     lines += [f"- {note}" for note in notes]
+    failed = [(path, error) for row in rows for path, error in row["failed"].items()]
+    if failed:
+        lines.append(f"Failed ({len(failed)}; their failed.json): "
+                     + "; ".join(f"{Path(p).name}: {error}" for p, error in failed) + ".")
     missing = [path for row in rows for path in row["unfinished"]]
     if missing:
         lines.append(f"Not finished yet ({len(missing)}): " + ", ".join(Path(p).name for p in missing) + ".")

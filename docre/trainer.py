@@ -179,17 +179,26 @@ def train(cfg: Config) -> dict:
         The final results (also in <run dir>/results.json): dev and test scores of the best
         checkpoint, step counts, seconds per step, peak memory.
     """
-    run, state = setup(cfg)
-    with run.trackers:  # closed however train() ends, so that a later run in this process starts its own
-        with _StopSignals(run.run_dir, state) as stop:
-            fit(run, state, stop)
-        return final_evaluation(run, state)
+    started = time.perf_counter()
+    processes, run_dir, checkpoint = start(cfg)
+    try:
+        run, state = setup(cfg, processes, run_dir, checkpoint, started)
+        with run.trackers:  # closed however train() ends, so that a later run in this process starts its own
+            with _StopSignals(run.run_dir, state) as stop:
+                fit(run, state, stop)
+            return final_evaluation(run, state)
+    except Interrupted:
+        raise  # stopped, not failed: its checkpoint resumes it
+    except Exception as error:  # bad data or settings, a crash: summaries show the run as failed, not as running
+        if processes[0] == 0:
+            runs.record_failure(run_dir, error)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------- setup
-def setup(cfg: Config) -> tuple[Run, TrainState]:
-    """Processes and device, the run directory, data, model, loss, optimizer; the state of a resumed run."""
-    started = time.perf_counter()
+def start(cfg: Config) -> tuple[tuple[int, int, torch.device], Path, Path | None]:
+    """The checks that need no data, the processes (rank, world size, device), and the run directory,
+    which is this run's from here on: ((rank, world, device), run_dir, the checkpoint to resume from)."""
     _require_trackers(cfg)  # a missing package fails now, not after the data and the model are loaded
     check_backbone(cfg.model.backbone, cfg.model.revision)  # a misspelt one too, in a second, before the data
     rank, world, device = distributed.init_distributed(resolve_device(cfg.train.device))
@@ -198,7 +207,13 @@ def setup(cfg: Config) -> tuple[Run, TrainState]:
     if device.type == "cuda":  # process-wide, like the thread count: fp32 products (and fp32 runs) in TF32 or not
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
     run_dir = runs.path_of(cfg)
-    checkpoint = runs.prepare(run_dir, cfg, rank)
+    return (rank, world, device), run_dir, runs.prepare(run_dir, cfg, rank)
+
+
+def setup(cfg: Config, processes: tuple[int, int, torch.device], run_dir: Path, checkpoint: Path | None,
+          started: float) -> tuple[Run, TrainState]:
+    """Logging, data, model, loss, optimizer in the run directory `start` prepared; the state of a resumed run."""
+    rank, world, device = processes
     setup_logging(run_dir / "train.log", rank)
     dtype = resolve_precision(cfg.train.precision, device)
     if checkpoint is not None and cfg.train.precision == "auto":

@@ -233,7 +233,8 @@ def cli(capsys, script: str, *args: str) -> tuple[int, str, str]:
     return exit_.value.code, out, err
 
 
-START_FILES = {"config.yaml", "environment.json", "train.log", "rel2id.json"}
+# what a failed start may leave (failed.json: its error, which docre-summarize shows)
+START_FILES = {"config.yaml", "environment.json", "train.log", "rel2id.json", "failed.json"}
 
 
 def train_args(backbone: str, data_dir: Path, out: Path, *extra: str) -> list[str]:

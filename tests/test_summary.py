@@ -70,11 +70,12 @@ def test_summary_table_by_hand(tmp_path):
     lines = text.splitlines()
     assert lines[0] == "### T"
     header = [cell.strip() for cell in lines[2].strip("|").split("|")]
-    assert header == ["row", "", "n", "dev P", "dev F1", "test F1", "test Ign F1", "time/run", "s/step", "peak memory"]
-    assert lines[4] == ("| a | docre | 3/3 | 50.00 ± 0.00 | 72.00 ± 2.00 | 62.00 ± 2.00 | 52.00 ± 2.00 "
+    assert header == ["row", "model", "loss", "source", "n", "dev P", "dev F1", "test F1", "test Ign F1", "time/run",
+                      "s/step", "peak memory"]
+    assert lines[4] == ("| a | atlop | atl | docre | 3/3 | 50.00 ± 0.00 | 72.00 ± 2.00 | 62.00 ± 2.00 | 52.00 ± 2.00 "
                         "| 3.0 min | 0.50 | 2.0 GiB RAM |")
-    assert lines[5] == "|  | paper |  | – | 61.09 ± 0.16 | 77.26 | – |  |  |  |"
-    assert lines[6].startswith("| b | docre | 1/2 | 50.00 | 60.00 | – | – | 90 s |")
+    assert lines[5] == "|  |  |  | paper |  | – | 61.09 ± 0.16 | 77.26 | – |  |  |  |"
+    assert lines[6].startswith("| b | atlop | atl | docre | 1/2 | 50.00 | 60.00 | – | – | 90 s |")
     assert "- a: from a paper" in lines and "Published numbers: a paper." in lines
     assert any(line.startswith("Not finished yet (1): b-s2") for line in lines)
 
@@ -92,15 +93,74 @@ def test_evidence_columns_appear_when_a_row_predicts_evidence(tmp_path):
                       "kd": [fake_run(tmp_path / "kd-s1", 1, 0.6, {**evidence, "num_evidence_predicted": 0})]})
     lines = markdown_table(rows).splitlines()
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    assert header == ["row", "", "n", "dev P", "dev F1", "test F1", "test Evi P", "test Evi R", "test Evi F1",
-                      "time/run", "s/step", "peak memory"]
-    assert lines[2].startswith("| dreeam | docre | 1 | 50.00 | 60.00 | 50.00 | 25.00 | 50.00 | 33.33 |")
-    assert lines[3].startswith("| atlop | docre | 1 | 50.00 | 60.00 | 40.00 | – | – | – |")
-    assert lines[4].startswith("| kd | docre | 1 | 50.00 | 60.00 | 50.00 | – | – | – |")  # zeros of no evidence
+    assert header == ["row", "model", "loss", "source", "n", "dev P", "dev F1", "test F1", "test Evi P", "test Evi R",
+                      "test Evi F1", "time/run", "s/step", "peak memory"]
+    assert lines[2].startswith("| dreeam | atlop | atl | docre | 1 | 50.00 | 60.00 | 50.00 | 25.00 | 50.00 | 33.33 |")
+    assert lines[3].startswith("| atlop | atlop | atl | docre | 1 | 50.00 | 60.00 | 40.00 | – | – | – |")
+    assert lines[4].startswith("| kd | atlop | atl | docre | 1 | 50.00 | 60.00 | 50.00 | – | – | – |")  # zeros of no evidence
     # a model that predicts no evidence (0 predicted) adds no columns
     evidence["num_evidence_predicted"] = 0
     rows = summarize({"dreeam": [fake_run(tmp_path / "again-s1", 1, 0.6, evidence)]})
     assert "Evi" not in markdown_table(rows)
+
+
+def test_rows_name_model_and_loss_and_failed_runs_are_not_unfinished(tmp_path):
+    runs = [fake_run(tmp_path / f"dreeam_atgl-s{s}", s, 0.6 if s == 1 else None) for s in (1, 2, 3)]
+    for run in runs:
+        (run / "config.yaml").write_text(f"seed: {run.name[-1]}\nmodel:\n  name: dreeam\nloss:\n  name: atgl\n  alpha: 16.5\n")
+    (runs[1] / "failed.json").write_text(json.dumps({"error": "docs.json: document 2 ('X'): missing field 'labels'"}))
+    (runs[2] / "failed.json").write_text("{torn")  # a crash while it was written: still a failure
+    (runs[0] / "failed.json").write_text(json.dumps({"error": "old"}))  # finished after all: results.json wins
+    row, = summarize({"dreeam_atgl": runs}, expected={"dreeam_atgl": 4})
+    assert (row["model"], row["loss"]) == ("dreeam", "atgl (alpha=16.5)")
+    assert row["failed"] == {str(runs[1]): "docs.json: document 2 ('X'): missing field 'labels'",
+                             str(runs[2]): "failed (failed.json is unreadable)"}
+    assert row["n"] == 1 and row["unfinished"] == []
+    lines = markdown_table([row]).splitlines()
+    assert lines[2].startswith("| dreeam_atgl | dreeam | atgl (alpha=16.5) | docre | 1/4 | ")
+    assert ("Failed (2; their failed.json): dreeam_atgl-s2: docs.json: document 2 ('X'): missing field 'labels'; "
+            "dreeam_atgl-s3: failed (failed.json is unreadable).") in lines
+    assert not any(line.startswith("Not finished yet") for line in lines)
+
+
+def test_train_records_why_a_run_failed_and_a_new_start_clears_it(tiny_backbone, tmp_path, monkeypatch):
+    import docre.trainer as trainer
+    from docre.config import load_config
+    from docre.trainer import Interrupted, train
+
+    def config(*extra):
+        return load_config(ROOT / "configs/smoke.yaml", [f"model.backbone={tiny_backbone}", f"output_dir={tmp_path}",
+                                                         "run_name=r-s66", "train.max_steps=1", *extra])
+
+    run_dir = tmp_path / "r-s66"
+    with pytest.raises(DocreError) as error:  # bad data, found after the run directory was made
+        train(config("data.dev_file=nosuch.json"))
+    assert json.loads((run_dir / "failed.json").read_text()) == {"error": str(error.value)}
+    row, = summarize({"r": [run_dir]})
+    assert row["failed"] == {str(run_dir): str(error.value)} and row["unfinished"] == []
+
+    def crash(*args):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore lines")
+
+    monkeypatch.setattr(trainer, "fit", crash)  # a crash (a bug, the device): its type says what it was
+    with pytest.raises(RuntimeError):
+        train(config())
+    assert json.loads((run_dir / "failed.json").read_text()) == {
+        "error": "RuntimeError: CUDA error: an illegal memory access was encountered"}
+
+    def stop(*args):
+        raise Interrupted("interrupted by SIGINT after step 0", 2)
+
+    monkeypatch.setattr(trainer, "fit", stop)  # a stop signal is no failure: the run resumes later
+    with pytest.raises(Interrupted):
+        train(config())
+    assert not (run_dir / "failed.json").exists()
+    monkeypatch.undo()
+
+    assert train(config())["test"] and not (run_dir / "failed.json").exists()
+    with pytest.raises(DocreError, match="already finished"):  # a refused start leaves the run it refused alone
+        train(config())
+    assert not (run_dir / "failed.json").exists()
 
 
 def test_collect_takes_order_and_published_numbers_from_grid_json(tmp_path):
@@ -118,7 +178,8 @@ def test_collect_takes_order_and_published_numbers_from_grid_json(tmp_path):
 def test_summarize_runs_cli(tmp_path, capsys):
     fake_run(tmp_path / "runs" / "x-s1", 1, 0.5)
     assert run_main("summarize_runs", [str(tmp_path / "runs"), "-o", str(tmp_path / "o")]) == 0
-    assert "| x | docre | 1 | 50.00 | 50.00 |" in capsys.readouterr().out and (tmp_path / "o" / "table.json").is_file()
+    assert "| x | atlop | atl | docre | 1 | 50.00 | 50.00 |" in capsys.readouterr().out
+    assert (tmp_path / "o" / "table.json").is_file()
     with pytest.raises(DocreError, match=r"--table nope: no such table \(configs/tables/NAME.yaml or a table file\)"):
         run_main("summarize_runs", [str(tmp_path / "runs"), "--table", "nope"])
     with pytest.raises(DocreError, match="no run directories"):
