@@ -297,13 +297,14 @@ def check_loss_kwargs(name: Any, kwargs: dict, source: str = "config", overrides
         raise DocreError(f"{_origin('loss.name', source, list(overrides))}: loss.name={name!r} is not one of "
                          f"{', '.join(LOSSES)}{did_you_mean(name, LOSSES)}")
     keywords = loss_keywords(name)
-    for key, value in kwargs.items():
-        where = _origin(f"loss.{key}", source, list(overrides))
+    for key, value in kwargs.items():  # "auto" means a dev-tuned sweep (docre.sweep), only for ATGL's alpha
+        if value == "auto" and (name, key) != ("atgl", "alpha"):
+            raise DocreError(f"{_origin(f'loss.{key}', source, list(overrides))}: loss.{key}=auto: only loss.alpha of atgl "
+                             "can be tuned automatically")
+    for key in kwargs:
         if key not in keywords:
-            raise DocreError(f"{where}: loss {name!r}: got an unexpected keyword argument {key!r}{did_you_mean(key, keywords)}; "
-                             f"its keywords: {', '.join(keywords) or 'none'}")
-        if value == "auto" and (name, key) != ("atgl", "alpha"):  # "auto" means a dev-tuned sweep (docre.sweep)
-            raise DocreError(f"{where}: loss.{key}=auto: only loss.alpha of atgl can be tuned automatically")
+            raise DocreError(f"{_origin(f'loss.{key}', source, list(overrides))}: loss {name!r}: got an unexpected keyword "
+                             f"argument {key!r}{did_you_mean(key, keywords)}; its keywords: {', '.join(keywords) or 'none'}")
     missing = [key for key, default in keywords.items() if default is inspect.Parameter.empty and key not in kwargs]
     if missing:
         raise DocreError(f"{source}: loss {name!r} needs loss.{missing[0]}")

@@ -388,7 +388,8 @@ def test_real_processes_exit_1_with_one_line(tmp_path, tiny_backbone, tiny_run):
     for result, message in [
         (train_run, expected),
         (evaluate_run, expected),
-        (config_run, "error: configs/smoke.yaml: train.batch_size: Value 'four' of type 'str' could not be converted to Integer"),
+        (config_run, "error: override 'train.batch_size=four': train.batch_size: Value 'four' of type 'str' could not be "
+                     "converted to Integer"),
     ]:
         assert (result.returncode, result.stderr.strip().splitlines()) == (1, [message]), result.stderr[-2000:]
         assert result.stdout == ""
