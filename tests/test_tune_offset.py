@@ -1,6 +1,7 @@
 """scripts/tune_offset.py on a trained run: at offset 0 it reproduces the run's own official test
 scores (Ign F1 included) from the saved logits; the tuned offset never lowers dev F1; logits that
-do not belong to the configured documents are a one-line error."""
+do not belong to the configured documents are a one-line error; figures that differ from the run's
+results.json say that they come from the saved fp16 logits."""
 
 import json
 import shutil
@@ -44,3 +45,25 @@ def test_logits_of_other_documents_are_refused(run_dir, tmp_path):
     save_config(cfg, copy / "config.yaml")
     with pytest.raises(DocreError, match=r"test_logits.safetensors does not match the documents of docred_tiny.json\[:2\]"):
         run_main("tune_offset", [str(copy)])
+
+
+def test_figures_that_differ_from_the_runs_results_say_they_come_from_the_saved_logits(run_dir, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    row = tune(copy, capsys)
+    results = json.loads((copy / "results.json").read_text())
+    for split in ("dev", "test"):  # scores as the saved logits give them: nothing to say
+        results[split] |= {key: row[f"{split}_official"][key] for key in KEYS}
+    (copy / "results.json").write_text(json.dumps(results))
+    assert run_main("tune_offset", [str(copy)]) == 0
+    assert "saved fp16 logits" not in capsys.readouterr().out
+    # what the rounding of a larger run's logits can do: a decision flipped, one score off in the table
+    results["test"]["f1"] += 0.0123
+    (copy / "results.json").write_text(json.dumps(results))
+    assert run_main("tune_offset", [str(copy), "--json"]) == 0
+    out = capsys.readouterr().out
+    difference = f"test F1 {100 * row['test_official']['f1']:.2f} here, {100 * results['test']['f1']:.2f} in results.json"
+    assert (f"run: these figures come from the saved fp16 logits (eval.save_logits), whose rounding can flip a "
+            f"decision: decoded as the run did, they differ from its results.json, which evaluate.py reproduces from "
+            f"the weights ({difference})") in out.splitlines()
+    assert json.loads(out.strip().splitlines()[-1])[0]["differs_from_results"] == [difference]

@@ -57,16 +57,19 @@ def main() -> int:
 
     from docre.diagnostics import load_logits
     from docre.losses.common import tune_threshold_offset
-    from docre.run_dir import load_config_and_loss
+    from docre.run_dir import load_config_and_loss, read_results
 
     rows = []
     for run_dir in map(Path, args.run_dirs):
-        cfg = load_config_and_loss(run_dir)[0]
+        cfg, _, decode = load_config_and_loss(run_dir)
         top_k = cfg.eval.top_k
         dev, test = load_logits(run_dir / "dev_logits.safetensors"), load_logits(run_dir / "test_logits.safetensors")
         offset = tune_threshold_offset(dev[0], dev[1], top_k)
         row = {"run": run_dir.name, "loss": cfg.loss["name"], "offset": offset}
-        row |= official_scores(run_dir, {"dev": dev, "test": test}, {"official": 0.0, "tuned": offset})
+        # also decoded as the run decoded them (its decode.json), to compare with what evaluate reports
+        as_run = {"as_run": decode["th_offset"]} if decode.get("th_offset") else {}
+        row |= official_scores(run_dir, {"dev": dev, "test": test}, {"official": 0.0, "tuned": offset, **as_run})
+        row["differs_from_results"] = _differences(row, read_results(run_dir) or {}, "as_run" if as_run else "official")
         rows.append(row)
     print("| run | loss | dev-tuned offset | test P / R / F1 / Ign F1, offset 0 | test P / R / F1 / Ign F1, tuned "
           "| dev F1 0 → tuned |")
@@ -75,9 +78,28 @@ def main() -> int:
         a, b = row["test_official"], row["test_tuned"]
         print(f"| {row['run']} | {row['loss']} | {row['offset']:+.3f} | {_prfi(a)} | {_prfi(b)} | "
               f"{100 * row['dev_official']['f1']:.2f} → {100 * row['dev_tuned']['f1']:.2f} |")
+    for row in rows:
+        if row["differs_from_results"]:
+            print(f"\n{row['run']}: these figures come from the saved fp16 logits (eval.save_logits), whose rounding "
+                  f"can flip a decision: decoded as the run did, they differ from its results.json, which evaluate.py "
+                  f"reproduces from the weights ({'; '.join(row['differs_from_results'])})")
     if args.json:
         print(json.dumps(rows))
     return 0
+
+
+def _differences(row: dict, results: dict, name: str) -> list[str]:
+    """"test F1 45.12 here, 45.13 in results.json" for each score that the saved logits, decoded as the
+    run decoded them (`name`'s rows), give otherwise than the run's results.json."""
+    labels = {"precision": "P", "recall": "R", "f1": "F1", "ign_f1": "Ign F1"}
+    found = []
+    for split in ("dev", "test"):
+        ours, theirs = row.get(f"{split}_{name}", {}), results.get(split) or {}
+        for key, label in labels.items():
+            shown = [f"{100 * scores[key]:.2f}" for scores in (ours, theirs) if scores.get(key) is not None]
+            if len(shown) == 2 and shown[0] != shown[1]:  # as the table shows them
+                found.append(f"{split} {label} {shown[0]} here, {shown[1]} in results.json")
+    return found
 
 
 def _prfi(scores: dict) -> str:
