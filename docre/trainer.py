@@ -49,6 +49,7 @@ from docre.utils import (
     hide_progress,
     logger,
     peak_rss_mb,
+    plural,
     release_free_memory,
     resolve_device,
     resolve_precision,
@@ -240,8 +241,8 @@ def setup(cfg: Config, processes: tuple[int, int, torch.device], run_dir: Path, 
     steps_per_epoch = len(train_split.features) // (cfg.train.batch_size * world) // cfg.train.grad_accum
     if steps_per_epoch == 0:
         raise DocreError(
-            f"{cfg.data.train_file}: {len(train_split.features)} training documents make no full step of "
-            f"batch_size {cfg.train.batch_size} x grad_accum {cfg.train.grad_accum} x {world} processes"
+            f"{cfg.data.train_file}: {plural(len(train_split.features), 'training document')} make no full step of "
+            f"batch_size {cfg.train.batch_size} x grad_accum {cfg.train.grad_accum} x {plural(world, 'process', 'processes')}"
         )
     total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
     scheduler = linear_warmup_decay(optimizer, int(cfg.train.warmup_ratio * total_steps), total_steps)
@@ -262,10 +263,10 @@ def setup(cfg: Config, processes: tuple[int, int, torch.device], run_dir: Path, 
               steps_per_epoch, total_steps, _start_trackers(cfg, run_dir, state.step) if rank == 0 else Trackers(),
               started, state.wall_seconds)
     logger.info(
-        "%d train documents, %d optimizer steps (%d per epoch), effective batch %d documents "
-        "(%d per process x %d processes x %d accumulation), %s, %s",
-        len(train_split.features), total_steps, steps_per_epoch, cfg.train.batch_size * world * cfg.train.grad_accum,
-        cfg.train.batch_size, world, cfg.train.grad_accum, device, str(dtype).replace("torch.", ""),
+        "%s, %s (%d per epoch), effective batch %s (%d per process x %s x %d accumulation), %s, %s",
+        plural(len(train_split.features), "train document"), plural(total_steps, "optimizer step"), steps_per_epoch,
+        plural(cfg.train.batch_size * world * cfg.train.grad_accum, "document"), cfg.train.batch_size,
+        plural(world, "process", "processes"), cfg.train.grad_accum, device, str(dtype).replace("torch.", ""),
     )
     return run, state
 
@@ -299,7 +300,8 @@ def _load_data(cfg: Config, tokenizer) -> tuple[dict[str, int], Split, Split | N
     train_split = featurise("train", spec=data.train_file, require_labels=True)
     pairless = sum(len(f.hts) == 0 for f in train_split.features)
     if pairless:  # nothing to learn from, and a batch of only such documents has no pairs at all
-        logger.warning("train: %d documents with no candidate pair (fewer than two entities) are left out of training", pairless)
+        logger.warning("train: %s with no candidate pair (fewer than two entities) left out of training",
+                       plural(pairless, "document"))
         train_split.features = [f for f in train_split.features if len(f.hts)]
     dev_split = featurise("dev", spec=data.dev_file) if data.dev_file else None
     test_split = featurise("test", spec=data.test_file) if data.test_file else None
@@ -400,7 +402,8 @@ def _settle(run: Run, state: TrainState) -> tuple[float, float]:
         logger.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)", step, state.nonfinite_in_row)
         if state.nonfinite_in_row >= run.cfg.train.max_nonfinite_steps:
             raise DocreError(
-                f"stopped at step {step}: {state.nonfinite_in_row} non-finite losses or gradients in a row "
+                f"stopped at step {step}: "
+                f"{plural(state.nonfinite_in_row, 'non-finite loss or gradient', 'non-finite losses or gradients')} in a row "
                 f"(train.max_nonfinite_steps={run.cfg.train.max_nonfinite_steps}); lower the learning rate, use fp32 "
                 f"or bf16, or check the data. {runs.last_checkpoint_message(run.run_dir, resume_hint=False)}"
             )

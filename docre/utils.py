@@ -236,6 +236,12 @@ def estimate_remaining(elapsed: float, done: int, left: int) -> float | None:
     return elapsed / done * max(left, 0)
 
 
+def plural(count: int, noun: str, plural_form: str = "") -> str:
+    """A count and its noun for messages: "1 document", "2 documents"; `plural_form` where adding "s"
+    is wrong (plural(n, "entity", "entities"))."""
+    return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
+
+
 def format_duration(seconds: float) -> str:
     """'45s', '12m05s', '3h07m': as precise as a remaining-time estimate deserves."""
     seconds = max(0, round(seconds))

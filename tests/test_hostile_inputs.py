@@ -301,7 +301,7 @@ def test_train_cli_answers_bad_data_in_one_line_and_leaves_nothing_blocking(tmp_
                                                                 "train.batch_size=1", "data.dev_file=docs.json",
                                                                 "eval.batch_size=1"))
     assert status == 0, stderr[-2000:]
-    assert "train: 1 documents with no candidate pair (fewer than two entities) are left out of training" in stderr
+    assert "train: 1 document with no candidate pair (fewer than two entities) left out of training" in stderr
     assert json.loads((out / "hostile" / "results.json").read_text())["dev"]["num_gold"] == 7
     assert all(row["title"] != "One entity" for row in json.loads((out / "hostile" / "dev_predictions.json").read_text()))
 
@@ -417,7 +417,7 @@ def test_a_repeat_of_one_kind_names_only_that_kind(tmp_path, rel2id, tiny_tokeni
     finally:
         logging.getLogger("docre").removeHandler(records)
     assert [m for m in records.messages if "repeated" in m] == [
-        f"{tmp_path / 'docs.json'}: 1 repeated mentions (kept, as ATLOP keeps them)"]
+        f"{tmp_path / 'docs.json'}: 1 repeated mention (kept, as ATLOP keeps them)"]
 
 
 def test_repeats_warn_once_with_counts_and_go_on(tmp_path, rel2id, tiny_tokenizer):
@@ -434,7 +434,7 @@ def test_repeats_warn_once_with_counts_and_go_on(tmp_path, rel2id, tiny_tokenize
     finally:
         logging.getLogger("docre").removeHandler(records)
     warnings = [m for m in records.messages if "repeated" in m]
-    assert warnings == [f"{tmp_path / 'docs.json'}: 3 repeated labels (scored once) and 1 repeated mentions "
+    assert warnings == [f"{tmp_path / 'docs.json'}: 3 repeated labels (scored once) and 1 repeated mention "
                         "(kept, as ATLOP keeps them)"]
     clean = load_split("x", "docred", "docred_tiny.json", str(FIXTURES), tiny_tokenizer, rel2id, "*", 1024, "none")
     # a repeated label is one fact; a repeated mention is kept (one more marker position)

@@ -141,7 +141,7 @@ def test_a_failed_alpha_seed_sweep_leaves_its_other_seeds_waiting(tmp_path):
     assert result.stdout.count("atgl-s1: start") == 1  # tried once, not again in the second pass
     assert result.stderr.strip().splitlines()[-1] == (
         "error: 1 of 2 runs failed: atgl-s1 (see their train.log; the same command retries them); "
-        "1 runs wait for their alpha seed's sweep: atgl-s2")
+        "1 run waiting for the alpha seed's sweep: atgl-s2")
 
 
 def test_runner_errors(tmp_path, capsys):
@@ -166,4 +166,4 @@ def test_runner_errors(tmp_path, capsys):
     assert not (tmp_path / "redocred_mini").exists()  # a dry run writes nothing
     config = str(ROOT / "configs/redocred_mini/minilm_atl.yaml")
     assert run_main("reproduce", [config, "--dry-run", "--name", "mine", "--output-dir", str(tmp_path)]) == 0
-    assert f"mine: 1 rows x 1 seeds = 1 runs in {tmp_path.resolve() / 'mine'}" in capsys.readouterr().out
+    assert f"mine: 1 row x 1 seed = 1 run in {tmp_path.resolve() / 'mine'}" in capsys.readouterr().out

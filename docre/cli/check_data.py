@@ -64,7 +64,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from docre.data import load_rel2id, read_split
-    from docre.utils import setup_logging
+    from docre.utils import plural, setup_logging
 
     setup_logging()
     data_format = args.format or infer_format(args.file)
@@ -72,10 +72,11 @@ def main() -> int:
     path, _, docs = read_split(data_format, args.file, "", rel2id)
     stats = statistics(docs)
     print(f"{path}: valid {data_format} file")
-    print(f"  {stats['docs']} documents, {stats['sentences']} sentences, {stats['entities']} entities, "
-          f"{stats['mentions']} mentions")
-    print(f"  {stats['pairs']} candidate pairs, {stats['positive_pairs']} positive pairs, {stats['facts']} relation facts "
-          f"of {stats['relations']} relations" + ("" if stats["labelled"] else " (some documents have no labels)"))
+    print(f"  {plural(stats['docs'], 'document')}, {plural(stats['sentences'], 'sentence')}, "
+          f"{plural(stats['entities'], 'entity', 'entities')}, {plural(stats['mentions'], 'mention')}")
+    print(f"  {plural(stats['pairs'], 'candidate pair')}, {plural(stats['positive_pairs'], 'positive pair')}, "
+          f"{plural(stats['facts'], 'relation fact')} of {plural(stats['relations'], 'relation')}"
+          + ("" if stats["labelled"] else " (some documents have no labels)"))
     if stats["most_frequent"]:
         print("  most frequent: " + ", ".join(f"{r} {n}" for r, n in stats["most_frequent"]))
     if args.json:

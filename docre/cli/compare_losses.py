@@ -154,7 +154,7 @@ def main() -> int:
     from docre.losses import LOSSES
     from docre.run_dir import ACTIONS, read_results
     from docre.tables import Row, Table, plan_runs
-    from docre.utils import atomic_write_json, atomic_write_text
+    from docre.utils import atomic_write_json, atomic_write_text, plural
 
     losses = list(LOSSES) if args.losses == "all" else parse_list(args.losses, "losses")
     unknown = [name for name in losses if name not in LOSSES]
@@ -178,7 +178,7 @@ def main() -> int:
         print(f"{run.cfg.run_name}: {'finished earlier, skipped' if run.state == 'finished' else ACTIONS[run.state]}", flush=True)
     failed = run_grid(runs)
     if failed:
-        raise DocreError(f"{len(failed)} of {len(runs)} runs failed: {', '.join(run.cfg.run_name for run in failed)} "
+        raise DocreError(f"{len(failed)} of {plural(len(runs), 'run')} failed: {', '.join(run.cfg.run_name for run in failed)} "
                          "(see their train.log; the same command retries them)")
     rows = [table_row(run.run_dir, read_results(run.run_dir), args.split, output_dir / "plots") for run in runs]
     summary = summarise(rows)

@@ -71,7 +71,7 @@ def main() -> int:
     from docre.grid import run_grid
     from docre.run_dir import ACTIONS
     from docre.tables import TABLES_DIR, load_table, plan_runs, table_from_configs, table_path
-    from docre.utils import atomic_write_json
+    from docre.utils import atomic_write_json, plural
 
     overrides = [t for t in args.targets if "=" in t and not Path(t).is_file()]
     targets = [t for t in args.targets if t not in overrides]
@@ -92,7 +92,7 @@ def main() -> int:
     out = Path(args.output_dir).resolve() / table.name
     runs = plan_runs(table, seeds, out, overrides)
 
-    print(f"{table.name}: {len(table.rows)} rows x {len(seeds)} seeds = {len(runs)} runs in {out}")
+    print(f"{table.name}: {plural(len(table.rows), 'row')} x {plural(len(seeds), 'seed')} = {plural(len(runs), 'run')} in {out}")
     for run in runs:
         print(f"  {run.cfg.run_name:<40} {run.state if args.dry_run else ACTIONS.get(run.state, run.state)}"
               f"{f' ({run.detail})' if run.detail else ''}")
@@ -117,11 +117,11 @@ def main() -> int:
     tabulate(table, runs, seeds, out)
     problems = []
     if failed:
-        problems.append(f"{len(failed)} of {len(runs)} runs failed: {', '.join(run.cfg.run_name for run in failed)} "
+        problems.append(f"{len(failed)} of {plural(len(runs), 'run')} failed: {', '.join(run.cfg.run_name for run in failed)} "
                         "(see their train.log; the same command retries them)")
     waiting = [run.cfg.run_name for run in runs if run.state == "waiting"]
     if waiting:
-        problems.append(f"{len(waiting)} runs wait for their alpha seed's sweep: {', '.join(waiting)}")
+        problems.append(f"{plural(len(waiting), 'run')} waiting for the alpha seed's sweep: {', '.join(waiting)}")
     if problems:
         raise DocreError("; ".join(problems))
     return 0

@@ -17,7 +17,7 @@ from docre.data.cache import cache_key, default_cache_dir, load_features, save_f
 from docre.data.docred import read_bytes, read_docred, split_spec
 from docre.data.feature import Feature, featurize
 from docre.errors import DocreError
-from docre.utils import gc_paused, logger
+from docre.utils import gc_paused, logger, plural
 
 READERS = {
     "docred": read_docred,  # DocRED, Re-DocRED, DocGNRE, DWIE (DocRED-style JSON)
@@ -148,5 +148,5 @@ def load_split(
             save_features(entry, features, report)
     if report:
         logger.warning("%s: %s", name, report)
-    logger.info("%s: %d documents from %s (%.2fs)", name, len(docs), spec, time.perf_counter() - started)
+    logger.info("%s: %s from %s (%.2fs)", name, plural(len(docs), "document"), spec, time.perf_counter() - started)
     return Split(name, docs, features)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from docre.data.docred import read_bytes
 from docre.errors import DocreError
-from docre.utils import logger
+from docre.utils import logger, plural
 
 FIELDS_PER_PAIR = 17
 NEGATIVE, SKIP = "1:NR:2", "not_include"
@@ -79,8 +79,8 @@ def read_eog(path: Path, part: slice, rel2id: dict[str, int] | None, relation: s
         else:
             skipped.append(doc["title"])
     if skipped:
-        logger.warning("%s: %d documents without candidate pairs skipped (as ATLOP does): PMID %s",
-                       path, len(skipped), ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+        logger.warning("%s: %s without candidate pairs skipped (as ATLOP does): PMID %s",
+                       path, plural(len(skipped), "document"), ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
     return docs
 
 
@@ -170,14 +170,15 @@ def _mentions(values: list[str], sents: list[list[str]], sentence_of: list[int],
             raise DocreError(f"{where} {name}: {raw!r} is not ':'-separated integers") from None
     starts, ends, sentence_ids = numbers
     if not len(names) == len(starts) == len(ends) == len(sentence_ids):
-        raise DocreError(f"{where}: {len(names)} mention names, {len(starts)} start offsets, {len(ends)} end offsets "
-                         f"and {len(sentence_ids)} sentence ids; the counts must agree")
+        raise DocreError(f"{where}: {plural(len(names), 'mention name')}, {plural(len(starts), 'start offset')}, "
+                         f"{plural(len(ends), 'end offset')} and {plural(len(sentence_ids), 'sentence id')}; "
+                         "the counts must agree")
     num_tokens = len(sentence_of)
     mentions = []
     for m, (name, start, end, sentence_id) in enumerate(zip(names, starts, ends, sentence_ids)):
         if not 0 <= start < end <= num_tokens:
             raise DocreError(f"{where} offsets: mention {m} [{start}, {end}) is not a token span of the document "
-                             f"({num_tokens} tokens)")
+                             f"({plural(num_tokens, 'token')})")
         sentence = sentence_of[start]
         if sentence_of[end - 1] != sentence:
             raise DocreError(f"{where} offsets: mention {m} [{start}, {end}) crosses from sentence {sentence} into "

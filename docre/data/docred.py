@@ -19,8 +19,11 @@ from pathlib import Path
 import ujson
 
 from docre.errors import DocreError
-from docre.utils import logger
+from docre.utils import logger, plural
 
+# Files whose repeated labels and mentions were reported: once per file and command, though training
+# reads its file twice (features, Ign F1) and streamed prediction validates chunk after chunk.
+_REPORTED_REPEATS: set[str] = set()
 _SLICE = re.compile(r"^(?P<path>.*)\[(?P<start>-?\d*):(?P<stop>-?\d*)\]$")
 
 
@@ -136,9 +139,10 @@ def validate_docred(docs: list, path, rel2id: dict[str, int] | None, first_index
                 seen.add(key)
         if "labels" in doc:
             repeated_labels += _check_labels(doc["labels"], len(entities), len(sents), rel2id, where)
-    repeats = [f"{repeated_labels} repeated labels (scored once)"] * bool(repeated_labels) + [
-        f"{repeated_mentions} repeated mentions (kept, as ATLOP keeps them)"] * bool(repeated_mentions)
-    if repeats:
+    repeats = [f"{plural(repeated_labels, 'repeated label')} (scored once)"] * bool(repeated_labels) + [
+        f"{plural(repeated_mentions, 'repeated mention')} (kept, as ATLOP keeps them)"] * bool(repeated_mentions)
+    if repeats and str(path) not in _REPORTED_REPEATS:
+        _REPORTED_REPEATS.add(str(path))
         logger.warning("%s: %s", path, " and ".join(repeats))
 
 
@@ -167,7 +171,7 @@ def _check_mention(mention, sents: list, where: str, e: int, m: int) -> None:
     start, end = pos
     if start >= end:
         raise DocreError(f"{field}.pos: start {start} >= end {end}")
-    raise DocreError(f"{field}.pos: [{start}, {end}) lies outside sentence {sent_id} ({len(sents[sent_id])} words)")
+    raise DocreError(f"{field}.pos: [{start}, {end}) lies outside sentence {sent_id} ({plural(len(sents[sent_id]), 'word')})")
 
 
 def _check_labels(labels, num_entities: int, num_sents: int, rel2id: dict | None, where: str) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from docre.utils import hide_progress
+from docre.utils import hide_progress, plural
 
 
 @dataclass
@@ -103,8 +103,9 @@ def featurize(
     report = ""
     if cut_docs:
         report = (
-            f"max_seq_length={max_seq_length} cut {cut_docs} of {len(docs)} documents: {cut_pieces} word-pieces "
-            f"and {cut_mentions} mentions dropped (model.max_seq_length=0 keeps whole documents)"
+            f"max_seq_length={max_seq_length} cut {cut_docs} of {plural(len(docs), 'document')}: "
+            f"{plural(cut_pieces, 'word-piece')} and {plural(cut_mentions, 'mention')} dropped "
+            "(model.max_seq_length=0 keeps whole documents)"
         )
     return features, report
 

@@ -138,7 +138,7 @@ ERRORS = [
     (edit(2, 15, ""), r"document 2 \(line 3, PMID 1003\): pair 0 \(fields 2-18\): entity 2 \(D005\) type: empty"),
     (edit(0, 10, "0:x"), r"entity 1 \(C001\) start offsets: '0:x' is not ':'-separated integers"),
     (edit(0, 11, "1"),
-     r"entity 1 \(C001\): 2 mention names, 2 start offsets, 1 end offsets and 2 sentence ids; the counts must agree"),
+     r"entity 1 \(C001\): 2 mention names, 2 start offsets, 1 end offset and 2 sentence ids; the counts must agree"),
     (edit(0, 18, ""), r"entity 2 \(D001\) sentence ids: '' is not ':'-separated integers"),
     (edit(0, 11, "1:14"), r"entity 1 \(C001\) offsets: mention 1 \[10, 14\) is not a token span of the document \(13 tokens\)"),
     (edit(0, 11, "0:11"), r"entity 1 \(C001\) offsets: mention 0 \[0, 0\) is not a token span"),
