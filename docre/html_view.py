@@ -80,6 +80,12 @@ if (section && section.matches('details.doc')) {
 """
 
 
+# What the score column holds (docre.predict.decision_scores), said above the documents and on the column's header
+SCORE_NOTE = ("how far the relation's logit lies past the model's decision threshold (for ATL, ATGL and the other "
+              "threshold-class losses, the logit of the threshold class): above 0 for every predicted relation, and "
+              "the higher, the surer the model; a difference of logits, not a probability; missed facts have none.")
+
+
 def entity_colour(index: int) -> str:
     """A background colour per entity index: hues a golden angle apart, so neighbours differ most."""
     return f"hsl({round(index * 137.508) % 360}, 75%, 82%)"
@@ -91,7 +97,8 @@ def page_start(docs: list[dict], title: str) -> str:
     colours = "".join(f".e{i} {{ background: {entity_colour(i)}; }}\n" for i in range(most))
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{escape(title)}</title>\n'
             f"<style>{STYLE}{colours}</style>\n</head>\n<body>\n<h1>{escape(title)}</h1>\n"
-            '<p id="totals"></p>\n<p>Click a relation to mark its head (solid), tail (dashed) and evidence sentences.</p>\n')
+            '<p id="totals"></p>\n<p>Click a relation to mark its head (solid), tail (dashed) and evidence sentences.</p>\n'
+            f'<p id="score-note">Score: {escape(SCORE_NOTE)}</p>\n')
 
 
 def page_end() -> str:
@@ -115,7 +122,8 @@ def document_html(index: int, doc: dict, triples: list[dict], rel_names: dict[st
     return (f'<details class="doc" id="d{index}">\n<summary><strong>{escape(doc["title"])}</strong> &middot; '
             f'{len(doc["vertexSet"])} entities &middot; {len(triples)} predicted{counts}</summary>\n'
             f'<p class="text">{_text_html(doc, names)}</p>\n'
-            '<table class="rels">\n<tr><th></th><th>score</th><th>head</th><th>relation</th><th>tail</th>'
+            f'<table class="rels">\n<tr><th></th><th title="{escape(SCORE_NOTE)}">score</th><th>head</th><th>relation</th>'
+            '<th>tail</th>'
             f"<th>evidence</th></tr>\n{table}</table>\n</details>\n")
 
 

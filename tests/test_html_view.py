@@ -179,6 +179,17 @@ def test_predictions_are_marked_against_the_labels_and_missed_facts_listed():
     assert len({row["id"] for row in rows}) == 3
 
 
+def test_the_score_column_is_explained():
+    """The page says what a score is (a margin past the decision threshold, not a probability), above
+    the documents and on the column's header."""
+    root = parse(html_view.render_page([DOC], [TRIPLES], REL_NAMES, "t"))
+    legend = root.find_all("p", id="score-note")[0].text()
+    assert legend.startswith("Score: how far the relation's logit lies past the model's decision threshold")
+    assert "not a probability" in legend and "above 0" in legend and "missed facts have none" in legend
+    header = next(th for th in root.find_all("th") if th.text() == "score")
+    assert header.attrs["title"] == legend.removeprefix("Score: ")
+
+
 def test_evidence_is_listed_predicted_for_predictions_gold_for_missed_facts():
     rows = relation_rows(parse(html_view.render_page([DOC], [TRIPLES], REL_NAMES, "t")))
     assert [row["evidence"] for row in rows] == [[0], [0, 1], [1]]
