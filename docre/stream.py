@@ -28,7 +28,7 @@ from itertools import islice
 from pathlib import Path
 
 from docre.errors import DocreError
-from docre.utils import atomic_write_json
+from docre.utils import atomic_write_json, plural
 
 
 @dataclass
@@ -213,7 +213,8 @@ def run_shard(path: Path, output: Path, rank: int, world: int, settings: dict, c
             for file in (shard, progress_path(shard), Path(f"{shard}.rejects")):
                 file.unlink(missing_ok=True)
         elif isinstance(error, DocreError):  # bad input after finished chunks: those are kept for a rerun
-            raise DocreError(f"{error} (the {progress.documents} documents predicted before it are kept: "
+            done = plural(progress.documents, "document")
+            raise DocreError(f"{error} (the {done} predicted before it are kept: "
                              "run the same command again to go on from there)") from None
         raise
     progress.finished = True

@@ -119,7 +119,7 @@ def test_bad_line_stops_or_is_set_aside(run_dir, tmp_path, capsys):
     assert not (tmp_path / "out.jsonl").exists()
     status, out, _ = call("scripts/predict", [run_dir, lines, "-o", tmp_path / "out.jsonl", "--skip-bad", "--overwrite"],
                           capsys)
-    assert status == 0 and "5 documents" in out and "1 bad lines" in out
+    assert status == 0 and "5 documents" in out and "1 bad line -> " in out
     rejects = [json.loads(line) for line in (tmp_path / "out.jsonl.rejects.jsonl").read_text().splitlines()]
     assert [r["line"] for r in rejects] == [4] and "missing field 'vertexSet'" in rejects[0]["error"]
     assert [json.loads(line)["title"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == [

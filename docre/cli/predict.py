@@ -98,7 +98,7 @@ def _predict_in_memory(args, model_dir, output: Path) -> int:
     from tqdm.auto import tqdm
 
     from docre.predict import Predictor, read_documents
-    from docre.utils import hide_progress, setup_logging
+    from docre.utils import hide_progress, plural, setup_logging
 
     docs = read_documents(args.input, args.format)  # bad input fails before the model is loaded
     setup_logging()
@@ -117,7 +117,7 @@ def _predict_in_memory(args, model_dir, output: Path) -> int:
             _write_leaderboard(output, rows)
             count = len(rows)
     seconds = time.perf_counter() - started
-    print(f"{len(docs)} documents, {count} relations -> {output} "
+    print(f"{plural(len(docs), 'document')}, {plural(count, 'relation')} -> {output} "
           f"({seconds:.1f} s, {len(docs) / max(seconds, 1e-9):.1f} documents/s on {predictor.device})")
     return 0
 
@@ -131,7 +131,7 @@ def _predict_stream(args, model_dir, output: Path) -> int:
     from docre import distributed, stream
     from docre.predict import Predictor, prepare_documents
     from docre.run_dir import model_fingerprint
-    from docre.utils import atomic_write_json, hide_progress, resolve_device, setup_logging
+    from docre.utils import atomic_write_json, hide_progress, plural, resolve_device, setup_logging
 
     path = Path(args.input)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -165,8 +165,8 @@ def _predict_stream(args, model_dir, output: Path) -> int:
         (documents, relations), rejected = _finish(output, world)
         atomic_write_json(Path(f"{output}.done.json"), record)  # what "already complete" compares with
         seconds = time.perf_counter() - started
-        print(f"{documents} documents, {relations} relations -> {output}"
-              + (f", {rejected} bad lines -> {output}.rejects.jsonl" if rejected else "")
+        print(f"{plural(documents, 'document')}, {plural(relations, 'relation')} -> {output}"
+              + (f", {plural(rejected, 'bad line')} -> {output}.rejects.jsonl" if rejected else "")
               + f" ({seconds:.1f} s, {done / max(seconds, 1e-9):.1f} documents/s on {world} x {device})")
     distributed.barrier()
     distributed.shutdown()
