@@ -1,6 +1,6 @@
 """AMTL against slow references written from the official code's equations (github.com/xhm-code/AMTL,
 `losses.py` get_at_loss_by_MT / get_label_by_MT): loss values and gradients, decode, the relation
-scores, the slice layout, and the partition rule."""
+scores, the slice layout of the published Re-DocRED partition, and the partition rule."""
 
 import gzip
 import json
@@ -248,3 +248,47 @@ def test_needs_its_spaces_and_the_matching_width():
     for bad in ([[1, 2], [2, 3]], [[1], [3]], [[1], []], []):
         with pytest.raises(ValueError, match="exactly once"):
             AMTLLoss(bad)
+
+
+# --- the published Re-DocRED partition (data/amtl/redocred_spaces.json) ---
+
+
+def redocred_spaces() -> list[list[int]]:
+    return training_statistics(torch.zeros(1, len(REL_IDS)), REL_IDS, dataset_spaces="redocred")["spaces"]
+
+
+def test_redocred_partition_maps_to_docre_relations():
+    spaces = redocred_spaces()
+    assert [len(s) for s in spaces] == [10, 20, 46, 20]
+    assert sorted(c for s in spaces for c in s) == list(range(1, 97))
+    loss_fn = AMTLLoss(spaces)
+    assert loss_fn.num_outputs == 100 and loss_fn.na_slots == [0, 11, 32, 79]
+    # AMTL's order: P131 opens the first space, P1001 the second, P22 the third, P279 the fourth
+    assert [REL_IDS[s[0]] for s in spaces] == ["P131", "P1001", "P22", "P279"]
+    assert REL_IDS[spaces[3][-1]] == "P1198"
+
+
+def test_decode_maps_slice_columns_back_to_relation_ids():
+    loss_fn = AMTLLoss(redocred_spaces())
+    logits = torch.full((1, 100), -5.0)
+    logits[0, [2, 12, 99]] = 5.0  # P17 (2nd of space 1), P1001 (1st of space 2), P1198 (last of space 4)
+    decoded = loss_fn.decode(logits, top_k=4)
+    assert {REL_IDS[c] for c in decoded[0].nonzero().flatten().tolist()} == {"P17", "P1001", "P1198"}
+
+
+def test_published_partition_needs_the_runs_relation_ids():
+    with pytest.raises(DocreError, match="relation ids"):
+        training_statistics(torch.zeros(1, 97), None, dataset_spaces="redocred")
+    renamed = [*REL_IDS[:-1], "P9999"]
+    with pytest.raises(DocreError, match="P9999"):
+        training_statistics(torch.zeros(1, 97), renamed, dataset_spaces="redocred")
+    with pytest.raises(DocreError, match="available: redocred"):
+        training_statistics(torch.zeros(1, 97), REL_IDS, dataset_spaces="docred")
+
+
+def test_redocred_mini_partition_mostly_agrees_with_the_published_one():
+    """80 of the 96 relations land in their published space when written (the published one was
+    derived from the full training split, 3053 documents, not these 400)."""
+    derived = training_statistics(redocred_mini_training_labels())["spaces"]
+    published = {c: k for k, space in enumerate(redocred_spaces()) for c in space}
+    assert sum(published[c] == k for k, space in enumerate(derived) for c in space) >= 75
