@@ -289,6 +289,7 @@ def _download(repo_id: str, revision: str | None) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     from docre import __version__
+    from docre.errors import hub_error_line, hub_errors
 
     at = f"{repo_id}@{revision}" if revision else repo_id
     fetch = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
@@ -307,6 +308,8 @@ def _download(repo_id: str, revision: str | None) -> Path:
     except HfHubHTTPError as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise DocreError(f"{at}: the Hugging Face Hub refused the download: {first_line}") from None
+    except hub_errors() as error:  # the connection itself failed mid-way (a dropped connection: the HTTP client's error)
+        raise DocreError(f"{at}: the download from the Hugging Face Hub failed: {hub_error_line(error)}") from None
 
 
 def _rel_info(path: Path, cfg, rel2id: dict) -> dict[str, str]:

@@ -229,6 +229,37 @@ def test_an_unreachable_hub_is_one_line_from_the_real_library(run_dir, tmp_path,
                         r"http://127\.0\.0\.1:\d+ could not be reached \(\w*ConnectError: .*\)", lines[-1]), lines[-1]
     assert (out / "model.safetensors").is_file()  # the export stays, to push again later
 
+def test_a_dropped_hub_connection_while_downloading_is_one_line(tmp_path, monkeypatch):
+    """A Hub that accepts the connection and hangs up without an answer (the HTTP client's protocol
+    error, no OSError): downloading a model from it is one line, not a traceback."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(10)
+
+    def hang_up():  # every connection closed unanswered, for a bounded time
+        with server:
+            for _ in range(20):
+                try:
+                    connection, _ = server.accept()
+                except OSError:
+                    return
+                connection.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    monkeypatch.setattr(hub_constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(hub_constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DocreError) as error:
+        resolve_model(REPO)
+    assert "\n" not in str(error.value) and str(error.value).startswith(f"{REPO}: "), error.value
+    server.close()
+
+
 def test_card_metadata_names_hub_backbones_datasets_and_licences(tmp_path, monkeypatch):
     from docre.models import MODELS
 
