@@ -7,7 +7,9 @@ config.yaml and decode.json, so no model or data is needed.
 
 The decision threshold t of a pair is the logit a relation must exceed: the TH logit s_0 for the
 threshold-class losses, or the loss's own `decision_threshold(logits)` (BCE: logit(theta); balanced
-softmax: 0). Relation classes are 1..C-1; class 0 is never a positive or a negative.
+softmax: 0); a loss with a label space of its own (AMTL) gives each relation's score against its
+own threshold, with t = 0 (`losses.relation_margins`). Relation classes are 1..C-1; class 0 is
+never a positive or a negative.
 """
 
 import json
@@ -17,7 +19,8 @@ import torch
 
 from docre.data.collate import facts_to_labels
 from docre.errors import DocreError
-from docre.run_dir import BEST_SCORES, RESULTS, load_config_and_loss
+from docre.losses import relation_margins
+from docre.run_dir import BEST_SCORES, REL2ID, RESULTS, load_config_and_loss, read_json
 from docre.utils import atomic_open
 
 SPLITS = ("dev", "test")
@@ -25,11 +28,12 @@ SPLITS = ("dev", "test")
 PLOT_SAMPLE = 200_000
 
 
-def load_logits(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Read a saved logits file.
+def load_logits(path: str | Path, num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Read a saved logits file. `num_classes`: the run's relation classes C, where its loss has a
+    label space of its own (the logits then have its `num_outputs` columns); default the logits' width.
 
     Returns:
-        logits [P, C] float32, labels [P, C] multi-hot float32 (column 0 = NA), pairs_per_doc [D].
+        logits [P, K] float32, labels [P, C] multi-hot float32 (column 0 = NA), pairs_per_doc [D].
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -47,16 +51,10 @@ def load_logits(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     logits, pairs_per_doc, facts = tensors["logits"].float(), tensors["pairs_per_doc"], tensors["facts"].long()
     if logits.dim() != 2 or int(pairs_per_doc.sum()) != logits.size(0):
         raise DocreError(f"{path}: logits {tuple(logits.shape)} do not match pairs_per_doc (sum {int(pairs_per_doc.sum())})")
-    if len(facts) and (facts.min() < 0 or facts[:, 0].max() >= logits.size(0) or facts[:, 1].max() >= logits.size(1)):
+    num_classes = num_classes or logits.size(1)
+    if len(facts) and (facts.min() < 0 or facts[:, 0].max() >= logits.size(0) or facts[:, 1].max() >= num_classes):
         raise DocreError(f"{path}: facts refer to pairs or classes outside the logits {tuple(logits.shape)}")
-    return logits, facts_to_labels(facts, logits.size(0), logits.size(1)), pairs_per_doc
-
-
-def decision_thresholds(loss_fn, logits: torch.Tensor) -> torch.Tensor:
-    """[P] the logit a relation must exceed in each pair under the loss's decode rule."""
-    if hasattr(loss_fn, "decision_threshold"):
-        return loss_fn.decision_threshold(logits).float()
-    return logits[:, 0].float()
+    return logits, facts_to_labels(facts, logits.size(0), num_classes), pairs_per_doc
 
 
 def error_counts(decoded: torch.Tensor, labels: torch.Tensor) -> dict[str, int]:
@@ -138,7 +136,8 @@ def threshold_statistics(logits: torch.Tensor, labels: torch.Tensor, thresholds:
 def diagnose(logits: torch.Tensor, labels: torch.Tensor, loss_fn, top_k: int) -> dict:
     """Error counts under the loss's own decode, and the threshold statistics."""
     decoded = loss_fn.decode(logits, top_k)
-    return error_counts(decoded, labels) | threshold_statistics(logits, labels, decision_thresholds(loss_fn, logits))
+    scores, thresholds = relation_margins(loss_fn, logits)  # [P, C], [P]
+    return error_counts(decoded, labels) | threshold_statistics(scores, labels, thresholds)
 
 
 def diagnose_run(run_dir: str | Path, splits: tuple[str, ...] = SPLITS, plot_dir: str | Path | None = None) -> dict:
@@ -155,6 +154,7 @@ def diagnose_run(run_dir: str | Path, splits: tuple[str, ...] = SPLITS, plot_dir
     """
     run_dir = Path(run_dir)
     cfg, loss_fn, decode_params = load_config_and_loss(run_dir)
+    num_classes = len(read_json(run_dir / REL2ID)) if (run_dir / REL2ID).is_file() else None
     # the run's scorer counts: best.json for dev, results.json for test
     report = {"loss": dict(cfg.loss), "decode": decode_params, "top_k": cfg.eval.top_k}
     recorded = {"dev": _official_counts(run_dir / BEST_SCORES, None), "test": _official_counts(run_dir / RESULTS, "test")}
@@ -162,11 +162,11 @@ def diagnose_run(run_dir: str | Path, splits: tuple[str, ...] = SPLITS, plot_dir
         path = run_dir / f"{split}_logits.safetensors"
         if not path.is_file():
             continue
-        logits, labels, _ = load_logits(path)
+        logits, labels, _ = load_logits(path, num_classes)
         report[split] = diagnose(logits, labels, loss_fn, cfg.eval.top_k) | recorded.get(split, {})
         if plot_dir is not None:
-            plot_margins(logits, labels, decision_thresholds(loss_fn, logits), Path(plot_dir) / f"margins-{split}.png",
-                         f"{run_dir.name} ({split})")
+            scores, thresholds = relation_margins(loss_fn, logits)
+            plot_margins(scores, labels, thresholds, Path(plot_dir) / f"margins-{split}.png", f"{run_dir.name} ({split})")
     if not any(split in report for split in splits):
         files = " or ".join(f"{s}_logits.safetensors" for s in splits)
         raise DocreError(f"{run_dir}: no {files} (train with eval.save_logits=true)")

@@ -9,6 +9,7 @@ Layout (what `run_dir.load_trained` and `Predictor.from_pretrained` read):
     rel2id.json         relation id -> class index
     rel_info.json       relation id -> name (when the run's data.rel_info names a file)
     decode.json         decision parameters tuned on dev (when the loss has any)
+    loss_statistics.json  what the loss took from the training split (SSR-PU's priors, AMTL's label spaces)
     results.json        the run's final scores (when the run finished)
 
 `push_to_hub` uploads such a folder as it is; `Predictor.from_pretrained("ORG/NAME")` downloads it
@@ -37,7 +38,7 @@ def export_model(run_dir: str | Path, out_dir: str | Path, overwrite: bool = Fal
     from docre.checkpoint import save_weights
     from docre.config import resolve_path, save_config
     from docre.data import load_rel_names
-    from docre.run_dir import load_trained, model_kind, read_decode, read_json, read_results
+    from docre.run_dir import LOSS_STATISTICS, load_trained, model_kind, read_decode, read_json, read_results
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if model_kind(run_dir) != "run":
@@ -62,6 +63,8 @@ def export_model(run_dir: str | Path, out_dir: str | Path, overwrite: bool = Fal
     decode = read_decode(run_dir)
     if decode:
         atomic_write_json(staging / "decode.json", decode)
+    if (run_dir / LOSS_STATISTICS).is_file():  # the loss rebuilds from it, as from the run directory
+        shutil.copyfile(run_dir / LOSS_STATISTICS, staging / LOSS_STATISTICS)
     results = read_results(run_dir) or {}
     if results:
         atomic_write_json(staging / "results.json", {k: v for k, v in results.items() if k != "run_dir"})

@@ -40,7 +40,7 @@ def predict(model, features: list[Feature], num_classes: int, pad_id: int, batch
         release_free_memory()  # the training heap's free blocks (see release_free_memory)
     # documents without candidate pairs (fewer than two entities) have empty logits and skip the model
     order = sorted((i for i in range(len(features)) if len(features[i].hts)), key=lambda i: len(features[i].input_ids))
-    logits: list = [torch.zeros(0, num_classes) for _ in features]
+    logits: list = [torch.zeros(0, model.num_outputs) for _ in features]  # a loss's own label space may be wider than C
     evidence: list = [torch.zeros(0, _sentences(f)) for f in features]
     batches: list[list[int]] = []
     for i in order:

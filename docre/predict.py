@@ -29,9 +29,10 @@ def decision_scores(loss_fn, logits: torch.Tensor) -> torch.Tensor:
     its decode predicts the relation before the top-k cap. The threshold is the TH logit for the
     threshold-class losses (ATL, ATGL, ...), or the loss's own (`decision_threshold`: 0 for balanced
     softmax, logit(theta) for BCE), as the diagnostics use it."""
-    from docre.diagnostics import decision_thresholds
+    from docre.losses import relation_margins
 
-    return logits.float() - decision_thresholds(loss_fn, logits)[:, None]  # [P, C]
+    scores, thresholds = relation_margins(loss_fn, logits)  # [P, C] in the relation columns, [P]
+    return scores - thresholds[:, None]
 
 
 def read_documents(path: str | Path, fmt: str = "auto") -> list[dict]:

@@ -10,6 +10,7 @@ A run directory (`output_dir/run_name`) holds:
     best.safetensors         weights of the best dev checkpoint (the final weights when there is no dev split)
     best.json                that checkpoint's dev scores
     decode.json              decision parameters tuned on dev with those weights (e.g. BCE's threshold)
+    loss_statistics.json     what the loss took from the training split (SSR-PU's priors, AMTL's label spaces)
     dev_predictions.json, test_predictions.json          leaderboard rows
     dev_logits.safetensors, test_logits.safetensors      fp16 logits (eval.save_logits)
     curves.png               the learning curve: dev F1 and training loss against the epoch
@@ -44,6 +45,7 @@ from docre.utils import atomic_write_text
 CONFIG = "config.yaml"
 RESULTS = "results.json"
 DECODE = "decode.json"
+LOSS_STATISTICS = "loss_statistics.json"
 BEST_WEIGHTS = "best.safetensors"
 BEST_SCORES = "best.json"
 LAST = "last"
@@ -57,7 +59,7 @@ EXPORTED_ENCODER = "encoder"
 # What a start writes before its first checkpoint. A run directory holding nothing else (apart from
 # the temporary files of killed writes) saved nothing worth keeping: a failed start (bad data, a
 # missing backbone, out of memory at step 1) must not block the next attempt under the same name.
-START_FILES = {CONFIG, "environment.json", REL2ID, "train.log", METRICS, "last.tmp", FAILED}
+START_FILES = {CONFIG, "environment.json", REL2ID, LOSS_STATISTICS, "train.log", METRICS, "last.tmp", FAILED}
 # Settings that may differ between a run on disk and the same run requested again without changing
 # what is trained: how it was started, and the CPU threads (seeds may run side by side).
 START_KEYS = {"train.resume", "train.overwrite", "train.num_threads"}
@@ -295,14 +297,14 @@ def model_kind(path: Path) -> str:
 def model_fingerprint(path: Path) -> dict[str, str]:
     """What decides a trained model's predictions, to tell two models apart: the sha256 of each file
     `load_trained` and the Predictor read (weights, config.yaml, rel2id.json, and where present
-    decode.json, rel_info.json and an export's encoder/ files), keyed by its path in the folder, and
+    decode.json, loss_statistics.json, rel_info.json and an export's encoder/ files), keyed by its path in the folder, and
     the docre version (whose code decodes them). A retrained run under the same name differs in
     its weights; a re-tuned decode in decode.json."""
     from docre import __version__
 
     path = Path(path)
     kind = model_kind(path)
-    names = [CONFIG, REL2ID, DECODE, "rel_info.json", EXPORTED_WEIGHTS if kind == "export" else BEST_WEIGHTS]
+    names = [CONFIG, REL2ID, DECODE, LOSS_STATISTICS, "rel_info.json", EXPORTED_WEIGHTS if kind == "export" else BEST_WEIGHTS]
     files = [path / name for name in names if (path / name).is_file()]
     if kind == "export":
         files += sorted(f for f in (path / EXPORTED_ENCODER).rglob("*") if f.is_file())
@@ -327,7 +329,14 @@ def load_config_and_loss(run_dir: Path, overrides: list[str] = ()):
         raise DocreError(f"{run_dir}: not a run directory (no {CONFIG})")
     cfg = load_config(run_dir / CONFIG, list(overrides))
     decode = read_decode(run_dir)  # tuned on dev; also the chosen alpha of an alpha sweep
-    return cfg, build_loss(**{**cfg.loss, **decode}), decode
+    return cfg, build_loss(**{**loss_kwargs(run_dir, cfg), **decode}), decode  # decode may set a loss keyword (alpha)
+
+
+def loss_kwargs(run_dir: Path, cfg: Config) -> dict:
+    """The keywords the run's loss is built with: its config's loss.* and what the loss took from the
+    training split at setup (loss_statistics.json), so that no later use needs the training file."""
+    path = Path(run_dir) / LOSS_STATISTICS
+    return {**cfg.loss, **(read_json(path) if path.is_file() else {})}
 
 
 def load_trained(run_dir: Path, device: torch.device, overrides: list[str] = ()):
@@ -338,6 +347,7 @@ def load_trained(run_dir: Path, device: torch.device, overrides: list[str] = ())
         (cfg, tokenizer, model, loss_fn, rel2id); the model is in eval mode on `device`.
     """
     from docre.checkpoint import load_weights
+    from docre.losses import output_size
     from docre.models import build_model_from_config, load_tokenizer
 
     run_dir = Path(run_dir)
@@ -347,7 +357,7 @@ def load_trained(run_dir: Path, device: torch.device, overrides: list[str] = ())
         cfg.model.backbone, cfg.model.revision, weights = str(run_dir / EXPORTED_ENCODER), "", run_dir / EXPORTED_WEIGHTS
     rel2id = read_json(run_dir / REL2ID)
     tokenizer = load_tokenizer(cfg.model.backbone, cfg.model.revision, cfg.model.trust_remote_code)
-    model = build_model_from_config(cfg.model, tokenizer, len(rel2id), pretrained=False)
+    model = build_model_from_config(cfg.model, tokenizer, output_size(loss_fn, len(rel2id)), pretrained=False)
     load_weights(model, weights)
     return cfg, tokenizer, model.to(device).eval(), loss_fn, rel2id
 

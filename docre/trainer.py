@@ -32,7 +32,7 @@ from docre.data.collate import collate, split_by_tokens, stack_labels
 from docre.data.feature import Feature
 from docre.errors import DocreError
 from docre.inference import decode_predictions, has_labels, predict, save_logits
-from docre.losses import build_loss
+from docre.losses import build_loss, output_size, training_statistics, wants_features
 from docre.losses.common import tune_threshold_offset
 from docre.losses.evidence import evidence_kl
 from docre.metrics import breakdown, score
@@ -115,6 +115,7 @@ class Run:
     model: nn.Module  # the model itself: saved, evaluated
     step_model: nn.Module  # what a training step runs: `model`, wrapped in DDP under torchrun
     loss_fn: nn.Module
+    loss_kwargs: dict  # what every build of the run's loss takes: loss.* and its training statistics
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
@@ -236,7 +237,9 @@ def setup(cfg: Config, processes: tuple[int, int, torch.device], run_dir: Path, 
     if rank == 0:
         atomic_write_json(run_dir / runs.REL2ID, rel2id)
 
-    model = build_model_from_config(cfg.model, tokenizer, len(rel2id)).to(device)
+    loss_kwargs = {**cfg.loss, **_loss_statistics(cfg, run_dir, rank, checkpoint, train_split, rel2id)}
+    loss_fn = build_loss(**loss_kwargs)
+    model = build_model_from_config(cfg.model, tokenizer, output_size(loss_fn, len(rel2id))).to(device)
     optimizer = build_optimizer(model, cfg.train)
     steps_per_epoch = len(train_split.features) // (cfg.train.batch_size * world) // cfg.train.grad_accum
     if steps_per_epoch == 0:
@@ -259,7 +262,7 @@ def setup(cfg: Config, processes: tuple[int, int, torch.device], run_dir: Path, 
     if world > 1:
         step_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     run = Run(cfg, run_dir, rank, world, device, dtype, tokenizer.pad_token_id or 0, rel2id, rel_names, train_split,
-              dev_split, test_split, ign_docs, model, step_model, build_loss(**cfg.loss), optimizer, scheduler, scaler,
+              dev_split, test_split, ign_docs, model, step_model, loss_fn, loss_kwargs, optimizer, scheduler, scaler,
               steps_per_epoch, total_steps, _start_trackers(cfg, run_dir, state.step) if rank == 0 else Trackers(),
               started, state.wall_seconds)
     logger.info(
@@ -272,6 +275,24 @@ def setup(cfg: Config, processes: tuple[int, int, torch.device], run_dir: Path, 
 
 
 PRECISIONS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def _loss_statistics(cfg: Config, run_dir: Path, rank: int, checkpoint: Path | None, train_split: Split,
+                     rel2id: dict[str, int]) -> dict:
+    """What the loss takes from the training split (losses.FROM_TRAINING: SSR-PU's priors, AMTL's
+    label spaces), computed once and kept in loss_statistics.json, which every later build of the
+    loss reads; a resumed run reads it too, so its loss is the one it trained with."""
+    path = run_dir / runs.LOSS_STATISTICS
+    if checkpoint is not None and path.is_file():
+        return runs.read_json(path)
+    rel_ids = sorted(rel2id, key=rel2id.get)  # in column order
+    statistics = training_statistics(cfg.loss, stack_labels(train_split.features, len(rel2id)), rel_ids)
+    if rank == 0:
+        if statistics:
+            atomic_write_json(path, statistics)
+        else:
+            path.unlink(missing_ok=True)  # a file left by an earlier start with another loss
+    return statistics
 
 
 def _resumed_precision(checkpoint: Path, dtype: torch.dtype, device: torch.device) -> torch.dtype:
@@ -475,10 +496,10 @@ def evaluate_split(run: Run, split: Split, decode: dict, tune: bool = False) -> 
         decode = {}
         labels = stack_labels(split.features, len(run.rel2id))
         if hasattr(run.loss_fn, "tune_decode"):
-            decode = build_loss(**cfg.loss).tune_decode(torch.cat(ordered), labels, cfg.eval.top_k)
+            decode = build_loss(**run.loss_kwargs).tune_decode(torch.cat(ordered), labels, cfg.eval.top_k)
         if cfg.eval.tune_threshold_offset:  # the decode-side correction (docs/losses.md)
             decode = {"th_offset": tune_threshold_offset(torch.cat(ordered), labels, cfg.eval.top_k)}
-    decoder = build_loss(**{**cfg.loss, **decode})  # the training loss itself is never changed
+    decoder = build_loss(**{**run.loss_kwargs, **decode})  # the training loss itself is never changed
     predictions = decode_predictions(split.features, ordered, decoder, cfg.eval.top_k, run.rel2id, ordered_evidence,
                                      cfg.model.evidence_threshold)
     scores = score(cfg.data.dataset, predictions, split.docs, run.ign_docs) if has_labels(split) else {}
@@ -661,9 +682,13 @@ def _optimizer_step(model, loss_fn, optimizer, scheduler, scaler, micro_batches:
             share = batch.labels.size(0) / pairs_in_batch / len(micro_batches)  # of the global mean
             last = index == len(micro_batches) - 1 and part_index == len(parts) - 1
             with contextlib.nullcontext() if last or world == 1 else model.no_sync():
+                features = {}
                 with autocast(device, dtype):
-                    output = model(batch)
-                loss = loss_fn(logits_of(output), batch.labels) * share  # its part of the global mean
+                    if wants_features(loss_fn):  # the pair features too (PEMSCL's contrastive term, within this part)
+                        output, features["features"] = model(batch, features=True)
+                    else:
+                        output = model(batch)
+                loss = loss_fn(logits_of(output), batch.labels, **features) * share  # its part of the global mean
                 if evidence_weight and isinstance(output, EvidenceOutput):  # mean over the micro-batch's related pairs
                     related = batch.labels[:, 0] == 0  # [P]
                     kl = evidence_kl(output.evidence[related], batch.evidence[related]).sum()

@@ -15,7 +15,6 @@ import torch
 from docre.config import load_config, save_config
 from docre.data.feature import Feature, all_pairs
 from docre.diagnostics import (
-    decision_thresholds,
     diagnose,
     diagnose_run,
     error_counts,
@@ -25,7 +24,7 @@ from docre.diagnostics import (
 )
 from docre.errors import DocreError
 from docre.inference import decode_predictions, save_logits
-from docre.losses import build_loss
+from docre.losses import build_loss, relation_margins
 from docre.metrics import docred_scores
 from docre.utils import atomic_save_safetensors
 from tests.losses.helpers import random_case
@@ -84,6 +83,12 @@ def test_undefined_offsets_are_counted_not_averaged():
     stats = threshold_statistics(logits, labels, logits[:, 0])
     assert stats["offset_undefined"] == 2 and stats["offset_mean"] == pytest.approx(1 / 3)
     assert stats["na_pairs"] == 0 and stats["na_violation_rate"] is None and stats["na_margin_mean"] is None
+
+
+def decision_thresholds(loss_fn, logits):
+    scores, thresholds = relation_margins(loss_fn, logits)
+    assert torch.equal(scores, logits.float())  # one threshold per pair: the logits themselves are compared
+    return thresholds
 
 
 def test_thresholds_of_losses_without_a_threshold_class():

@@ -90,7 +90,8 @@ def test_interrupted_grid_resumes_and_is_tabulated(tmp_path, tiny_backbone, caps
     assert row["test"]["f1"]["mean"] == pytest.approx(sum(r["test"]["f1"] for r in results) / 2)
     assert row["published"] == {"test_f1": 40.0, "note": "invented"}
     table_md = (grid / "table.md").read_text()
-    assert table_md in result.stdout and "| atgl | docre | 2/2 |" in table_md and "|  | paper |" in table_md
+    assert table_md in result.stdout and "| atgl | atlop | atgl (alpha=16.5) | docre | 2/2 |" in table_md
+    assert "|  |  |  | paper |" in table_md
     for png in ("curves.png", "bars.png"):
         assert (grid / png).read_bytes()[:4] == b"\x89PNG"
 

@@ -79,7 +79,7 @@ def test_prepare_refuses_what_it_would_destroy(tmp_path):
     with pytest.raises(DocreError, match="directory is not empty"):
         runs.prepare(run_dir, cfg, 0)
     make_checkpoint(run_dir, 3)
-    with pytest.raises(DocreError, match=r"holds an unfinished run; resume it with python train\.py --resume"):
+    with pytest.raises(DocreError, match=r"holds an unfinished run; resume it with docre-train --resume"):
         runs.prepare(run_dir, cfg, 0)
     assert runs.prepare(run_dir, smoke(tmp_path, f"train.resume={run_dir}"), 0) == run_dir / "last"
     (run_dir / "results.json").write_text("{}")

@@ -42,7 +42,7 @@ def official_scores(run_dir: Path, splits: dict, offsets: dict) -> dict:
             raise DocreError(f"{run_dir}: {split}_logits.safetensors does not match the documents of {spec}")
         per_doc = list(logits.split(pairs_per_doc.tolist()))
         for name, offset in offsets.items():
-            loss_fn = build_loss(**{**cfg.loss, **decode, "th_offset": offset})
+            loss_fn = build_loss(**{**runs.loss_kwargs(run_dir, cfg), **decode, "th_offset": offset})
             predictions = decode_predictions(features.features, per_doc, loss_fn, cfg.eval.top_k, rel2id)
             scores[f"{split}_{name}"] = score(data.dataset, predictions, features.docs, ign_docs)
     return scores
@@ -56,12 +56,16 @@ def main() -> int:
     args = parser.parse_args()
 
     from docre.diagnostics import load_logits
+    from docre.losses import loss_keywords
     from docre.losses.common import tune_threshold_offset
     from docre.run_dir import load_config_and_loss, read_results
 
     rows = []
     for run_dir in map(Path, args.run_dirs):
         cfg, _, decode = load_config_and_loss(run_dir)
+        if "th_offset" not in loss_keywords(cfg.loss["name"]):
+            raise DocreError(f"{run_dir}: its loss {cfg.loss['name']!r} decodes without a TH logit to offset; "
+                             "docre-tune-offset applies to the threshold-class losses (docs/losses.md)")
         top_k = cfg.eval.top_k
         dev, test = load_logits(run_dir / "dev_logits.safetensors"), load_logits(run_dir / "test_logits.safetensors")
         offset = tune_threshold_offset(dev[0], dev[1], top_k)

@@ -1,9 +1,21 @@
 """Relation losses behind one table. Each one is an `nn.Module` with `forward(logits, labels)`
-(mean over pairs, float32, inputs untouched) and `decode(logits, top_k)`; see `common.RelationLoss`.
+(float32, inputs untouched) and `decode(logits, top_k)`; see `common.RelationLoss`.
 Optional methods: `tune_decode(logits, labels, top_k) -> dict` (decision parameters fitted on dev;
 the trainer calls it at every dev evaluation) and `decision_threshold(logits) -> [P]` (the logit a
 relation must exceed, for losses without a TH class; the diagnostics use it).
 Formulas, decode rules, defaults and sources: docs/losses.md.
+
+What a loss may ask for beyond (logits, labels), read in this file and nowhere else:
+* statistics of the training split (`FROM_TRAINING`): constructor keywords the trainer computes once
+  from the training labels (`training_statistics`), saves in RUN_DIR/loss_statistics.json and passes
+  to every later build of the loss (evaluate, predict, export, a resumed run: `run_dir.loss_kwargs`),
+  so those never need the training file. A value given in the config is used as given.
+* the model's pair features: a loss class with `needs_features = True` is called as
+  `loss(logits, labels, features=PairFeatures)` (`models.output.PairFeatures`, the group bilinear's
+  head and tail inputs); the model computes them only then (`wants_features`).
+* a label space of its own: a loss with a `num_outputs` attribute makes the model output that many
+  logits per pair; its `decode` and `relation_scores` map them back to the C relation columns, so
+  predictions, metrics and files never see its layout (`output_size`, `relation_margins`).
 
 Adding a loss: one file here, one line in `LOSSES`, one test file (the contract tests pick it up).
 """
@@ -11,11 +23,14 @@ Adding a loss: one file here, one line in `LOSSES`, one test file (the contract 
 import inspect
 from typing import Any
 
+import torch
 from torch import nn
 
 from docre.errors import DocreError, did_you_mean
+from docre.losses import amtl, ssr_pu
 from docre.losses.afl import AdaptiveFocalLoss
 from docre.losses.aml import AdaptiveMarginLoss
+from docre.losses.amtl import AMTLLoss
 from docre.losses.atgl import ATGLoss
 from docre.losses.atl import ATLoss
 from docre.losses.balanced_softmax import BalancedSoftmaxLoss
@@ -23,7 +38,9 @@ from docre.losses.bce import BCELoss
 from docre.losses.hingeabl import HingeABLoss
 from docre.losses.meansat import MeanSATLoss
 from docre.losses.ncrl import NoneClassRankingLoss
+from docre.losses.pemscl import PEMSCLLoss
 from docre.losses.sat import SATLoss
+from docre.losses.ssr_pu import SSRPULoss
 
 LOSSES = {
     "atl": ATLoss,  # ATLOP's adaptive thresholding
@@ -36,7 +53,52 @@ LOSSES = {
     "hingeabl": HingeABLoss,  # hinge-weighted SAT (margin)
     "aml": AdaptiveMarginLoss,  # SagDRE's margin loss
     "ncrl": NoneClassRankingLoss,  # none-class ranking loss with NA regulariser (shift)
+    "ssr_pu": SSRPULoss,  # TTM-RE's positive-unlabeled risk ranked against TH (margin, factor, e); priors from training
+    "pemscl": PEMSCLLoss,  # VaeDiff-DocRE's PMTEM + supervised contrastive term on pair features (tau, tau_base)
+    "amtl": AMTLLoss,  # multi-threshold loss over four label spaces by training frequency (spaces, lam)
 }
+
+# loss name -> (its keyword taken from the training split, the function computing it from the training labels)
+FROM_TRAINING = {
+    "ssr_pu": ("priors", lambda labels, rel_ids, given: ssr_pu.training_statistics(labels, rel_ids)),
+    # spaces: null derives them from training counts; a name ("redocred") takes a published partition
+    "amtl": ("spaces", lambda labels, rel_ids, given: amtl.training_statistics(labels, rel_ids, given)),
+}
+
+
+def training_statistics(loss: dict, labels: torch.Tensor, rel_ids: list[str]) -> dict:
+    """The keywords loss `loss["name"]` takes from the training split ({} for the others, and for a
+    list the config gives itself), from the split's labels [P_total, C] over all candidate pairs and
+    its relation ids in column order. JSON-able: the trainer saves them in loss_statistics.json."""
+    if loss["name"] not in FROM_TRAINING:
+        return {}
+    keyword, compute = FROM_TRAINING[loss["name"]]
+    given = loss.get(keyword)
+    if isinstance(given, list):
+        return {}
+    return {keyword: compute(labels, rel_ids, given)[keyword]}
+
+
+def wants_features(loss_fn: nn.Module) -> bool:
+    """Whether `loss_fn` is called with the model's pair features (`features=`)."""
+    return bool(getattr(loss_fn, "needs_features", False))
+
+
+def output_size(loss_fn: nn.Module, num_classes: int) -> int:
+    """Logits per pair the model must output for `loss_fn`: its own label space's size, else C."""
+    return getattr(loss_fn, "num_outputs", None) or num_classes
+
+
+def relation_margins(loss_fn: nn.Module, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores [P, C] in the relation columns, thresholds [P]) that the loss's decode compares: the
+    logits and the TH logit (or the loss's `decision_threshold`) for one threshold per pair; a loss
+    with its own label space gives its `relation_scores` against thresholds 0."""
+    if hasattr(loss_fn, "relation_scores"):
+        scores = loss_fn.relation_scores(logits).float()
+        return scores, torch.zeros(scores.size(0))
+    if hasattr(loss_fn, "decision_threshold"):
+        return logits.float(), loss_fn.decision_threshold(logits).float()
+    return logits.float(), logits[:, 0].float()
 
 
 def loss_keywords(name: str) -> dict[str, Any]:

@@ -59,7 +59,6 @@ Where this differs from running the official code, and why:
 """
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -67,19 +66,11 @@ from torch import Tensor, nn
 
 from docre.errors import DocreError
 from docre.losses.common import NEG, positive_mask, threshold_decode
+from docre.models.output import PairFeatures  # what a model returns on request: its pair representations
 
 PMTEM_FORMS = ("official", "per_pair")
 SCL_FORMS = ("official", "per_anchor")
 LOG_EPS = math.log(1e-30)  # the official code adds 1e-30 inside every log
-
-
-@dataclass
-class PairFeatures:
-    """What a model returns for a loss that asks for pair features (PEMSCL's contrastive term)."""
-
-    head: Tensor  # [P, emb] tanh head representations (the group bilinear's left input)
-    tail: Tensor  # [P, emb] tanh tail representations (its right input)
-    block_size: int  # the group bilinear's block; emb = K * block_size
 
 
 def bilinear_cosine(features: PairFeatures) -> Tensor:
@@ -96,6 +87,10 @@ def bilinear_cosine(features: PairFeatures) -> Tensor:
     Returns:
         [P, P] cosine similarities.
     """
+    if features.vector is not None:  # a model whose pairs are classified from a plain vector (KD-DocRE)
+        with torch.autocast(features.vector.device.type, enabled=False):
+            unit = F.normalize(features.vector.to(torch.promote_types(features.vector.dtype, torch.float32)), dim=1)
+            return unit @ unit.t()  # [P, P]
     head, tail, block = features.head, features.tail, features.block_size
     if head.shape != tail.shape or head.dim() != 2 or head.size(1) % block:
         raise ValueError(f"pair features: head {tuple(head.shape)} and tail {tuple(tail.shape)} must be the same "

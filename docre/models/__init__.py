@@ -46,13 +46,16 @@ class RelationModel(Protocol):
     (`output.EvidenceOutput`) without changing what the logits mean; its auxiliary objective
     (`losses.evidence.evidence_kl`) is added by the trainer, weighted by `model.evidence_weight`,
     where the batch carries evidence labels. The other models return the logits tensor alone.
+    `forward(batch, features=True)` returns `(output, PairFeatures)`: the representation each pair's
+    logits are computed from, for a loss that asks for it (`losses.wants_features`).
     """
 
     encoder: nn.Module
     window: int
     tap: Tap
+    num_outputs: int  # logits per pair: C, or the loss's own label space (losses.output_size)
 
-    def forward(self, batch: Batch) -> torch.Tensor | EvidenceOutput: ...
+    def forward(self, batch: Batch, features: bool = False) -> torch.Tensor | EvidenceOutput | tuple: ...
 
 
 # Short names for backbones that ship inside a Python package (installed with --no-deps).

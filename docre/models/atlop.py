@@ -15,6 +15,7 @@ from torch import nn
 from docre.data.collate import Batch
 from docre.models.bilinear import group_bilinear
 from docre.models.long_input import attention_tap, encode
+from docre.models.output import PairFeatures
 
 # Default chunk of the group bilinear: about 64 MB of fp32 features (341 pairs at ATLOP's sizes) on
 # CPU, which bounds the head's temporaries whatever the number of pairs and costs about 5% of its
@@ -44,14 +45,16 @@ class ATLOP(nn.Module):
         self.head_extractor = nn.Linear(2 * hidden_size, emb_size)
         self.tail_extractor = nn.Linear(2 * hidden_size, emb_size)
         self.bilinear = nn.Linear(emb_size * block_size, num_classes)
+        self.num_outputs = num_classes  # logits per pair (inference sizes the empty ones of pairless documents by it)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        """Logits [P, num_classes] for the batch's candidate pairs (class 0 = NA/threshold)."""
+    def forward(self, batch: Batch, features: bool = False) -> torch.Tensor | tuple[torch.Tensor, PairFeatures]:
+        """Logits [P, num_classes] for the batch's candidate pairs (class 0 = NA/threshold); with
+        `features`, also the pairs' group-bilinear factors (models/output.py)."""
         hidden, mention_attention = encode_batch(self, batch)  # [B, L, D], [M, H, L]
         entity_emb, entity_attention = pool_entities(hidden, mention_attention, batch)  # [E, D], [E, H, L]
         heads, tails = batch.hts[:, 0], batch.hts[:, 1]  # [P]
         context = localized_context(hidden, entity_attention, heads, tails, batch.pairs_per_doc, batch.entities_per_doc)  # [P, D]
-        return classify_pairs(self, entity_emb[heads], entity_emb[tails], context)
+        return classify_pairs(self, entity_emb[heads], entity_emb[tails], context, features)
 
 
 def keep_encoder(model: nn.Module, encoder: nn.Module, start_ids: list[int], end_ids: list[int], window: int,
@@ -67,14 +70,17 @@ def keep_encoder(model: nn.Module, encoder: nn.Module, start_ids: list[int], end
     model.emb_size, model.block_size, model.pair_chunk_size = emb_size, block_size, pair_chunk_size
 
 
-def classify_pairs(model: nn.Module, head_emb: torch.Tensor, tail_emb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+def classify_pairs(model: nn.Module, head_emb: torch.Tensor, tail_emb: torch.Tensor, context: torch.Tensor,
+                   features: bool = False) -> torch.Tensor | tuple[torch.Tensor, PairFeatures]:
     """ATLOP's classifier: tanh head and tail extractors over [entity; context] [P, 2D], then the
     group bilinear (per block of `block_size`, the outer product of head and tail blocks, one linear
-    layer over all blocks' features), computed chunk by chunk. Returns logits [P, C]."""
+    layer over all blocks' features), computed chunk by chunk. Returns logits [P, C], with `features`
+    also the group bilinear's factors (a loss's pair features)."""
     head_rep = torch.tanh(model.head_extractor(torch.cat([head_emb, context], dim=1)))  # [P, emb]
     tail_rep = torch.tanh(model.tail_extractor(torch.cat([tail_emb, context], dim=1)))  # [P, emb]
     chunk = bilinear_chunk(head_rep.device, model.emb_size, model.block_size, model.pair_chunk_size)
-    return group_bilinear(head_rep, tail_rep, model.bilinear.weight, model.bilinear.bias, model.block_size, chunk)
+    logits = group_bilinear(head_rep, tail_rep, model.bilinear.weight, model.bilinear.bias, model.block_size, chunk)
+    return (logits, PairFeatures(head_rep, tail_rep, model.block_size)) if features else logits
 
 
 def encode_batch(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

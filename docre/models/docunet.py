@@ -32,6 +32,7 @@ from torch import nn
 from docre.data.collate import Batch
 from docre.models.atlop import bilinear_chunk, encode_batch, keep_encoder, localized_context, pool_entities
 from docre.models.bilinear import group_bilinear
+from docre.models.output import PairFeatures
 
 MIN_MAP_SIZE = 42  # the official min_height: DocRED's largest document has 42 entities
 
@@ -110,10 +111,12 @@ class DocuNet(nn.Module):
         self.head_extractor = nn.Linear(hidden_size + unet_out_channels, emb_size)
         self.tail_extractor = nn.Linear(hidden_size + unet_out_channels, emb_size)
         self.bilinear = nn.Linear(emb_size * block_size, num_classes)
+        self.num_outputs = num_classes
         self.min_map_size = min_map_size
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        """Logits [P, num_classes] for the batch's candidate pairs (class 0 = NA/threshold)."""
+    def forward(self, batch: Batch, features: bool = False) -> torch.Tensor | tuple[torch.Tensor, PairFeatures]:
+        """Logits [P, num_classes] for the batch's candidate pairs (class 0 = NA/threshold); with
+        `features`, also the pairs' group-bilinear factors."""
         hidden, mention_attention = encode_batch(self, batch)  # [B, L, D], [M, H, L]
         entity_emb, entity_attention = pool_entities(hidden, mention_attention, batch)  # [E, D], [E, H, L]
 
@@ -136,7 +139,8 @@ class DocuNet(nn.Module):
         head_rep = torch.tanh(self.head_extractor(torch.cat([entity_emb[pair_heads], pair_features], dim=1)))  # [P, emb]
         tail_rep = torch.tanh(self.tail_extractor(torch.cat([entity_emb[pair_tails], pair_features], dim=1)))  # [P, emb]
         chunk = bilinear_chunk(device, self.emb_size, self.block_size, self.pair_chunk_size)
-        return group_bilinear(head_rep, tail_rep, self.bilinear.weight, self.bilinear.bias, self.block_size, chunk)  # [P, C]
+        logits = group_bilinear(head_rep, tail_rep, self.bilinear.weight, self.bilinear.bias, self.block_size, chunk)  # [P, C]
+        return (logits, PairFeatures(head_rep, tail_rep, self.block_size)) if features else logits
 
     def _segment(self, channels: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The U-Net over every document's channel map, replicate-padded to its map size, one U-Net

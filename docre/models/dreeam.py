@@ -19,7 +19,7 @@ from torch import nn
 
 from docre.data.collate import Batch
 from docre.models.atlop import classify_pairs, encode_batch, keep_encoder, pair_attentions, pool_entities
-from docre.models.output import EvidenceOutput
+from docre.models.output import EvidenceOutput, PairFeatures
 
 EPSILON = 1e-30  # the official normalisation of the pair attention
 
@@ -46,9 +46,11 @@ class DREEAM(nn.Module):
         self.head_extractor = nn.Linear(2 * hidden_size, emb_size)
         self.tail_extractor = nn.Linear(2 * hidden_size, emb_size)
         self.bilinear = nn.Linear(emb_size * block_size, num_classes)
+        self.num_outputs = num_classes
 
-    def forward(self, batch: Batch) -> EvidenceOutput:
-        """Logits [P, C] of the batch's candidate pairs and their evidence distributions [P, S]."""
+    def forward(self, batch: Batch, features: bool = False) -> EvidenceOutput | tuple[EvidenceOutput, PairFeatures]:
+        """Logits [P, C] of the batch's candidate pairs and their evidence distributions [P, S]; with
+        `features`, also the pairs' group-bilinear factors."""
         hidden, mention_attention = encode_batch(self, batch)  # [B, L, D], [M, H, L]
         entity_emb, entity_attention = pool_entities(hidden, mention_attention, batch)  # [E, D], [E, H, L]
         heads, tails = batch.hts[:, 0], batch.hts[:, 1]  # [P]
@@ -60,5 +62,7 @@ class DREEAM(nn.Module):
                                               batch.entities_per_doc, EPSILON):  # [P_doc, L]
             contexts.append(attention @ hidden[doc])  # [P_doc, D]
             evidence.append(attention @ sentences[doc].to(attention.dtype))  # [P_doc, S]
-        logits = classify_pairs(self, entity_emb[heads], entity_emb[tails], torch.cat(contexts))  # [P, C]
-        return EvidenceOutput(logits, torch.cat(evidence).float())  # [P, C], [P, S]
+        classified = classify_pairs(self, entity_emb[heads], entity_emb[tails], torch.cat(contexts), features)
+        logits, pair_features = classified if features else (classified, None)  # [P, C]
+        output = EvidenceOutput(logits, torch.cat(evidence).float())  # [P, C], [P, S]
+        return (output, pair_features) if features else output

@@ -27,6 +27,7 @@ from torch import nn
 from docre.data.collate import Batch
 from docre.models.atlop import bilinear_chunk, encode_batch, keep_encoder, localized_context, pool_entities
 from docre.models.bilinear import group_bilinear
+from docre.models.output import PairFeatures
 
 
 class AxialSelfAttention(nn.Module):
@@ -107,9 +108,11 @@ class KDDocRE(nn.Module):
         self.projection = nn.Linear(emb_size * block_size, hidden_size, bias=False)
         self.axial_layers = nn.ModuleList(AxialLayer(hidden_size, axial_heads) for _ in range(num_axial_layers))
         self.classifier = nn.Linear(hidden_size, num_classes)
+        self.num_outputs = num_classes
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        """Logits [P, num_classes] for the batch's candidate pairs (class 0 = NA/threshold)."""
+    def forward(self, batch: Batch, features: bool = False) -> torch.Tensor | tuple[torch.Tensor, PairFeatures]:
+        """Logits [P, num_classes] for the batch's candidate pairs (class 0 = NA/threshold); with
+        `features`, also the refined pair cells the classifier reads ([P, D], a plain vector)."""
         hidden, mention_attention = encode_batch(self, batch)  # [B, L, D], [M, H, L]
         entity_emb, entity_attention = pool_entities(hidden, mention_attention, batch)  # [E, D], [E, H, L]
 
@@ -134,14 +137,14 @@ class KDDocRE(nn.Module):
         head_rep = torch.tanh(self.head_extractor(torch.cat([entity_emb[heads], context], dim=1)))  # [Q, emb]
         tail_rep = torch.tanh(self.tail_extractor(torch.cat([entity_emb[tails], context], dim=1)))  # [Q, emb]
         chunk = bilinear_chunk(device, self.emb_size, self.block_size, self.pair_chunk_size)
-        features = group_bilinear(head_rep, tail_rep, self.projection.weight,
-                                  self.projection.weight.new_zeros(self.projection.out_features),
-                                  self.block_size, chunk)  # [Q, D]
+        cell_features = group_bilinear(head_rep, tail_rep, self.projection.weight,
+                                       self.projection.weight.new_zeros(self.projection.out_features),
+                                       self.block_size, chunk)  # [Q, D]
 
         # the maps of the batch padded to its largest document; padded entities are masked as keys
         size = max(batch.entities_per_doc)
-        pair_map = features.new_zeros(len(counts), size, size, features.size(1))  # [B, N, N, D]
-        pair_map = pair_map.index_put((cell_doc, cell_head, cell_tail), features)
+        pair_map = cell_features.new_zeros(len(counts), size, size, cell_features.size(1))  # [B, N, N, D]
+        pair_map = pair_map.index_put((cell_doc, cell_head, cell_tail), cell_features)
         entity_mask = torch.arange(size, device=device)[None, :] < counts[:, None]  # [B, N]
         refined = pair_map
         for layer in self.axial_layers:
@@ -154,4 +157,5 @@ class KDDocRE(nn.Module):
         # float32 logits under any autocast, as ATLOP's group bilinear gives: a threshold compares two logits
         weight, bias = self.classifier.weight.float(), self.classifier.bias.float()
         with torch.autocast(device.type, enabled=False):
-            return nn.functional.linear(pair_cells.float(), weight, bias)  # [P, C]
+            logits = nn.functional.linear(pair_cells.float(), weight, bias)  # [P, C]
+        return (logits, PairFeatures(vector=pair_cells)) if features else logits

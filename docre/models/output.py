@@ -2,7 +2,9 @@
 
 ATLOP, DocuNet and KD-DocRE return the logits tensor [P, C] alone; DREEAM also returns each pair's
 evidence distribution over the document's sentences. Code that needs only the logits (the relation
-loss, the benchmark) reads them with `logits_of`, whatever the model.
+loss, the benchmark) reads them with `logits_of`, whatever the model. Asked with
+`model(batch, features=True)` (only for a loss that needs them, PEMSCL), every model also returns
+the representation its pairs are classified from, as `PairFeatures`: `(output, features)`.
 """
 
 from dataclasses import dataclass
@@ -26,3 +28,15 @@ class EvidenceOutput:
 def logits_of(output: torch.Tensor | EvidenceOutput) -> torch.Tensor:
     """The relation logits [P, C] of a model's output."""
     return output.logits if isinstance(output, EvidenceOutput) else output
+
+
+@dataclass
+class PairFeatures:
+    """The vector each pair's logits are computed from: ATLOP's group-bilinear vector given by its
+    factors, the tanh head and tail representations (bl = concat over blocks b of vec(outer(head_b,
+    tail_b)); [P, emb * block] is never built), or a plain vector (KD-DocRE's refined pair cell)."""
+
+    head: torch.Tensor | None = None  # [P, emb] the group bilinear's left input
+    tail: torch.Tensor | None = None  # [P, emb] its right input
+    block_size: int = 0  # emb = K * block_size
+    vector: torch.Tensor | None = None  # [P, D] instead of head/tail, for a model without a group bilinear classifier

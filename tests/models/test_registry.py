@@ -77,6 +77,35 @@ def test_every_model_builds_and_keeps_the_contract(name, tiny_backbone, tiny_tok
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_gives_the_pair_features_its_logits_are_computed_from(name, tiny_backbone, tiny_tokenizer,
+                                                                         fixture_batch):
+    """forward(batch, features=True) (what a loss asking for pair features, PEMSCL, gets): the same
+    logits, and features from which the classifier reproduces them: ATLOP's group bilinear over the
+    head/tail factors (its [P, emb * block] vector built here explicitly), KD-DocRE's linear layer
+    over its refined pair cells."""
+    _, batch = fixture_batch
+    info = probe_tokenizer(tiny_tokenizer, "*")
+    torch.manual_seed(0)
+    model = build_model(tiny_backbone, NUM_CLASSES, info.start_ids, info.end_ids, emb_size=32, block_size=8,
+                        name=name).eval()
+    assert model.num_outputs == NUM_CLASSES
+    with torch.no_grad():
+        plain = logits_of(model(batch))
+        output, features = model(batch, features=True)
+    torch.testing.assert_close(logits_of(output), plain)
+    pairs = batch.hts.size(0)
+    if features.vector is not None:
+        assert features.vector.shape[0] == pairs
+        rebuilt = features.vector @ model.classifier.weight.t() + model.classifier.bias
+    else:
+        assert features.head.shape == features.tail.shape == (pairs, 32) and features.block_size == 8
+        heads, tails = features.head.view(pairs, 4, 8), features.tail.view(pairs, 4, 8)
+        bilinear = (heads.unsqueeze(3) * tails.unsqueeze(2)).reshape(pairs, 32 * 8)  # [P, emb * block]
+        rebuilt = bilinear @ model.bilinear.weight.t() + model.bilinear.bias
+    torch.testing.assert_close(rebuilt, plain, atol=1e-4, rtol=1e-4)
+
+
 def test_unknown_model_name_fails_before_loading_and_lists_the_models():
     # a backbone folder that does not exist: the name is checked first, so its error is the one raised
     with pytest.raises(DocreError) as error:
