@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from docre.errors import DocreError
-from docre.utils import atomic_write_json, atomic_write_text, logger
+from docre.utils import atomic_write_json, atomic_write_text, logger, plural
 
 LOCAL_NAME = "path/to/this/folder"  # the card's usage examples name the model so when it has no hub id
 
@@ -224,7 +224,7 @@ def model_card(cfg, rel2id: dict, rel_info: dict, results: dict, decode: dict, e
         f"| test | `{data.test_file or '-'}` |", "",
         f"Dataset format `{data.dataset}`, files from `{data.dir}`; seed {cfg.seed}; "
         f"max {cfg.model.max_seq_length or 'unlimited'} word-pieces per document; "
-        f"at most {cfg.eval.top_k} relations per entity pair.",
+        f"at most {plural(cfg.eval.top_k, 'relation')} per entity pair.",
         "",
         "## Scores", "",
     ]

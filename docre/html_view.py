@@ -14,6 +14,8 @@ the command line can stream it while predicting; `render_page` joins them.
 
 from html import escape
 
+from docre.utils import plural
+
 # Words printed without the space before or after them, so "Paris , France ." reads "Paris, France."
 NO_SPACE_BEFORE = {",", ".", ";", ":", "!", "?", ")", "]", "}", "%", "'s", "n't", "'"}
 NO_SPACE_AFTER = {"(", "[", "{", "$"}
@@ -120,7 +122,7 @@ def document_html(index: int, doc: dict, triples: list[dict], rel_names: dict[st
     names = doc.get("entity_names") or [entity[0]["name"] for entity in doc["vertexSet"]]
     table = "".join(_row_html(f"d{index}r{i}", row, names) for i, row in enumerate(rows))
     return (f'<details class="doc" id="d{index}">\n<summary><strong>{escape(doc["title"])}</strong> &middot; '
-            f'{len(doc["vertexSet"])} entities &middot; {len(triples)} predicted{counts}</summary>\n'
+            f'{plural(len(doc["vertexSet"]), "entity", "entities")} &middot; {len(triples)} predicted{counts}</summary>\n'
             f'<p class="text">{_text_html(doc, names)}</p>\n'
             f'<table class="rels">\n<tr><th></th><th title="{escape(SCORE_NOTE)}">score</th><th>head</th><th>relation</th>'
             '<th>tail</th>'

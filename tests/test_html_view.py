@@ -320,3 +320,10 @@ def test_chromium_renders_the_page_and_a_click_selects_head_tail_and_evidence(ru
     assert selected == target["evidence"]
     assert "selecting" in section.classes
     assert all(not (n.classes & {"sel", "sel-h", "sel-t", "sel-ev"}) for s in sections if s is not section for n in s.find_all())
+
+
+def test_the_summary_line_counts_entities_in_words_that_agree():
+    lonely = {"title": "t", "sents": [["Alpha", "works", "."]], "vertexSet": [[{"name": "Alpha", "sent_id": 0, "pos": [0, 1]}]]}
+    assert "1 entity &middot; 0 predicted" in html_view.document_html(0, lonely, [], {})
+    two = {**lonely, "vertexSet": lonely["vertexSet"] * 2}
+    assert "2 entities &middot;" in html_view.document_html(0, two, [], {})
