@@ -8,6 +8,7 @@ import logging
 from docre.data import read_split
 from docre.utils import plural
 from tests.cli import run_main
+from tests.test_hostile_inputs import Records
 
 ONE_DOC = [{"title": "t", "sents": [["Alice", "met", "Bob", "."]],
             "vertexSet": [[{"name": "Alice", "sent_id": 0, "pos": [0, 1], "type": "PER"}],
@@ -15,14 +16,6 @@ ONE_DOC = [{"title": "t", "sents": [["Alice", "met", "Bob", "."]],
                            {"name": "Bob", "sent_id": 0, "pos": [2, 3], "type": "PER"}]],  # a repeated mention
             "labels": [{"h": 0, "t": 1, "r": "P1", "evidence": [0]}]}]
 
-
-class Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
 
 
 def test_plural():
