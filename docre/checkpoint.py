@@ -32,18 +32,40 @@ def save_weights(model: nn.Module, path: Path) -> None:
     atomic_save_safetensors(model.state_dict(), path)
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, on the CPU."""
     from safetensors.torch import load_file
 
     if not path.is_file():
         raise DocreError(f"{path}: weights file not found")
     try:
-        state = load_file(str(path))
+        return load_file(str(path))
     except Exception as error:  # safetensors raises its own error types for damaged files
         raise DocreError(f"{path}: cannot read weights ({error})") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    missing, unexpected = model.load_state_dict(read_weights(path), strict=False)
     if missing or unexpected:
         raise DocreError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def load_matching_weights(model: nn.Module, path: Path, hint: str = "") -> tuple[list[str], list[str], list[str]]:
+    """Copy into `model` every tensor of `path` whose name the model has (train.init_from), and
+    return the names (loaded, kept fresh: the model's that `path` lacks, unused: `path`'s that the
+    model lacks), in state-dict order.
+
+    Raises:
+        DocreError: a tensor that both have in different shapes, naming it and both shapes; `hint`
+            (e.g. which settings differ) is appended. Nothing is copied then.
+    """
+    source, own = read_weights(path), model.state_dict()
+    for name, tensor in own.items():
+        if name in source and source[name].shape != tensor.shape:
+            raise DocreError(f"{path}: {name} is {list(source[name].shape)} there and {list(tensor.shape)} in this model{hint}")
+    loaded = [name for name in own if name in source]
+    model.load_state_dict({name: source[name] for name in loaded}, strict=False)
+    return loaded, [name for name in own if name not in source], [name for name in source if name not in own]
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:

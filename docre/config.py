@@ -85,6 +85,7 @@ class TrainConfig:
     save_every: int = 0  # optimizer steps between resume checkpoints (last/); 0 = after every epoch
     max_nonfinite_steps: int = 10  # consecutive skipped non-finite steps before the run stops
     resume: str = ""  # run directory to continue from its last/ checkpoint
+    init_from: str = ""  # start from the weights of a run directory, an exported model folder or its Hub id (ORG/NAME), by name
     overwrite: bool = False  # replace an existing run directory of the same name
 
 

@@ -25,7 +25,14 @@ from tqdm.auto import tqdm
 
 from docre import distributed
 from docre import run_dir as runs
-from docre.checkpoint import load_training_state, load_weights, rng_state, save_training_state, save_weights
+from docre.checkpoint import (
+    load_matching_weights,
+    load_training_state,
+    load_weights,
+    rng_state,
+    save_training_state,
+    save_weights,
+)
 from docre.config import Config, TrainConfig, save_config, to_dict
 from docre.data import FIXED_RELATIONS, Split, load_rel2id, load_rel_names, load_split, read_split
 from docre.data.collate import collate, split_by_tokens, stack_labels
@@ -182,9 +189,9 @@ def train(cfg: Config) -> dict:
         checkpoint, step counts, seconds per step, peak memory.
     """
     started = time.perf_counter()
-    processes, run_dir, checkpoint = start(cfg)
+    processes, run_dir, checkpoint, init_weights = start(cfg)
     try:
-        run, state = setup(cfg, processes, run_dir, checkpoint, started)
+        run, state = setup(cfg, processes, run_dir, checkpoint, init_weights, started)
         with run.trackers:  # closed however train() ends, so that a later run in this process starts its own
             with _StopSignals(run.run_dir, state) as stop:
                 fit(run, state, stop)
@@ -198,23 +205,28 @@ def train(cfg: Config) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- setup
-def start(cfg: Config) -> tuple[tuple[int, int, torch.device], Path, Path | None]:
+def start(cfg: Config) -> tuple[tuple[int, int, torch.device], Path, Path | None, Path | None]:
     """The checks that need no data, the processes (rank, world size, device), and the run directory,
-    which is this run's from here on: ((rank, world, device), run_dir, the checkpoint to resume from)."""
+    which is this run's from here on: ((rank, world, device), run_dir, the checkpoint to resume from,
+    the weights file train.init_from names)."""
     _require_trackers(cfg)  # a missing package fails now, not after the data and the model are loaded
     check_backbone(cfg.model.backbone, cfg.model.revision)  # a misspelt one too, in a second, before the data
+    # a resumed run's weights are in its checkpoint: init_from was applied at its start and is not again
+    # (nor checked: its source may have moved since)
+    init_weights = init_from_weights(cfg) if cfg.train.init_from and not cfg.train.resume else None
     rank, world, device = distributed.init_distributed(resolve_device(cfg.train.device))
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     if device.type == "cuda":  # process-wide, like the thread count: fp32 products (and fp32 runs) in TF32 or not
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
     run_dir = runs.path_of(cfg)
-    return (rank, world, device), run_dir, runs.prepare(run_dir, cfg, rank)
+    return (rank, world, device), run_dir, runs.prepare(run_dir, cfg, rank), init_weights
 
 
 def setup(cfg: Config, processes: tuple[int, int, torch.device], run_dir: Path, checkpoint: Path | None,
-          started: float) -> tuple[Run, TrainState]:
-    """Logging, data, model, loss, optimizer in the run directory `start` prepared; the state of a resumed run."""
+          init_weights: Path | None, started: float) -> tuple[Run, TrainState]:
+    """Logging, data, model (from `init_weights` where given), loss, optimizer in the run directory `start`
+    prepared; the state of a resumed run."""
     rank, world, device = processes
     setup_logging(run_dir / "train.log", rank)
     dtype = resolve_precision(cfg.train.precision, device)
@@ -240,6 +252,8 @@ def setup(cfg: Config, processes: tuple[int, int, torch.device], run_dir: Path, 
     loss_kwargs = {**cfg.loss, **_loss_statistics(cfg, run_dir, rank, checkpoint, train_split, rel2id)}
     loss_fn = build_loss(**loss_kwargs)
     model = build_model_from_config(cfg.model, tokenizer, output_size(loss_fn, len(rel2id))).to(device)
+    if init_weights is not None:  # before the optimizer is built, so that it starts from them
+        init_from(model, init_weights, cfg, rel2id)
     optimizer = build_optimizer(model, cfg.train)
     steps_per_epoch = len(train_split.features) // (cfg.train.batch_size * world) // cfg.train.grad_accum
     if steps_per_epoch == 0:
@@ -275,6 +289,77 @@ def setup(cfg: Config, processes: tuple[int, int, torch.device], run_dir: Path, 
 
 
 PRECISIONS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def init_from_weights(cfg: Config) -> Path:
+    """The weights file train.init_from names: a run directory's best.safetensors, an exported model
+    folder's model.safetensors, or those of such a folder on the Hugging Face Hub (downloaded into its
+    cache as `docre-predict ORG/NAME` does). Checked before the run directory is touched, so a missing
+    source fails in the first second, and the run's own directory is refused (train.overwrite would
+    delete the weights before they are read)."""
+    from docre.predict import resolve_model
+
+    name, run_dir = cfg.train.init_from, runs.path_of(cfg)
+    local = Path(name).expanduser().resolve()
+    if run_dir.resolve() in (local, *local.parents):
+        raise DocreError(f"train.init_from={name}: this run's own directory; start from another run's weights, "
+                         f"or continue this run with {runs.resume_command(run_dir)}")
+    try:
+        # only its weights, config.yaml and rel2id.json are read here, but a Hub model whose config runs remote
+        # code is still refused unless this run allows remote code itself (its backbone then needs it too)
+        folder = resolve_model(name, trust_remote_code=cfg.model.trust_remote_code)
+        kind = runs.model_kind(folder)
+    except DocreError as error:
+        raise DocreError(f"train.init_from: {error}") from None
+    return folder / (runs.BEST_WEIGHTS if kind == "run" else runs.EXPORTED_WEIGHTS)
+
+
+def init_from(model: nn.Module, weights: Path, cfg: Config, rel2id: dict[str, int]) -> None:
+    """Copy the tensors of `weights` (from `init_from_weights`) into the fresh `model` by name, and log in one
+    line what was loaded, what kept its fresh initialisation and what the source had beyond the model.
+
+    Raises:
+        DocreError: the source classifies another relation map (its columns would mean other relations), or
+            holds a tensor of this model in another shape (the message names the model settings that differ).
+    """
+    from docre.config import load_config
+
+    name, folder = cfg.train.init_from, weights.parent
+    theirs = runs.read_json(folder / runs.REL2ID) if (folder / runs.REL2ID).is_file() else rel2id
+    if theirs != rel2id:
+        relation = next(r for r in [*rel2id, *theirs] if rel2id.get(r) != theirs.get(r))
+        raise DocreError(f"train.init_from={name}: its relation map ({len(theirs)} relations) is not this run's "
+                         f"({len(rel2id)}): {relation} is column {theirs.get(relation, 'none')} there and "
+                         f"{rel2id.get(relation, 'none')} here, so its classifier would predict other relations")
+    hint = ""
+    with contextlib.suppress(DocreError):  # a config.yaml this docre cannot read costs only the hint
+        differences = [line for line in runs.config_differences(load_config(folder / runs.CONFIG), cfg)
+                       if line.startswith(("model.", "loss:"))]
+        hint = f" (source -> this run: {'; '.join(differences[:3])})" if differences else ""
+    try:
+        loaded, fresh, unused = load_matching_weights(model, weights, hint)
+    except DocreError as error:
+        raise DocreError(f"train.init_from: {error}") from None
+    logger.info("init_from %s: loaded %d of %s from %s; kept fresh (not in the source): %s; unused from the source: %s",
+                name, len(loaded), plural(len(loaded) + len(fresh), "tensor"), weights.name, _abbreviate(fresh),
+                _abbreviate(unused))
+
+
+def _abbreviate(names: list[str], limit: int = 4) -> str:
+    """Tensor names for a log line: up to `limit` as they are; more are counted by their first two name
+    parts ("encoder.embeddings.* (5)"), or by their first part where that still makes more than `limit`
+    groups ("axial_layers.* (84)"); at most `limit` entries are shown."""
+    if len(names) <= limit:
+        return ", ".join(names) or "none"
+    for depth in (2, 1):
+        groups: dict[str, list[str]] = {}
+        for name in names:
+            groups.setdefault(".".join(name.split(".")[:depth]), []).append(name)
+        if len(groups) <= limit:
+            break
+    shown = [f"{key}.* ({len(members)})" if len(members) > 1 else members[0] for key, members in groups.items()]
+    more = len(shown) - limit
+    return ", ".join(shown[:limit]) + (f" and {more} more" if more > 0 else "")
 
 
 def _loss_statistics(cfg: Config, run_dir: Path, rank: int, checkpoint: Path | None, train_split: Split,
