@@ -48,7 +48,7 @@ from torch import nn
 
 from docre.errors import DocreError
 from docre.losses.common import positive_mask, relations_to_multi_hot
-from docre.utils import logger
+from docre.utils import logger, plural
 
 
 class SSRPULoss(nn.Module):
@@ -178,7 +178,8 @@ def training_statistics(labels: torch.Tensor, names: list[str] | None = None) ->
     absent = [r for r, count in enumerate(counts.tolist(), start=1) if count == 0]
     if absent:
         shown = [names[r] for r in absent] if names is not None else [str(r) for r in absent]
-        what = "relations" if names is not None else "relation columns"
-        logger.warning("ssr_pu: %d %s never occur in the training split (prior 0, kept finite by the loss's "
-                       "epsilon; they are only ever negatives): %s", len(absent), what, ", ".join(shown))
+        what = plural(len(absent), "relation" if names is not None else "relation column")
+        verb, they = ("occurs", "it is") if len(absent) == 1 else ("occur", "they are")
+        logger.warning("ssr_pu: %s never %s in the training split (prior 0, kept finite by the loss's epsilon; "
+                       "%s only ever negative): %s", what, verb, they, ", ".join(shown))
     return {"priors": priors}
