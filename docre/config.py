@@ -39,7 +39,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "atlop"  # model in docre.models.MODELS: atlop, dreeam, docunet, kd_docre
+    name: str = "atlop"  # model in docre.models.MODELS: atlop, dreeam, docunet, kd_docre, ttm_re
     backbone: str = "bert-base-cased"  # Hugging Face id, local folder, or the alias "minilm"
     revision: str = ""  # hub revision (branch, tag or commit) to pin; "" = default branch
     trust_remote_code: bool = False  # allow code from the backbone's hub repository
@@ -56,6 +56,7 @@ class ModelConfig:
     # share of a pair's attention above which a sentence is predicted as evidence
     evidence_weight: float = 0.1  # weight of the evidence KL (DREEAM's lambda; evidence-predicting models only)
     evidence_threshold: float = 0.2  # attention share above which a sentence is predicted as evidence
+    ttm_layout: str = "official"  # TTM-RE only: official (memory transformer attends across a batch's pairs) | per_pair
 
 
 @dataclass
@@ -131,6 +132,7 @@ class Config:
 
 CHOICES = {
     "model.layer_pooling": ("last", "mean_last_3"),
+    "model.ttm_layout": ("official", "per_pair"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
 }
 

@@ -145,6 +145,7 @@ MODEL_DESCRIPTIONS = {  # model.name -> what the card says it is (docs/models.md
     "dreeam": "DREEAM (ATLOP whose pair attention also picks each relation's evidence sentences)",
     "docunet": "DocuNet (a U-Net over the entity-pair map)",
     "kd_docre": "KD-DocRE (axial attention over the entity-pair map, without distillation)",
+    "ttm_re": "TTM-RE (ATLOP with a token-memory read step on each pair's head and tail)",
 }
 
 

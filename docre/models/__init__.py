@@ -21,6 +21,7 @@ from docre.models.dreeam import DREEAM
 from docre.models.kd_docre import KDDocRE
 from docre.models.long_input import Tap, encoder_window
 from docre.models.output import EvidenceOutput
+from docre.models.ttm_re import TTMRE
 
 # model.name -> the model's class, called as cls(encoder, num_classes=, start_ids=, end_ids=, window=,
 # layer_pooling=, emb_size=, block_size=, pair_chunk_size=, general_attention=) by build_model
@@ -29,6 +30,7 @@ MODELS = {
     "docunet": DocuNet,  # DocuNet: a U-Net over the entity-pair map (Zhang et al. 2021)
     "dreeam": DREEAM,  # DREEAM: ATLOP whose attention is guided by evidence; predicts evidence (Ma et al. 2023)
     "kd_docre": KDDocRE,  # KD-DocRE: axial attention over entity pairs (Tan et al. 2022)
+    "ttm_re": TTMRE,  # TTM-RE: ATLOP with a token-memory read step on each pair's head and tail (Gao et al. 2024)
 }
 
 
@@ -170,6 +172,7 @@ def build_model(
     pretrained: bool = True,
     general_attention: bool = False,
     name: str = "atlop",
+    ttm_layout: str = "official",
 ) -> RelationModel:
     """The model `name` of `MODELS` (ATLOP by default) over a Hugging Face encoder.
 
@@ -180,12 +183,14 @@ def build_model(
             general path of models/long_input.py) even where docre's fast path exists: for
             comparisons and tests; encoders without the fast path always take it.
         name: the model's name in `MODELS`.
+        ttm_layout: TTM-RE's layout (`ttm_re.LAYOUTS`), passed to that model only.
 
     Raises:
         DocreError: an unknown `name` (listing the known ones), or a backbone that cannot be loaded.
     """
     if name not in MODELS:  # before the encoder loads
         raise DocreError(f"model.name={name!r} is not one of {', '.join(MODELS)}")
+    own_options = {"layout": ttm_layout} if name == "ttm_re" else {}  # options only one model has
     encoder = load_encoder(backbone, revision, trust_remote_code, pretrained, gradient_checkpointing)
     return MODELS[name](
         encoder,
@@ -198,6 +203,7 @@ def build_model(
         block_size=block_size,
         pair_chunk_size=pair_chunk_size,
         general_attention=general_attention,
+        **own_options,
     )
 
 
@@ -267,5 +273,5 @@ def build_model_from_config(model_cfg, tokenizer, num_classes: int, pretrained: 
         model_cfg.backbone, num_classes, info.start_ids, info.end_ids, model_cfg.layer_pooling,
         model_cfg.emb_size, model_cfg.block_size, model_cfg.window, model_cfg.pair_chunk_size,
         model_cfg.gradient_checkpointing and pretrained, model_cfg.revision, model_cfg.trust_remote_code, pretrained,
-        name=model_cfg.name,
+        name=model_cfg.name, ttm_layout=model_cfg.ttm_layout,
     )

@@ -20,6 +20,10 @@ from docre.trainer import build_optimizer
 from tests.conftest import FIXTURES
 
 NUM_CLASSES = 97
+# Models whose logits depend on the other documents of their batch by design: TTM-RE's official layout
+# attends across the pairs of a batch, as its official code does (tests/models/test_ttm_re.py shows
+# that, and that its per_pair layout keeps each document's logits its own)
+BATCH_DEPENDENT = {"ttm_re"}
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +74,8 @@ def test_every_model_builds_and_keeps_the_contract(name, tiny_backbone, tiny_tok
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder_group["params"])
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in head_group["params"])
     # each document's logits are its own: the first document alone gives its rows of the batch
+    if name in BATCH_DEPENDENT:
+        return
     model.eval()
     with torch.no_grad():
         together = logits_of(model(batch))[: len(features[0].hts)]
