@@ -31,7 +31,8 @@ def predict(model, features: list[Feature], num_classes: int, pad_id: int, batch
 
     Documents are batched by length (less padding), at most `batch_size` per batch and, with
     `max_tokens`, at most that many encoder tokens (a longer document alone; 0 = no cap, -1 = 4096
-    on CPU and no cap on a GPU); the result does not depend on the batching."""
+    on CPU and no cap on a GPU); the result does not depend on the batching, except for a model whose
+    pairs attend to the other pairs of their batch (TTM-RE's official layout, docs/models.md)."""
     model.eval()
     on_cpu = torch.device(device).type == "cpu"
     if max_tokens < 0:
