@@ -6,7 +6,9 @@ fast): its text with every entity mention highlighted in the entity's colour, an
 predicted relations (head, relation, tail, score, evidence sentences). Clicking a relation marks its
 head and tail mentions and its evidence sentences. For labelled documents, each prediction is marked
 correct or wrong against the gold facts, and the gold facts the model missed follow as rows of their
-own. The CSS and JavaScript are inline: the page opens offline, from a file.
+own. The CSS and JavaScript are inline: the page opens offline, from a file. For plain text whose
+entities docre found (or grouped from the given mentions) a line says so, and a text with fewer than
+two entities says that in one line instead of an empty table.
 
 The page is written in three parts (`page_start`, one `document_html` per document, `page_end`) so
 the command line can stream it while predicting; `render_page` joins them.
@@ -42,6 +44,7 @@ tr.rel.sel { background: #e4ecfa; }
 .wrong .mark { color: #c0392b; }
 .missed { color: #777; }
 .missed .mark { color: #b9770e; }
+.note { color: #555; font-style: italic; }
 """
 
 SCRIPT = """
@@ -121,12 +124,31 @@ def document_html(index: int, doc: dict, triples: list[dict], rel_names: dict[st
               if "labels" in doc else "")
     names = doc.get("entity_names") or [entity[0]["name"] for entity in doc["vertexSet"]]
     table = "".join(_row_html(f"d{index}r{i}", row, names) for i, row in enumerate(rows))
+    relations = (f'<table class="rels">\n<tr><th></th><th title="{escape(SCORE_NOTE)}">score</th><th>head</th><th>relation</th>'
+                 f"<th>tail</th><th>evidence</th></tr>\n{table}</table>\n")
+    if len(doc["vertexSet"]) < 2 and not rows:
+        relations = f'<p class="note">{_few_entities(doc, names)}</p>\n'
     return (f'<details class="doc" id="d{index}">\n<summary><strong>{escape(doc["title"])}</strong> &middot; '
             f'{plural(len(doc["vertexSet"]), "entity", "entities")} &middot; {len(triples)} predicted{counts}</summary>\n'
-            f'<p class="text">{_text_html(doc, names)}</p>\n'
-            f'<table class="rels">\n<tr><th></th><th title="{escape(SCORE_NOTE)}">score</th><th>head</th><th>relation</th>'
-            '<th>tail</th>'
-            f"<th>evidence</th></tr>\n{table}</table>\n</details>\n")
+            f"{_entities_by(doc)}"
+            f'<p class="text">{_text_html(doc, names)}</p>\n{relations}</details>\n')
+
+
+def _entities_by(doc: dict) -> str:
+    """The line saying who made the entities, for raw text that gave none ("" otherwise)."""
+    made_by = doc.get("entities_by")
+    if made_by is None:
+        return ""
+    if made_by == "mentions":
+        return '<p class="note">Entities grouped by docre from the given mentions.</p>\n'
+    return f'<p class="note">Entities found by the spaCy pipeline {escape(made_by)} and grouped by docre.</p>\n'
+
+
+def _few_entities(doc: dict, names: list[str]) -> str:
+    """One line for a document with fewer than two entities: a relation needs two."""
+    if not doc["vertexSet"]:
+        return "No entity found in this text, so no relations." if "entities_by" in doc else "No entities, so no relations."
+    return f"Only one entity ({escape(names[0])}): a relation needs two."
 
 
 def relation_rows(doc: dict, triples: list[dict], rel_names: dict[str, str]) -> list[dict]:

@@ -3,9 +3,11 @@
     from docre import Predictor
     predictor = Predictor.from_pretrained("runs/minilm_atgl-s66")   # or a folder from scripts/export.py
     triples = predictor.predict(documents)                          # one list of triples per document
+    triples = predictor.predict("Marie Curie was born in Warsaw.")  # plain text: entities found by spaCy
 
-Documents are DocRED-format dicts (labels, if any, are ignored) or raw text with mentions given as
-character spans (`docre.data.text`). Prediction runs the very path `evaluate.py` scores:
+Documents are DocRED-format dicts (labels, if any, are ignored), raw text with mentions given as
+character spans (`docre.data.text`), or plain text whose entities docre finds (`docre.data.entities`,
+the `text` extra) or groups from the user's mentions. Prediction runs the very path `evaluate.py` scores:
 `inference.predict_logits` for the logits and `inference.decode_predictions` (the loss's own decode,
 with its tuned decode.json) for which relations are predicted; the score only annotates them.
 """
@@ -16,10 +18,11 @@ from pathlib import Path
 import torch
 
 from docre.data.docred import parse_json_list, read_bytes, split_spec, validate_docred
+from docre.data.entities import DEFAULT_PIPELINE, find_entities, mentions_to_entities
 from docre.data.feature import featurize
-from docre.data.text import text_to_docred
+from docre.data.text import check_text_document, text_to_docred
 from docre.errors import DocreError
-from docre.utils import logger
+from docre.utils import logger, plural
 
 FORMATS = ("auto", "docred", "text")
 
@@ -35,14 +38,17 @@ def decision_scores(loss_fn, logits: torch.Tensor) -> torch.Tensor:
     return scores - thresholds[:, None]
 
 
-def read_documents(path: str | Path, fmt: str = "auto") -> list[dict]:
-    """Read an input file: a JSON list (DocRED format, plain or gzipped, `file[a:b]` takes a slice) or
-    JSON lines (one document per line, DocRED-format or raw text), validated and converted to
-    DocRED-format documents (`prepare_documents`)."""
+def read_documents(path: str | Path, fmt: str = "auto", spacy_model: str = DEFAULT_PIPELINE,
+                   dataset: str = "docred") -> list[dict]:
+    """Read an input file: a JSON list (DocRED format, plain or gzipped, `file[a:b]` takes a slice),
+    JSON lines (one document per line, DocRED-format or raw text), or a .txt file (one document of
+    plain text, titled by the file name), validated and converted to DocRED-format documents
+    (`prepare_documents`; `spacy_model` and `dataset` as there)."""
     if fmt not in FORMATS:
         raise DocreError(f"--format {fmt!r}: not one of {', '.join(FORMATS)}")
     path = Path(path)
-    check_not_plain_text(path)
+    if path.suffix.lower() == ".txt":
+        return prepare_documents([read_plain_text(path, fmt)], "text", str(path), 0, spacy_model, dataset)
     part = slice(None)
     if not path.exists():
         name, part = split_spec(str(path))
@@ -50,19 +56,19 @@ def read_documents(path: str | Path, fmt: str = "auto") -> list[dict]:
     raw = read_bytes(path).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark (some Windows editors write one)
     docs = parse_json_list(path, raw) if raw.lstrip()[:1] == b"[" else _parse_json_lines(path, raw)
     first = part.indices(len(docs))[0]
-    return prepare_documents(docs[part], fmt, str(path), first)
+    return prepare_documents(docs[part], fmt, str(path), first, spacy_model, dataset)
 
 
-RAW_TEXT_FORMAT = "docs/predict.md#raw-text"
-
-
-def check_not_plain_text(path: Path) -> None:
-    """A .txt file is refused with a pointer to the raw-text format: docre reads JSON, and finds no
-    entities itself (each is given by its mentions' character spans)."""
-    if path.suffix.lower() == ".txt":
-        raise DocreError(f"{path}: plain text is not an input format; give JSON lines of raw-text documents "
-                         '{"text": ..., "entities": [{"mentions": [[start, end], ...]}, ...]} with the entities '
-                         f"marked ({RAW_TEXT_FORMAT})")
+def read_plain_text(path: Path, fmt: str = "auto") -> dict:
+    """A .txt file as one raw-text document {"title": the file name without .txt, "text": its text}
+    (blank lines keep their place: they separate paragraphs, and so sentences)."""
+    if fmt == "docred":
+        raise DocreError(f"{path}: a .txt file is plain text, not --format docred")
+    try:
+        text = read_bytes(path).removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DocreError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    return {"title": path.stem, "text": text}
 
 
 def _parse_json_lines(path: Path, raw: bytes) -> list:
@@ -80,21 +86,26 @@ def _parse_json_lines(path: Path, raw: bytes) -> list:
     return docs
 
 
-def prepare_documents(documents: list, fmt: str = "auto", source: str = "input", first_index: int = 0) -> list[dict]:
+def prepare_documents(documents: list, fmt: str = "auto", source: str = "input", first_index: int = 0,
+                      spacy_model: str = DEFAULT_PIPELINE, dataset: str = "docred") -> list[dict]:
     """Validate documents and turn raw-text ones into DocRED format.
 
     Args:
         documents: dicts, each DocRED-format ({"title", "sents", "vertexSet", ...}) or raw text
-            ({"text", "entities", "title"?}); with `fmt` "auto" each is recognised by its keys.
+            ({"text", "title"?} with "entities", or with "mentions" for docre to group, or with
+            neither for docre to find them); with `fmt` "auto" each is recognised by its keys.
         source: name used in error messages (the file).
         first_index: index of the first document in `source`, for error messages.
+        spacy_model: the spaCy pipeline that finds entities where a raw-text document gives none.
+        dataset: the model's dataset, whose entity types the found entities take (`ENTITY_TYPES`).
 
     Raises:
         DocreError: one line naming the source, the document (index and title) and the field.
     """
     if not isinstance(documents, list):
         raise DocreError(f"{source}: documents must be a list, got {type(documents).__name__}")
-    converted = []
+    converted: list[dict | None] = []
+    to_find = []  # (position, index, document, where) of raw text with neither entities nor mentions
     for offset, doc in enumerate(documents):
         index = first_index + offset
         kind = fmt
@@ -103,30 +114,59 @@ def prepare_documents(documents: list, fmt: str = "auto", source: str = "input",
                     else "text" if isinstance(doc, dict) and "text" in doc else None)
             if kind is None:
                 raise DocreError(
-                    f"{source}: document {index}: neither DocRED format (title, sents, vertexSet) nor raw text (text, entities)"
+                    f"{source}: document {index}: neither DocRED format (title, sents, vertexSet) nor raw text (text, entities?)"
                 )
-        if kind == "text":
+        if kind == "text" and isinstance(doc, dict) and "entities" not in doc:
+            where = check_text_document(doc, index, source)[0]
+            if "mentions" in doc:
+                converted.append(text_to_docred(doc, index, source, mentions_to_entities(doc, where)))
+            else:
+                to_find.append((offset, index, doc, where))
+                converted.append(None)
+        elif kind == "text":
             converted.append(text_to_docred(doc, index, source))
         else:
             if isinstance(doc, dict) and "text" in doc and "sents" not in doc:
                 raise DocreError(f"{source}: document {index}: raw text (a 'text' field) given with --format docred")
             converted.append(doc)
-    # every document, raw-text ones included, passes the DocRED checks (titles unique, spans in range)
-    validate_docred(converted, source, None, first_index)
+    if to_find:
+        found = find_entities([doc["text"] for _, _, doc, _ in to_find], spacy_model, dataset, [w for *_, w in to_find])
+        for (offset, index, doc, _), entities in zip(to_find, found):
+            converted[offset] = text_to_docred(doc, index, source, entities)
+    # every document, raw-text ones included, passes the DocRED checks (titles unique, spans in range); one whose
+    # text has no entity found passes them with a stand-in entity: it is valid, it only has no relations
+    found_at = {offset for offset, *_ in to_find}
+    validate_docred([{**doc, "vertexSet": [[STAND_IN]]} if offset in found_at and not doc["vertexSet"] else doc
+                     for offset, doc in enumerate(converted)],
+                    source, None, first_index)
     return converted
+
+
+STAND_IN = {"name": "", "sent_id": 0, "pos": [0, 1]}
+
+
+def as_documents(documents) -> list:
+    """`predict`'s input as a list of documents: one document (a dict, or a string of plain text) is a
+    list of one; strings are plain-text documents {"text": ...}."""
+    if isinstance(documents, (dict, str)):
+        documents = [documents]
+    if not isinstance(documents, list):
+        return documents  # prepare_documents says what is wrong
+    return [{"text": doc} if isinstance(doc, str) else doc for doc in documents]
 
 
 class Predictor:
     """A trained model ready to predict: tokenizer, model, loss (for its decode) and relation names."""
 
     def __init__(self, cfg, tokenizer, model, loss_fn, rel2id: dict[str, int], rel_info: dict[str, str],
-                 device: torch.device, dtype: torch.dtype):
+                 device: torch.device, dtype: torch.dtype, spacy_model: str = DEFAULT_PIPELINE):
         self.cfg, self.tokenizer, self.model, self.loss_fn = cfg, tokenizer, model, loss_fn
         self.rel2id, self.rel_info, self.device, self.dtype = rel2id, rel_info, device, dtype
+        self.spacy_model = spacy_model  # finds the entities of plain text (docre.data.entities)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "auto", revision: str | None = None,
-                        trust_remote_code: bool = False) -> "Predictor":
+                        trust_remote_code: bool = False, spacy_model: str = DEFAULT_PIPELINE) -> "Predictor":
         """Load a run directory (config.yaml, best.safetensors, rel2id.json), a folder written by
         scripts/export.py (which also carries the encoder's config and tokenizer, so it loads offline
         without the original backbone), or such a folder on the Hugging Face Hub ("ORG/NAME",
@@ -137,6 +177,8 @@ class Predictor:
             revision: of a hub model: a branch, tag or commit (default: the main branch).
             trust_remote_code: let a hub model whose config.yaml sets model.trust_remote_code run the
                 code in its encoder/ folder (else it is refused).
+            spacy_model: the spaCy pipeline (a package name or a folder) that finds the entities of
+                plain text, loaded when first needed (the `text` extra).
         """
         from docre.run_dir import load_trained, model_kind
         from docre.utils import inference_precision, resolve_device
@@ -146,14 +188,19 @@ class Predictor:
         torch_device = resolve_device(device)
         cfg, tokenizer, model, loss_fn, rel2id = load_trained(path, torch_device)
         return cls(cfg, tokenizer, model, loss_fn, rel2id, _rel_info(path, cfg, rel2id), torch_device,
-                   inference_precision(cfg.train.precision, torch_device))
+                   inference_precision(cfg.train.precision, torch_device), spacy_model)
 
-    def predict(self, documents: list[dict] | dict, batch_size: int | None = None, top_k: int | None = None,
+    def prepare(self, documents) -> list[dict]:
+        """`prepare_documents` for this model: entities found by its spaCy pipeline, typed for its dataset."""
+        return prepare_documents(as_documents(documents), spacy_model=self.spacy_model, dataset=self.cfg.data.dataset)
+
+    def predict(self, documents: list[dict | str] | dict | str, batch_size: int | None = None, top_k: int | None = None,
                 progress: bool = False, prepared: bool = False) -> list[list[dict]] | list[dict]:
-        """Relation triples of each document (of one document, when given one dict rather than a list).
+        """Relation triples of each document (of one document, when given one dict or string rather than a list).
 
         Args:
-            documents: DocRED-format or raw-text dicts (see `prepare_documents`), or one of them.
+            documents: DocRED-format or raw-text dicts (see `prepare_documents`), strings of plain text
+                (entities found by the spaCy pipeline), or one of them.
             batch_size: documents per forward pass (default: the run's eval.batch_size).
             top_k: most relations per entity pair (default: the run's eval.top_k).
             progress: show a progress bar.
@@ -168,9 +215,10 @@ class Predictor:
             ATL/ATGL), the sentence ids of the head's and of the tail's mentions, and the ids of the
             sentences predicted as the triple's evidence ([] for a model that predicts none; DREEAM does).
         """
-        if isinstance(documents, dict):
+        if isinstance(documents, (dict, str)):
             return self.predict([documents], batch_size, top_k, progress, prepared)[0]
-        docs = documents if prepared else prepare_documents(documents)
+        docs = documents if prepared else self.prepare(documents)
+        _warn_few_entities(docs)
         rows, scores, pair_rows = self._decode(docs, batch_size or self.cfg.eval.batch_size, self._top_k(top_k), progress)
         scores = scores.numpy()
         rows_of: dict[str, list[dict]] = {doc["title"]: [] for doc in docs}  # titles are unique (validated)
@@ -190,28 +238,28 @@ class Predictor:
             results.append(sorted(triples, key=lambda x: (-x["score"], x["h_idx"], x["t_idx"], x["r"])))
         return results
 
-    def predict_records(self, documents: list[dict] | dict, batch_size: int | None = None, top_k: int | None = None,
-                        progress: bool = False, prepared: bool = False) -> list[dict] | dict:
+    def predict_records(self, documents: list[dict | str] | dict | str, batch_size: int | None = None,
+                        top_k: int | None = None, progress: bool = False, prepared: bool = False) -> list[dict] | dict:
         """Per document the record a .jsonl output holds: {"title", "triples"} (`predict`'s triples)
         and, for raw text, "sent_spans": the [start, end) character span of each sentence in the
-        text, which the triples' sentence ids (h_sents, t_sents, evidence) index. Arguments as for
-        `predict`; one dict in, one record out."""
-        if isinstance(documents, dict):
+        text, which the triples' sentence ids (h_sents, t_sents, evidence) index; where docre made
+        the entities (found them, or grouped the given mentions), also "entities" ({"name", "type",
+        "mentions": [[start, end], ...]}, which h_idx and t_idx index) and "entities_by" (the spaCy
+        pipeline, or "mentions"). Arguments as for `predict`; one document in, one record out."""
+        if isinstance(documents, (dict, str)):
             return self.predict_records([documents], batch_size, top_k, progress, prepared)[0]
-        docs = documents if prepared else prepare_documents(documents)
+        docs = documents if prepared else self.prepare(documents)
         records = []
         for doc, triples in zip(docs, self.predict(docs, batch_size, top_k, progress, prepared=True)):
-            spans = {"sent_spans": doc["sent_spans"]} if "sent_spans" in doc else {}  # raw text only
-            records.append({"title": doc["title"], "triples": triples} | spans)
+            extra = {key: doc[key] for key in ("sent_spans", "entities", "entities_by") if key in doc}  # raw text only
+            records.append({"title": doc["title"], "triples": triples} | extra)
         return records
 
     def leaderboard_rows(self, documents: list[dict] | dict, batch_size: int | None = None, top_k: int | None = None,
                          progress: bool = False, prepared: bool = False) -> list[dict]:
         """The official result.json rows {"title", "h_idx", "t_idx", "r", "evidence": []}, exactly as
         evaluate.py scores them (arguments as for `predict`; one document or a list, rows either way)."""
-        if isinstance(documents, dict):
-            documents = [documents]
-        docs = documents if prepared else prepare_documents(documents)
+        docs = as_documents(documents) if prepared else self.prepare(documents)
         return self._decode(docs, batch_size or self.cfg.eval.batch_size, self._top_k(top_k), progress)[0]
 
     def _top_k(self, top_k: int | None) -> int:
@@ -242,6 +290,15 @@ class Predictor:
             pair_rows.append({(int(h), int(t)): offset + p for p, (h, t) in enumerate(feature.hts.tolist())})
             offset += len(feature.hts)
         return rows, scores, pair_rows
+
+
+def _warn_few_entities(docs: list[dict]) -> None:
+    """One line for the documents whose entities docre found but fewer than two: they have no relations."""
+    few = [doc["title"] for doc in docs if "entities_by" in doc and len(doc["vertexSet"]) < 2]
+    if few:
+        shown = ", ".join(map(repr, few[:3])) + (", ..." if len(few) > 3 else "")
+        logger.warning("%s with fewer than two entities found, so no relations: %s",
+                       plural(len(few), "document"), shown)
 
 
 def resolve_model(name: str | Path, revision: str | None = None, trust_remote_code: bool = False) -> Path:

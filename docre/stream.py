@@ -122,6 +122,10 @@ def parse_line(path: Path, number: int, line: bytes, prepare: Callable[[list], l
         doc = json.loads(text)
     except ValueError as error:
         raise DocreError(f"{path}: line {number}: invalid JSON ({error})") from None
+    if isinstance(doc, dict) and "text" in doc and "title" not in doc and "sents" not in doc:
+        # untitled raw text (plain text for the entity finder, most often): titled by its place in the file, as a
+        # JSON list's documents are, so that titles stay unique in a chunk, which keys its rows by title
+        doc = {**doc, "title": f"document {number - 1}"}
     try:
         return prepare([doc])[0]
     except DocreError as error:  # "FILE: document 0 ('title'): ..." -> "FILE: line N ('title'): ..."

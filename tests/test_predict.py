@@ -263,11 +263,12 @@ def test_records_of_raw_text_carry_the_sentence_spans_that_sentence_ids_index(pr
             assert any(text[a:b] in text[start:end] for a, b in raw["entities"][triple["t_idx"]]["mentions"])
 
 
-def test_raw_text_without_entities_or_with_overlapping_mentions_is_refused(predictor):
+def test_raw_text_with_overlapping_mentions_is_refused(predictor):
     text = "Toyota City hosts Toyota."
     with pytest.raises(DocreError, match=r"^input: document 0 \('document 0'\): entities: must be a non-empty list .*"
-                                         r"docre does not find entities itself; docs/predict.md#raw-text\)$"):
-        predictor.predict({"text": text})
+                                         r'leave entities out and have docre find them: pip install "docre\[text\]"; '
+                                         r"docs/predict.md#plain-text\)$"):
+        predictor.predict({"text": text, "entities": []})
     found_by_search = {"text": text, "entities": [{"name": "Toyota City", "mentions": [[0, 11]]},
                                                   {"name": "Toyota", "mentions": [[0, 6], [18, 24]]}]}
     with pytest.raises(DocreError) as error:
@@ -287,6 +288,129 @@ def test_raw_text_without_entities_or_with_overlapping_mentions_is_refused(predi
         {"mentions": [[4, 24], [15, 17]]}, {"mentions": [[18, 24], [28, 34]]}]}
     with pytest.raises(DocreError, match=r"\[4, 24\] 'University of Warsaw' and entities\[1\]\.mentions\[0\] \[18, 24\]"):
         predictor.predict(past_a_neighbour)
+
+
+# --------------------------------------------------------------------------- plain text (the text extra)
+
+CURIE = ("Marie Curie was born in Warsaw, Poland.\n\n"
+         "Curie moved to Paris in 1891 and worked for IBM (International Business Machines).")
+
+
+@pytest.fixture(scope="module")
+def spacy_pipeline():
+    """The real en_core_web_sm; plain-text tests skip only where the text extra is not installed."""
+    pytest.importorskip("spacy", reason='the text extra is not installed (pip install "docre[text]")')
+    from docre.data.entities import load_pipeline
+
+    return load_pipeline("en_core_web_sm")
+
+
+@pytest.fixture()
+def without_spacy(monkeypatch):
+    """As where the text extra is not installed: `import spacy` fails."""
+    from docre.data.entities import load_pipeline
+
+    load_pipeline.cache_clear()
+    monkeypatch.setitem(sys.modules, "spacy", None)
+    yield
+    load_pipeline.cache_clear()
+
+
+def test_plain_text_runs_the_whole_way(predictor, spacy_pipeline):
+    triples = predictor.predict(CURIE)
+    assert triples and triples == predictor.predict({"text": CURIE}) == predictor.predict([CURIE])[0]
+    record = predictor.predict_records(CURIE)
+    assert record["entities_by"] == "en_core_web_sm" and record["triples"] == triples
+    names = [entity["name"] for entity in record["entities"]]
+    assert {"Marie Curie", "Warsaw", "Poland", "Paris", "1891", "IBM"} <= set(names)
+    ibm = record["entities"][names.index("IBM")]
+    assert ibm["type"] == "ORG" and [CURIE[a:b] for a, b in ibm["mentions"]] == ["IBM", "International Business Machines"]
+    for triple in triples:  # h_idx / t_idx index the found entities; sentence ids index sent_spans
+        assert triple["h_name"] == names[triple["h_idx"]] and triple["t_name"] == names[triple["t_idx"]]
+        for a, b in record["entities"][triple["h_idx"]]["mentions"]:
+            assert any(start <= a and b <= end for start, end in (record["sent_spans"][i] for i in triple["h_sents"]))
+    assert [CURIE[a:b] for a, b in record["sent_spans"]] == [
+        "Marie Curie was born in Warsaw, Poland.", "Curie moved to Paris in 1891 and worked for IBM (International Business "
+        "Machines)."]
+    assert predictor.leaderboard_rows(CURIE) == predictor.leaderboard_rows([{"text": CURIE}])
+
+
+def test_a_users_own_mentions_are_grouped_and_predicted(predictor):
+    text = "Alpha works for Beta.  Beta is in\nGamma City."
+    record = predictor.predict_records({"text": text, "mentions": [[0, 5], [16, 20], [23, 27], [34, 44]]})
+    assert record["entities_by"] == "mentions"
+    assert [[text[a:b] for a, b in e["mentions"]] for e in record["entities"]] == [["Alpha"], ["Beta", "Beta"], ["Gamma City"]]
+    given = {"text": text, "entities": [{"mentions": [[0, 5]]}, {"mentions": [[16, 20], [23, 27]]}, {"mentions": [[34, 44]]}]}
+    assert record["triples"] == predictor.predict(given)  # the same entities, given: the same triples
+
+
+def test_a_text_with_fewer_than_two_entities_found_gets_one_line(predictor, spacy_pipeline, caplog):
+    with caplog.at_level(logging.WARNING, logger="docre"):
+        assert predictor.predict(["nothing here at all.", "Paris is nice."]) == [[], []]
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert lines == ["2 documents with fewer than two entities found, so no relations: 'document 0', 'document 1'"]
+    record = predictor.predict_records("nothing here at all.")
+    assert record["triples"] == [] and record["entities"] == [] and record["sent_spans"] == [[0, 20]]
+
+
+def test_cli_turns_a_txt_file_into_a_page_of_the_found_entities(run_dir, predictor, spacy_pipeline, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("\ufeff" + CURIE + "\n", encoding="utf-8")  # a byte order mark, as Windows editors write
+    status, out, _ = call("scripts/predict", [run_dir, notes, "-o", tmp_path / "notes.jsonl"], capsys)
+    assert status == 0 and out.startswith("1 document, ")
+    record = json.loads((tmp_path / "notes.jsonl").read_text())
+    assert record == predictor.predict_records({"title": "notes", "text": CURIE + "\n"})
+    status, _, _ = call("scripts/predict", [run_dir, notes, "-o", tmp_path / "notes.html"], capsys)
+    page = (tmp_path / "notes.html").read_text()
+    assert status == 0 and "Entities found by the spaCy pipeline en_core_web_sm and grouped by docre." in page
+    assert '<span class="m e5" title="IBM (ORG)">IBM</span>' in page
+    assert '<span class="m e5" title="IBM (ORG)">International Business Machines</span>' in page
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("nothing here at all.\n")
+    status, out, err = call("scripts/predict", [run_dir, empty, "-o", tmp_path / "empty.html"], capsys)
+    assert status == 0 and out.startswith("1 document, 0 relations -> ")
+    warnings = [line for line in err.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and warnings[0].endswith("1 document with fewer than two entities found, so no relations: 'empty'")
+    page = (tmp_path / "empty.html").read_text()
+    assert '<p class="note">No entity found in this text, so no relations.</p>' in page and "<table" not in page
+
+
+def test_cli_streams_json_lines_of_text_and_finds_their_entities(run_dir, predictor, spacy_pipeline, tmp_path, capsys):
+    docs = [{"text": CURIE}, {"title": "second", "text": "Alpha met Beta in Paris."}, {"text": "no names here."}]
+    source = tmp_path / "texts.jsonl"
+    source.write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+    status, _, _ = call("scripts/predict", [run_dir, source, "-o", tmp_path / "out.jsonl", "--chunk-size", "2"], capsys)
+    assert status == 0
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert lines == predictor.predict_records(docs)
+    assert json.loads((tmp_path / "out.jsonl.done.json").read_text())["settings"]["spacy_model"] == "en_core_web_sm"
+
+
+def test_without_the_text_extra_plain_text_is_refused_in_one_line(run_dir, predictor, tmp_path, capsys, without_spacy):
+    install = r'finding them needs spaCy: pip install "docre\[text\]" && python -m spacy download en_core_web_sm'
+    notes = tmp_path / "notes.txt"
+    notes.write_text(CURIE)
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text(json.dumps({"title": "T", "text": CURIE}) + "\n")
+    for source, where in ((notes, r"notes\.txt: document 0 \('notes'\)"), (texts, r"texts\.jsonl: line 1 \('T'\)")):
+        status, _, err = call("scripts/predict", [run_dir, source, "-o", tmp_path / "out.jsonl"], capsys)
+        assert status == 1 and len(err.strip().splitlines()) == 1, err
+        assert re.match(rf"^error: .*{where}: no entities given, and {install} \(docs/predict\.md#plain-text\)$", err), err
+    with pytest.raises(DocreError, match=rf"^input: document 0 \('document 0'\): no entities given, and {install}"):
+        predictor.predict(CURIE)
+    assert predictor.predict({"text": "Alpha met Beta.", "mentions": [[0, 5], [10, 14]]}) is not None  # needs no spaCy
+
+
+def test_a_missing_spacy_pipeline_is_one_line(run_dir, spacy_pipeline, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text(CURIE)
+    status, _, err = call("scripts/predict", [run_dir, notes, "-o", tmp_path / "out.html", "--spacy-model", "xx_nosuch_sm"],
+                          capsys)
+    assert status == 1 and err.strip() == (
+        "error: notes.txt: document 0 ('notes'): no entities given, and the spaCy pipeline 'xx_nosuch_sm' is not installed: "
+        "python -m spacy download xx_nosuch_sm (or name another with --spacy-model; docs/predict.md#plain-text)"
+    ).replace("notes.txt", str(notes))
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -360,16 +484,18 @@ def hostile_inputs(tmp_path: Path) -> dict:
                             r"vertexSet: must be a non-empty list"),
         "latin1.jsonl": (None, r"latin1\.jsonl: line 1: not UTF-8 text"),
         "empty.jsonl": ("", r"file is empty"),
-        "notes.txt": ("Marie Curie was born in Warsaw.\n", r"notes\.txt: plain text is not an input format; give JSON lines "
-                      r"of raw-text documents .* with the entities marked \(docs/predict\.md#raw-text\)$"),
-        "no_entities.jsonl": ('{"text": "Marie Curie was born in Warsaw."}\n',
-                              r"line 1 \('document 0'\): entities: must be a non-empty list .*docs/predict\.md#raw-text\)$"),
+        "no_entities.jsonl": ('{"text": "Marie Curie was born in Warsaw.", "entities": []}\n',
+                              r"line 1 \('document 0'\): entities: must be a non-empty list .*docs/predict\.md#plain-text\)$"),
+        "mentions.jsonl": ('{"text": "Toyota City", "mentions": [[0, 11], [0, 6]]}\n',
+                           r"line 1 \('document 0'\): mentions\[1\] \[0, 6\] 'Toyota' and mentions\[0\] \[0, 11\] 'Toyota City' "
+                           "overlap"),
+        "latin1.txt": (None, r"latin1\.txt: not UTF-8 text \(byte 3\)$"),
     }
     paths = {}
     for name, (content, message) in cases.items():
         path = tmp_path / name
         if content is None:
-            path.write_bytes(b'{"text": "caf\xe9"}\n')
+            path.write_bytes(b'{"text": "caf\xe9"}\n' if name.endswith(".jsonl") else b"caf\xe9 au lait\n")
         else:
             path.write_text(content)
         paths[name] = (path, message)

@@ -3,13 +3,16 @@
 MODEL: a run directory, an exported model folder, or the Hub id ORG/NAME of one (scripts/export.py
 --push-to-hub), downloaded into the Hugging Face cache; HF_HUB_OFFLINE=1 reads only the cache.
 
-INPUT: a DocRED-format JSON list (plain or .gz; labels are ignored; FILE[a:b] takes a slice) or
+INPUT: a DocRED-format JSON list (plain or .gz; labels are ignored; FILE[a:b] takes a slice),
 JSON lines, one document per line, DocRED-format or raw text {"text", "entities": [{"name"?,
-"type"?, "mentions": [[char_start, char_end], ...]}], "title"?}. See docs/predict.md.
+"type"?, "mentions": [[char_start, char_end], ...]}], "title"?}, or a .txt file of plain text (one
+document). Raw text without "entities" has them found by a spaCy pipeline (--spacy-model; the text
+extra: pip install "docre[text]"), or grouped from its own "mentions". See docs/predict.md.
 
 OUTPUT, by its extension:
   *.jsonl  one line per document: {"title", "triples": [{h_idx, h_name, t_idx, t_name, r, r_name,
-           score, h_sents, t_sents}, ...]} (raw-text documents add "sent_spans")
+           score, h_sents, t_sents}, ...]} (raw-text documents add "sent_spans", and "entities"
+           where docre found or grouped them)
   *.json   the leaderboard list [{"title", "h_idx", "t_idx", "r", "evidence": []}]
   *.zip    a CodaLab submission: that list as result.json inside the zip
   *.html   one self-contained page to read the predictions: each document's text with its entity
@@ -18,6 +21,7 @@ OUTPUT, by its extension:
 
 Examples:
   docre-predict runs/minilm_atgl-s66 docs.jsonl -o relations.jsonl
+  docre-predict runs/minilm_atgl-s66 article.txt -o article.html
   docre-predict runs/minilm_atgl-s66 data/redocred/test_revised.json.gz -o result.zip
   docre-predict my-org/minilm-atgl docs.jsonl -o relations.html --device cpu
 """
@@ -31,6 +35,8 @@ from docre.allocator import use_huge_pages
 from docre.cli import command_parser
 from docre.errors import DocreError, run_cli
 
+DEFAULT_PIPELINE = "en_core_web_sm"  # = docre.data.entities.DEFAULT_PIPELINE, here so that --help imports nothing
+
 OUTPUTS = (".jsonl", ".json", ".zip", ".html")
 CHUNK = 256  # documents per call of the predictor: bounds the memory held by logits
 
@@ -39,10 +45,14 @@ def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
     parser = command_parser("docre-predict", __doc__)
     parser.add_argument("model", metavar="MODEL", help="run directory, exported model folder, or Hugging Face Hub id ORG/NAME")
-    parser.add_argument("input", metavar="INPUT", help="documents: DocRED JSON list or JSON lines (DocRED or raw text)")
+    parser.add_argument("input", metavar="INPUT",
+                        help="documents: DocRED JSON list, JSON lines (DocRED or raw text) or a .txt file (plain text)")
     parser.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                         help="*.jsonl (triples), *.json (leaderboard), *.zip (CodaLab) or *.html (a page to read them)")
     parser.add_argument("--format", default="auto", choices=("auto", "docred", "text"), help="input format (default: by keys)")
+    parser.add_argument("--spacy-model", default=DEFAULT_PIPELINE, metavar="NAME",
+                        help=f"spaCy pipeline (package or folder) finding the entities of text that gives none "
+                             f"(default {DEFAULT_PIPELINE})")
     parser.add_argument("--top-k", type=int, metavar="K", help="most relations per entity pair (default: the run's eval.top_k)")
     parser.add_argument("--batch-size", type=int, metavar="N",
                         help="documents per forward pass (default: the run's eval.batch_size)")
@@ -61,7 +71,8 @@ def main() -> int:
         if value is not None and value < 1:
             raise DocreError(f"{name} must be at least 1, got {value}")
 
-    from docre.predict import check_not_plain_text, resolve_model
+    from docre.config import load_config
+    from docre.predict import resolve_model
     from docre.run_dir import model_kind
     from docre.utils import resolve_device
 
@@ -69,8 +80,9 @@ def main() -> int:
 
     model_dir = resolve_model(args.model, args.revision)  # a Hub id: its folder in the Hugging Face cache
     model_kind(model_dir)  # a wrong model path fails before the input is read
-    check_not_plain_text(Path(args.input))
-    streamed = output.suffix != ".html" and is_json_lines(args.input)
+    args.dataset = load_config(Path(model_dir) / "config.yaml").data.dataset  # the entity types found entities take
+    plain_text = Path(args.input).suffix.lower() == ".txt"
+    streamed = output.suffix != ".html" and not plain_text and is_json_lines(args.input)
     if not streamed and (args.skip_bad or int(os.environ.get("WORLD_SIZE", "1")) > 1):
         raise DocreError(f"{args.input}: --skip-bad and torchrun need JSON-lines input and a .jsonl, .json or .zip output")
     return _predict_stream(args, model_dir, output) if streamed else _predict_in_memory(args, model_dir, output)
@@ -100,9 +112,9 @@ def _predict_in_memory(args, model_dir, output: Path) -> int:
     from docre.predict import Predictor, read_documents
     from docre.utils import hide_progress, plural, setup_logging
 
-    docs = read_documents(args.input, args.format)  # bad input fails before the model is loaded
+    docs = read_documents(args.input, args.format, args.spacy_model, args.dataset)  # bad input fails before the model loads
     setup_logging()
-    predictor = Predictor.from_pretrained(model_dir, args.device)
+    predictor = Predictor.from_pretrained(model_dir, args.device, spacy_model=args.spacy_model)
     started = time.perf_counter()
     with tqdm(total=len(docs), desc="predict", unit="doc", disable=hide_progress()) as progress:
         if output.suffix == ".jsonl":
@@ -140,7 +152,7 @@ def _predict_stream(args, model_dir, output: Path) -> int:
     # version, so a retrained run under the same name never counts as done, nor continues another's output.
     settings = {"model": str(Path(model_dir).resolve()), "model_files": model_fingerprint(model_dir),
                 "input": str(path.resolve()), "format": args.format, "output": output.suffix, "top_k": args.top_k,
-                "chunk": args.chunk_size, "skip_bad": args.skip_bad}
+                "chunk": args.chunk_size, "skip_bad": args.skip_bad, "spacy_model": args.spacy_model}
     record = {"settings": settings, "input_bytes": status.st_size, "input_mtime_ns": status.st_mtime_ns}
     done = _done_record(output) if output.exists() else None
     if args.overwrite:
@@ -153,12 +165,13 @@ def _predict_stream(args, model_dir, output: Path) -> int:
         print(f"{output} was predicted by another model (changed since: {', '.join(changed)}); predicting again")
     setup_logging()
     rank, world, device = distributed.init_distributed(resolve_device(args.device, "--device"))
-    predictor = Predictor.from_pretrained(model_dir, str(device))
+    predictor = Predictor.from_pretrained(model_dir, str(device), spacy_model=args.spacy_model)
     started = time.perf_counter()
     with tqdm(total=stream.count_lines(path) if rank == 0 else None, desc="predict", unit="doc",
               disable=hide_progress(rank == 0)) as bar:
         _, done = stream.run_shard(
-            path, output, rank, world, settings, args.chunk_size, lambda docs: prepare_documents(docs, args.format, str(path)),
+            path, output, rank, world, settings, args.chunk_size,
+            lambda docs: prepare_documents(docs, args.format, str(path), 0, args.spacy_model, args.dataset),
             partial(_records, output.suffix, predictor, args), args.skip_bad, bar)
     done = sum(distributed.gather(done))  # documents predicted by this command (not before an interruption)
     if rank == 0:

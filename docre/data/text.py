@@ -19,9 +19,15 @@ docre's own tokenizer, deterministic and with no model or language data behind i
 
 Splitting finer than a linguistic tokenizer ("U.S." -> U . S .) is deliberate: it never makes a
 correct span cut a word, and BERT-style word-piece tokenizers split punctuation the same way.
+
+A document without entities has them made for it (`docre.data.entities`: grouped from the user's
+own mentions, or found by a spaCy pipeline, whose sentences then replace the splitter's); it comes
+here as `FoundEntities`, already on whole words and without overlaps.
 """
 
+import bisect
 import unicodedata
+from dataclasses import dataclass
 
 from docre.errors import DocreError
 
@@ -31,6 +37,15 @@ ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof st jr sr vs etc inc ltd co corp no gen col lt sgt capt mt fig approx dept est "  # noqa: SIM905 (words)
     "jan feb mar apr jun jul aug sep sept oct nov dec".split()
 )
+
+
+@dataclass
+class FoundEntities:
+    """The entities docre made for a raw-text document that gave none (docre.data.entities)."""
+
+    entities: list[dict]  # [{"name", "type", "mentions": [[start, end], ...]}]: whole words, no word in two entities
+    by: str  # "mentions" (the document's own mentions, grouped) or the name of the spaCy pipeline that found them
+    sentence_chars: list[int] | None = None  # where the pipeline's sentences begin; None: docre's splitter
 
 
 def _is_word_char(char: str) -> bool:
@@ -112,33 +127,42 @@ def _ends_sentence(text: str, words: list[tuple[int, int]], first: int, last: in
     return True
 
 
-def text_to_docred(doc, index: int, source: str = "input") -> dict:
+def sentence_starts_at(words: list[tuple[int, int]], chars: list[int], protected: list[tuple[int, int]] = ()) -> list[int]:
+    """Indices of the words that begin a sentence, where a pipeline's sentences begin (`chars`, character
+    offsets): the first word at or after each offset, unless that word only continues one cut there
+    (a pipeline token inside one of docre's words), and never inside a mention (`protected`)."""
+    word_starts = [start for start, _ in words]
+    starts = {0} if words else set()
+    for char in chars:
+        w = bisect.bisect_left(word_starts, char)
+        if 0 < w < len(words) and not (words[w - 1][1] > char) and not any(
+                start < words[w][0] and end > words[w - 1][1] for start, end in protected):
+            starts.add(w)
+    return sorted(starts)
+
+
+def text_to_docred(doc, index: int, source: str = "input", found: FoundEntities | None = None) -> dict:
     """One raw-text document -> a DocRED-format document.
 
     The result also carries "entity_names" (the given names, else the first mention's text) and
     "sent_spans", the [start, end) character span of each sentence, so that sentence ids in
-    predictions can be traced back to the text.
+    predictions can be traced back to the text. With `found` (the entities docre made for a document
+    that gave none), it also carries them as "entities" (character spans, in vertexSet order) and
+    "entities_by" (`found.by`); then no entity at all is no error: the document has no relations.
 
     Raises:
         DocreError: one line naming `source`, the document (index and title), the entity and the
             field, for a malformed document or a mention span outside the text or cutting a word.
     """
-    where = f"{source}: document {index}"
-    if not isinstance(doc, dict):
-        raise DocreError(f"{where}: a document must be a JSON object, got {type(doc).__name__}")
-    title = doc.get("title", f"document {index}")
-    if not isinstance(title, str):
-        raise DocreError(f"{where}: title: must be a string")
-    where = f"{where} ({title!r})"
-    text = doc.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise DocreError(f"{where}: text: must be a non-empty string")
-    entities = doc.get("entities")
-    if not isinstance(entities, list) or not entities:
-        raise DocreError(f"{where}: entities: must be a non-empty list of entities, each given by its mentions' "
-                         "character spans (docre does not find entities itself; docs/predict.md#raw-text)")
-
+    where, title, text = check_text_document(doc, index, source)
+    entities = found.entities if found else doc.get("entities")
+    if found is None and (not isinstance(entities, list) or not entities):
+        raise DocreError(f"{where}: entities: must be a non-empty list of entities, each given by its mentions' character "
+                         'spans (or leave entities out and have docre find them: pip install "docre[text]"; '
+                         f"{PLAIN_TEXT_DOCS})")
     words = word_spans(text)
+    if not words:
+        raise DocreError(f"{where}: text: has no words (only spaces or invisible characters)")
     word_at_start = {start: w for w, (start, _) in enumerate(words)}
     word_at_end = {end: w for w, (_, end) in enumerate(words)}
     mentions = []  # per entity: [(first word, last word, start, end), ...]
@@ -152,29 +176,54 @@ def text_to_docred(doc, index: int, source: str = "input") -> dict:
         spans = entity.get("mentions")
         if not isinstance(spans, list) or not spans:
             raise DocreError(f"{field}.mentions: must be a non-empty list of [char_start, char_end] spans")
-        found = []
+        found_spans = []
         for m, span in enumerate(spans):
-            found.append(_locate(span, text, words, word_at_start, word_at_end, f"{field}.mentions[{m}]"))
-        mentions.append(found)
+            found_spans.append(locate_span(span, text, words, word_at_start, word_at_end, f"{field}.mentions[{m}]"))
+        mentions.append(found_spans)
     _check_no_overlap(mentions, text, where)
 
-    starts = sentence_starts(text, words, [(start, end) for found in mentions for _, _, start, end in found])
+    protected = [(start, end) for spans in mentions for _, _, start, end in spans]
+    if found is not None and found.sentence_chars is not None:
+        starts = sentence_starts_at(words, found.sentence_chars, protected)
+    else:
+        starts = sentence_starts(text, words, protected)
+    stops = starts[1:] + [len(words)]
     sentence_of = [0] * len(words)
-    for s, (first, stop) in enumerate(zip(starts, starts[1:] + [len(words)])):
+    for s, (first, stop) in enumerate(zip(starts, stops)):
         sentence_of[first:stop] = [s] * (stop - first)
-    sents = [[text[a:b] for a, b in words[first:stop]] for first, stop in zip(starts, starts[1:] + [len(words)])]
+    sents = [[text[a:b] for a, b in words[first:stop]] for first, stop in zip(starts, stops)]
     vertex_set = []
-    for entity, found in zip(entities, mentions):
+    for entity, spans in zip(entities, mentions):
         vertex_set.append([
             {"name": text[start:end], "sent_id": sentence_of[first],
              "pos": [first - starts[sentence_of[first]], last + 1 - starts[sentence_of[first]]],
              "type": entity.get("type", "")}
-            for first, last, start, end in found
+            for first, last, start, end in spans
         ])
     # the names predictions show: the given one, else the first mention's text (as DocRED's first mention name)
-    names = [entity.get("name", found[0]["name"]) for entity, found in zip(entities, vertex_set)]
-    sent_spans = [[words[first][0], words[stop - 1][1]] for first, stop in zip(starts, starts[1:] + [len(words)])]
-    return {"title": title, "sents": sents, "vertexSet": vertex_set, "entity_names": names, "sent_spans": sent_spans}
+    names = [entity.get("name", vertex[0]["name"]) for entity, vertex in zip(entities, vertex_set)]
+    sent_spans = [[words[first][0], words[stop - 1][1]] for first, stop in zip(starts, stops)]
+    made = {"entities": entities, "entities_by": found.by} if found else {}
+    return {"title": title, "sents": sents, "vertexSet": vertex_set, "entity_names": names, "sent_spans": sent_spans} | made
+
+
+PLAIN_TEXT_DOCS = "docs/predict.md#plain-text"
+
+
+def check_text_document(doc, index: int, source: str) -> tuple[str, str, str]:
+    """(where, title, text) of a raw-text document: `where` names the source, the document and its
+    title for error messages; a DocreError if it is no JSON object, or its title or text is wrong."""
+    where = f"{source}: document {index}"
+    if not isinstance(doc, dict):
+        raise DocreError(f"{where}: a document must be a JSON object, got {type(doc).__name__}")
+    title = doc.get("title", f"document {index}")
+    if not isinstance(title, str):
+        raise DocreError(f"{where}: title: must be a string")
+    where = f"{where} ({title!r})"
+    text = doc.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise DocreError(f"{where}: text: must be a non-empty string")
+    return where, title, text
 
 
 def _check_no_overlap(mentions: list[list[tuple[int, int, int, int]]], text: str, where: str) -> None:
@@ -194,8 +243,8 @@ def _check_no_overlap(mentions: list[list[tuple[int, int, int, int]]], text: str
                 "(drop the shorter span if it was found inside a longer name)")
 
 
-def _locate(span, text: str, words: list[tuple[int, int]], word_at_start: dict, word_at_end: dict, field: str):
-    """A mention's (first word, last word, start, end), or a DocreError saying what is wrong."""
+def locate_span(span, text: str, words: list[tuple[int, int]], word_at_start: dict, word_at_end: dict, field: str):
+    """A mention's (first word, last word, start, end), or a DocreError naming `field` and saying what is wrong."""
     if not (isinstance(span, list) and len(span) == 2 and all(type(x) is int for x in span)):
         raise DocreError(f"{field}: must be [char_start, char_end] (two integers), got {span!r}")
     start, end = span
