@@ -29,7 +29,7 @@ import bisect
 import unicodedata
 from dataclasses import dataclass
 
-from docre.errors import DocreError
+from docre.errors import DocreError, did_you_mean
 
 TERMINATORS = frozenset(".!?。！？…")
 CLOSERS = frozenset(")]}\"'”’»」』")
@@ -264,3 +264,46 @@ def locate_span(span, text: str, words: list[tuple[int, int]], word_at_start: di
             )
         raise DocreError(f"{field}: [{start}, {end}] {text[start:end]!r} {edge} with whitespace; trim the span to its words")
     return word_at_start[start], word_at_end[end], start, end
+
+
+def annotated_to_docred(record, index: int, source: str = "input", rel2id: dict[str, int] | None = None) -> dict:
+    """A user's annotated document -> a DocRED-format training document {"title", "sents", "vertexSet",
+    "labels"} (docre-convert). The record is raw text with its entities (`text_to_docred`, the same
+    checks) and, optionally, "relations": [{"head": entity index, "tail": entity index, "type": relation
+    id}, ...], each a label with no evidence (sentence ids depend on docre's sentence split, which the
+    annotator did not see). Without "relations" the document has no labels (a file to predict on).
+
+    Raises:
+        DocreError: one line naming `source`, the document and the entity or relation.
+    """
+    doc = text_to_docred(record, index, source)
+    converted = {key: doc[key] for key in ("title", "sents", "vertexSet")}
+    if "relations" not in record:
+        return converted
+    where = f"{source}: document {index} ({doc['title']!r})"
+    relations, count = record["relations"], len(doc["vertexSet"])
+    if not isinstance(relations, list):
+        raise DocreError(f'{where}: relations: must be a list of {{"head", "tail", "type"}} objects')
+    labels = []
+    for k, relation in enumerate(relations):
+        field = f"{where}: relations[{k}]"
+        if not isinstance(relation, dict):
+            raise DocreError(f"{field}: a relation must be a JSON object {{\"head\", \"tail\", \"type\"}}")
+        for key in ("head", "tail", "type"):
+            if key not in relation:
+                raise DocreError(f"{field}: missing field '{key}'")
+        head, tail, kind = relation["head"], relation["tail"], relation["type"]
+        for key, value in (("head", head), ("tail", tail)):
+            if type(value) is not int or not 0 <= value < count:
+                raise DocreError(f"{field}.{key}: {value!r} is not an entity index (0..{count - 1}, in the order of entities)")
+        if head == tail:
+            raise DocreError(f"{field}: head and tail are both entity {head}; a relation needs two different entities")
+        if not isinstance(kind, str) or not kind.strip():
+            raise DocreError(f"{field}.type: must be a relation id (a non-empty string, e.g. P17)")
+        if kind == "Na" or (rel2id is not None and rel2id.get(kind, 0) == 0):
+            known = [r for r, i in (rel2id or {}).items() if i > 0]
+            what = ("the NA class (no relation), not a relation" if kind == "Na" or kind in (rel2id or {})
+                    else f"not in the relation map{did_you_mean(kind, known)}")
+            raise DocreError(f"{field}.type: {kind!r} is {what}")
+        labels.append({"h": head, "t": tail, "r": kind, "evidence": []})
+    return converted | {"labels": labels}
