@@ -326,7 +326,7 @@ def memory_options(backbone: str, reps: int, name: str = "atlop") -> dict:
 
     results = {}
     switches = (("default", {}), ("checkpointing", {"gradient_checkpointing": True}), ("pair_chunk_32", {"pair_chunk_size": 32}))
-    for name, options in switches:
+    for switch, options in switches:
         model, _, loss_fn, tokenizer, rel2id = build(backbone, name, **options)
         model.train()
         data = [collate(f, len(rel2id), tokenizer.pad_token_id) for f in training_batches(tokenizer, rel2id, 2)]
@@ -337,7 +337,7 @@ def memory_options(backbone: str, reps: int, name: str = "atlop") -> dict:
                           for b in data)
             if rep:
                 times.append(elapsed / len(data))
-        results[name] = median_of(times)
+        results[switch] = median_of(times)
     return {"checkpointing_step_ratio": results["checkpointing"] / results["default"],
             "pair_chunk_32_step_ratio": results["pair_chunk_32"] / results["default"]}
 
