@@ -3,6 +3,7 @@ docs/performance.md).
 
     python scripts/benchmark.py [--encoder minilm|bert-base] [--model atlop|...] [--threads 2] [--quick] [--json]
     python scripts/benchmark.py --attention-paths [--encoder bert-base]   # fast vs general attention path
+    python scripts/benchmark.py --loss NAME [--quick]   # a training step with loss NAME against ATL's
 
 Measured in one process, side by side, on batches of 4 Re-DocRED documents from the training
 sampler: a full training step of the model (forward, loss, backward, optimizer step) against the
@@ -13,7 +14,13 @@ median over repetitions after a warm-up; the ratios are medians of per-repetitio
 moments of the machine hit both sides. Peak memory comes from a real `train.py` run and the 4,096-word-piece document from a
 separate process, since a process's peak resident memory cannot be reset. `--json` prints one JSON
 object as the last line. "bert-base" is a randomly initialised BertConfig() model (no download)
-with the MiniLM tokenizer (same vocabulary). Results and how to read them: docs/performance.md.
+with the MiniLM tokenizer (same vocabulary). `--loss NAME` measures only the training step with
+loss NAME against the same step with ATL (each with the model and loss keywords of its
+Re-DocRED-mini config, the loss's training statistics computed from that training split, both with
+the token budget of the loss's config), alternating on the same batches; its ratio is the median of
+the per-batch paired ratios (a burst of another job spoils a few pairs, not the figure), in wall
+time and in the process's CPU time (which waiting for a core does not inflate). Results and how to
+read them: docs/performance.md.
 """
 
 import argparse
@@ -41,7 +48,8 @@ def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--encoder", choices=("minilm", "bert-base"), default="minilm")
-    from docre.models import MODELS  # after use_huge_pages: it imports torch
+    from docre.losses import LOSSES  # after use_huge_pages: it imports torch
+    from docre.models import MODELS
 
     parser.add_argument("--model", choices=tuple(MODELS), default="atlop",
                         help="the model of docre.models.MODELS whose step, inference and memory are measured")
@@ -55,6 +63,8 @@ def main() -> int:
     parser.add_argument("--attention-paths", action="store_true",
                         help="only the training step's ratio on docre's fast attention path and on the general path "
                              "(the encoder's own attention, taken by encoders docre cannot route), side by side")
+    parser.add_argument("--loss", choices=tuple(LOSSES),
+                        help="only a training step with this loss against the same step with ATL, side by side")
     parser.add_argument("--part", choices=("long-doc",), help=argparse.SUPPRESS)  # internal: run in a subprocess
     parser.add_argument("--gradient-checkpointing", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -82,6 +92,15 @@ def main() -> int:
             figures |= attention_paths(backbone, batches=2 if args.quick else 5, reps=1 if args.quick else 3,
                                        device=device, dtype=dtype, name=args.model)
         report_attention_paths(figures)
+        if args.json:
+            print(json.dumps(figures))
+        return 0
+    if args.loss:
+        with tempfile.TemporaryDirectory() as scratch:
+            backbone = backbone_folder(args.encoder, Path(scratch))
+            figures |= loss_step_ratio(backbone, args.loss, batches=2 if args.quick else 3, reps=2 if args.quick else 3,
+                                       device=device, dtype=dtype, name=args.model)
+        report_loss(figures)
         if args.json:
             print(json.dumps(figures))
         return 0
@@ -151,6 +170,15 @@ def timed(function) -> float:
     return time.perf_counter() - started
 
 
+def timed_with_cpu(function) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds, all its threads) of `function()`. On a machine
+    shared with other jobs, waiting for a core inflates the first and not the second; with one
+    thread (--threads 1) the second is the work done, free of the threads' spin-waiting too."""
+    started = time.process_time()
+    wall = timed(function)
+    return wall, time.process_time() - started
+
+
 def median_of(samples: list[float]) -> float:
     return statistics.median(samples)
 
@@ -190,12 +218,18 @@ def build(backbone: str, name: str = "atlop", **options):
     return model, encoder, build_loss("atgl", alpha=16.5), tokenizer, rel2id
 
 
-def training_batches(tokenizer, rel2id, count: int):
-    """`count` batches of 4 documents spread over an epoch of Re-DocRED-mini's training sampler."""
+def training_split(tokenizer, rel2id):
+    """Re-DocRED-mini's training split (the first 400 Re-DocRED dev documents)."""
     from docre.data import load_split
+
+    return load_split("train", "docred", f"{DEV}[:400]", DATA_DIR, tokenizer, rel2id, "*", 1024)
+
+
+def training_batches(tokenizer, rel2id, count: int, split=None):
+    """`count` batches of 4 documents spread over an epoch of Re-DocRED-mini's training sampler."""
     from docre.trainer import epoch_batches
 
-    split = load_split("train", "docred", f"{DEV}[:400]", DATA_DIR, tokenizer, rel2id, "*", 1024)
+    split = split or training_split(tokenizer, rel2id)
     batches = epoch_batches([len(f.input_ids) for f in split.features], 4, seed=66, epoch=0, bucketing=True)
     chosen = [batches[i * len(batches) // count] for i in range(count)]
     return [[split.features[i] for i in batch] for batch in chosen]
@@ -263,6 +297,105 @@ def step_ratios(backbone: str, batches: int, reps: int, device=None, dtype=None,
         "pairs_per_batch": sum(len(f.hts) for features in data for f in features) / len(data),
         "tokens_per_batch": sum(int(mask.sum()) for _, mask in inputs) / len(data),
         "max_batch_tokens": budget,
+    }
+
+
+def loss_step_ratio(backbone: str, loss: str, batches: int, reps: int, device=None, dtype=None, name: str = "atlop") -> dict:
+    """A training step with loss `loss` against the same step with ATL, as train() runs them
+    (collate, forward, loss, backward, clipping, AdamW step). Each side is built from its
+    Re-DocRED-mini config (configs/redocred_mini/minilm_<loss>.yaml, else minilm_atl.yaml with the
+    loss swapped): its loss keywords, the loss's training statistics from that training split
+    (SSR-PU's priors, AMTL's label spaces, as the trainer computes them) and a model with as many
+    outputs as the loss asks for (AMTL: 100). Both sides run with the token budget of the loss's
+    config on CPU (none on a GPU), so they see the same parts. The sides alternate per batch
+    and swap order every repetition; also the loss alone (forward + backward on one batch's fixed
+    logits and, for a loss that asks, pair features)."""
+    import torch
+
+    from docre.config import TrainConfig, load_config
+    from docre.data import load_rel2id
+    from docre.data.collate import collate, stack_labels
+    from docre.losses import build_loss, output_size, training_statistics, wants_features
+    from docre.models import build_model_from_config, load_tokenizer
+    from docre.models.output import PairFeatures, logits_of
+    from docre.trainer import _optimizer_step, build_optimizer, linear_warmup_decay
+
+    device, dtype = device or torch.device("cpu"), dtype or torch.float32
+    tokenizer = load_tokenizer(backbone)
+
+    def config_of(loss_name: str):
+        own = ROOT / f"configs/redocred_mini/minilm_{loss_name}.yaml"
+        path, swap = (own, []) if own.is_file() else (ROOT / "configs/redocred_mini/minilm_atl.yaml", [f"loss.name={loss_name}"])
+        return path, load_config(path, [*swap, f"model.backbone={backbone}", f"model.name={name}"])
+
+    loss_path, loss_cfg = config_of(loss)
+    _, atl_cfg = config_of("atl")
+    rel2id = load_rel2id("docred", str(ROOT / "data/docred/rel2id.json"))
+    rel_ids = sorted(rel2id, key=rel2id.get)  # in column order
+    split = training_split(tokenizer, rel2id)
+    train_labels = stack_labels(split.features, len(rel2id))  # [P_total, C], every candidate pair of the split
+    budget = loss_cfg.train.max_batch_tokens if device.type == "cpu" else 0
+    data = training_batches(tokenizer, rel2id, batches, split)
+
+    sides = {}
+    for side, cfg in (("atl", atl_cfg), ("loss", loss_cfg)):
+        loss_fn = build_loss(**{**cfg.loss, **training_statistics(cfg.loss, train_labels, rel_ids)})
+        torch.manual_seed(cfg.seed)
+        model = build_model_from_config(cfg.model, tokenizer, output_size(loss_fn, len(rel2id))).to(device)
+        optimizer = build_optimizer(model, TrainConfig())
+        sides[side] = (model, loss_fn, optimizer, linear_warmup_decay(optimizer, 0, 10**6),
+                       torch.amp.GradScaler(device.type, enabled=dtype == torch.float16))
+
+    def train_step(side, features):
+        model, loss_fn, optimizer, scheduler, scaler = sides[side]
+        _optimizer_step(model, loss_fn, optimizer, scheduler, scaler, [features], len(rel2id), tokenizer.pad_token_id,
+                        device, dtype, 1.0, budget, model.window)
+
+    steps = {"atl": [], "loss": []}  # per repetition, mean wall seconds per batch
+    paired, paired_cpu = [], []  # per (repetition, batch): loss step / ATL step on the same documents, back to back
+    for rep in range(reps + 1):  # the first repetition warms up
+        order = ("atl", "loss") if rep % 2 == 0 else ("loss", "atl")  # neither side always runs first
+        elapsed = {"atl": [], "loss": []}  # (wall, CPU) seconds per batch
+        for features in data:  # per batch, both sides: a change of the machine's speed hits both alike
+            for side in order:
+                elapsed[side].append(timed_with_cpu(lambda side=side, features=features: train_step(side, features)))
+        if rep:
+            for side in steps:
+                steps[side].append(sum(wall for wall, _ in elapsed[side]) / len(data))
+            paired += [a[0] / b[0] for a, b in zip(elapsed["loss"], elapsed["atl"])]
+            paired_cpu += [a[1] / b[1] for a, b in zip(elapsed["loss"], elapsed["atl"])]
+
+    def loss_alone(side) -> float:
+        """Median seconds of the loss's forward + backward on the first batch's fixed model output."""
+        model, loss_fn, *_ = sides[side]
+        batch = collate(data[0], len(rel2id), tokenizer.pad_token_id).to(device)
+        model.eval()
+        with torch.no_grad():
+            output = model(batch, features=True) if wants_features(loss_fn) else (model(batch), None)
+        model.train()
+        logits, features = logits_of(output[0]).float(), output[1]
+        extra = {}
+        if features is not None:
+            def leaf(x):
+                return None if x is None else x.detach().requires_grad_()
+            extra["features"] = PairFeatures(leaf(features.head), leaf(features.tail), features.block_size, leaf(features.vector))
+        logits.requires_grad_()
+        return median_of([timed(lambda: loss_fn(logits, batch.labels, **extra).backward()) for _ in range(11)][1:])
+
+    return {
+        "loss": loss, "loss_config": str(loss_path.relative_to(ROOT)),
+        "loss_keywords": {k: v for k, v in loss_cfg.loss.items() if k != "name"},
+        "loss_outputs": output_size(sides["loss"][1], len(rel2id)),
+        "loss_step_s": median_of(steps["loss"]), "atl_step_s": median_of(steps["atl"]),
+        # the median of the paired ratios: a burst of another job on the machine spoils a few pairs, not the figure
+        "loss_step_ratio": median_of(paired),
+        "loss_step_ratio_quartiles": statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3,
+        "loss_step_ratios_per_rep": [a / b for a, b in zip(steps["loss"], steps["atl"])],
+        "loss_step_cpu_ratio": median_of(paired_cpu),
+        "loss_step_cpu_ratio_quartiles": statistics.quantiles(paired_cpu, n=4) if len(paired_cpu) > 1 else paired_cpu * 3,
+        "loss_alone_s": loss_alone("loss"), "atl_alone_s": loss_alone("atl"),
+        "pairs_per_batch": sum(len(f.hts) for features in data for f in features) / len(data),
+        "max_batch_tokens": budget, "batches": len(data), "reps": reps,
     }
 
 
@@ -436,6 +569,27 @@ def report_attention_paths(figures: dict) -> None:
               f"{figures[path + '_encoder_train_s']:.3f} s   ratio {figures[path + '_train_ratio']:.2f}")
     print(f"general / fast: x{figures['general_train_ratio'] / figures['fast_train_ratio']:.2f} per step "
           f"({figures['fast_pairs_per_batch']:.0f} pairs, {figures['fast_tokens_per_batch']:.0f} tokens per batch)")
+
+
+def report_loss(figures: dict) -> None:
+    print(f"docre benchmark: model {figures['model']}, encoder {figures['encoder']}, {figures['device']} "
+          f"{figures['precision']}, {figures['threads']} threads, {figures['cpu']} ({figures['cores']} cores), "
+          f"torch {figures['torch']}, transformers {figures['transformers']}")
+    keywords = ", ".join(f"{k}={v}" for k, v in figures["loss_keywords"].items())
+    print(f"loss {figures['loss']}({keywords}) from {figures['loss_config']}, {figures['loss_outputs']} outputs per pair, "
+          f"{figures['pairs_per_batch']:.0f} pairs per batch, max_batch_tokens {figures['max_batch_tokens']}, "
+          f"{figures['batches']} batches x {figures['reps']} repetitions")
+    low, _, high = figures["loss_step_ratio_quartiles"]
+    print(f"training step  {figures['loss']} {figures['loss_step_s']:.3f} s   atl {figures['atl_step_s']:.3f} s   "
+          f"ratio {figures['loss_step_ratio']:.3f} (median of {figures['batches'] * figures['reps']} paired steps, "
+          f"quartiles {low:.3f}-{high:.3f}; per repetition "
+          + ", ".join(f"{r:.3f}" for r in figures["loss_step_ratios_per_rep"]) + ")")
+    if figures["device"] == "cpu":  # on a GPU the host's CPU time is not the step's work
+        low, _, high = figures["loss_step_cpu_ratio_quartiles"]
+        print(f"CPU time of the process, same steps: ratio {figures['loss_step_cpu_ratio']:.3f} "
+              f"(quartiles {low:.3f}-{high:.3f})")
+    print(f"loss alone (forward + backward, one batch)  {figures['loss']} {figures['loss_alone_s'] * 1e3:.1f} ms   "
+          f"atl {figures['atl_alone_s'] * 1e3:.1f} ms")
 
 
 if __name__ == "__main__":
