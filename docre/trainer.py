@@ -39,7 +39,7 @@ from docre.data.collate import collate, split_by_tokens, stack_labels
 from docre.data.feature import Feature
 from docre.errors import DocreError
 from docre.inference import decode_predictions, has_labels, predict, save_logits
-from docre.losses import build_loss, output_size, training_statistics, wants_features
+from docre.losses import build_loss, couples_pairs, output_size, training_statistics, wants_features
 from docre.losses.common import tune_threshold_offset
 from docre.losses.evidence import evidence_kl
 from docre.metrics import breakdown, score
@@ -251,6 +251,11 @@ def setup(cfg: Config, processes: tuple[int, int, torch.device], run_dir: Path, 
 
     loss_kwargs = {**cfg.loss, **_loss_statistics(cfg, run_dir, rank, checkpoint, train_split, rel2id)}
     loss_fn = build_loss(**loss_kwargs)
+    if couples_pairs(loss_fn) and (cfg.train.max_batch_tokens or world > 1) and rank == 0:
+        logger.warning("loss %s is not a mean over pairs, and train.max_batch_tokens=%d / %d processes split "
+                       "batches: it is computed within each part, not as the official loss over the whole batch "
+                       "(set train.max_batch_tokens=0 and train on one process for that)", cfg.loss["name"],
+                       cfg.train.max_batch_tokens, world)
     model = build_model_from_config(cfg.model, tokenizer, output_size(loss_fn, len(rel2id))).to(device)
     if init_weights is not None:  # before the optimizer is built, so that it starts from them
         init_from(model, init_weights, cfg, rel2id)

@@ -94,3 +94,10 @@ def test_pemscl_trains_on_the_model_pair_features(tiny_backbone, tmp_path):
     losses = [row["loss"] for row in rows if row["type"] == "train"]
     assert losses and all(loss == loss for loss in losses)  # finite numbers, features reached the loss
     assert not (run_dir / "loss_statistics.json").exists()  # PEMSCL takes nothing from the training split
+    assert "is not a mean over pairs" not in (run_dir / "train.log").read_text()  # whole batches: no warning
+
+
+def test_a_loss_over_whole_batches_warns_when_batches_are_split(tiny_backbone, tmp_path):
+    run_dir = train_run(tiny_backbone, tmp_path, "loss.name=pemscl", "train.max_steps=1", "train.max_batch_tokens=100")
+    assert ("loss pemscl is not a mean over pairs, and train.max_batch_tokens=100 / 1 processes split batches"
+            in (run_dir / "train.log").read_text())

@@ -16,6 +16,8 @@ What a loss may ask for beyond (logits, labels), read in this file and nowhere e
 * a label space of its own: a loss with a `num_outputs` attribute makes the model output that many
   logits per pair; its `decode` and `relation_scores` map them back to the C relation columns, so
   predictions, metrics and files never see its layout (`output_size`, `relation_margins`).
+A loss that is not a mean over pairs (`couples_pairs = True`: SSR-PU, PEMSCL) is the official loss
+only over whole batches: the trainer warns where it splits them (train.max_batch_tokens, processes).
 
 Adding a loss: one file here, one line in `LOSSES`, one test file (the contract tests pick it up).
 """
@@ -82,6 +84,11 @@ def training_statistics(loss: dict, labels: torch.Tensor, rel_ids: list[str]) ->
 def wants_features(loss_fn: nn.Module) -> bool:
     """Whether `loss_fn` is called with the model's pair features (`features=`)."""
     return bool(getattr(loss_fn, "needs_features", False))
+
+
+def couples_pairs(loss_fn: nn.Module) -> bool:
+    """Whether `loss_fn` over a batch differs from the mean of its values over parts of the batch."""
+    return bool(getattr(loss_fn, "couples_pairs", False))
 
 
 def output_size(loss_fn: nn.Module, num_classes: int) -> int:

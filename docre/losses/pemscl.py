@@ -178,6 +178,7 @@ def supervised_contrastive(cosine: Tensor, labels: Tensor, tau: float = 2.0, tau
 
 class PEMSCLLoss(nn.Module):
     needs_features = True  # the trainer passes features=PairFeatures(...) to forward
+    couples_pairs = True  # the contrastive term compares every pair of the batch with every other
 
     def __init__(self, tau: float = 2.0, tau_base: float = 1.0, lambda1: float = 1.0, lambda2: float = 1.0,
                  lambda3: float = 1.0, pmtem_form: str = "official", scl_form: str = "official", th_offset: float = 0.0):

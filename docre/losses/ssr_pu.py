@@ -52,6 +52,8 @@ from docre.utils import logger, plural
 
 
 class SSRPULoss(nn.Module):
+    couples_pairs = True  # a sum over relations of means over each relation's pairs in the batch, not a mean over pairs
+
     def __init__(
         self,
         priors: list[float] | None = None,
