@@ -15,7 +15,7 @@ from torch import nn
 
 from docre.data.collate import Batch
 from docre.errors import DocreError
-from docre.models.atlop import ATLOP
+from docre.models.atlop import ATLOP, SharedSettings
 from docre.models.docunet import DocuNet
 from docre.models.dreeam import DREEAM
 from docre.models.kd_docre import KDDocRE
@@ -23,8 +23,8 @@ from docre.models.long_input import Tap, encoder_window
 from docre.models.output import EvidenceOutput
 from docre.models.ttm_re import TTMRE
 
-# model.name -> the model's class, called as cls(encoder, num_classes=, start_ids=, end_ids=, window=,
-# layer_pooling=, emb_size=, block_size=, pair_chunk_size=, general_attention=) by build_model
+# model.name -> the model's class, called as cls(encoder, num_classes, SharedSettings(...), **its own options)
+# by build_model
 MODELS = {
     "atlop": ATLOP,  # ATLOP: localized context pooling, group bilinear classifier (Zhou et al. 2021)
     "docunet": DocuNet,  # DocuNet: a U-Net over the entity-pair map (Zhang et al. 2021)
@@ -192,19 +192,9 @@ def build_model(
         raise DocreError(f"model.name={name!r} is not one of {', '.join(MODELS)}")
     own_options = {"layout": ttm_layout} if name == "ttm_re" else {}  # options only one model has
     encoder = load_encoder(backbone, revision, trust_remote_code, pretrained, gradient_checkpointing)
-    return MODELS[name](
-        encoder,
-        num_classes=num_classes,
-        start_ids=start_ids,
-        end_ids=end_ids,
-        window=window or encoder_window(encoder.config),
-        layer_pooling=layer_pooling,
-        emb_size=emb_size,
-        block_size=block_size,
-        pair_chunk_size=pair_chunk_size,
-        general_attention=general_attention,
-        **own_options,
-    )
+    shared = SharedSettings(start_ids, end_ids, window or encoder_window(encoder.config), layer_pooling, emb_size,
+                            block_size, pair_chunk_size, general_attention)
+    return MODELS[name](encoder, num_classes, shared, **own_options)
 
 
 def load_encoder(

@@ -8,6 +8,7 @@ documents of the batch (for the per-document context product) and over pair chun
 """
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -24,23 +25,32 @@ CHUNK_BYTES = 64 * 2**20
 GPU_CHUNK_BYTES = 2**30
 
 
+@dataclass
+class SharedSettings:
+    """What every model of `MODELS` is built with besides its encoder and class count: the encoder
+    side `encode_batch` reads and the group bilinear's sizes. `build_model` fills it from the config
+    once, so that the models' constructors do not each repeat the same eight arguments."""
+
+    start_ids: list[int]  # the marker tokens before and after a mention (data.feature.probe_tokenizer)
+    end_ids: list[int]
+    window: int  # encoder tokens per window; longer documents are encoded in overlapping windows
+    layer_pooling: str = "mean_last_3"  # "last" or the mean of the last three layers
+    emb_size: int = 768  # the head/tail extractors' width
+    block_size: int = 64  # the group bilinear's block
+    pair_chunk_size: int = 0  # pairs per group-bilinear chunk (0: by memory, bilinear_chunk)
+    general_attention: bool = False  # the encoder's own attention even where docre's fast path exists
+
+
 class ATLOP(nn.Module):
     def __init__(
         self,
         encoder: nn.Module,
         num_classes: int,
-        start_ids: list[int],
-        end_ids: list[int],
-        window: int,
-        layer_pooling: str = "mean_last_3",
-        emb_size: int = 768,
-        block_size: int = 64,
-        pair_chunk_size: int = 0,
-        general_attention: bool = False,
+        shared: SharedSettings,
     ):
         super().__init__()
-        keep_encoder(self, encoder, start_ids, end_ids, window, layer_pooling, emb_size, block_size, pair_chunk_size,
-                     general_attention)
+        keep_encoder(self, encoder, shared)
+        emb_size, block_size = shared.emb_size, shared.block_size
         hidden_size = encoder.config.hidden_size
         self.head_extractor = nn.Linear(2 * hidden_size, emb_size)
         self.tail_extractor = nn.Linear(2 * hidden_size, emb_size)
@@ -57,17 +67,16 @@ class ATLOP(nn.Module):
         return classify_pairs(self, entity_emb[heads], entity_emb[tails], context, features)
 
 
-def keep_encoder(model: nn.Module, encoder: nn.Module, start_ids: list[int], end_ids: list[int], window: int,
-                 layer_pooling: str, emb_size: int, block_size: int, pair_chunk_size: int, general_attention: bool) -> None:
+def keep_encoder(model: nn.Module, encoder: nn.Module, shared: SharedSettings) -> None:
     """Set what every model of `MODELS` holds on `model`: the encoder (registered first, so its
     parameters come first, as checkpoints of the optimizer state expect), the attention tap it encodes
     through (docre's fast path where the encoder allows it, else the encoder's own: long_input.py), the
     layer pooling, window and special tokens `encode_batch` reads, and the group bilinear's sizes."""
     model.encoder = encoder
-    model.tap = attention_tap(encoder, 1 if layer_pooling == "last" else 3, general_attention)
-    model.layer_pooling = layer_pooling
-    model.start_ids, model.end_ids, model.window = list(start_ids), list(end_ids), window
-    model.emb_size, model.block_size, model.pair_chunk_size = emb_size, block_size, pair_chunk_size
+    model.tap = attention_tap(encoder, 1 if shared.layer_pooling == "last" else 3, shared.general_attention)
+    model.layer_pooling = shared.layer_pooling
+    model.start_ids, model.end_ids, model.window = list(shared.start_ids), list(shared.end_ids), shared.window
+    model.emb_size, model.block_size, model.pair_chunk_size = shared.emb_size, shared.block_size, shared.pair_chunk_size
 
 
 def classify_pairs(model: nn.Module, head_emb: torch.Tensor, tail_emb: torch.Tensor, context: torch.Tensor,

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from docre.data.collate import Batch
-from docre.models.atlop import bilinear_chunk, encode_batch, keep_encoder, localized_context, pool_entities
+from docre.models.atlop import SharedSettings, bilinear_chunk, encode_batch, keep_encoder, localized_context, pool_entities
 from docre.models.bilinear import group_bilinear
 from docre.models.output import PairFeatures
 
@@ -87,14 +87,7 @@ class DocuNet(nn.Module):
         self,
         encoder: nn.Module,
         num_classes: int,
-        start_ids: list[int],
-        end_ids: list[int],
-        window: int,
-        layer_pooling: str = "mean_last_3",
-        emb_size: int = 768,
-        block_size: int = 64,
-        pair_chunk_size: int = 0,
-        general_attention: bool = False,
+        shared: SharedSettings,
         unet_in_channels: int = 3,
         unet_down_channels: int = 256,
         unet_out_channels: int = 256,
@@ -103,8 +96,8 @@ class DocuNet(nn.Module):
         """Args as ATLOP's; the U-Net sizes and the smallest map side are the official defaults
         (unet_in_dim 3, down_dim 256, unet_out_dim 256, max_height 42)."""
         super().__init__()
-        keep_encoder(self, encoder, start_ids, end_ids, window, layer_pooling, emb_size, block_size, pair_chunk_size,
-                     general_attention)
+        keep_encoder(self, encoder, shared)
+        emb_size, block_size = shared.emb_size, shared.block_size
         hidden_size = encoder.config.hidden_size
         self.projection = nn.Linear(hidden_size, unet_in_channels)  # the context map to the U-Net's channels
         self.unet = UNet(unet_in_channels, unet_out_channels, unet_down_channels)

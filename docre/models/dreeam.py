@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from docre.data.collate import Batch
-from docre.models.atlop import classify_pairs, encode_batch, keep_encoder, pair_attentions, pool_entities
+from docre.models.atlop import SharedSettings, classify_pairs, encode_batch, keep_encoder, pair_attentions, pool_entities
 from docre.models.output import EvidenceOutput, PairFeatures
 
 EPSILON = 1e-30  # the official normalisation of the pair attention
@@ -29,19 +29,12 @@ class DREEAM(nn.Module):
         self,
         encoder: nn.Module,
         num_classes: int,
-        start_ids: list[int],
-        end_ids: list[int],
-        window: int,
-        layer_pooling: str = "mean_last_3",
-        emb_size: int = 768,
-        block_size: int = 64,
-        pair_chunk_size: int = 0,
-        general_attention: bool = False,
+        shared: SharedSettings,
     ):
         """Args as ATLOP's (the official DREEAM uses the mean of the last 3 layers)."""
         super().__init__()
-        keep_encoder(self, encoder, start_ids, end_ids, window, layer_pooling, emb_size, block_size, pair_chunk_size,
-                     general_attention)
+        keep_encoder(self, encoder, shared)
+        emb_size, block_size = shared.emb_size, shared.block_size
         hidden_size = encoder.config.hidden_size
         self.head_extractor = nn.Linear(2 * hidden_size, emb_size)
         self.tail_extractor = nn.Linear(2 * hidden_size, emb_size)

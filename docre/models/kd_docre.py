@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from docre.data.collate import Batch
-from docre.models.atlop import bilinear_chunk, encode_batch, keep_encoder, localized_context, pool_entities
+from docre.models.atlop import SharedSettings, bilinear_chunk, encode_batch, keep_encoder, localized_context, pool_entities
 from docre.models.bilinear import group_bilinear
 from docre.models.output import PairFeatures
 
@@ -86,21 +86,14 @@ class KDDocRE(nn.Module):
         self,
         encoder: nn.Module,
         num_classes: int,
-        start_ids: list[int],
-        end_ids: list[int],
-        window: int,
-        layer_pooling: str = "mean_last_3",
-        emb_size: int = 768,
-        block_size: int = 64,
-        pair_chunk_size: int = 0,
-        general_attention: bool = False,
+        shared: SharedSettings,
         num_axial_layers: int = 6,
         axial_heads: int = 8,
     ):
         """Args as ATLOP's; `num_axial_layers` and `axial_heads` are the official values (6, 8)."""
         super().__init__()
-        keep_encoder(self, encoder, start_ids, end_ids, window, layer_pooling, emb_size, block_size, pair_chunk_size,
-                     general_attention)
+        keep_encoder(self, encoder, shared)
+        emb_size, block_size = shared.emb_size, shared.block_size
         hidden_size = encoder.config.hidden_size
         self.head_extractor = nn.Linear(2 * hidden_size, emb_size)
         self.tail_extractor = nn.Linear(2 * hidden_size, emb_size)

@@ -45,7 +45,7 @@ from torch import nn
 
 from docre.data.collate import Batch
 from docre.errors import DocreError
-from docre.models.atlop import bilinear_chunk, encode_batch, keep_encoder, localized_context, pool_entities
+from docre.models.atlop import SharedSettings, bilinear_chunk, encode_batch, keep_encoder, localized_context, pool_entities
 from docre.models.bilinear import group_bilinear
 from docre.models.output import PairFeatures
 
@@ -126,14 +126,7 @@ class TTMRE(nn.Module):
         self,
         encoder: nn.Module,
         num_classes: int,
-        start_ids: list[int],
-        end_ids: list[int],
-        window: int,
-        layer_pooling: str = "mean_last_3",
-        emb_size: int = 768,
-        block_size: int = 64,
-        pair_chunk_size: int = 0,
-        general_attention: bool = False,
+        shared: SharedSettings,
         memory_tokens: int = 200,
         memory_layers: int = 4,
         memory_heads: int = 8,
@@ -151,12 +144,12 @@ class TTMRE(nn.Module):
         super().__init__()
         if layout not in LAYOUTS:
             raise DocreError(f"TTM-RE: layout {layout!r} is not one of {', '.join(LAYOUTS)}")
-        if emb_size % memory_heads:
-            raise DocreError(f"TTM-RE: model.emb_size={emb_size} is not divisible by its {memory_heads} memory heads")
+        if shared.emb_size % memory_heads:
+            raise DocreError(f"TTM-RE: model.emb_size={shared.emb_size} is not divisible by its {memory_heads} memory heads")
         if min(memory_tokens, memory_layers, pairs_per_group) < 1:
             raise DocreError("TTM-RE: memory_tokens, memory_layers and pairs_per_group must be at least 1")
-        keep_encoder(self, encoder, start_ids, end_ids, window, layer_pooling, emb_size, block_size, pair_chunk_size,
-                     general_attention)
+        keep_encoder(self, encoder, shared)
+        emb_size, block_size = shared.emb_size, shared.block_size
         self.head_extractor = nn.Linear(2 * encoder.config.hidden_size, emb_size)  # used for heads and tails
         self.memory = TokenMemory(emb_size, memory_tokens, memory_layers, memory_heads, layout, pairs_per_group)
         self.bilinear = nn.Linear(emb_size * block_size, num_classes)

@@ -17,6 +17,7 @@ from torch import nn
 from docre.data.collate import collate
 from docre.data.feature import probe_tokenizer
 from docre.models import load_encoder
+from docre.models.atlop import SharedSettings
 from docre.models.docunet import DocuNet
 from docre.models.long_input import encoder_window
 from tests.models.test_atlop import (  # noqa: F401
@@ -38,8 +39,8 @@ def docunet_model(backbone, tokenizer):
     info = probe_tokenizer(tokenizer, "*")
     torch.manual_seed(0)
     encoder = load_encoder(backbone)
-    model = DocuNet(encoder, NUM_CLASSES, info.start_ids, info.end_ids, encoder_window(encoder.config),
-                    emb_size=32, block_size=8, unet_down_channels=8, unet_out_channels=12)
+    shared = SharedSettings(info.start_ids, info.end_ids, encoder_window(encoder.config), emb_size=32, block_size=8)
+    model = DocuNet(encoder, NUM_CLASSES, shared, unet_down_channels=8, unet_out_channels=12)
     with torch.no_grad():
         for module in model.unet.modules():
             if isinstance(module, nn.BatchNorm2d):

@@ -155,9 +155,9 @@ def test_model_name_selects_the_entry_the_config_names(monkeypatch, tiny_backbon
     # build_model_from_config (training, loading a run) and build_model build that entry
     built = []
 
-    def second(encoder, **options):
-        built.append(options["num_classes"])
-        return MODELS["atlop"](encoder, **options)
+    def second(encoder, num_classes, shared, **options):
+        built.append(num_classes)
+        return MODELS["atlop"](encoder, num_classes, shared, **options)
 
     monkeypatch.setitem(MODELS, "second", second)
     cfg = load_config(None, [f"model.backbone={tiny_backbone}", "model.name=second", "model.emb_size=32", "model.block_size=8"])

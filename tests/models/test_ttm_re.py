@@ -18,6 +18,7 @@ from docre.data.collate import collate
 from docre.data.feature import probe_tokenizer
 from docre.errors import DocreError
 from docre.models import build_model, load_encoder
+from docre.models.atlop import SharedSettings
 from docre.models.long_input import encoder_window
 from docre.models.ttm_re import TTMRE
 from docre.trainer import build_optimizer
@@ -37,9 +38,8 @@ def ttm_model(backbone, tokenizer, pooling="last", **options):
     info = probe_tokenizer(tokenizer, "*")
     torch.manual_seed(0)
     encoder = load_encoder(backbone)
-    return TTMRE(encoder, num_classes=NUM_CLASSES, start_ids=info.start_ids, end_ids=info.end_ids,
-                 window=encoder_window(encoder.config), layer_pooling=pooling, emb_size=32, block_size=8,
-                 **options).eval()
+    shared = SharedSettings(info.start_ids, info.end_ids, encoder_window(encoder.config), pooling, emb_size=32, block_size=8)
+    return TTMRE(encoder, NUM_CLASSES, shared, **options).eval()
 
 
 def reference_extractor_outputs(model, encoder, features, pooling="last"):
