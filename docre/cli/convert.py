@@ -19,11 +19,13 @@ Examples:
 import json
 from pathlib import Path
 
+from docre.allocator import use_huge_pages
 from docre.cli import command_parser
 from docre.errors import DocreError, run_cli
 
 
 def main() -> int:
+    use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
     parser = command_parser("docre-convert", __doc__)
     parser.add_argument("input", metavar="INPUT", help="annotated documents: JSON lines (or a JSON list) of text and entities")
     parser.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="the DocRED-format file: *.json or *.json.gz")
