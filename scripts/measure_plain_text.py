@@ -35,6 +35,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+from docre.utils import atomic_write_json
 
 
 def to_plain_text(doc: dict) -> tuple[str, list[list[tuple[int, int]]]]:
@@ -75,10 +78,10 @@ def child(args) -> None:
     done = time.perf_counter()
     rows = predictor.leaderboard_rows(docs) if args.child == "gold" else []
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
-    with open(args.out, "w") as handle:
-        json.dump({"records": records, "rows": rows, "seconds": done - started, "prepare_seconds": middle - started,
-                   "documents": len(docs), "entities": sum(len(doc["vertexSet"]) for doc in prepared),
-                   "peak_rss_mib": round(peak)}, handle)
+    atomic_write_json(Path(args.out), {
+        "records": records, "rows": rows, "seconds": done - started, "prepare_seconds": middle - started,
+        "documents": len(docs), "entities": sum(len(doc["vertexSet"]) for doc in prepared), "peak_rss_mib": round(peak)},
+        indent=None)
 
 
 def run_child(args, path: str, out: str) -> dict:
@@ -184,8 +187,7 @@ def main() -> int:
     }
     print(json.dumps(figures, indent=1))
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(figures, handle, indent=1)
+        atomic_write_json(Path(args.json), figures, indent=1)
     return 0
 
 
