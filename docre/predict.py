@@ -72,18 +72,27 @@ def read_plain_text(path: Path, fmt: str = "auto") -> dict:
 
 
 def _parse_json_lines(path: Path, raw: bytes) -> list:
+    return [record for _, record in numbered_json_lines(path, raw)]
+
+
+def numbered_json_lines(path: Path, raw: bytes) -> list[tuple[int, object]]:
+    """(line number, parsed value) of each non-blank line of a JSON-lines file's bytes.
+
+    Raises:
+        DocreError: "FILE: not UTF-8 text" or "FILE: line N: invalid JSON (...)".
+    """
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise DocreError(f"{path}: not UTF-8 text (byte {error.start})") from None
-    docs = []
+    records = []
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                docs.append(json.loads(line))
+                records.append((number, json.loads(line)))
             except ValueError as error:
                 raise DocreError(f"{path}: line {number}: invalid JSON ({error})") from None
-    return docs
+    return records
 
 
 def prepare_documents(documents: list, fmt: str = "auto", source: str = "input", first_index: int = 0,

@@ -56,22 +56,13 @@ def convert_file(path: Path, rel2id: dict[str, int] | None) -> list[dict]:
     lines name the line ("FILE: line N ('title'): ...")."""
     from docre.data.docred import parse_json_list, read_bytes
     from docre.data.text import annotated_to_docred
+    from docre.predict import numbered_json_lines
 
     raw = read_bytes(path).removeprefix(b"\xef\xbb\xbf")
     if raw.lstrip()[:1] == b"[":
         return [annotated_to_docred(record, i, str(path), rel2id) for i, record in enumerate(parse_json_list(path, raw))]
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise DocreError(f"{path}: not UTF-8 text (byte {error.start})") from None
     docs = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as error:
-            raise DocreError(f"{path}: line {number}: invalid JSON ({error})") from None
+    for number, record in numbered_json_lines(path, raw):
         try:
             docs.append(annotated_to_docred(record, len(docs), str(path), rel2id))
         except DocreError as error:  # "FILE: document N ('title'): ..." -> "FILE: line M ('title'): ..."
