@@ -43,7 +43,9 @@ class ModelConfig:
     backbone: str = "bert-base-cased"  # Hugging Face id, local folder, or the alias "minilm"
     revision: str = ""  # hub revision (branch, tag or commit) to pin; "" = default branch
     trust_remote_code: bool = False  # allow code from the backbone's hub repository
-    marker: str = "*"  # entity marker inserted before and after every mention
+    # entity marker inserted before and after every mention; "typed" = DocuNet's markers by entity type,
+    # [unused1..11] before and [unused51..61] after (BERT-style vocabularies, DocRED's six types)
+    marker: str = "*"
     max_seq_length: int = 1024  # cap on word-pieces per document incl. special tokens; 0 = none
     window: int = 0  # encoder window in tokens; 0 = the encoder's position limit
     layer_pooling: str = "mean_last_3"  # last (ATLOP) | mean_last_3 (ATGL code)
@@ -285,6 +287,13 @@ def check_config(cfg: Config, source: str = "config", overrides: list[str] = ())
         raise DocreError(f"{where('train.warmup_ratio')}: train.warmup_ratio must lie in [0, 1]")
     if not 0 < cfg.model.evidence_threshold < 1:
         raise DocreError(f"{where('model.evidence_threshold')}: model.evidence_threshold must lie in (0, 1)")
+    from docre.data.feature import TYPED
+
+    marker = cfg.model.marker.lower()
+    if cfg.model.marker != TYPED and (TYPED in marker or difflib.get_close_matches(marker, [TYPED], cutoff=0.75)):
+        # any other string is a literal marker, so a misspelt "typed" would silently mark every mention with it
+        raise DocreError(f"{where('model.marker')}: model.marker={cfg.model.marker!r} is too close to {TYPED!r} to be taken "
+                         f"as a literal marker (did you mean {TYPED}?)")
     if cfg.model.emb_size % cfg.model.block_size:
         raise DocreError(f"{where('model.emb_size')}: model.emb_size must be a multiple of model.block_size")
     if not cfg.sweep.alpha_grid or min(cfg.sweep.alpha_grid) <= 0 or cfg.sweep.alpha_base < 0:

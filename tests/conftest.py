@@ -67,11 +67,28 @@ def build_tiny_backbone(path: Path, words: list[str] = (), max_positions: int = 
     return str(path)
 
 
+TINY_WORDS = ["alpha", "beta", "works", "for", "lives", "in", "the", "city", "of", "met"]
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory) -> str:
     """Folder of a random 3-layer, 32-wide BERT with 64 positions and its tokenizer."""
-    words = ["alpha", "beta", "works", "for", "lives", "in", "the", "city", "of", "met"]
-    return build_tiny_backbone(tmp_path_factory.mktemp("tiny_bert"), words)
+    return build_tiny_backbone(tmp_path_factory.mktemp("tiny_bert"), TINY_WORDS)
+
+
+@pytest.fixture(scope="session")
+def typed_backbone(tmp_path_factory) -> str:
+    """`tiny_backbone` with BERT's [unused0]..[unused99] in its vocabulary (after the other tokens), which
+    model.marker=typed needs; the plain tiny vocabulary lacks them, as RoBERTa's does."""
+    unused = [f"[unused{i}]" for i in range(100)]
+    return build_tiny_backbone(tmp_path_factory.mktemp("tiny_bert_typed"), TINY_WORDS + unused)
+
+
+@pytest.fixture(scope="session")
+def typed_tokenizer(typed_backbone):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(typed_backbone)
 
 
 @pytest.fixture(scope="session")

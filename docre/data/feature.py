@@ -4,6 +4,11 @@
 Every reader (DocRED family, CDR, GDA) first produces DocRED-format dicts; this module is the one
 place where they become token ids, so marker handling and offsets are identical for all datasets.
 
+The marker is one string (`model.marker`, ATLOP's `*`) put before and after every mention, or
+`typed`: DocuNet's typed markers (github.com/zjunlp/DocuNet, `prepro.py`, its BERT path), one
+vocabulary token per entity type, [unused1]..[unused11] before a mention and [unused51]..[unused61]
+after it. Either way the model reads each mention at its opening marker (`Feature.entity_pos`).
+
 Tokenisation is batched: every distinct word of the split is tokenised once, in one call to the
 (fast) tokenizer, and documents are assembled from those pieces. Each word is tokenised on its
 own, exactly like ATLOP's per-word `tokenizer.tokenize(word)`, so the word-piece sequence is the
@@ -15,7 +20,15 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
+from docre.errors import DocreError
 from docre.utils import hide_progress, plural
+
+TYPED = "typed"  # the `model.marker` value that asks for DocuNet's typed markers
+# DocuNet's BERT path wraps a mention of type T in [unusedN] ... [unused(N+50)], N the index of T in its
+# list ["-", "ORG", "-", "LOC", "-", "TIME", "-", "PER", "-", "MISC", "-", "NUM"] (DocRED's six types).
+# The official code has no marker for any other type (its list lookup raises), so neither has docre.
+TYPED_MARKER_INDEX = {"ORG": 1, "LOC": 3, "TIME": 5, "PER": 7, "MISC": 9, "NUM": 11}
+CLOSING_OFFSET = 50  # [unused(N+50)] closes what [unusedN] opened
 
 
 @dataclass
@@ -56,16 +69,42 @@ class TokenizerInfo:
 
     start_ids: list[int]  # special tokens before a sequence, e.g. [CLS] or <s>
     end_ids: list[int]  # special tokens after it, e.g. [SEP] or </s>
-    marker_ids: list[int]  # the entity marker's word-pieces
+    marker_ids: list[int]  # the entity marker's word-pieces ([] for typed markers)
+    # typed markers only: entity type -> (ids before its mentions, ids after them); None = one marker for all
+    typed_marker_ids: dict[str, tuple[list[int], list[int]]] | None = None
 
 
 def probe_tokenizer(tokenizer, marker: str) -> TokenizerInfo:
-    """Find a tokenizer's start/end special tokens by encoding a probe word with and without them."""
+    """Find a tokenizer's start/end special tokens by encoding a probe word with and without them, and
+    the marker's ids (`marker` "typed": the typed markers' vocabulary tokens).
+
+    Raises:
+        DocreError: typed markers with a vocabulary that lacks the [unusedN] tokens (RoBERTa's, for one).
+    """
     bare = tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a")["input_ids"]
     at = next(i for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare)
-    marker_ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
-    return TokenizerInfo(full[:at], full[at + len(bare) :], marker_ids)
+    start_ids, end_ids = full[:at], full[at + len(bare) :]
+    if marker == TYPED:
+        return TokenizerInfo(start_ids, end_ids, [], typed_marker_ids(tokenizer))
+    return TokenizerInfo(start_ids, end_ids, tokenizer(marker, add_special_tokens=False)["input_ids"])
+
+
+def typed_marker_ids(tokenizer) -> dict[str, tuple[list[int], list[int]]]:
+    """Entity type -> ([id of its opening marker], [id of its closing marker]), DocuNet's typed markers.
+
+    The markers are vocabulary entries inserted as ids, as DocuNet inserts them as tokens: text
+    "[unused1]" would be split into pieces by a BERT tokenizer.
+    """
+    tokens = {kind: (f"[unused{n}]", f"[unused{n + CLOSING_OFFSET}]") for kind, n in TYPED_MARKER_INDEX.items()}
+    wanted = [token for pair in tokens.values() for token in pair]
+    ids = dict(zip(wanted, tokenizer.convert_tokens_to_ids(wanted)))
+    if any(i is None or i == tokenizer.unk_token_id for i in ids.values()):
+        # DocuNet's RoBERTa path marks every mention with "*"; docre leaves that choice to the config
+        raise DocreError(f"model.marker=typed needs the tokens [unused1]..[unused61] of BERT-style vocabularies, which "
+                         f"the tokenizer of {tokenizer.name_or_path or type(tokenizer).__name__!r} lacks; "
+                         "use model.marker='*' (what DocuNet's RoBERTa path does)")
+    return {kind: ([ids[opening]], [ids[closing]]) for kind, (opening, closing) in tokens.items()}
 
 
 def all_pairs(num_entities: int) -> np.ndarray:
@@ -110,9 +149,30 @@ def featurize(
     return features, report
 
 
+def _mention_markers(doc: dict, info: TokenizerInfo) -> tuple[dict, dict]:
+    """(sent_id, word) -> the marker ids to put before that word, and those to put after it.
+
+    One marker per word and side even where mentions share a first (or last) word; with typed markers
+    the first such mention in vertexSet order gives the type, as DocuNet's `entity_start.index` does.
+    """
+    opening, closing = {}, {}
+    for entity in doc["vertexSet"]:
+        for m in entity:
+            before = after = info.marker_ids
+            if info.typed_marker_ids is not None:
+                kind = m.get("type")
+                if kind not in info.typed_marker_ids:
+                    raise DocreError(f"document {doc['title']!r}: a mention of type {kind!r} ({m.get('name')!r}) has no typed "
+                                     f"marker; model.marker=typed knows DocRED's types {', '.join(TYPED_MARKER_INDEX)} "
+                                     "only (use model.marker='*' for other types)")
+                before, after = info.typed_marker_ids[kind]
+            opening.setdefault((m["sent_id"], m["pos"][0]), before)
+            closing.setdefault((m["sent_id"], m["pos"][1] - 1), after)
+    return opening, closing
+
+
 def _featurize_doc(doc: dict, pieces_of: dict, info: TokenizerInfo, rel2id: dict, budget: int | None):
-    starts = {(m["sent_id"], m["pos"][0]) for entity in doc["vertexSet"] for m in entity}
-    ends = {(m["sent_id"], m["pos"][1] - 1) for entity in doc["vertexSet"] for m in entity}
+    opening, closing = _mention_markers(doc, info)
     pieces: list[int] = []
     word_offsets = []  # per sentence: index in `pieces` where each word (with its marker) begins
     sent_starts = []  # per sentence: index in `pieces` where it begins
@@ -121,11 +181,11 @@ def _featurize_doc(doc: dict, pieces_of: dict, info: TokenizerInfo, rel2id: dict
         offsets = []
         for w, word in enumerate(sent):
             offsets.append(len(pieces))
-            if (s, w) in starts:
-                pieces.extend(info.marker_ids)
+            if (s, w) in opening:
+                pieces.extend(opening[(s, w)])
             pieces.extend(pieces_of[word])
-            if (s, w) in ends:
-                pieces.extend(info.marker_ids)
+            if (s, w) in closing:
+                pieces.extend(closing[(s, w)])
         word_offsets.append(offsets)
     lost_pieces = 0
     if budget is not None and len(pieces) > budget:
