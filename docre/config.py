@@ -39,7 +39,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "atlop"  # model in docre.models.MODELS: atlop, dreeam, docunet, kd_docre, ttm_re
+    name: str = "atlop"  # model in docre.models.MODELS: atlop, dreeam, docunet, kd_docre, ttm_re, vaediff
     backbone: str = "bert-base-cased"  # Hugging Face id, local folder, or the alias "minilm"
     revision: str = ""  # hub revision (branch, tag or commit) to pin; "" = default branch
     trust_remote_code: bool = False  # allow code from the backbone's hub repository
@@ -118,6 +118,30 @@ class LogConfig:
 
 
 @dataclass
+class VaeDiffConfig:
+    # model.name=vaediff only (VaeDiff-DocRE, docre/vaediff.py): stage 2 fits the augmenter on the stage-1
+    # model's features of related training pairs; stage 3 trains again with its synthetic features.
+    # Defaults: the official Re-DocRED scripts (Stage_2/scripts/train.sh, Stage_3/scripts/train.sh)
+    latent_size: int = 384  # the VAE's latent width
+    denoiser_width: int = 256  # the diffusion prior's width (tx_dim); 6 layers, width / 64 heads
+    denoiser_depth: int = 6
+    diffusion_steps: int = 50
+    augmenter_epochs: int = 100  # stage 2
+    augmenter_batch_size: int = 8  # stage 2: documents whose related pairs make one batch
+    augmenter_warmup_epochs: int = 10  # stage 2: VAE alone with KL weight 1e-6, then the prior trains too
+    vae_lr: float = 2.0e-4  # cosine-annealed to vae_min_lr over the epochs after the warm-up
+    vae_min_lr: float = 2.0e-5
+    diffusion_lr: float = 5.0e-5
+    kl_weight: float = 1.0e-3  # the VAE's KL / prior cross-entropy weight after the warm-up
+    uncond_prob: float = 0.2  # classifier-free training: a batch's labels are dropped with this probability
+    guidance: float = 0.1  # stage 3: w of (1 + w) cond - w uncond
+    copies: int = 2  # stage 3: synthetic pairs per related pair of a batch
+    augment_from_epoch: int = 5  # stage 3: the epochs before train with the classification loss alone
+    stage3_from_stage1: bool = False  # stage 3 starts from the stage-1 weights (official: from the pre-trained encoder)
+    augmenter: str = ""  # set by the pipeline for stage 3: the stage-2 augmenter's folder
+
+
+@dataclass
 class Config:
     seed: int = 66  # seeds Python, NumPy and torch (data order, initialisation, dropout)
     output_dir: str = "runs"  # runs are written to <output_dir>/<run_name>/
@@ -130,6 +154,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    vaediff: VaeDiffConfig = field(default_factory=VaeDiffConfig)
 
 
 CHOICES = {
@@ -310,7 +335,7 @@ def check_loss_kwargs(name: Any, kwargs: dict, source: str = "config", overrides
                          f"{', '.join(LOSSES)}{did_you_mean(name, LOSSES)}")
     keywords = loss_keywords(name)
     for key, value in kwargs.items():  # "auto" means a dev-tuned sweep (docre.sweep), only for ATGL's alpha
-        if value == "auto" and (name, key) != ("atgl", "alpha"):
+        if value == "auto" and (name, key) not in (("atgl", "alpha"), ("vaediff", "alpha")):
             raise DocreError(f"{_origin(f'loss.{key}', source, list(overrides))}: loss.{key}=auto: only loss.alpha of atgl "
                              "can be tuned automatically")
     for key in kwargs:

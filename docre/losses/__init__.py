@@ -16,6 +16,9 @@ What a loss may ask for beyond (logits, labels), read in this file and nowhere e
 * a label space of its own: a loss with a `num_outputs` attribute makes the model output that many
   logits per pair; its `decode` and `relation_scores` map them back to the C relation columns, so
   predictions, metrics and files never see its layout (`output_size`, `relation_margins`).
+* synthetic pairs: a loss with `takes_synthetic = True` is called with `synthetic=N` where the trainer appended N
+  synthetic pairs to the batch (VaeDiff-DocRE's stage 3, `train_vaediff`: the last N rows of logits, labels and
+  features); `takes_synthetic` says whether a loss can take them.
 A loss that is not a mean over pairs (`couples_pairs = True`: SSR-PU, PEMSCL) is the official loss
 only over whole batches: the trainer warns where it splits them (train.max_batch_tokens, processes).
 
@@ -43,6 +46,7 @@ from docre.losses.ncrl import NoneClassRankingLoss
 from docre.losses.pemscl import PEMSCLLoss
 from docre.losses.sat import SATLoss
 from docre.losses.ssr_pu import SSRPULoss
+from docre.losses.vaediff import VaeDiffLoss
 
 LOSSES = {
     "atl": ATLoss,  # ATLOP's adaptive thresholding
@@ -58,6 +62,7 @@ LOSSES = {
     "ssr_pu": SSRPULoss,  # TTM-RE's positive-unlabeled risk ranked against TH (margin, factor, e); priors from training
     "pemscl": PEMSCLLoss,  # VaeDiff-DocRE's PMTEM + supervised contrastive term on pair features (tau, tau_base)
     "amtl": AMTLLoss,  # multi-threshold loss over four label spaces by training frequency (spaces, lam)
+    "vaediff": VaeDiffLoss,  # VaeDiff-DocRE's PMTEM (or ATGL) + contrastive term over related and synthetic pairs
 }
 
 # loss name -> (its keyword taken from the training split, the function computing it from the training labels)
@@ -84,6 +89,11 @@ def training_statistics(loss: dict, labels: torch.Tensor, rel_ids: list[str]) ->
 def wants_features(loss_fn: nn.Module) -> bool:
     """Whether `loss_fn` is called with the model's pair features (`features=`)."""
     return bool(getattr(loss_fn, "needs_features", False))
+
+
+def takes_synthetic(loss_fn: nn.Module) -> bool:
+    """Whether `loss_fn` takes synthetic pairs appended to a batch (`synthetic=N`)."""
+    return bool(getattr(loss_fn, "takes_synthetic", False))
 
 
 def couples_pairs(loss_fn: nn.Module) -> bool:

@@ -31,6 +31,9 @@ MODELS = {
     "dreeam": DREEAM,  # DREEAM: ATLOP whose attention is guided by evidence; predicts evidence (Ma et al. 2023)
     "kd_docre": KDDocRE,  # KD-DocRE: axial attention over entity pairs (Tan et al. 2022)
     "ttm_re": TTMRE,  # TTM-RE: ATLOP with a token-memory read step on each pair's head and tail (Gao et al. 2024)
+    # VaeDiff-DocRE: KD-DocRE's model trained in three stages, the last with synthetic pair features from a
+    # VAE + latent diffusion augmenter (Tran et al. 2025; docre/vaediff.py runs the stages)
+    "vaediff": KDDocRE,
 }
 
 

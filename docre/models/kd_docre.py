@@ -103,9 +103,12 @@ class KDDocRE(nn.Module):
         self.classifier = nn.Linear(hidden_size, num_classes)
         self.num_outputs = num_classes
 
-    def forward(self, batch: Batch, features: bool = False) -> torch.Tensor | tuple[torch.Tensor, PairFeatures]:
+    def forward(self, batch: Batch, features: bool = False,
+                synthetic: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, PairFeatures]:
         """Logits [P, num_classes] for the batch's candidate pairs (class 0 = NA/threshold); with
-        `features`, also the refined pair cells the classifier reads ([P, D], a plain vector)."""
+        `features`, also the refined pair cells the classifier reads ([P, D], a plain vector).
+        `synthetic` [S, D]: cells made by VaeDiff-DocRE's augmenter (its stage 3), classified after the real
+        pairs: logits [P + S, C] and, with `features`, cells [P + S, D]."""
         hidden, mention_attention = encode_batch(self, batch)  # [B, L, D], [M, H, L]
         entity_emb, entity_attention = pool_entities(hidden, mention_attention, batch)  # [E, D], [E, H, L]
 
@@ -147,6 +150,8 @@ class KDDocRE(nn.Module):
         pair_doc = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(batch.pairs_per_doc))  # [P]
         pair_doc = pair_doc.to(device, non_blocking=True)
         pair_cells = refined[pair_doc, batch.hts[:, 0] - firsts[pair_doc], batch.hts[:, 1] - firsts[pair_doc]]  # [P, D]
+        if synthetic is not None:
+            pair_cells = torch.cat([pair_cells, synthetic.to(pair_cells.dtype)])  # [P + S, D]
         # float32 logits under any autocast, as ATLOP's group bilinear gives: a threshold compares two logits
         weight, bias = self.classifier.weight.float(), self.classifier.bias.float()
         with torch.autocast(device.type, enabled=False):

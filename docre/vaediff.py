@@ -1,0 +1,125 @@
+"""VaeDiff-DocRE (Tran, Hua, Li, COLING 2025) in one command: `train.py` with `model.name: vaediff` runs its three
+stages (official code github.com/khaitran22/VaeDiff-DocRE at 5f51f9e: three separate code trees, `Stage_1..3/`).
+
+    RUN_DIR/stage1/   stage 1: KD-DocRE's model with the run's loss (VaeDiff's own: `loss.name: vaediff`), a normal run
+    RUN_DIR/stage2/   stage 2: features.safetensors, the frozen stage-1 model's cells of every related training pair
+                      (computed once), and the augmenter (VAE + latent diffusion prior) trained on them
+                      (augmenter.safetensors, augmenter.json; last/ while it trains)
+    RUN_DIR/stage3/   stage 3: a fresh model (or the stage-1 weights: vaediff.stage3_from_stage1) trained again, with
+                      the augmenter's synthetic pairs from epoch vaediff.augment_from_epoch on
+    RUN_DIR/          the stage-3 run's weights, scores and predictions, so that evaluate.py, predict and export work
+                      on RUN_DIR as on any run; config.yaml is the command's own config
+
+Running the same command again (or `--resume RUN_DIR`, or scripts/reproduce.py) skips the finished stages and
+resumes the interrupted one from its last checkpoint, by the rule every grid follows (`run_dir.plan`); stage 2 resumes
+at its last finished epoch. The stages run on one process. docs/models.md lists the official code's bugs fixed here.
+"""
+
+import copy
+import os
+from pathlib import Path
+
+import torch
+
+from docre import run_dir as runs
+from docre.augmenter import AUGMENTER_WEIGHTS, Augmenter, AugmenterSettings, fit_augmenter
+from docre.config import Config
+from docre.errors import DocreError
+from docre.sweep import IGNORED, adopt_files, prepare_parent
+from docre.utils import atomic_write_json, logger, resolve_device
+
+STAGES = ("stage1", "stage2", "stage3")
+FEATURES = "features.safetensors"
+
+
+def train_vaediff(cfg: Config) -> dict:
+    """The three stages (module docstring). Returns the stage-3 run's results with run_dir = RUN_DIR."""
+    from docre.trainer import train
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise DocreError("model.name=vaediff trains on one process (its stage 2 is not distributed); run it without torchrun")
+    run_dir = runs.path_of(cfg)
+    prepare_parent(run_dir, cfg, 0, kind="VaeDiff-DocRE run")
+    stage1_dir, stage2_dir, stage3_dir = (run_dir / stage for stage in STAGES)
+
+    _run_stage(train, _stage_config(cfg, stage1_dir), "stage 1 (the backbone model)")
+
+    if not (stage2_dir / AUGMENTER_WEIGHTS).is_file():
+        device = resolve_device(cfg.train.device)
+        features, labels, docs = cached_features(stage1_dir, stage2_dir / FEATURES, device)
+        settings = AugmenterSettings(features.size(1), labels.size(1), cfg.vaediff.latent_size, cfg.vaediff.denoiser_width,
+                                     cfg.vaediff.denoiser_depth, max(cfg.vaediff.denoiser_width // 64, 1),
+                                     diffusion_steps=cfg.vaediff.diffusion_steps)
+        logger.info("stage 2 (the augmenter): %d related training pairs of %d documents, %d epochs", features.size(0),
+                    len(torch.unique(docs)), cfg.vaediff.augmenter_epochs)
+        torch.manual_seed(cfg.seed)  # its initial weights must not depend on what this process ran before
+        fit_augmenter(Augmenter(settings).to(device), features.to(device), labels.to(device), docs, stage2_dir,
+                      cfg.vaediff, cfg.seed)
+    else:
+        logger.info("stage 2 (the augmenter): finished earlier (%s), skipped", stage2_dir)
+
+    stage3 = _stage_config(cfg, stage3_dir)
+    stage3.vaediff.augmenter = str(stage2_dir)
+    if cfg.loss["name"] == "vaediff":  # the official stage 3 trains its first epochs without the contrastive term
+        stage3.loss = {**stage3.loss, "contrastive_alone": False}
+    if cfg.vaediff.stage3_from_stage1:
+        stage3.train.init_from = str(stage1_dir)
+    results = _run_stage(train, stage3, "stage 3 (training with synthetic pairs)")
+
+    results = {**results, "run_dir": str(run_dir), "stages": {stage: str(run_dir / stage) for stage in STAGES}}
+    adopt_files(run_dir, stage3_dir)
+    atomic_write_json(run_dir / runs.DECODE, runs.read_decode(stage3_dir))
+    atomic_write_json(run_dir / runs.RESULTS, results)  # last: its presence marks the whole run finished
+    return results
+
+
+def _stage_config(cfg: Config, stage_dir: Path) -> Config:
+    """The config of one training stage: the command's, run in `stage_dir` (`run_dir.plan` then decides whether it
+    is skipped, resumed, started again or started)."""
+    stage = copy.deepcopy(cfg)
+    stage.output_dir, stage.run_name = str(stage_dir.parent), stage_dir.name
+    stage.train.resume, stage.train.overwrite = "", False
+    stage.vaediff.augmenter = ""
+    return stage
+
+
+def _run_stage(train, stage_cfg: Config, what: str) -> dict:
+    stage_dir = runs.path_of(stage_cfg)
+    action, stage_cfg = runs.plan(stage_dir, stage_cfg, IGNORED)
+    if action == "skip":
+        logger.info("%s: finished earlier (%s), skipped", what, stage_dir)
+        return runs.read_results(stage_dir)
+    logger.info("%s: %s in %s", what, action, stage_dir)
+    return train(stage_cfg)
+
+
+@torch.no_grad()
+def cached_features(stage1_dir: Path, path: Path, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(cells [N, H], labels [N, C], document index [N]) of every related training pair under the best stage-1
+    model, computed once and kept in `path` (the official stage 2 recomputes them in each of its 100 epochs)."""
+    from safetensors.torch import load_file
+
+    from docre.data.collate import collate
+    from docre.trainer import _load_data
+    from docre.utils import atomic_save_safetensors
+
+    if path.is_file():
+        saved = load_file(str(path))
+        return saved["features"], saved["labels"], saved["docs"]
+    cfg, tokenizer, model, _, rel2id = runs.load_trained(stage1_dir, device)
+    train_split = _load_data(cfg, tokenizer)[1]
+    cells, labels, docs = [], [], []
+    batch_size = cfg.eval.batch_size
+    for start in range(0, len(train_split.features), batch_size):
+        part = train_split.features[start : start + batch_size]
+        batch = collate(part, len(rel2id), tokenizer.pad_token_id or 0).to(device)
+        _, pair_features = model(batch, features=True)
+        related = batch.labels[:, 0] != 1  # [P]
+        doc_of_pair = torch.repeat_interleave(torch.arange(start, start + len(part)), torch.tensor(batch.pairs_per_doc))
+        cells.append(pair_features.vector[related].float().cpu())
+        labels.append(batch.labels[related].float().cpu())
+        docs.append(doc_of_pair[related.cpu()])
+    saved = {"features": torch.cat(cells), "labels": torch.cat(labels), "docs": torch.cat(docs)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save_safetensors(saved, path)
+    return saved["features"], saved["labels"], saved["docs"]

@@ -1,0 +1,171 @@
+"""VaeDiff-DocRE's three stages in one command (docre/vaediff.py) on the tiny backbone: the run directory's
+layout and that it evaluates like any run; a run killed in stage 1 (SIGTERM, through the trainer's own
+stop), in stage 2 (after an epoch's checkpoint) and in stage 3 (SIGTERM) ends, run again, with bitwise the
+same augmenter, weights and scores as an uninterrupted run; stage 3 trains on synthetic pairs from its
+augmentation epoch on; the model takes documents with more than 42 entities (the official grid's size);
+refusals. The reference run trains 3 steps per stage (3 documents, batch 3, dropout on, one thread)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from docre import augmenter as augmenter_module
+from docre import trainer
+from docre.config import load_config
+from docre.data.collate import collate
+from docre.data.feature import featurize
+from docre.errors import DocreError
+from docre.models import build_model_from_config, load_tokenizer
+from docre.sweep import run
+from docre.trainer import Interrupted
+from tests.conftest import ROOT
+from tests.test_resume import TIMINGS, signal_after
+
+STEPS_PER_STAGE = 3
+
+
+def vaediff_config(backbone: str, out: Path, name: str = "vd-s66", *extra: str):
+    return load_config(ROOT / "configs/smoke.yaml", [
+        f"model.backbone={backbone}", f"output_dir={out}", f"run_name={name}", f"data.cache_dir={out / 'cache'}",
+        "model.name=vaediff", "loss={name: vaediff}", f"train.epochs={STEPS_PER_STAGE}", "train.num_threads=1",
+        "vaediff.augmenter_epochs=3", "vaediff.augmenter_warmup_epochs=1", "vaediff.augment_from_epoch=1",
+        "vaediff.latent_size=8", "vaediff.denoiser_width=64", "vaediff.denoiser_depth=2", "vaediff.diffusion_steps=10",
+        *extra])
+
+
+def final_state(run_dir: Path) -> dict:
+    results = json.loads((run_dir / "results.json").read_text())
+    return {
+        "results": {k: v for k, v in results.items() if k not in TIMINGS and k != "stages"},
+        "augmenter": load_file(run_dir / "stage2" / "augmenter.safetensors"),
+        "best": load_file(run_dir / "best.safetensors"),
+        "predictions": json.loads((run_dir / "test_predictions.json").read_text()),
+    }
+
+
+def assert_same(state: dict, reference: dict) -> None:
+    assert state["results"] == reference["results"]
+    assert state["predictions"] == reference["predictions"]
+    for part in ("augmenter", "best"):
+        assert state[part].keys() == reference[part].keys()
+        assert all(torch.equal(state[part][k], reference[part][k]) for k in state[part]), part
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_backbone, tmp_path_factory):
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        calls = []  # the augment argument of every optimizer step
+        real = trainer._optimizer_step
+
+        def record(*args, **kwargs):
+            calls.append(args[16] if len(args) > 16 else kwargs.get("augment"))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(trainer, "_optimizer_step", record)
+        results = run(vaediff_config(tiny_backbone, tmp_path_factory.mktemp("runs")))
+    torch.set_num_threads(threads)
+    return Path(results["run_dir"]), final_state(Path(results["run_dir"])), calls
+
+
+def test_layout_and_stage3_augments_from_its_epoch(reference):
+    run_dir, state, calls = reference
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"stage1", "stage2", "stage3", "best.safetensors", "results.json", "config.yaml"} <= names
+    assert (run_dir / "stage1" / "results.json").is_file() and (run_dir / "stage3" / "results.json").is_file()
+    # stage 1 never augments, stage 3 from its second epoch (augment_from_epoch=1)
+    assert [call is not None for call in calls] == [False] * STEPS_PER_STAGE + [False] + [True] * (STEPS_PER_STAGE - 1)
+    cached = load_file(run_dir / "stage2" / "features.safetensors")
+    assert (cached["labels"][:, 0] != 1).all() and cached["features"].shape[0] == cached["labels"].shape[0] > 0
+    stage3 = json.loads((run_dir / "stage3" / "results.json").read_text())
+    assert state["results"]["test"] == stage3["test"]  # RUN_DIR holds stage 3's run
+    assert load_file(run_dir / "best.safetensors").keys() == load_file(run_dir / "stage3" / "best.safetensors").keys()
+    saved = load_config(run_dir / "stage3" / "config.yaml")
+    assert saved.vaediff.augmenter == str(run_dir / "stage2") and saved.loss["contrastive_alone"] is False
+
+
+def test_run_dir_evaluates_like_any_run(reference):
+    from docre.run_dir import load_trained
+
+    run_dir, state, _ = reference
+    cfg, _, model, loss_fn, _ = load_trained(run_dir, torch.device("cpu"))
+    assert cfg.model.name == "vaediff" and type(loss_fn).__name__ == "VaeDiffLoss"
+    assert torch.equal(model.classifier.weight, state["best"]["classifier.weight"])
+
+
+def test_killed_in_stage1_resumes_to_the_same_result(reference, tiny_backbone, tmp_path, monkeypatch):
+    signal_after(monkeypatch, 2, __import__("signal").SIGTERM)
+    with pytest.raises(Interrupted):
+        run(vaediff_config(tiny_backbone, tmp_path))
+    monkeypatch.undo()
+    assert (tmp_path / "vd-s66" / "stage1" / "last").is_dir() and not (tmp_path / "vd-s66" / "stage2").exists()
+    results = run(vaediff_config(tiny_backbone, tmp_path))
+    assert_same(final_state(Path(results["run_dir"])), reference[1])
+
+
+def test_killed_in_stage2_resumes_to_the_same_result(reference, tiny_backbone, tmp_path, monkeypatch):
+    from docre import checkpoint  # fit_augmenter imports save_training_state from it when it runs
+
+    saves, real = [], checkpoint.save_training_state
+
+    def save_then_die(*args, **kwargs):
+        real(*args, **kwargs)
+        saves.append(1)
+        if len(saves) == 2:
+            raise KeyboardInterrupt  # the process dies after epoch 2's checkpoint
+    monkeypatch.setattr(checkpoint, "save_training_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(vaediff_config(tiny_backbone, tmp_path))
+    monkeypatch.undo()
+    stage2 = tmp_path / "vd-s66" / "stage2"
+    assert json.loads((stage2 / "last" / "state.json").read_text())["counters"]["epoch"] == 2
+    assert not (stage2 / "augmenter.safetensors").exists()
+    results = run(vaediff_config(tiny_backbone, tmp_path))
+    assert_same(final_state(Path(results["run_dir"])), reference[1])
+
+
+def test_killed_in_stage3_resumes_to_the_same_result(reference, tiny_backbone, tmp_path, monkeypatch):
+    signal_after(monkeypatch, STEPS_PER_STAGE + 2, __import__("signal").SIGTERM)  # stage 3's second step (augmented)
+    with pytest.raises(Interrupted):
+        run(vaediff_config(tiny_backbone, tmp_path))
+    monkeypatch.undo()
+    assert (tmp_path / "vd-s66" / "stage3" / "last").is_dir() and not (tmp_path / "vd-s66" / "results.json").exists()
+    results = run(vaediff_config(tiny_backbone, tmp_path))
+    assert_same(final_state(Path(results["run_dir"])), reference[1])
+
+
+def test_documents_with_more_than_42_entities(tiny_backbone):
+    """The official model pads every document to a 42 x 42 grid and fails past it; docre's takes any n."""
+    cfg = vaediff_config(tiny_backbone, Path("unused"))
+    tokenizer = load_tokenizer(tiny_backbone)
+    rel2id = json.loads((ROOT / "data/docred/rel2id.json").read_text())
+    names = [f"e{i}" for i in range(45)]
+    doc = {"title": "many", "sents": [names],
+           "vertexSet": [[{"name": n, "sent_id": 0, "pos": [i, i + 1], "type": "MISC"}] for i, n in enumerate(names)],
+           "labels": [{"h": 0, "t": 44, "r": "P17", "evidence": []}]}
+    features = featurize([doc], tokenizer, rel2id, cfg.model.marker, cfg.model.max_seq_length)[0]
+    model = build_model_from_config(cfg.model, tokenizer, len(rel2id)).eval()
+    batch = collate(features, len(rel2id), tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits, cells = model(batch, features=True, synthetic=torch.randn(3, model.classifier.in_features))
+    assert logits.shape == (45 * 44 + 3, len(rel2id)) and cells.vector.shape[0] == 45 * 44 + 3
+    torch.testing.assert_close(logits[-3:], model.classifier(cells.vector[-3:]))
+
+
+def test_refusals(tiny_backbone, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(DocreError, match="trains on one process"):
+        run(vaediff_config(tiny_backbone, tmp_path))
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(DocreError, match=r"holds no augmenter\.safetensors"):
+        augmenter_module.load_augmenter(tmp_path, torch.device("cpu"))
