@@ -6,6 +6,12 @@ With T the target classes of a pair (its relations, or {0} for an NA pair) and N
     L = log(1 + sum_{j in N} e^{s_j}) + log(1 + sum_{i in T} e^{-s_i}),   mean over pairs.
 The fixed score 0 separates targets from the rest, so decode predicts relation r iff s_r > 0,
 capped at the top_k largest relation logits (class 0 is not ranked: it is no threshold here).
+
+`topk_includes_na=True` decodes as DocuNet's official `get_label` (github.com/zjunlp/DocuNet,
+`losses.py`, `balanced_loss`; the HingeABL repository's `get_label` ranks the same way): the cap is
+the k-th largest of all C logits, class 0 included, so a pair whose class-0 logit is among its top k
+keeps at most k-1 relations. A relation still needs s_r > 0 only, not s_r > s_0. The DocuNet
+balanced-softmax configs set it; the default keeps docre's older rule, so earlier runs decode as before.
 """
 
 import torch
@@ -15,9 +21,13 @@ from docre.losses.common import NEG, positive_mask, relation_top_k, relations_to
 
 
 class BalancedSoftmaxLoss(nn.Module):
-    def __init__(self):
-        """No hyperparameters; the explicit signature makes config checks reject stray keywords."""
+    def __init__(self, topk_includes_na: bool = False):
+        """topk_includes_na: rank class 0 with the relations for decode's top-k cap (DocuNet's official
+        decode); False ranks the relation classes only."""
         super().__init__()
+        if not isinstance(topk_includes_na, bool):
+            raise ValueError(f"topk_includes_na must be true or false, got {topk_includes_na!r}")
+        self.topk_includes_na = topk_includes_na
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
@@ -31,7 +41,12 @@ class BalancedSoftmaxLoss(nn.Module):
 
     def decode(self, logits: torch.Tensor, top_k: int) -> torch.Tensor:
         logits = logits.float()
-        return relations_to_multi_hot((logits[:, 1:] > 0) & relation_top_k(logits, top_k), logits.dtype)
+        if self.topk_includes_na and top_k < logits.size(1):
+            kth = logits.topk(top_k, dim=1).values[:, -1:]  # [P, 1] the k-th largest of all C logits, s_0 included
+            ranked = logits[:, 1:] >= kth  # [P, C-1]
+        else:
+            ranked = relation_top_k(logits, top_k)  # [P, C-1]
+        return relations_to_multi_hot((logits[:, 1:] > 0) & ranked, logits.dtype)
 
     def decision_threshold(self, logits: torch.Tensor) -> torch.Tensor:
         """[P] the logit each relation must exceed: 0 for every pair (used by the diagnostics)."""
