@@ -203,3 +203,11 @@ def test_a_trained_run_rebuilds_typed_features_for_evaluate_and_predict(typed_ba
     saved = json.loads((tmp_path / "smoke-s66" / "dev_predictions.json").read_text())
     assert sorted((r["title"], r["h_idx"], r["t_idx"], r["r"]) for r in rows) == \
         sorted((r["title"], r["h_idx"], r["t_idx"], r["r"]) for r in saved)
+
+
+def test_the_docunet_bert_configs_use_typed_markers():
+    bert = sorted(ROOT.glob("configs/*/bert_docunet_*.yaml"))
+    assert len(bert) >= 4
+    assert all(load_config(path).model.marker == "typed" for path in bert)
+    # RoBERTa's vocabulary has no [unusedN]: those configs keep "*", the marker of DocuNet's non-BERT branch
+    assert all(load_config(path).model.marker == "*" for path in ROOT.glob("configs/*/roberta_docunet_*.yaml"))

@@ -103,7 +103,7 @@ def typed_marker_ids(tokenizer) -> dict[str, tuple[list[int], list[int]]]:
         # DocuNet's RoBERTa path marks every mention with "*"; docre leaves that choice to the config
         raise DocreError(f"model.marker=typed needs the tokens [unused1]..[unused61] of BERT-style vocabularies, which "
                          f"the tokenizer of {tokenizer.name_or_path or type(tokenizer).__name__!r} lacks; "
-                         "use model.marker='*' (what DocuNet's RoBERTa path does)")
+                         "use model.marker='*' (the marker of DocuNet's non-BERT preprocessing)")
     return {kind: ([ids[opening]], [ids[closing]]) for kind, (opening, closing) in tokens.items()}
 
 
@@ -164,7 +164,7 @@ def _mention_markers(doc: dict, info: TokenizerInfo) -> tuple[dict, dict]:
                 if kind not in info.typed_marker_ids:
                     raise DocreError(f"document {doc['title']!r}: a mention of type {kind!r} ({m.get('name')!r}) has no typed "
                                      f"marker; model.marker=typed knows DocRED's types {', '.join(TYPED_MARKER_INDEX)} "
-                                     "only (use model.marker='*' for other types)")
+                                     "only: give every mention one of them, or use model.marker='*'")
                 before, after = info.typed_marker_ids[kind]
             opening.setdefault((m["sent_id"], m["pos"][0]), before)
             closing.setdefault((m["sent_id"], m["pos"][1] - 1), after)
