@@ -17,6 +17,15 @@ official code pads every document's map to 42 entities (DocRED's maximum) and le
 cells take part in the attention, docre attends over the document's own n entities only (padding
 to the batch's largest document is masked out), so a document's logits do not depend on the others.
 The official dropout in the axial layers is 0.0, so the layers hold none.
+
+Self pairs: the official `hts` hold every cell of the n x n grid, the diagonal (h = t) labelled NA
+and its logits multiplied by 0, so the official loss is a mean over the batch's sum(n^2) rows; docre
+gives logits for the sum(n(n-1)) candidate pairs only (`batch.hts`). The official loss is therefore
+docre's scaled by sum(n(n-1)) / sum(n^2) (0.9 for 10-entity documents, 0.5 for 2-entity ones; its
+gradient likewise) plus a constant: each self pair's all-zero logits add log C under AFL, without
+gradient. docre leaves them out: a self pair is no candidate, every loss sees the candidate pairs
+only (the model/loss contract), and the difference is a per-batch weight, which AdamW largely
+normalises away, not another objective.
 """
 
 import math
