@@ -44,7 +44,7 @@ def test_misspelt_loss_names_and_keywords_get_did_you_mean():
     assert message(CONFIG, ["loss.name=atgll"]).endswith("(did you mean atgl?)")
     assert message(CONFIG, ["loss.name=bce", "loss.treshold=0.4"]).endswith(
         "got an unexpected keyword argument 'treshold' (did you mean threshold?); its keywords: threshold")
-    assert message(CONFIG, ["loss.name=balanced_softmax", "loss.alpha=1"]).endswith("its keywords: none")
+    assert message(CONFIG, ["loss.name=balanced_softmax", "loss.alpha=1"]).endswith("its keywords: topk_includes_na")
     with pytest.raises(DocreError, match=r"^unknown loss 'hingabl' \(did you mean hingeabl\?\); available: atl, "):
         build_loss("hingabl")
     with pytest.raises(DocreError, match=r"^loss 'afl': got an unexpected keyword argument 'gama' \(did you mean gamma\?\)"):

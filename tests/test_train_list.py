@@ -38,7 +38,8 @@ def test_list_models_names_every_model_with_a_description(capsys):
 def test_list_losses_gives_each_loss_its_keywords_and_defaults(capsys):
     rows = listed(capsys, "losses")
     assert [name.split("(")[0] for name in rows] == list(LOSSES)
-    assert "atgl(alpha=16.5," in rows and "bce(threshold=0.5)" in rows and "balanced_softmax()" in rows
+    assert "atgl(alpha=16.5," in rows and "bce(threshold=0.5)" in rows \
+        and "balanced_softmax(topk_includes_na=False)" in rows
     assert all(rows.values())
 
 

@@ -2,10 +2,12 @@
 a small document tokenises as worked out by hand, real documents as a per-word loop written from the
 official preprocessing, a vocabulary without [unusedN] and an unknown entity type fail in one line, a
 misspelt "typed" fails when the config loads, the feature cache keeps the two marker kinds apart,
-every model runs on typed features, and a trained run's evaluate and predict rebuild the same features."""
+every model runs on typed features, and a trained DocuNet run's evaluate and predict rebuild the same
+features (and its decode keyword)."""
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,10 +174,13 @@ def test_every_model_runs_on_typed_features(name, typed_backbone, typed_tokenize
 
 def test_a_trained_run_rebuilds_typed_features_for_evaluate_and_predict(typed_backbone, typed_tokenizer, rel2id, tmp_path,
                                                                        monkeypatch, capsys):
+    # the DocuNet configs' settings: typed markers, balanced softmax with DocuNet's decode
     cfg = load_config(ROOT / "configs/smoke.yaml", [f"model.backbone={typed_backbone}", f"output_dir={tmp_path}",
-                                                    "model.marker=typed", "train.max_steps=3"])
+                                                    "model.marker=typed", "train.max_steps=3", "model.name=docunet",
+                                                    "loss.name=balanced_softmax", "loss.topk_includes_na=true"])
     run_dir = train(cfg)["run_dir"]
-    assert load_config(f"{run_dir}/config.yaml").model.marker == "typed"
+    saved = load_config(f"{run_dir}/config.yaml")
+    assert saved.model.marker == "typed" and saved.loss == {"name": "balanced_softmax", "topk_includes_na": True}
     docs = json.loads((FIXTURES / "docred_tiny.json").read_text())
     expected = [f.input_ids.tolist() for f in featurize(docs, typed_tokenizer, rel2id, "typed", 1024)[0]]
 
@@ -190,7 +195,7 @@ def test_a_trained_run_rebuilds_typed_features_for_evaluate_and_predict(typed_ba
     assert evaluate.main() == 0
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert [f.input_ids.tolist() for f in built[0][0]] == expected
-    logged = json.loads((tmp_path / "smoke-s66" / "best.json").read_text())
+    logged = json.loads((Path(run_dir) / "best.json").read_text())
     assert all(scores[key] == logged[key] for key in ("precision", "recall", "f1", "num_predicted"))
 
     # the Predictor (docre-predict) featurises its input itself
@@ -198,9 +203,10 @@ def test_a_trained_run_rebuilds_typed_features_for_evaluate_and_predict(typed_ba
     featurize_predict = docre.predict.featurize
     monkeypatch.setattr(docre.predict, "featurize", lambda *a, **k: seen.append(featurize_predict(*a, **k)) or seen[-1])
     predictor = Predictor.from_pretrained(run_dir, device="cpu")
+    assert predictor.loss_fn.topk_includes_na is True
     rows = predictor.leaderboard_rows(docs)
     assert [f.input_ids.tolist() for f in seen[0][0]] == expected
-    saved = json.loads((tmp_path / "smoke-s66" / "dev_predictions.json").read_text())
+    saved = json.loads((Path(run_dir) / "dev_predictions.json").read_text())
     assert sorted((r["title"], r["h_idx"], r["t_idx"], r["r"]) for r in rows) == \
         sorted((r["title"], r["h_idx"], r["t_idx"], r["r"]) for r in saved)
 

@@ -53,7 +53,7 @@ LOSSES = {
     "atgl": ATGLoss,  # adaptive-threshold global loss (alpha)
     "afl": AdaptiveFocalLoss,  # KD-DocRE's adaptive focal loss (gamma)
     "bce": BCELoss,  # binary cross-entropy, global threshold tuned on dev (threshold)
-    "balanced_softmax": BalancedSoftmaxLoss,  # DocuNet, fixed threshold 0
+    "balanced_softmax": BalancedSoftmaxLoss,  # DocuNet, fixed threshold 0 (topk_includes_na: its official top-k)
     "sat": SATLoss,  # sigmoid against TH (HingeABL repository)
     "meansat": MeanSATLoss,  # SAT with each side averaged
     "hingeabl": HingeABLoss,  # hinge-weighted SAT (margin)
