@@ -124,14 +124,14 @@ class VaeDiffConfig:
     # Defaults: the official Re-DocRED scripts (Stage_2/scripts/train.sh, Stage_3/scripts/train.sh)
     latent_size: int = 384  # the VAE's latent width
     denoiser_width: int = 256  # the diffusion prior's width (tx_dim); 6 layers, width / 64 heads
-    denoiser_depth: int = 6
-    diffusion_steps: int = 50
+    denoiser_depth: int = 6  # the diffusion prior's layers
+    diffusion_steps: int = 50  # steps of the diffusion schedule and of the sampler
     augmenter_epochs: int = 100  # stage 2
     augmenter_batch_size: int = 8  # stage 2: documents whose related pairs make one batch
     augmenter_warmup_epochs: int = 10  # stage 2: VAE alone with KL weight 1e-6, then the prior trains too
-    vae_lr: float = 2.0e-4  # cosine-annealed to vae_min_lr over the epochs after the warm-up
-    vae_min_lr: float = 2.0e-5
-    diffusion_lr: float = 5.0e-5
+    vae_lr: float = 2.0e-4  # the VAE's rate, cosine-annealed to vae_min_lr over the epochs after the warm-up
+    vae_min_lr: float = 2.0e-5  # the VAE's rate at the end of stage 2
+    diffusion_lr: float = 5.0e-5  # the diffusion prior's rate (constant)
     kl_weight: float = 1.0e-3  # the VAE's KL / prior cross-entropy weight after the warm-up
     uncond_prob: float = 0.2  # classifier-free training: a batch's labels are dropped with this probability
     guidance: float = 0.1  # stage 3: w of (1 + w) cond - w uncond

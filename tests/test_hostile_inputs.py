@@ -175,7 +175,7 @@ def test_bad_relation_map(tmp_path, content, message):
     ("train:\n  batch_size: four\n", "train.batch_size: Value 'four' of type 'str' could not be converted to Integer"),
     ("train:\n  epochs: null\n", "train.epochs: Incompatible value 'None' for field of type 'int'"),
     ("- train\n- model\n", "top level must be a mapping of sections "
-                          "(seed, output_dir, run_name, data, model, loss, train, eval, sweep, log), got a list"),
+                          "(seed, output_dir, run_name, data, model, loss, train, eval, sweep, log, vaediff), got a list"),
     ("3\n", "not valid YAML: Invalid loaded object type: int"),
     ("just words\n", "unknown key 'just words'"),
     ("train: 3\n", "train: must be a section of key: value lines, got 3"),
