@@ -106,7 +106,11 @@ class VaeDiffLoss(nn.Module):
             raise DocreError("the vaediff loss needs the pairs' features for its contrastive term "
                              "(forward(logits, labels, features=PairFeatures(...)) from a model asked for them)")
         selected = labels[:, 0] != 1  # [P] related pairs (synthetic ones are all related)
-        cosine = bilinear_cosine(features)[selected][:, selected]  # [S, S]
+        if features.vector is not None:  # the similarities of the selected pairs only: S is ~5 % of P
+            features = PairFeatures(vector=features.vector[selected])
+        else:
+            features = PairFeatures(features.head[selected], features.tail[selected], features.block_size)
+        cosine = bilinear_cosine(features)  # [S, S]
         return loss + self.lambda3 * selected_contrastive(cosine, labels[selected], self.tau, self.tau_base)
 
     def decode(self, logits: Tensor, top_k: int) -> Tensor:
