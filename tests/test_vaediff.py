@@ -169,3 +169,15 @@ def test_refusals(tiny_backbone, tmp_path, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE")
     with pytest.raises(DocreError, match=r"holds no augmenter\.safetensors"):
         augmenter_module.load_augmenter(tmp_path, torch.device("cpu"))
+
+
+def test_atgl_swap_with_alpha_tuned_on_dev_runs_the_stages_per_value(tiny_backbone, tmp_path):
+    cfg = vaediff_config(tiny_backbone, tmp_path, "swap-s66", "loss={name: vaediff, classification: atgl, alpha: auto}",
+                         "sweep.alpha_grid=[0.25,0.5]", "train.epochs=2")
+    results = run(cfg)
+    run_dir = Path(results["run_dir"])
+    assert sorted(row["alpha"] for row in results["alpha_sweep"]) == [4.125, 8.25]
+    for row in results["alpha_sweep"]:
+        stage3 = load_config(Path(row["run_dir"]) / "stage3" / "config.yaml")
+        assert stage3.loss == {"name": "vaediff", "classification": "atgl", "alpha": row["alpha"], "contrastive_alone": False}
+    assert json.loads((run_dir / "decode.json").read_text())["alpha"] == results["alpha"]
