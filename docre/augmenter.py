@@ -36,14 +36,18 @@ oscillates with a period of 178 steps); the dropout coin and the self-conditioni
 
 import copy
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from docre import checkpoint
 from docre.errors import DocreError
+from docre.utils import atomic_write_json, logger
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -265,11 +269,6 @@ def fit_augmenter(augmenter: Augmenter, features: Tensor, labels: Tensor, docs: 
     """Stage 2: train the VAE and the prior on the related pairs' features [N, H] (labels [N, C], document of each
     row [N]), `cfg` = the `vaediff` config section. A checkpoint after every epoch (out_dir/last/) resumes it to the
     same weights; the finished augmenter is out_dir/augmenter.safetensors (+ augmenter.json)."""
-    from pathlib import Path
-
-    from docre.checkpoint import find_training_state, load_training_state, save_training_state, save_weights
-    from docre.utils import atomic_write_json, logger
-
     out_dir = Path(out_dir)
     warmup, epochs = cfg.augmenter_warmup_epochs, cfg.augmenter_epochs
     # one AdamW, two groups (the official two optimizers: AdamW keeps its state per parameter, and a group
@@ -284,10 +283,10 @@ def fit_augmenter(augmenter: Augmenter, features: Tensor, labels: Tensor, docs: 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [vae_rate, lambda epoch: 1.0])
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     counters = {"epoch": 0, "updates": 0}
-    checkpoint = find_training_state(out_dir / "last")
-    if checkpoint is not None:
-        counters = load_training_state(checkpoint, augmenter, optimizer, scheduler, scaler)
-        logger.info("stage 2: resumed from %s after epoch %d", checkpoint, counters["epoch"])
+    saved = checkpoint.find_training_state(out_dir / "last")
+    if saved is not None:
+        counters = checkpoint.load_training_state(saved, augmenter, optimizer, scheduler, scaler)
+        logger.info("stage 2: resumed from %s after epoch %d", saved, counters["epoch"])
     vae_parameters, denoiser_parameters = list(augmenter.vae.parameters()), list(augmenter.denoiser.parameters())
     for epoch in range(counters["epoch"], epochs):
         augmenter.train()
@@ -320,21 +319,16 @@ def fit_augmenter(augmenter: Augmenter, features: Tensor, labels: Tensor, docs: 
         counters["epoch"] = epoch + 1
         logger.info("stage 2 epoch %d/%d: VAE loss %.4f, prior loss %.4f", epoch + 1, epochs,
                     totals[0] / len(batches), totals[1] / len(batches))
-        save_training_state(out_dir / "last", augmenter, optimizer, scheduler, scaler, dict(counters))
-    save_weights(augmenter, out_dir / AUGMENTER_WEIGHTS)
+        checkpoint.save_training_state(out_dir / "last", augmenter, optimizer, scheduler, scaler, dict(counters))
+    checkpoint.save_weights(augmenter, out_dir / AUGMENTER_WEIGHTS)
     atomic_write_json(out_dir / AUGMENTER_SETTINGS, dataclasses.asdict(augmenter.settings))
 
 
 def load_augmenter(folder, device: torch.device) -> Augmenter:
     """The finished stage-2 augmenter of `folder` (fit_augmenter's files)."""
-    from pathlib import Path
-
-    from docre.checkpoint import load_weights
-    from docre.run_dir import read_json
-
     folder = Path(folder)
     if not (folder / AUGMENTER_WEIGHTS).is_file():
         raise DocreError(f"vaediff.augmenter: {folder} holds no {AUGMENTER_WEIGHTS} (stage 2 has not finished there)")
-    augmenter = Augmenter(AugmenterSettings(**read_json(folder / AUGMENTER_SETTINGS)))
-    load_weights(augmenter, folder / AUGMENTER_WEIGHTS)
+    augmenter = Augmenter(AugmenterSettings(**json.loads((folder / AUGMENTER_SETTINGS).read_text(encoding="utf-8"))))
+    checkpoint.load_weights(augmenter, folder / AUGMENTER_WEIGHTS)
     return augmenter.to(device).eval()
