@@ -22,7 +22,7 @@ from docre.models import build_model_from_config, load_tokenizer
 from docre.sweep import run
 from docre.trainer import Interrupted
 from tests.conftest import ROOT
-from tests.test_resume import TIMINGS, signal_after
+from tests.test_resume import TIMINGS, restore_threads, signal_after  # noqa: F401 (restore_threads: an autouse fixture)
 
 STEPS_PER_STAGE = 3
 
@@ -52,13 +52,6 @@ def assert_same(state: dict, reference: dict) -> None:
     for part in ("augmenter", "best"):
         assert state[part].keys() == reference[part].keys()
         assert all(torch.equal(state[part][k], reference[part][k]) for k in state[part]), part
-
-
-@pytest.fixture(autouse=True)
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
