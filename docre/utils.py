@@ -204,6 +204,18 @@ def peak_rss_mb() -> float:
     return peak / 1024 if sys.platform != "darwin" else peak / 2**20
 
 
+def reset_peak_rss() -> bool:
+    """Lower this process's peak resident memory (VmHWM, what `peak_rss_mb` reads) to its current
+    resident memory, so that the peak of one phase of a process can be read (Linux 4.0+: "5" into
+    /proc/self/clear_refs). Returns False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
+            refs.write("5")
+    except OSError:
+        return False
+    return True
+
+
 # ----------------------------------------------------------------------------- progress
 # Values of CI / DOCRE_PROGRESS that mean "no" (CI=false is sometimes set on purpose).
 _NO = ("", "0", "false", "no", "off")

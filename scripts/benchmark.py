@@ -4,6 +4,7 @@ docs/performance.md).
     python scripts/benchmark.py [--encoder minilm|bert-base] [--model atlop|...] [--threads 2] [--quick] [--json]
     python scripts/benchmark.py --attention-paths [--encoder bert-base]   # fast vs general attention path
     python scripts/benchmark.py --loss NAME [--quick]   # a training step with loss NAME against ATL's
+    python scripts/benchmark.py --model NAME --against-atlop [--quick]   # model NAME's step and memory against ATLOP's
 
 Measured in one process, side by side, on batches of 4 Re-DocRED documents from the training
 sampler: a full training step of the model (forward, loss, backward, optimizer step) against the
@@ -12,15 +13,18 @@ against the encoder's forward; the model is ATLOP unless `--model` names another
 docre.models.MODELS (the training run and the long document then use it too). Each figure is the
 median over repetitions after a warm-up; the ratios are medians of per-repetition ratios, so slow
 moments of the machine hit both sides. Peak memory comes from a real `train.py` run and the 4,096-word-piece document from a
-separate process, since a process's peak resident memory cannot be reset. `--json` prints one JSON
+separate process (each its own whole peak). `--json` prints one JSON
 object as the last line. "bert-base" is a randomly initialised BertConfig() model (no download)
 with the MiniLM tokenizer (same vocabulary). `--loss NAME` measures only the training step with
 loss NAME against the same step with ATL (each with the model and loss keywords of its
 Re-DocRED-mini config, the loss's training statistics computed from that training split, both with
 the token budget of the loss's config), alternating on the same batches; its ratio is the median of
 the per-batch paired ratios (a burst of another job spoils a few pairs, not the figure), in wall
-time and in the process's CPU time (which waiting for a core does not inflate). Results and how to
-read them: docs/performance.md.
+time and in the process's CPU time (which waiting for a core does not inflate). `--model NAME
+--against-atlop` measures, the same way, only a training step of model NAME against ATLOP's on the
+same batches, each side's peak memory in a step (its training state plus what the step adds, the
+resident high-water mark reset before it), and where NAME's step goes (model_step_ratio). Results and
+how to read them: docs/performance.md.
 """
 
 import argparse
@@ -33,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 from docre.allocator import use_huge_pages
@@ -65,6 +70,9 @@ def main() -> int:
                              "(the encoder's own attention, taken by encoders docre cannot route), side by side")
     parser.add_argument("--loss", choices=tuple(LOSSES),
                         help="only a training step with this loss against the same step with ATL, side by side")
+    parser.add_argument("--against-atlop", action="store_true",
+                        help="only a training step of --model against ATLOP's, side by side, its peak memory, and "
+                             "where the model's step goes")
     parser.add_argument("--part", choices=("long-doc",), help=argparse.SUPPRESS)  # internal: run in a subprocess
     parser.add_argument("--gradient-checkpointing", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -101,6 +109,15 @@ def main() -> int:
             figures |= loss_step_ratio(backbone, args.loss, batches=2 if args.quick else 3, reps=2 if args.quick else 3,
                                        device=device, dtype=dtype, name=args.model)
         report_loss(figures)
+        if args.json:
+            print(json.dumps(figures))
+        return 0
+    if args.against_atlop:
+        with tempfile.TemporaryDirectory() as scratch:
+            backbone = backbone_folder(args.encoder, Path(scratch))
+            figures |= model_step_ratio(backbone, args.model, batches=2 if args.quick else 3, reps=2 if args.quick else 3,
+                                        device=device, dtype=dtype)
+        report_model(figures)
         if args.json:
             print(json.dumps(figures))
         return 0
@@ -300,6 +317,43 @@ def step_ratios(backbone: str, batches: int, reps: int, device=None, dtype=None,
     }
 
 
+def paired_steps(train_step, base: str, other: str, data: list, reps: int) -> dict:
+    """`train_step(side, features)` of the sides `base` and `other` back to back on every batch, which side
+    goes first swapped every repetition (the first repetition warms up). Returns the sides' step seconds,
+    wall and CPU (medians over repetitions of the mean per batch), and the `other` / `base` ratios: the
+    median of the per-batch paired ratios (a burst of another job on the machine spoils a few pairs, not
+    the figure) and their quartiles, in wall time and in the process's CPU time, and the ratio of the mean
+    steps per repetition and its median."""
+    steps, cpu = {base: [], other: []}, {base: [], other: []}  # per repetition, mean wall / CPU seconds per batch
+    paired, paired_cpu = [], []  # per (repetition, batch): other step / base step on the same documents
+    for rep in range(reps + 1):
+        order = (base, other) if rep % 2 == 0 else (other, base)  # neither side always runs first
+        elapsed = {base: [], other: []}  # (wall, CPU) seconds per batch
+        for features in data:  # per batch, both sides: a change of the machine's speed hits both alike
+            for side in order:
+                elapsed[side].append(timed_with_cpu(lambda side=side, features=features: train_step(side, features)))
+        if rep:
+            for side in steps:
+                steps[side].append(sum(wall for wall, _ in elapsed[side]) / len(data))
+                cpu[side].append(sum(seconds for _, seconds in elapsed[side]) / len(data))
+            paired += [a[0] / b[0] for a, b in zip(elapsed[other], elapsed[base])]
+            paired_cpu += [a[1] / b[1] for a, b in zip(elapsed[other], elapsed[base])]
+    return {
+        f"{other}_step_s": median_of(steps[other]), f"{base}_step_s": median_of(steps[base]),
+        f"{other}_step_cpu_s": median_of(cpu[other]), f"{base}_step_cpu_s": median_of(cpu[base]),
+        f"{other}_step_ratio": median_of(paired), f"{other}_step_ratio_quartiles": quartiles(paired),
+        f"{other}_step_ratios_per_rep": [a / b for a, b in zip(steps[other], steps[base])],
+        # batches that differ in kind (VaeDiff's synthetic pairs follow their related pairs) spread the paired ratios
+        # apart: then the ratio of the mean steps is what an epoch costs
+        f"{other}_mean_step_ratio": median_of([a / b for a, b in zip(steps[other], steps[base])]),
+        f"{other}_step_cpu_ratio": median_of(paired_cpu), f"{other}_step_cpu_ratio_quartiles": quartiles(paired_cpu),
+    }
+
+
+def quartiles(samples: list[float]) -> list[float]:
+    return statistics.quantiles(samples, n=4) if len(samples) > 1 else samples * 3
+
+
 def loss_step_ratio(backbone: str, loss: str, batches: int, reps: int, device=None, dtype=None, name: str = "atlop") -> dict:
     """A training step with loss `loss` against the same step with ATL, as train() runs them
     (collate, forward, loss, backward, clipping, AdamW step). Each side is built from its
@@ -351,19 +405,7 @@ def loss_step_ratio(backbone: str, loss: str, batches: int, reps: int, device=No
         _optimizer_step(model, loss_fn, optimizer, scheduler, scaler, [features], len(rel2id), tokenizer.pad_token_id,
                         device, dtype, 1.0, budget, model.window)
 
-    steps = {"atl": [], "loss": []}  # per repetition, mean wall seconds per batch
-    paired, paired_cpu = [], []  # per (repetition, batch): loss step / ATL step on the same documents, back to back
-    for rep in range(reps + 1):  # the first repetition warms up
-        order = ("atl", "loss") if rep % 2 == 0 else ("loss", "atl")  # neither side always runs first
-        elapsed = {"atl": [], "loss": []}  # (wall, CPU) seconds per batch
-        for features in data:  # per batch, both sides: a change of the machine's speed hits both alike
-            for side in order:
-                elapsed[side].append(timed_with_cpu(lambda side=side, features=features: train_step(side, features)))
-        if rep:
-            for side in steps:
-                steps[side].append(sum(wall for wall, _ in elapsed[side]) / len(data))
-            paired += [a[0] / b[0] for a, b in zip(elapsed["loss"], elapsed["atl"])]
-            paired_cpu += [a[1] / b[1] for a, b in zip(elapsed["loss"], elapsed["atl"])]
+    paired = paired_steps(train_step, "atl", "loss", data, reps)
 
     def loss_alone(side) -> float:
         """Median seconds of the loss's forward + backward on the first batch's fixed model output."""
@@ -382,21 +424,219 @@ def loss_step_ratio(backbone: str, loss: str, batches: int, reps: int, device=No
         logits.requires_grad_()
         return median_of([timed(lambda: loss_fn(logits, batch.labels, **extra).backward()) for _ in range(11)][1:])
 
-    return {
+    return paired | {
         "loss": loss, "loss_config": str(loss_path.relative_to(ROOT)),
         "loss_keywords": {k: v for k, v in loss_cfg.loss.items() if k != "name"},
         "loss_outputs": output_size(sides["loss"][1], len(rel2id)),
-        "loss_step_s": median_of(steps["loss"]), "atl_step_s": median_of(steps["atl"]),
-        # the median of the paired ratios: a burst of another job on the machine spoils a few pairs, not the figure
-        "loss_step_ratio": median_of(paired),
-        "loss_step_ratio_quartiles": statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3,
-        "loss_step_ratios_per_rep": [a / b for a, b in zip(steps["loss"], steps["atl"])],
-        "loss_step_cpu_ratio": median_of(paired_cpu),
-        "loss_step_cpu_ratio_quartiles": statistics.quantiles(paired_cpu, n=4) if len(paired_cpu) > 1 else paired_cpu * 3,
         "loss_alone_s": loss_alone("loss"), "atl_alone_s": loss_alone("atl"),
         "pairs_per_batch": sum(len(f.hts) for features in data for f in features) / len(data),
         "max_batch_tokens": budget, "batches": len(data), "reps": reps,
     }
+
+
+# The module that sets a model's floor beyond ATLOP's head (--against-atlop's breakdown of the step): model -> (what
+# it is, the module). A ModuleList runs its layers in sequence. Other models: encoder and rest only.
+OWN_MODULES = {
+    "ttm_re": ("memory module", lambda model: model.memory),  # the token-memory transformer over the pairs
+    "kd_docre": ("axial attention", lambda model: model.axial_layers),  # over every cell of the n x n pair map
+    "vaediff": ("axial attention", lambda model: model.axial_layers),
+}
+
+
+def model_step_ratio(backbone: str, name: str, batches: int, reps: int, device=None, dtype=None) -> dict:
+    """A training step of model `name` against ATLOP's, as train() runs them (collate, forward, loss,
+    backward, clipping, AdamW step), alternating on the same batches (`paired_steps`), both with ATGL
+    (alpha 16.5) and whole batches (no token budget: TTM-RE's official layout needs them, and VaeDiff's
+    contrastive term couples a batch's pairs). vaediff's step is its stage 3: the vaediff loss (its
+    classification term ATGL, as on the ATLOP side, and its contrastive term) over the real pairs and
+    the synthetic ones, 2 per related pair (label column 0 not 1), sampled by an augmenter of the official
+    sizes with random weights. Also each side's peak memory in a step (its training state plus what a
+    step adds at its peak, `step_peak_mb`), and where the named model's step goes: the encoder's forward
+    and backward (the same encoder as ATLOP's), its own module (OWN_MODULES, on the inputs it gets in the
+    batch's forward), the sampling, and the rest; for vaediff one stage-2 epoch (`stage2_epoch`)."""
+    import torch
+
+    from docre.config import TrainConfig, VaeDiffConfig
+    from docre.data.collate import collate
+    from docre.losses import build_loss
+    from docre.models.atlop import encode_batch
+    from docre.trainer import _optimizer_step, _synthetic_pairs, build_optimizer, linear_warmup_decay
+
+    device, dtype = device or torch.device("cpu"), dtype or torch.float32
+    sides, held, augment = {}, {"atlop": [], "model": []}, None  # held: modules a side keeps beside its model
+    for side, model_name in (("atlop", "atlop"), ("model", name)):
+        torch.manual_seed(66)
+        model, _, loss_fn, tokenizer, rel2id = build(backbone, model_name)
+        model = model.to(device)
+        optimizer = build_optimizer(model, TrainConfig())
+        sides[side] = (model, loss_fn, optimizer, linear_warmup_decay(optimizer, 0, 10**6),
+                       torch.amp.GradScaler(device.type, enabled=dtype == torch.float16))
+    model = sides["model"][0]
+    if name == "vaediff":
+        from docre.augmenter import Augmenter, AugmenterSettings
+
+        stage3 = VaeDiffConfig()  # copies 2, guidance 0.1: the official stage 3
+        augmenter = Augmenter(AugmenterSettings(model.encoder.config.hidden_size, len(rel2id))).to(device).eval()
+        held["model"].append(augmenter)
+        augment = partial(_synthetic_pairs, augmenter, stage3.copies, stage3.guidance)
+        loss_fn = build_loss("vaediff", classification="atgl", alpha=16.5, contrastive_alone=False)
+        sides["model"] = (model, loss_fn, *sides["model"][2:])
+    split = training_split(tokenizer, rel2id)
+    data = training_batches(tokenizer, rel2id, batches, split)
+
+    def train_step(side, features):
+        model, loss_fn, optimizer, scheduler, scaler = sides[side]
+        _optimizer_step(model, loss_fn, optimizer, scheduler, scaler, [features], len(rel2id), tokenizer.pad_token_id,
+                        device, dtype, 1.0, 0, model.window, augment=augment if side == "model" else None)
+
+    figures = paired_steps(train_step, "atlop", "model", data, reps)
+    for side in sides:  # memory after the timing: AdamW's moments exist from the first step on
+        added = [step_peak_mb(lambda side=side, features=features: train_step(side, features), device) for features in data]
+        figures |= {f"{side}_state_mb": state_mb(sides[side][2], *held[side]),
+                    f"{side}_step_added_mb": None if None in added else max(added)}
+    if figures["model_step_added_mb"] is not None:
+        figures["model_peak_ratio"] = ((figures["model_state_mb"] + figures["model_step_added_mb"])
+                                       / (figures["atlop_state_mb"] + figures["atlop_step_added_mb"]))
+        figures["model_step_added_ratio"] = figures["model_step_added_mb"] / figures["atlop_step_added_mb"]
+
+    # where the named model's step goes, per batch (medians over repetitions), then the mean over the batches
+    batches_on_device = [collate(features, len(rel2id), tokenizer.pad_token_id).to(device) for features in data]
+    parts = {"encoder": [median_times(backward_of(lambda b=b: encode_batch(model, b), device, dtype), reps)
+                         for b in batches_on_device]}
+    if name in OWN_MODULES:
+        label, module_of = OWN_MODULES[name]
+        module = module_of(model)
+        parts[label] = []
+        for b in batches_on_device:
+            inputs = module_inputs(model, b, module, device, dtype)
+            parts[label].append(median_times(backward_of(lambda inputs=inputs: run_module(module, inputs), device, dtype), reps))
+    if augment is not None:
+        parts["sampling"] = [median_times(lambda b=b: augment(b.labels), reps) for b in batches_on_device]
+    figures["parts_s"] = {part: sum(wall for wall, _ in times) / len(times) for part, times in parts.items()}
+    figures["parts_cpu_s"] = {part: sum(cpu for _, cpu in times) / len(times) for part, times in parts.items()}
+    for clock in ("", "_cpu"):
+        figures[f"model_rest{clock}_s"] = figures[f"model_step{clock}_s"] - sum(figures[f"parts{clock}_s"].values())
+        figures[f"atlop_rest{clock}_s"] = figures[f"atlop_step{clock}_s"] - figures[f"parts{clock}_s"]["encoder"]  # same encoder
+    related = sum(int((b.labels[:, 0] != 1).sum()) for b in batches_on_device) / len(data)
+    if name == "vaediff":
+        figures |= stage2_epoch(split, len(rel2id), model.encoder.config.hidden_size, device, reps)
+        figures["synthetic_per_batch"] = stage3.copies * related
+    return figures | {
+        "pairs_per_batch": sum(b.labels.size(0) for b in batches_on_device) / len(data), "related_per_batch": related,
+        "tokens_per_batch": sum(int(b.attention_mask.sum()) for b in batches_on_device) / len(data),
+        "batches": len(data), "reps": reps,
+    }
+
+
+def median_times(function, reps: int) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of `function()` over `reps` calls after a warm-up call."""
+    samples = [timed_with_cpu(function) for _ in range(reps + 1)][1:]
+    return median_of([wall for wall, _ in samples]), median_of([cpu for _, cpu in samples])
+
+
+def backward_of(forward, device, dtype):
+    """A function that runs `forward()` (tensors) under the step's autocast and backward from their sum."""
+    from docre.utils import autocast
+
+    def run():
+        with autocast(device, dtype):
+            outputs = forward()
+        sum(output.float().sum() for output in outputs).backward()
+
+    return run
+
+
+def module_inputs(model, batch, module, device, dtype) -> tuple:
+    """The inputs `module` (a ModuleList: its first layer) gets in the model's forward on `batch`, as
+    leaves that take gradients (the floating-point ones)."""
+    import torch
+
+    from docre.utils import autocast
+
+    captured = []
+    first = module[0] if isinstance(module, torch.nn.ModuleList) else module
+    hook = first.register_forward_pre_hook(lambda _, inputs: captured.append(inputs))
+    with torch.no_grad(), autocast(device, dtype):
+        model(batch)
+    hook.remove()
+    return tuple(x.detach().requires_grad_(x.is_floating_point()) for x in captured[0])
+
+
+def run_module(module, inputs: tuple) -> tuple:
+    """`module(*inputs)` as a tuple of tensors; a ModuleList's layers in sequence, each with the same extra
+    inputs (KD-DocRE's axial layers: the pair map, then the entity mask)."""
+    import torch
+
+    if not isinstance(module, torch.nn.ModuleList):
+        outputs = module(*inputs)
+        return outputs if isinstance(outputs, tuple) else (outputs,)
+    x = inputs[0]
+    for layer in module:
+        x = layer(x, *inputs[1:])
+    return (x,)
+
+
+def state_mb(optimizer, *modules) -> float:
+    """MiB of a training side's state: the optimizer's parameters, their gradients and its state (AdamW's
+    moments), plus the weights of `modules` (VaeDiff's augmenter)."""
+    import torch
+
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    tensors = [*parameters, *(p.grad for p in parameters if p.grad is not None),
+               *(t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)),
+               *(p for module in modules for p in module.parameters())]
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+def step_peak_mb(function, device) -> float | None:
+    """MiB that `function()` adds at its peak to what the process holds before it: on CUDA the allocator's
+    peak; on CPU the resident memory's, with the heap's free pages handed back first and the high-water
+    mark reset (docre.utils.reset_peak_rss); None where the mark cannot be reset."""
+    import torch
+
+    from docre.utils import peak_rss_mb, release_free_memory, reset_peak_rss
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        function()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    release_free_memory()
+    if not reset_peak_rss():
+        function()
+        return None
+    before = peak_rss_mb()
+    function()
+    return peak_rss_mb() - before
+
+
+def stage2_epoch(split, num_classes: int, hidden_size: int, device, reps: int) -> dict:
+    """Seconds of one stage-2 epoch after the warm-up (the VAE's and the prior's updates, the EMA, the epoch's
+    checkpoint; `augmenter.fit_augmenter`) over as many related pairs as the training split has, with random
+    features in place of the stage-1 model's (the cost does not depend on their values)."""
+    import torch
+
+    from docre.augmenter import Augmenter, AugmenterSettings, fit_augmenter
+    from docre.config import VaeDiffConfig
+    from docre.data.collate import stack_labels
+
+    labels = stack_labels(split.features, num_classes)  # [P_total, C]
+    pairs = torch.tensor([len(f.hts) for f in split.features])  # [D]
+    docs = torch.repeat_interleave(torch.arange(len(split.features)), pairs)  # [P_total]: each pair's document
+    related = labels[:, 0] != 1  # [P_total]
+    torch.manual_seed(0)
+    features = torch.randn(int(related.sum()), hidden_size, device=device)  # [N, H]
+    augmenter = Augmenter(AugmenterSettings(hidden_size, num_classes)).to(device)
+    one_epoch = VaeDiffConfig(augmenter_epochs=1, augmenter_warmup_epochs=0)
+
+    def epoch():
+        with tempfile.TemporaryDirectory() as out:
+            fit_augmenter(augmenter, features, labels[related].to(device), docs[related], out, one_epoch, 66)
+
+    wall, _ = median_times(epoch, max(reps - 1, 1))
+    return {"stage2_epoch_s": wall, "stage2_pairs": int(related.sum()), "stage2_epochs": VaeDiffConfig().augmenter_epochs}
 
 
 def attention_paths(backbone: str, batches: int, reps: int, device=None, dtype=None, name: str = "atlop") -> dict:
@@ -590,6 +830,39 @@ def report_loss(figures: dict) -> None:
               f"(quartiles {low:.3f}-{high:.3f})")
     print(f"loss alone (forward + backward, one batch)  {figures['loss']} {figures['loss_alone_s'] * 1e3:.1f} ms   "
           f"atl {figures['atl_alone_s'] * 1e3:.1f} ms")
+
+
+def report_model(figures: dict) -> None:
+    print(f"docre benchmark: model {figures['model']} against atlop, encoder {figures['encoder']}, {figures['device']} "
+          f"{figures['precision']}, {figures['threads']} threads, {figures['cpu']} ({figures['cores']} cores), "
+          f"torch {figures['torch']}, transformers {figures['transformers']}")
+    print(f"{figures['pairs_per_batch']:.0f} pairs ({figures['related_per_batch']:.0f} related) and "
+          f"{figures['tokens_per_batch']:.0f} tokens per batch"
+          + (f", {figures['synthetic_per_batch']:.0f} synthetic pairs" if "synthetic_per_batch" in figures else "")
+          + f", whole batches, {figures['batches']} batches x {figures['reps']} repetitions")
+    low, _, high = figures["model_step_ratio_quartiles"]
+    print(f"training step  {figures['model']} {figures['model_step_s']:.3f} s   atlop {figures['atlop_step_s']:.3f} s   "
+          f"ratio {figures['model_step_ratio']:.3f} (median of {figures['batches'] * figures['reps']} paired steps, "
+          f"quartiles {low:.3f}-{high:.3f})")
+    print(f"ratio of the mean steps {figures['model_mean_step_ratio']:.3f} (median of the repetitions' "
+          + ", ".join(f"{r:.3f}" for r in figures["model_step_ratios_per_rep"]) + ")")
+    if figures["device"] == "cpu":  # on a GPU the host's CPU time is not the step's work
+        low, _, high = figures["model_step_cpu_ratio_quartiles"]
+        print(f"CPU time of the process, same steps: ratio {figures['model_step_cpu_ratio']:.3f} "
+              f"(quartiles {low:.3f}-{high:.3f})")
+    if "model_peak_ratio" in figures:
+        print(f"peak memory in a step  {figures['model']} {figures['model_state_mb']:.0f} + "
+              f"{figures['model_step_added_mb']:.0f} MiB   atlop {figures['atlop_state_mb']:.0f} + "
+              f"{figures['atlop_step_added_mb']:.0f} MiB (training state + what the largest step adds)   "
+              f"ratio {figures['model_peak_ratio']:.2f} (step alone {figures['model_step_added_ratio']:.2f})")
+    for clock, label in (("", "wall"), ("_cpu", "CPU")):
+        parts = ", ".join(f"{part} {seconds:.3f}" for part, seconds in figures[f"parts{clock}_s"].items())
+        print(f"{label:4} s: {figures['model']} step {figures[f'model_step{clock}_s']:.3f} = {parts}, rest "
+              f"{figures[f'model_rest{clock}_s']:.3f}; atlop step {figures[f'atlop_step{clock}_s']:.3f} = encoder, rest "
+              f"{figures[f'atlop_rest{clock}_s']:.3f}")
+    if "stage2_epoch_s" in figures:
+        print(f"stage 2: one epoch after the warm-up {figures['stage2_epoch_s']:.2f} s over {figures['stage2_pairs']} "
+              f"related pairs ({figures['stage2_epochs']} epochs in a run)")
 
 
 if __name__ == "__main__":

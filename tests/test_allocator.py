@@ -1,7 +1,7 @@
 """Every docre command that loads torch asks it for huge-page-backed large CPU blocks before torch
 is imported (docre/allocator.py), as the first statement of its main(); a user's own setting wins;
 too late is reported, not pretended. The peak memory a command reports is its own, not its
-parent's."""
+parent's, and can be lowered to what the process holds now (to read one phase's peak)."""
 
 import ast
 import subprocess
@@ -81,3 +81,13 @@ def test_peak_memory_of_a_command_started_from_a_large_process_is_its_own():
     code = "from docre.utils import peak_rss_mb; print(peak_rss_mb())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert len(held) and 10 < float(out.stdout) < 900  # importing torch: a few hundred MiB, not the parent's GiB
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/clear_refs is Linux's")
+def test_the_peak_can_be_lowered_to_what_the_process_holds_now():
+    code = ("from docre.utils import peak_rss_mb, reset_peak_rss\n"
+            "held = b'\\1' * (300 << 20); del held\n"  # 300 MiB resident, then handed back
+            "before = peak_rss_mb(); reset = reset_peak_rss(); print(before, peak_rss_mb(), reset)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    before, after, reset = out.stdout.split()
+    assert reset == "True" and float(before) - float(after) > 250
