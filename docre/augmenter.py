@@ -123,10 +123,11 @@ class DenoiserLayer(nn.Module):
         self.ff_out = nn.Linear(4 * width, width)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, time: Tensor) -> Tensor:
-        """x [N, width], time [N, time_width] -> [N, width]."""
+    def forward(self, x: Tensor, conditions: Tensor, row_condition: Tensor) -> Tensor:
+        """x [N, width], conditions [U, time_width] the distinct time conditions, row_condition [N] each row's
+        -> [N, width]."""
         x = x + self.dropout(self.attention_out(self.value(self.attention_norm(x))))
-        scale, shift = self.scale_shift(time).chunk(2, dim=1)
+        scale, shift = self.scale_shift(conditions)[row_condition].chunk(2, dim=1)  # [N, width] each
         value, gate = self.ff_in(self.ff_norm(x) * (1 + scale) + shift).chunk(2, dim=1)
         return x + self.ff_out(self.dropout(value * F.gelu(gate)))
 
@@ -151,15 +152,23 @@ class Denoiser(nn.Module):
         nn.init.xavier_normal_(self.output.weight)
 
     def forward(self, x: Tensor, t: Tensor, self_condition: Tensor | None, labels: Tensor | None) -> Tensor:
-        time = self.time_mlp(timestep_embedding(t, self.width))  # [N, 4 width]
-        if labels is not None:  # the mean of the active labels' embeddings
-            labels = labels.float()
-            time = time + self.label_to_time(labels @ self.label_embedding / labels.sum(1, keepdim=True).clamp_min(1))
+        # a row's time condition depends only on its step and its label set, which many rows share (a sampling
+        # call has one step; a batch's pairs share label sets): it is computed once per distinct (step, labels)
+        steps, row_step = torch.unique(t, return_inverse=True)  # [S], [N]
+        step_time = self.time_mlp(timestep_embedding(steps, self.width))  # [S, 4 width]
+        if labels is None:
+            conditions, row_condition = step_time, row_step
+        else:  # plus the mean of the active labels' embeddings
+            label_sets, row_labels = torch.unique(labels.float(), dim=0, return_inverse=True)  # [L, C], [N]
+            mean = label_sets @ self.label_embedding / label_sets.sum(1, keepdim=True).clamp_min(1)  # [L, width]
+            label_time = self.label_to_time(mean)  # [L, 4 width]
+            combined, row_condition = torch.unique(row_step * len(label_sets) + row_labels, return_inverse=True)  # [U], [N]
+            conditions = step_time[combined // len(label_sets)] + label_time[combined % len(label_sets)]  # [U, 4 width]
         if self_condition is None:
             self_condition = self.initial_self_condition.expand(x.size(0), -1)
-        hidden = self.input(torch.cat([x, self_condition], dim=1)) + self.time_to_input(time)  # [N, width]
+        hidden = self.input(torch.cat([x, self_condition], dim=1)) + self.time_to_input(conditions)[row_condition]  # [N, width]
         for layer in self.layers:
-            hidden = layer(hidden, time)
+            hidden = layer(hidden, conditions, row_condition)
         return self.output(self.norm(hidden))  # [N, z]
 
 

@@ -16,6 +16,7 @@ from docre.augmenter import (
     document_batches,
     gaussian_log_density,
     stage2_losses,
+    timestep_embedding,
 )
 
 SETTINGS = AugmenterSettings(hidden_size=32, num_classes=7, latent_size=8, width=64, depth=2, heads=1, diffusion_steps=50)
@@ -155,3 +156,35 @@ def test_batches_hold_whole_documents_in_a_seeded_order():
     assert all(len(set(docs[b].tolist())) <= 2 for b in batches)
     assert [b.tolist() for b in batches] == [b.tolist() for b in document_batches(docs, 2, seed=66, epoch=0)]
     assert [b.tolist() for b in batches] != [b.tolist() for b in document_batches(docs, 2, seed=66, epoch=1)]
+
+
+def per_row_denoiser(denoiser: Denoiser, x, t, labels):
+    """The denoiser's equations row by row, every time condition computed for every row (what the module
+    computes once per distinct step and label set)."""
+    time = denoiser.time_mlp(timestep_embedding(t, denoiser.width))
+    if labels is not None:
+        time = time + denoiser.label_to_time(labels @ denoiser.label_embedding / labels.sum(1, keepdim=True).clamp_min(1))
+    hidden = denoiser.input(torch.cat([x, denoiser.initial_self_condition.expand(len(x), -1)], 1)) + denoiser.time_to_input(time)
+    for layer in denoiser.layers:
+        hidden = hidden + layer.attention_out(layer.value(layer.attention_norm(hidden)))
+        scale, shift = layer.scale_shift(time).chunk(2, 1)
+        value, gate = layer.ff_in(layer.ff_norm(hidden) * (1 + scale) + shift).chunk(2, 1)
+        hidden = hidden + layer.ff_out(value * torch.nn.functional.gelu(gate))
+    return denoiser.output(denoiser.norm(hidden))
+
+
+def test_shared_time_conditions_give_the_per_row_values_and_gradients():
+    torch.manual_seed(4)
+    denoiser = Denoiser(SETTINGS).eval()
+    x, t = torch.randn(20, 8), torch.randint(0, 5, (20,))
+    labels = (torch.rand(20, 7) < 0.3).float()
+    labels[3:6] = labels[6]  # shared label sets
+    for condition in (labels, None):
+        fast, slow = denoiser(x, t, None, condition), per_row_denoiser(denoiser, x, t, condition)
+        torch.testing.assert_close(fast, slow)
+        weights = list(denoiser.parameters())
+        for a, b in zip(torch.autograd.grad(fast.square().sum(), weights, allow_unused=True),
+                        torch.autograd.grad(slow.square().sum(), weights, allow_unused=True)):
+            assert (a is None) == (b is None)
+            if a is not None:  # the same sums in another order
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
