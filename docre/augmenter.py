@@ -38,6 +38,7 @@ import copy
 import dataclasses
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,6 +250,7 @@ class Augmenter(nn.Module):
 # ---------------------------------------------------------------------------------------------- stage 2
 AUGMENTER_WEIGHTS = "augmenter.safetensors"
 AUGMENTER_SETTINGS = "augmenter.json"
+AUGMENTER_FIT = "augmenter_fit.json"  # epochs, prior updates, seconds, pairs, documents of the finished fit
 
 
 def document_batches(docs: Tensor, batch_docs: int, seed: int, epoch: int) -> list[Tensor]:
@@ -291,13 +293,15 @@ def fit_augmenter(augmenter: Augmenter, features: Tensor, labels: Tensor, docs: 
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [vae_rate, lambda epoch: 1.0])
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    counters = {"epoch": 0, "updates": 0}
+    counters = {"epoch": 0, "updates": 0, "seconds": 0.0}  # seconds: this stage's time over all its processes
     saved = checkpoint.find_training_state(out_dir / "last")
     if saved is not None:
         counters = checkpoint.load_training_state(saved, augmenter, optimizer, scheduler, scaler)
         logger.info("stage 2: resumed from %s after epoch %d", saved, counters["epoch"])
     vae_parameters, denoiser_parameters = list(augmenter.vae.parameters()), list(augmenter.denoiser.parameters())
+    counters.setdefault("seconds", 0.0)
     for epoch in range(counters["epoch"], epochs):
+        started = time.perf_counter()
         augmenter.train()
         kl_weight = cfg.kl_weight if epoch >= warmup else 1e-6
         totals = torch.zeros(2)
@@ -326,11 +330,13 @@ def fit_augmenter(augmenter: Augmenter, features: Tensor, labels: Tensor, docs: 
         if epoch >= warmup:
             scheduler.step()
         counters["epoch"] = epoch + 1
+        counters["seconds"] += time.perf_counter() - started
         logger.info("stage 2 epoch %d/%d: VAE loss %.4f, prior loss %.4f", epoch + 1, epochs,
                     totals[0] / len(batches), totals[1] / len(batches))
         checkpoint.save_training_state(out_dir / "last", augmenter, optimizer, scheduler, scaler, dict(counters))
     checkpoint.save_weights(augmenter, out_dir / AUGMENTER_WEIGHTS)
     atomic_write_json(out_dir / AUGMENTER_SETTINGS, dataclasses.asdict(augmenter.settings))
+    atomic_write_json(out_dir / AUGMENTER_FIT, {**counters, "pairs": len(features), "documents": len(torch.unique(docs))})
 
 
 def load_augmenter(folder, device: torch.device) -> Augmenter:

@@ -16,13 +16,15 @@ at its last finished epoch. The stages run on one process. docs/models.md lists 
 """
 
 import copy
+import json
 import os
+import time
 from pathlib import Path
 
 import torch
 
 from docre import run_dir as runs
-from docre.augmenter import AUGMENTER_WEIGHTS, Augmenter, AugmenterSettings, fit_augmenter
+from docre.augmenter import AUGMENTER_FIT, AUGMENTER_WEIGHTS, Augmenter, AugmenterSettings, fit_augmenter
 from docre.config import Config
 from docre.errors import DocreError
 from docre.sweep import IGNORED, adopt_files, prepare_parent
@@ -66,7 +68,12 @@ def train_vaediff(cfg: Config) -> dict:
         stage3.train.init_from = str(stage1_dir)
     results = _run_stage(train, stage3, "stage 3 (training with synthetic pairs)")
 
-    results = {**results, "run_dir": str(run_dir), "stages": {stage: str(run_dir / stage) for stage in STAGES}}
+    # the whole run's time: the two training stages' and the augmenter's, each over all its processes
+    fit = json.loads((stage2_dir / AUGMENTER_FIT).read_text(encoding="utf-8"))
+    seconds = {"stage1": runs.read_results(stage1_dir).get("wall_seconds"), "stage3": results.get("wall_seconds"),
+               "stage2": fit.get("seconds", 0.0) + cache_seconds(stage2_dir / FEATURES)}
+    results = {**results, "run_dir": str(run_dir), "stages": {stage: str(run_dir / stage) for stage in STAGES},
+               "stage_seconds": seconds, "wall_seconds": sum(v or 0.0 for v in seconds.values())}
     adopt_files(run_dir, stage3_dir)
     atomic_write_json(run_dir / runs.DECODE, runs.read_decode(stage3_dir))
     atomic_write_json(run_dir / runs.RESULTS, results)  # last: its presence marks the whole run finished
@@ -93,6 +100,14 @@ def _run_stage(train, stage_cfg: Config, what: str) -> dict:
     return train(stage_cfg)
 
 
+def cache_seconds(path: Path) -> float:
+    """How long computing the feature cache `path` took (its metadata; 0 if it does not say)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as cache:
+        return float((cache.metadata() or {}).get("seconds", 0.0))
+
+
 @torch.no_grad()
 def cached_features(stage1_dir: Path, path: Path, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(cells [N, H], labels [N, C], document index [N]) of every related training pair under the best stage-1
@@ -106,6 +121,7 @@ def cached_features(stage1_dir: Path, path: Path, device: torch.device) -> tuple
     if path.is_file():
         saved = load_file(str(path))
         return saved["features"], saved["labels"], saved["docs"]
+    started = time.perf_counter()
     cfg, tokenizer, model, _, rel2id = runs.load_trained(stage1_dir, device)
     train_split = _load_data(cfg, tokenizer)[1]
     cells, labels, docs = [], [], []
@@ -121,5 +137,5 @@ def cached_features(stage1_dir: Path, path: Path, device: torch.device) -> tuple
         docs.append(doc_of_pair[related.cpu()])
     saved = {"features": torch.cat(cells), "labels": torch.cat(labels), "docs": torch.cat(docs)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_safetensors(saved, path)
+    atomic_save_safetensors(saved, path, metadata={"seconds": str(time.perf_counter() - started)})
     return saved["features"], saved["labels"], saved["docs"]

@@ -39,7 +39,7 @@ def vaediff_config(backbone: str, out: Path, name: str = "vd-s66", *extra: str):
 def final_state(run_dir: Path) -> dict:
     results = json.loads((run_dir / "results.json").read_text())
     return {
-        "results": {k: v for k, v in results.items() if k not in TIMINGS and k != "stages"},
+        "results": {k: v for k, v in results.items() if k not in TIMINGS and k not in ("stages", "stage_seconds")},
         "augmenter": load_file(run_dir / "stage2" / "augmenter.safetensors"),
         "best": load_file(run_dir / "best.safetensors"),
         "predictions": json.loads((run_dir / "test_predictions.json").read_text()),
@@ -82,6 +82,13 @@ def test_layout_and_stage3_augments_from_its_epoch(reference):
     assert (cached["labels"][:, 0] != 1).all() and cached["features"].shape[0] == cached["labels"].shape[0] > 0
     stage3 = json.loads((run_dir / "stage3" / "results.json").read_text())
     assert state["results"]["test"] == stage3["test"]  # RUN_DIR holds stage 3's run
+    # its time is the whole run's: both training stages, the feature cache and the augmenter's fit
+    results = json.loads((run_dir / "results.json").read_text())
+    fit = json.loads((run_dir / "stage2" / "augmenter_fit.json").read_text())
+    assert fit["epoch"] == 3 and fit["pairs"] == cached["labels"].shape[0] and fit["seconds"] > 0
+    seconds = results["stage_seconds"]
+    assert seconds["stage3"] == stage3["wall_seconds"] and seconds["stage2"] > fit["seconds"]
+    assert results["wall_seconds"] == pytest.approx(sum(seconds.values())) and min(seconds.values()) > 0
     assert load_file(run_dir / "best.safetensors").keys() == load_file(run_dir / "stage3" / "best.safetensors").keys()
     saved = load_config(run_dir / "stage3" / "config.yaml")
     assert saved.vaediff.augmenter == str(run_dir / "stage2") and saved.loss["contrastive_alone"] is False
