@@ -69,7 +69,8 @@ def train_vaediff(cfg: Config) -> dict:
     results = _run_stage(train, stage3, "stage 3 (training with synthetic pairs)")
 
     # the whole run's time: the two training stages' and the augmenter's, each over all its processes
-    fit = json.loads((stage2_dir / AUGMENTER_FIT).read_text(encoding="utf-8"))
+    fit_path = stage2_dir / AUGMENTER_FIT  # absent where stage 2 ran under docre before it was written
+    fit = json.loads(fit_path.read_text(encoding="utf-8")) if fit_path.is_file() else {}
     seconds = {"stage1": runs.read_results(stage1_dir).get("wall_seconds"), "stage3": results.get("wall_seconds"),
                "stage2": fit.get("seconds", 0.0) + cache_seconds(stage2_dir / FEATURES)}
     results = {**results, "run_dir": str(run_dir), "stages": {stage: str(run_dir / stage) for stage in STAGES},
