@@ -31,7 +31,9 @@ class SharedSettings:
     side `encode_batch` reads and the group bilinear's sizes. `build_model` fills it from the config
     once, so that the models' constructors do not each repeat the same eight arguments."""
 
-    start_ids: list[int]  # the marker tokens before and after a mention (data.feature.probe_tokenizer)
+    # the tokenizer's special tokens before and after a sequence ([CLS] / [SEP], <s> / </s>), which every window
+    # of a long document gets (data.feature.probe_tokenizer)
+    start_ids: list[int]
     end_ids: list[int]
     window: int  # encoder tokens per window; longer documents are encoded in overlapping windows
     layer_pooling: str = "mean_last_3"  # "last" or the mean of the last three layers
