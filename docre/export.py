@@ -146,6 +146,7 @@ MODEL_DESCRIPTIONS = {  # model.name -> what the card says it is (docs/models.md
     "docunet": "DocuNet (a U-Net over the entity-pair map)",
     "kd_docre": "KD-DocRE (axial attention over the entity-pair map, without distillation)",
     "ttm_re": "TTM-RE (ATLOP with a token-memory read step on each pair's head and tail)",
+    "vaediff": "VaeDiff-DocRE (KD-DocRE's model trained with synthetic pair features from a VAE + latent diffusion augmenter)",
 }
 
 
