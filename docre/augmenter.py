@@ -257,7 +257,8 @@ def document_batches(docs: Tensor, batch_docs: int, seed: int, epoch: int) -> li
     """Row indices of each batch: the related pairs of `batch_docs` documents, the documents shuffled by (seed, epoch)
     (the official batches are the 8 documents of a training batch)."""
     generator = torch.Generator().manual_seed(seed * 1000 + epoch)
-    order = torch.unique(docs)[torch.randperm(len(torch.unique(docs)), generator=generator)]  # [D]
+    unique = torch.unique(docs)  # [D]
+    order = unique[torch.randperm(len(unique), generator=generator)]  # [D]
     batches = []
     for start in range(0, len(order), batch_docs):
         batches.append(torch.nonzero(torch.isin(docs, order[start : start + batch_docs])).squeeze(1))
@@ -299,7 +300,7 @@ def fit_augmenter(augmenter: Augmenter, features: Tensor, labels: Tensor, docs: 
         counters = checkpoint.load_training_state(saved, augmenter, optimizer, scheduler, scaler)
         logger.info("stage 2: resumed from %s after epoch %d", saved, counters["epoch"])
     vae_parameters, denoiser_parameters = list(augmenter.vae.parameters()), list(augmenter.denoiser.parameters())
-    counters.setdefault("seconds", 0.0)
+    counters.setdefault("seconds", 0.0)  # a checkpoint written before the stage's time was counted
     for epoch in range(counters["epoch"], epochs):
         started = time.perf_counter()
         augmenter.train()

@@ -107,6 +107,14 @@ def bilinear_cosine(features: PairFeatures) -> Tensor:
         return gram / norms[:, None] / norms[None, :]
 
 
+def check_settings(pmtem_form: str, tau: float, tau_base: float) -> None:
+    """The checks every loss built on PMTEM and a contrastive temperature makes (PEMSCL, VaeDiff-DocRE's)."""
+    if pmtem_form not in PMTEM_FORMS:
+        raise ValueError(f"pmtem_form must be one of {', '.join(PMTEM_FORMS)}; got {pmtem_form!r}")
+    if tau <= 0 or tau_base <= 0:
+        raise ValueError(f"tau and tau_base must be positive; got tau={tau}, tau_base={tau_base}")
+
+
 def _log_plus_eps(log_p: Tensor) -> Tensor:
     """log(p + 1e-30) from log p: the official value without rounding p to float32 first."""
     return torch.logaddexp(log_p, torch.full_like(log_p, LOG_EPS))
@@ -187,12 +195,9 @@ class PEMSCLLoss(nn.Module):
         pmtem_form: "official" or "per_pair"; scl_form: "official" or "per_anchor" (module docstring).
         th_offset: added to the TH logit when decoding (0 = the official rule)."""
         super().__init__()
-        if pmtem_form not in PMTEM_FORMS:
-            raise ValueError(f"pmtem_form must be one of {', '.join(PMTEM_FORMS)}; got {pmtem_form!r}")
+        check_settings(pmtem_form, tau, tau_base)
         if scl_form not in SCL_FORMS:
             raise ValueError(f"scl_form must be one of {', '.join(SCL_FORMS)}; got {scl_form!r}")
-        if tau <= 0 or tau_base <= 0:
-            raise ValueError(f"tau and tau_base must be positive; got tau={tau}, tau_base={tau_base}")
         self.tau, self.tau_base = float(tau), float(tau_base)
         self.lambda1, self.lambda2, self.lambda3 = float(lambda1), float(lambda2), float(lambda3)
         self.pmtem_form, self.scl_form = pmtem_form, scl_form

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from docre.errors import DocreError
 from docre.losses.atgl import ATGLoss
 from docre.losses.common import NEG, threshold_decode
-from docre.losses.pemscl import PMTEM_FORMS, bilinear_cosine, pmtem
+from docre.losses.pemscl import bilinear_cosine, check_settings, pmtem
 from docre.models.output import PairFeatures
 
 CLASSIFICATIONS = ("pmtem", "atgl")
@@ -76,15 +76,11 @@ class VaeDiffLoss(nn.Module):
         super().__init__()
         if classification not in CLASSIFICATIONS:
             raise ValueError(f"classification must be one of {', '.join(CLASSIFICATIONS)}; got {classification!r}")
-        if pmtem_form not in PMTEM_FORMS:
-            raise ValueError(f"pmtem_form must be one of {', '.join(PMTEM_FORMS)}; got {pmtem_form!r}")
-        if tau <= 0 or tau_base <= 0:
-            raise ValueError(f"tau and tau_base must be positive; got tau={tau}, tau_base={tau_base}")
+        check_settings(pmtem_form, tau, tau_base)
         self.tau, self.tau_base = float(tau), float(tau_base)
         self.lambda1, self.lambda2, self.lambda3 = float(lambda1), float(lambda2), float(lambda3)
-        self.pmtem_form, self.classification = pmtem_form, classification
-        self.atgl = ATGLoss(alpha) if classification == "atgl" else None
-        self.alpha = float(alpha)
+        self.pmtem_form = pmtem_form
+        self.atgl = ATGLoss(alpha) if classification == "atgl" else None  # None: PMTEM
         self.contrastive, self.contrastive_alone = bool(contrastive), bool(contrastive_alone)
         self.th_offset = float(th_offset)
 
