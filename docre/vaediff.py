@@ -115,8 +115,8 @@ def cached_features(stage1_dir: Path, path: Path, device: torch.device) -> tuple
     model, computed once and kept in `path` (the official stage 2 recomputes them in each of its 100 epochs)."""
     from safetensors.torch import load_file
 
+    from docre.data import load_split
     from docre.data.collate import collate
-    from docre.trainer import _load_data
     from docre.utils import atomic_save_safetensors
 
     if path.is_file():
@@ -124,7 +124,9 @@ def cached_features(stage1_dir: Path, path: Path, device: torch.device) -> tuple
         return saved["features"], saved["labels"], saved["docs"]
     started = time.perf_counter()
     cfg, tokenizer, model, _, rel2id = runs.load_trained(stage1_dir, device)
-    train_split = _load_data(cfg, tokenizer)[1]
+    data = cfg.data  # the training split alone, with the stage-1 run's relation map
+    train_split = load_split("train", data.dataset, data.train_file, data.dir, tokenizer, rel2id, cfg.model.marker,
+                             cfg.model.max_seq_length, data.cache_dir, require_labels=True)
     cells, labels, docs = [], [], []
     batch_size = cfg.eval.batch_size
     for start in range(0, len(train_split.features), batch_size):
