@@ -6,6 +6,9 @@ out-of-memory in one run leaves the others, and this process, untouched. What ha
 `run_dir.plan`'s rule, the same as the alpha sweep's: a finished run is skipped, a run with a
 checkpoint resumed, a run stopped before its first checkpoint started again. Ctrl-C or SIGTERM
 stops the current run at its next step with a checkpoint; the same command then continues the grid.
+A run stopped by a signal sent to its own training process (`kill PID`, a scheduler's preemption)
+stops the grid the same way, never a reason to start the next run. Any other exit of a run (a crash,
+an out-of-memory kill) is a failed run, and the grid goes on.
 Before each run it prints how many are left and how long they will take, each at the pace of its
 row's finished runs (earlier ones too).
 """
@@ -20,6 +23,10 @@ from docre.errors import DocreError
 from docre.run_dir import ACTIONS, read_results
 from docre.tables import Run
 from docre.utils import format_duration
+
+
+# the exit statuses of a training process stopped by SIGINT/SIGTERM at a step, its checkpoint saved
+STOPPED_BY_SIGNAL = {128 + signal.SIGINT: "SIGINT", 128 + signal.SIGTERM: "SIGTERM"}
 
 
 class ChildSignals:
@@ -106,6 +113,10 @@ def run_grid(runs: list[Run], nproc: int = 1) -> list[Run]:
             if signals.received:
                 raise DocreError(f"interrupted during {run.cfg.run_name} (exit status {status}); "
                                  f"run the same command again to resume: {' '.join(sys.argv)}")
+            if status in STOPPED_BY_SIGNAL:  # docre.trainer.Interrupted's exit: stopped with a checkpoint
+                raise DocreError(f"{run.cfg.run_name} was stopped by {STOPPED_BY_SIGNAL[status]} (exit status {status}) "
+                                 f"with a checkpoint, so the grid stops too; run the same command again to resume: "
+                                 f"{' '.join(sys.argv)}")
             if status == 0:
                 pace.setdefault(run.row.name, []).append(time.monotonic() - started)
             else:

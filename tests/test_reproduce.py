@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,28 @@ def test_runner_errors(tmp_path, capsys):
     config = str(ROOT / "configs/redocred_mini/minilm_atl.yaml")
     assert run_main("reproduce", [config, "--dry-run", "--name", "mine", "--output-dir", str(tmp_path)]) == 0
     assert f"mine: 1 row x 1 seed = 1 run in {tmp_path.resolve() / 'mine'}" in capsys.readouterr().out
+
+
+def test_a_run_stopped_by_a_signal_stops_the_grid(monkeypatch, tmp_path):
+    # a crashes (exit 1: failed, the grid goes on); b's own training process gets SIGTERM (kill PID, a
+    # preemption) and exits 143 with a checkpoint: the grid stops there and c is never started
+    import docre.grid as grid
+
+    statuses = {"a": 1, "b": 128 + signal.SIGTERM, "c": 0}
+    started = []
+
+    def fake_run(self, command):
+        started.append(command[-1])
+        return statuses[command[-1]]
+
+    monkeypatch.setattr(grid.ChildSignals, "run", fake_run)
+    monkeypatch.setattr(grid, "train_command", lambda run, nproc: ["train", run.cfg.run_name])
+    runs = [SimpleNamespace(cfg=SimpleNamespace(run_name=name), state="missing", run_dir=tmp_path / name,
+                            row=SimpleNamespace(name="r")) for name in "abc"]
+    with pytest.raises(DocreError, match=r"^b was stopped by SIGTERM \(exit status 143\) with a checkpoint, so the "
+                                         r"grid stops too; run the same command again to resume: "):
+        grid.run_grid(runs)
+    assert started == ["a", "b"]
+    statuses["b"] = 128 + signal.SIGKILL  # killed without a checkpoint (the OOM killer): a failed run
+    started.clear()
+    assert [run.cfg.run_name for run in grid.run_grid(runs)] == ["a", "b"] and started == ["a", "b", "c"]

@@ -9,7 +9,9 @@ overrides apply to every run (e.g. train.epochs=2). A table with alpha_seed swee
 (loss.alpha: auto) on that seed first and trains its other seeds with the chosen alpha
 (docre/tables.py). When the runs are done:
 <output-dir>/<table>/table.md, table.json, curves.png and bars.png. Ctrl-C (or SIGTERM) stops the
-current run at its next step with a checkpoint; the same command resumes the grid. --nproc N
+current run at its next step with a checkpoint; the same command resumes the grid. A SIGTERM to
+the run's own training process stops the grid too; a run that crashes is reported and the grid goes
+on. --nproc N
 trains each run with N data-parallel processes (torchrun).
 
 Examples:
