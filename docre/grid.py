@@ -24,7 +24,6 @@ from docre.run_dir import ACTIONS, read_results
 from docre.tables import Run
 from docre.utils import format_duration
 
-
 # the exit statuses of a training process stopped by SIGINT/SIGTERM at a step, its checkpoint saved
 STOPPED_BY_SIGNAL = {128 + signal.SIGINT: "SIGINT", 128 + signal.SIGTERM: "SIGTERM"}
 
