@@ -3,6 +3,7 @@ runs, table, plots, BCE's tuned threshold carried through decode.json to test an
 skipping finished runs, and the argument errors."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,8 +51,8 @@ def test_runs_table_and_plots(comparison):
         assert (out / "plots" / run_dir.name / "margins-test.png").read_bytes().startswith(PNG)
     assert (out / "plots" / "comparison.png").read_bytes().startswith(PNG)
     table = (out / "comparison.md").read_text()
-    assert "| atgl(alpha=16.5) | 66 |" in table and "| bce(threshold=0.5) | 66 | threshold=" in table
-    assert "| loss (keywords as trained) | seed | decode (tuned on dev) | P | R | F1 | Ign F1 | FP | FN |" in table
+    assert "| smoke-atgl | atgl(alpha=16.5) | 66 |" in table and "| smoke-bce | bce(threshold=0.5) | 66 | threshold=" in table
+    assert "| run | loss (keywords as trained) | seed | decode (tuned on dev) | P | R | F1 | Ign F1 | FP | FN |" in table
     assert table.strip() in result.stdout.replace("\r", "")
 
 
@@ -79,6 +80,45 @@ def test_finished_runs_are_skipped_and_settings_checked(comparison):
     assert json.loads((out / "comparison.json").read_text())["runs"] == before
     changed = compare("--losses", "atgl", "--output-dir", str(out), overrides[0], "train.max_steps=3", overrides[2])
     assert changed.returncode == 1 and "holds a run of another config (train.max_steps: 2 -> 3)" in changed.stderr
+
+
+def test_runs_tabulates_finished_runs_in_the_grids_row_order(comparison, tmp_path):
+    # the same runs as a reproduce.py grid folder: copied, its grid.json listing bce first, a third run
+    # unfinished; --runs tabulates the two finished ones, rows identical to the training command's
+    out, _, _ = comparison
+    trained = {row["group"]: row for row in json.loads((out / "comparison.json").read_text())["runs"]}
+    grid = tmp_path / "grid"
+    for name in ("smoke-atgl-s66", "smoke-bce-s66"):
+        shutil.copytree(out / name, grid / name)
+    shutil.copytree(out / "smoke-atgl-s66", grid / "smoke-afl-s66")
+    (grid / "smoke-afl-s66" / "results.json").unlink()
+    (grid / "grid.json").write_text(json.dumps({"rows": [{"name": "smoke-bce"}, {"name": "smoke-atgl"}]}))
+    result = subprocess.run([sys.executable, "scripts/compare_losses.py", "--runs", str(grid)], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "not finished, left out: smoke-afl-s66" in result.stdout
+    rows = json.loads((grid / "comparison.json").read_text())["runs"]
+    assert [row["group"] for row in rows] == ["smoke-bce", "smoke-atgl"]
+    for row in rows:
+        expected = trained[row["group"]] | {"run_dir": str(grid / f"{row['group']}-s66")}
+        assert row == expected
+    assert (grid / "plots" / "comparison.png").read_bytes().startswith(PNG)
+    assert f"--runs {grid} --split test" in (grid / "comparison.md").read_text()
+
+
+def test_runs_errors(tmp_path):
+    (tmp_path / "empty" / "run-s1").mkdir(parents=True)
+    (tmp_path / "empty" / "run-s1" / "config.yaml").write_text("seed: 1\n")
+    for args, message in [(["--runs", str(tmp_path / "empty")], f"error: {tmp_path / 'empty'}: no finished run "
+                                                                 "(a run directory with results.json) to tabulate"),
+                          (["--runs", str(tmp_path / "nothing")], f"error: {tmp_path / 'nothing'}: not a directory"),
+                          (["--runs", str(tmp_path), "--losses", "atl"], "error: --runs DIR tabulates finished runs: "
+                                                                        "give no CONFIG, key=value or --losses with it"),
+                          ([], "error: give a CONFIG and --losses (to train and compare), or --runs DIR "
+                               "(to tabulate finished runs)")]:
+        result = subprocess.run([sys.executable, "scripts/compare_losses.py", *args], cwd=ROOT, capture_output=True,
+                                text=True)
+        assert result.returncode == 1 and result.stderr.strip() == message, (args, result.stderr)
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +149,12 @@ def test_loss_signature_fills_in_defaults(script):
 
 
 def test_summary_over_seeds(script):
-    rows = [{"label": "atl()", "loss": "atl", "seed": s, "precision": 0.5, "recall": 0.5, "f1": f1, "ign_f1": 0.4,
+    rows = [{"group": "atl", "label": "atl()", "loss": "atl", "seed": s, "precision": 0.5, "recall": 0.5, "f1": f1, "ign_f1": 0.4,
              "false_positives": fp, "false_negatives": 10, "offset_std": 0.1, "violation_rate": None,
              "seconds_per_step": 1.0} for s, f1, fp in ((1, 0.6, 10), (2, 0.7, 20))]
     (entry,) = script.summarise(rows)
     assert entry["seeds"] == [1, 2] and entry["f1"] == pytest.approx(0.65)
     assert entry["f1_std"] == pytest.approx(0.0707107, rel=1e-5)
     assert entry["false_positives"] == 15 and entry["violation_rate"] is None
-    assert "Mean ± std over seeds" in script.markdown([r | {"decode": {}, "logits_false_positives": None} for r in rows],
-                                                      [entry], "test", "cmd")
+    rows = [r | {"decode": {}, "logits_false_positives": None, "run_dir": f"atl-s{r['seed']}"} for r in rows]
+    assert "Mean ± std over seeds" in script.markdown(rows, [entry], "test", "cmd")

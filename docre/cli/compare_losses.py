@@ -8,6 +8,11 @@ Then it writes DIR/comparison.md and DIR/comparison.json (P, R, F1, Ign F1, FP, 
 violation rate, seconds per step; mean ± std over seeds when there are several) and the plots under
 DIR/plots/.
 
+--runs DIR tabulates finished runs instead of training any: every run directory under DIR (e.g. the
+folder of a reproduce.py grid such as atgl_table3_redocred_mini), one row per run name without its
+-s<seed> suffix, in the grid's row order when DIR holds reproduce.py's grid.json; unfinished runs are
+named and left out. The table and plots go to --output-dir (default: DIR).
+
 Loss keywords: a loss named on the command line does not inherit the config file's loss keywords
 (`load_config`), so each loss runs with its own defaults, except the loss the config itself names,
 which keeps the file's keywords (ATGL keeps alpha from an ATGL config; elsewhere its default 16.5).
@@ -16,9 +21,11 @@ The table spells out every run's keywords, defaults included. `--losses all` run
 Examples:
   docre-compare-losses configs/redocred_mini/minilm_atgl.yaml --losses atl,atgl,afl
   docre-compare-losses configs/redocred_mini/minilm_atgl.yaml --losses all --seeds 66,67,68 train.epochs=2
+  docre-compare-losses --runs runs/atgl_table3_redocred_mini
 """
 
 import inspect
+import json
 import math
 import statistics
 from pathlib import Path
@@ -57,6 +64,7 @@ def table_row(run_dir: Path, results: dict, split: str, plot_dir: Path) -> dict:
     computed from the run's saved logits."""
     from docre.config import load_config
     from docre.diagnostics import diagnose_run
+    from docre.tables import SEED_SUFFIX
 
     scores = results.get(split)
     if not scores or "num_predicted" not in scores:
@@ -64,7 +72,8 @@ def table_row(run_dir: Path, results: dict, split: str, plot_dir: Path) -> dict:
     cfg = load_config(run_dir / "config.yaml")
     label, kwargs = loss_signature(cfg.loss)
     row = {
-        "loss": cfg.loss["name"], "label": label, "kwargs": kwargs, "decode": results.get("decode", {}),
+        "group": SEED_SUFFIX.sub("", run_dir.name), "loss": cfg.loss["name"], "label": label, "kwargs": kwargs,
+        "decode": results.get("decode", {}),
         "seed": cfg.seed, "run_dir": str(run_dir),
         **{k: scores[k] for k in ("precision", "recall", "f1", "ign_f1", "num_predicted", "num_gold", "num_correct")},
         "false_positives": scores["num_predicted"] - scores["num_correct"],
@@ -85,13 +94,13 @@ def table_row(run_dir: Path, results: dict, split: str, plot_dir: Path) -> dict:
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Mean and (sample) std over seeds, per loss, in the order the losses were given."""
+    """Mean and (sample) std over seeds, per group (run name without its seed), in the order given."""
     keys = ("precision", "recall", "f1", "ign_f1", "false_positives", "false_negatives", "offset_std",
             "violation_rate", "seconds_per_step")
     summary = []
-    for label in dict.fromkeys(row["label"] for row in rows):
-        group = [row for row in rows if row["label"] == label]
-        entry = {"label": label, "loss": group[0]["loss"], "seeds": [row["seed"] for row in group]}
+    for name in dict.fromkeys(row["group"] for row in rows):
+        group = [row for row in rows if row["group"] == name]
+        entry = {"group": name, "label": group[0]["label"], "loss": group[0]["loss"], "seeds": [row["seed"] for row in group]}
         for key in keys:
             values = [row[key] for row in group if row[key] is not None]
             entry[key] = statistics.fmean(values) if values else None
@@ -113,22 +122,22 @@ COLUMNS = (("precision", "P", "pct"), ("recall", "R", "pct"), ("f1", "F1", "pct"
 
 def markdown(rows: list[dict], summary: list[dict], split: str, command: str) -> str:
     lines = [f"# Loss comparison ({split} split)", "", f"    {command}", "",
-             "| loss (keywords as trained) | seed | decode (tuned on dev) | " + " | ".join(c[1] for c in COLUMNS) + " |",
-             "|---" * (len(COLUMNS) + 3) + "|"]
+             "| run | loss (keywords as trained) | seed | decode (tuned on dev) | " + " | ".join(c[1] for c in COLUMNS) + " |",
+             "|---" * (len(COLUMNS) + 4) + "|"]
     for row in rows:
         decode = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["decode"].items()) or "–"
         cells = [_cell(row[key], kind) for key, _, kind in COLUMNS]
-        lines.append(f"| {row['label']} | {row['seed']} | {decode} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['group']} | {row['label']} | {row['seed']} | {decode} | " + " | ".join(cells) + " |")
     if any(len(entry["seeds"]) > 1 for entry in summary):
-        lines += ["", "Mean ± std over seeds:", "", "| loss | seeds | " + " | ".join(c[1] for c in COLUMNS) + " |",
-                  "|---" * (len(COLUMNS) + 2) + "|"]
+        lines += ["", "Mean ± std over seeds:", "", "| run | loss | seeds | " + " | ".join(c[1] for c in COLUMNS) + " |",
+                  "|---" * (len(COLUMNS) + 3) + "|"]
         for entry in summary:
             cells = [f"{_cell(entry[key], kind)} ± {_cell(entry[key + '_std'], kind)}" for key, _, kind in COLUMNS]
-            lines.append(f"| {entry['label']} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
+            lines.append(f"| {entry['group']} | {entry['label']} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
     lines += ["", "P, R, F1, Ign F1 in %; FP = predicted - correct and FN = gold - correct facts (official scorer); "
               "offset std and violation rate over pairs with gold relations (docs/losses.md). "
               "Loss keywords are each run's constructor arguments, defaults included."]
-    mismatched = [row["label"] for row in rows if row["logits_false_positives"] is not None
+    mismatched = [Path(row["run_dir"]).name for row in rows if row["logits_false_positives"] is not None
                   and (row["logits_false_positives"], row["logits_false_negatives"])
                   != (row["false_positives"], row["false_negatives"])]
     if mismatched:
@@ -140,21 +149,56 @@ def markdown(rows: list[dict], summary: list[dict], split: str, command: str) ->
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
     parser = command_parser("docre-compare-losses", __doc__)
-    parser.add_argument("config", metavar="CONFIG", help="the config file every run trains with")
+    parser.add_argument("config", nargs="?", metavar="CONFIG", help="the config file every run trains with")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every run")
-    parser.add_argument("--losses", required=True, help="comma-separated names from docre.losses.LOSSES, or 'all'")
+    parser.add_argument("--losses", help="comma-separated names from docre.losses.LOSSES, or 'all'")
     parser.add_argument("--seeds", default="66", help="comma-separated seeds (default: 66)")
+    parser.add_argument("--runs", type=Path, metavar="DIR", help="tabulate the finished runs under DIR; train nothing")
     parser.add_argument("--output-dir", type=Path, metavar="DIR",
-                        help="where runs, tables and plots go (default: runs/compare-<config>)")
+                        help="where runs, tables and plots go (default: runs/compare-<config>, or the --runs DIR)")
     parser.add_argument("--split", choices=("test", "dev"), default="test", help="split of the table (default: test)")
     args = parser.parse_intermixed_args()  # overrides may come before or after the options
 
     from docre.diagnostics import plot_comparison
+    from docre.run_dir import read_results
+    from docre.utils import atomic_write_json, atomic_write_text
+
+    if args.runs is not None:
+        if args.config or args.overrides or args.losses:
+            raise DocreError("--runs DIR tabulates finished runs: give no CONFIG, key=value or --losses with it")
+        run_dirs, output_dir = finished_runs(args.runs), args.output_dir or args.runs
+        command = f"python scripts/compare_losses.py --runs {args.runs} --split {args.split}"
+    else:
+        if not args.config or not args.losses:
+            raise DocreError("give a CONFIG and --losses (to train and compare), or --runs DIR (to tabulate finished runs)")
+        run_dirs = train_runs(args)
+        output_dir = args.output_dir or Path("runs") / f"compare-{Path(args.config).stem}"
+        command = " ".join(["python scripts/compare_losses.py", args.config, "--losses", args.losses,
+                            "--seeds", args.seeds, "--split", args.split, *args.overrides])
+    rows = [table_row(run_dir, read_results(run_dir), args.split, output_dir / "plots") for run_dir in run_dirs]
+    summary = summarise(rows)
+    atomic_write_json(output_dir / "comparison.json", {"config": args.config, "overrides": args.overrides, "split": args.split,
+                                                        "command": command, "runs": rows, "summary": summary})
+    table = markdown(rows, summary, args.split, command)
+    atomic_write_text(output_dir / "comparison.md", table)
+    plot_comparison([{"label": e["group"], "f1": e["f1"], "false_positives": e["false_positives"],
+                      "false_negatives": e["false_negatives"], "f1_std": e["f1_std"], "fp_std": e["false_positives_std"],
+                      "fn_std": e["false_negatives_std"]} for e in summary],
+                    output_dir / "plots" / "comparison.png",
+                    f"{args.runs.name if args.runs else Path(args.config).stem}, {args.split}")
+    print()
+    print(table)
+    print(f"written: {output_dir / 'comparison.md'}, comparison.json, plots/")
+    return 0
+
+
+def train_runs(args) -> list[Path]:
+    """Train (or skip, or resume) one run per loss and seed of `args`; their run directories."""
     from docre.grid import run_grid
     from docre.losses import LOSSES
-    from docre.run_dir import ACTIONS, read_results
+    from docre.run_dir import ACTIONS
     from docre.tables import Row, Table, plan_runs
-    from docre.utils import atomic_write_json, atomic_write_text, plural
+    from docre.utils import plural
 
     losses = list(LOSSES) if args.losses == "all" else parse_list(args.losses, "losses")
     unknown = [name for name in losses if name not in LOSSES]
@@ -180,22 +224,27 @@ def main() -> int:
     if failed:
         raise DocreError(f"{len(failed)} of {plural(len(runs), 'run')} failed: {', '.join(run.cfg.run_name for run in failed)} "
                          "(see their train.log; the same command retries them)")
-    rows = [table_row(run.run_dir, read_results(run.run_dir), args.split, output_dir / "plots") for run in runs]
-    summary = summarise(rows)
-    command = " ".join(["python scripts/compare_losses.py", args.config, "--losses", ",".join(losses),
-                        "--seeds", ",".join(map(str, seeds)), "--split", args.split, *args.overrides])
-    atomic_write_json(output_dir / "comparison.json", {"config": args.config, "overrides": args.overrides, "split": args.split,
-                                                        "command": command, "runs": rows, "summary": summary})
-    table = markdown(rows, summary, args.split, command)
-    atomic_write_text(output_dir / "comparison.md", table)
-    plot_comparison([{"label": e["label"], "f1": e["f1"], "false_positives": e["false_positives"],
-                      "false_negatives": e["false_negatives"], "f1_std": e["f1_std"], "fp_std": e["false_positives_std"],
-                      "fn_std": e["false_negatives_std"]} for e in summary],
-                    output_dir / "plots" / "comparison.png", f"{Path(args.config).stem}, {args.split}, seeds {args.seeds}")
-    print()
-    print(table)
-    print(f"written: {output_dir / 'comparison.md'}, comparison.json, plots/")
-    return 0
+    return [run.run_dir for run in runs]
+
+
+def finished_runs(root: Path) -> list[Path]:
+    """The finished run directories under `root`, by row then seed: a reproduce.py grid's rows in its
+    grid.json order, other names alphabetically. Unfinished ones are named on stdout."""
+    from docre.run_dir import read_results
+    from docre.summary import find_runs, run_seed
+    from docre.tables import SEED_SUFFIX
+
+    run_dirs = find_runs(root)
+    waiting = [run_dir.name for run_dir in run_dirs if read_results(run_dir) is None]
+    if waiting:
+        print(f"not finished, left out: {', '.join(waiting)}", flush=True)
+    run_dirs = [run_dir for run_dir in run_dirs if run_dir.name not in waiting]
+    if not run_dirs:
+        raise DocreError(f"{root}: no finished run (a run directory with results.json) to tabulate")
+    grid = Path(root) / "grid.json"
+    order = {row["name"]: i for i, row in enumerate(json.loads(grid.read_text())["rows"])} if grid.is_file() else {}
+    return sorted(run_dirs, key=lambda run_dir: (order.get(SEED_SUFFIX.sub("", run_dir.name), len(order)),
+                                                 SEED_SUFFIX.sub("", run_dir.name), run_seed(run_dir) or 0))
 
 
 def run() -> None:
