@@ -194,3 +194,28 @@ def test_a_run_stopped_by_a_signal_stops_the_grid(monkeypatch, tmp_path):
     statuses["b"] = 128 + signal.SIGKILL  # killed without a checkpoint (the OOM killer): a failed run
     started.clear()
     assert [run.cfg.run_name for run in grid.run_grid(runs)] == ["a", "b"] and started == ["a", "b", "c"]
+
+
+def test_rows_trains_only_the_named_rows_and_tabulates_all(tmp_path, monkeypatch, capsys):
+    import docre.grid
+
+    trained = []
+    monkeypatch.setattr(docre.grid, "run_grid", lambda runs, nproc: trained.extend(run.cfg.run_name for run in runs) or [])
+    args = ["models_redocred_mini", "--rows", "ttm_re_ssr_pu,vaediff_pemscl", "--seeds", "66,67", "--output-dir", str(tmp_path)]
+    assert run_main("reproduce", [*args, "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert "2 rows x 2 seeds = 4 runs" in listed and "ttm_re_ssr_pu-s67" in listed and "dreeam_atl" not in listed
+    assert "4 missing. Nothing was run" in listed
+    assert run_main("reproduce", args) == 0
+    assert trained == ["ttm_re_ssr_pu-s66", "ttm_re_ssr_pu-s67", "vaediff_pemscl-s66", "vaediff_pemscl-s67"]
+    table = json.loads((tmp_path / "models_redocred_mini" / "table.json").read_text())
+    assert len(table["rows"]) == 10  # every row of the table, none finished
+    with pytest.raises(DocreError, match=r"^--rows: table models_redocred_mini has no row 'ttm_re_sspu' "
+                                         r"\(did you mean ttm_re_ssr_pu\?\); its rows: dreeam_atl, "):
+        run_main("reproduce", ["models_redocred_mini", "--rows", "ttm_re_sspu", "--dry-run"])
+    # an ATGL row: its alpha seed's sweep first, its other seeds wait for it (the fake grid finishes nothing)
+    trained.clear()
+    with pytest.raises(DocreError, match=r"^1 run waiting for the alpha seed's sweep: ttm_re_atgl-s67$"):
+        run_main("reproduce", [*args[:2], "ttm_re_ssr_pu,ttm_re_atgl", *args[3:]])
+    # the sweep, then the rest in table order (the sweep's run again, as the fake grid left it unfinished)
+    assert trained == ["ttm_re_atgl-s66", "ttm_re_ssr_pu-s66", "ttm_re_ssr_pu-s67", "ttm_re_atgl-s66"]

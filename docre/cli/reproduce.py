@@ -12,11 +12,14 @@ overrides apply to every run (e.g. train.epochs=2). A table with alpha_seed swee
 current run at its next step with a checkpoint; the same command resumes the grid. A SIGTERM to
 the run's own training process stops the grid too; a run that crashes is reported and the grid goes
 on. --nproc N
-trains each run with N data-parallel processes (torchrun).
+trains each run with N data-parallel processes (torchrun). --rows A,B trains only those rows (a
+table split over machines, or the rows a grid still lacks); the table still shows every row's
+finished runs.
 
 Examples:
   docre-reproduce redocred_mini --dry-run
   docre-reproduce redocred_mini --seeds 66,67,68 train.epochs=2
+  docre-reproduce models_redocred_mini --rows ttm_re_ssr_pu,ttm_re_atgl
   docre-reproduce configs/redocred_mini/minilm_atl.yaml configs/redocred_mini/minilm_atgl.yaml --name mine
 """
 
@@ -25,7 +28,7 @@ from pathlib import Path
 
 from docre.allocator import use_huge_pages
 from docre.cli import command_parser
-from docre.errors import DocreError, run_cli
+from docre.errors import DocreError, did_you_mean, run_cli
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -36,6 +39,21 @@ def parse_seeds(text: str) -> list[int]:
     if not seeds or len(set(seeds)) != len(seeds):
         raise DocreError(f"--seeds {text!r}: expected distinct seeds, e.g. 66,67,68")
     return seeds
+
+
+def choose_rows(table, text: str | None) -> list[str]:
+    """The names of the rows to train: those of --rows, checked against the table, else every row."""
+    names = [row.name for row in table.rows]
+    if text is None:
+        return names
+    chosen = [name.strip() for name in text.split(",") if name.strip()]
+    for name in chosen:
+        if name not in names:
+            raise DocreError(f"--rows: table {table.name} has no row {name!r}{did_you_mean(name, names)}; "
+                             f"its rows: {', '.join(names)}")
+    if not chosen:
+        raise DocreError("--rows: give comma-separated row names, e.g. --rows " + ",".join(names[:2]))
+    return chosen
 
 
 def tabulate(table, runs, seeds: list[int], out: Path) -> None:
@@ -66,6 +84,7 @@ def main() -> int:
     parser.add_argument("--name", help="the table's name when CONFIG files are given (default: grid)")
     parser.add_argument("--nproc", type=int, default=1, metavar="N",
                         help="data-parallel processes per run (torchrun), e.g. one per GPU")
+    parser.add_argument("--rows", metavar="A,B", help="train only these rows of the table (default: every row)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
     args = parser.parse_intermixed_args()  # overrides may follow the options
 
@@ -93,13 +112,15 @@ def main() -> int:
     seeds = parse_seeds(args.seeds) if args.seeds else table.seeds
     out = Path(args.output_dir).resolve() / table.name
     runs = plan_runs(table, seeds, out, overrides)
+    chosen = choose_rows(table, args.rows)
 
-    print(f"{table.name}: {plural(len(table.rows), 'row')} x {plural(len(seeds), 'seed')} = {plural(len(runs), 'run')} in {out}")
-    for run in runs:
+    print(f"{table.name}: {plural(len(chosen), 'row')} x {plural(len(seeds), 'seed')} = "
+          f"{plural(sum(run.row.name in chosen for run in runs), 'run')} in {out}")
+    for run in (run for run in runs if run.row.name in chosen):
         print(f"  {run.cfg.run_name:<40} {run.state if args.dry_run else ACTIONS.get(run.state, run.state)}"
               f"{f' ({run.detail})' if run.detail else ''}")
     if args.dry_run:
-        counts = {state: sum(run.state == state for run in runs) for state in [*ACTIONS, "waiting"]}
+        counts = {state: sum(run.state == state and run.row.name in chosen for run in runs) for state in [*ACTIONS, "waiting"]}
         print(", ".join(f"{n} {state}" for state, n in counts.items() if n) + ". Nothing was run (--dry-run).")
         return 0
 
@@ -110,18 +131,20 @@ def main() -> int:
                  for row in table.rows],
     })
     failed = []
-    if any(run.state == "waiting" for run in runs):
+    if any(run.state == "waiting" and run.row.name in chosen for run in runs):
         # first the alpha seed's sweeps, then the runs that train with the alpha they chose
-        failed = run_grid([run for run in runs if run.seed == table.alpha_seed and sweep.is_auto(run.cfg)], args.nproc)
+        failed = run_grid([run for run in runs if run.row.name in chosen and run.seed == table.alpha_seed
+                           and sweep.is_auto(run.cfg)], args.nproc)
         runs = plan_runs(table, seeds, out, overrides)
     tried = {run.cfg.run_name for run in failed}  # a failed sweep is retried by the next command, not this one
-    failed += run_grid([run for run in runs if run.state != "waiting" and run.cfg.run_name not in tried], args.nproc)
+    failed += run_grid([run for run in runs if run.row.name in chosen and run.state != "waiting"
+                        and run.cfg.run_name not in tried], args.nproc)
     tabulate(table, runs, seeds, out)
     problems = []
     if failed:
         problems.append(f"{len(failed)} of {plural(len(runs), 'run')} failed: {', '.join(run.cfg.run_name for run in failed)} "
                         "(see their train.log; the same command retries them)")
-    waiting = [run.cfg.run_name for run in runs if run.state == "waiting"]
+    waiting = [run.cfg.run_name for run in runs if run.state == "waiting" and run.row.name in chosen]
     if waiting:
         problems.append(f"{plural(len(waiting), 'run')} waiting for the alpha seed's sweep: {', '.join(waiting)}")
     if problems:
