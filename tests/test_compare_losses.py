@@ -92,7 +92,9 @@ def test_runs_tabulates_finished_runs_in_the_grids_row_order(comparison, tmp_pat
         shutil.copytree(out / name, grid / name)
     shutil.copytree(out / "smoke-atgl-s66", grid / "smoke-afl-s66")
     (grid / "smoke-afl-s66" / "results.json").unlink()
-    (grid / "grid.json").write_text(json.dumps({"rows": [{"name": "smoke-bce"}, {"name": "smoke-atgl"}]}))
+    (grid / "grid.json").write_text(json.dumps({"rows": [{"name": "smoke-bce", "published": {"test_f1": 50.0}},
+                                                         {"name": "smoke-atgl", "published": {"test_f1": 60.0,
+                                                                                              "test_ign_f1": 59.5}}]}))
     result = subprocess.run([sys.executable, "scripts/compare_losses.py", "--runs", str(grid)], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -103,7 +105,26 @@ def test_runs_tabulates_finished_runs_in_the_grids_row_order(comparison, tmp_pat
         expected = trained[row["group"]] | {"run_dir": str(grid / f"{row['group']}-s66")}
         assert row == expected
     assert (grid / "plots" / "comparison.png").read_bytes().startswith(PNG)
-    assert f"--runs {grid} --split test" in (grid / "comparison.md").read_text()
+    table = (grid / "comparison.md").read_text()
+    assert f"--runs {grid} --split test" in table
+    f1 = {row["group"]: f"{100 * row['f1']:.2f}" for row in rows}
+    ign = {row["group"]: f"{100 * row['ign_f1']:.2f}" for row in rows}
+    assert f"| smoke-bce | {f1['smoke-bce']} | 50.00 | {ign['smoke-bce']} | – |" in table
+    assert f"| smoke-atgl | {f1['smoke-atgl']} | 60.00 | {ign['smoke-atgl']} | 59.50 |" in table
+    assert "Ordering by test F1: Kendall's tau " in table and " over 2 rows (" in table
+
+
+def test_kendall_tau_by_hand(script):
+    assert script.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == (pytest.approx(4 / 6), 5, 1)  # one swapped pair
+    assert script.kendall_tau([1, 2, 3], [3, 2, 1]) == (-1.0, 0, 3)
+    assert script.kendall_tau([1, 1, 2], [1, 2, 3]) == (pytest.approx(2 / 3), 2, 0)  # the tied pair counts as neither
+    summary = [{"group": g, "f1": f, "ign_f1": f - 0.01} for g, f in (("a", 0.40), ("b", 0.42), ("c", 0.30))]
+    lines = script.paper_section(summary, {"a": {"test_f1": 73.3, "test_ign_f1": 72.5}, "b": {"test_f1": 77.3},
+                                           "c": {"note": "not in the paper"}})
+    assert "| a | 40.00 | 73.30 | 39.00 | 72.50 | 2 | 2 |" in lines and "| b | 42.00 | 77.30 | 41.00 | – | 1 | 1 |" in lines
+    assert not any(line.startswith("| c ") for line in lines)
+    assert lines[-1] == "Ordering by test F1: Kendall's tau 1.00 over 2 rows (1 pair ordered alike, 0 reversed, the rest tied)."
+    assert script.paper_section(summary, {}) == []
 
 
 def test_runs_errors(tmp_path):

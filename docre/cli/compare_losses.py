@@ -120,7 +120,48 @@ COLUMNS = (("precision", "P", "pct"), ("recall", "R", "pct"), ("f1", "F1", "pct"
            ("violation_rate", "violation rate", "ratio"), ("seconds_per_step", "s/step", "sec"))
 
 
-def markdown(rows: list[dict], summary: list[dict], split: str, command: str) -> str:
+def kendall_tau(xs: list[float], ys: list[float]) -> tuple[float, int, int]:
+    """Kendall's tau-a of two orderings of the same items: (C - D) / (n(n-1)/2), with C and D the
+    concordant and discordant pairs; a pair tied in either counts as neither. Returns (tau, C, D)."""
+    concordant = discordant = 0
+    for i in range(len(xs)):
+        for j in range(i + 1, len(xs)):
+            sign = (xs[i] - xs[j]) * (ys[i] - ys[j])
+            concordant += sign > 0
+            discordant += sign < 0
+    pairs = len(xs) * (len(xs) - 1) // 2
+    return ((concordant - discordant) / pairs if pairs else math.nan), concordant, discordant
+
+
+def paper_section(summary: list[dict], published: dict[str, dict]) -> list[str]:
+    """Markdown lines: each row's mean test F1 / Ign F1 beside the published ones, both rankings and
+    Kendall's tau between them, over the rows with a published test F1; [] when none has one."""
+    from docre.utils import plural
+
+    known = [entry for entry in summary if isinstance(published.get(entry["group"], {}).get("test_f1"), (int, float))]
+    if not known:
+        return []
+    paper = [published[entry["group"]] for entry in known]
+
+    def ranks(values: list[float]) -> list[int]:  # 1 = highest
+        return [1 + sum(other > value for other in values) for value in values]
+
+    ours_rank, paper_rank = ranks([e["f1"] for e in known]), ranks([p["test_f1"] for p in paper])
+    lines = ["", "Beside the published numbers (test, %; rank 1 = highest F1 among these rows):", "",
+             "| run | F1 | paper F1 | Ign F1 | paper Ign F1 | rank | paper rank |", "|---|---|---|---|---|---|---|"]
+    for entry, numbers, ours, theirs in zip(known, paper, ours_rank, paper_rank):
+        ign = numbers.get("test_ign_f1")
+        lines.append(f"| {entry['group']} | {_cell(entry['f1'], 'pct')} | {numbers['test_f1']:.2f} | "
+                     f"{_cell(entry['ign_f1'], 'pct')} | {'–' if ign is None else f'{ign:.2f}'} | {ours} | {theirs} |")
+    if len(known) < 2:
+        return lines
+    tau, concordant, discordant = kendall_tau([e["f1"] for e in known], [p["test_f1"] for p in paper])
+    lines += ["", f"Ordering by test F1: Kendall's tau {tau:.2f} over {len(known)} rows ({plural(concordant, 'pair')} "
+                  f"ordered alike, {discordant} reversed, the rest tied)."]
+    return lines
+
+
+def markdown(rows: list[dict], summary: list[dict], split: str, command: str, published: dict | None = None) -> str:
     lines = [f"# Loss comparison ({split} split)", "", f"    {command}", "",
              "| run | loss (keywords as trained) | seed | decode (tuned on dev) | " + " | ".join(c[1] for c in COLUMNS) + " |",
              "|---" * (len(COLUMNS) + 4) + "|"]
@@ -143,6 +184,8 @@ def markdown(rows: list[dict], summary: list[dict], split: str, command: str) ->
     if mismatched:
         lines.append(f"FP/FN recomputed from the saved fp16 logits differ slightly for: {', '.join(mismatched)} "
                      "(relations within fp16 rounding of the threshold).")
+    if split == "test":
+        lines += paper_section(summary, published or {})
     return "\n".join(lines) + "\n"
 
 
@@ -167,11 +210,12 @@ def main() -> int:
         if args.config or args.overrides or args.losses:
             raise DocreError("--runs DIR tabulates finished runs: give no CONFIG, key=value or --losses with it")
         run_dirs, output_dir = finished_runs(args.runs), args.output_dir or args.runs
+        published = {row["name"]: row.get("published") or {} for row in grid_rows(args.runs)}
         command = f"python scripts/compare_losses.py --runs {args.runs} --split {args.split}"
     else:
         if not args.config or not args.losses:
             raise DocreError("give a CONFIG and --losses (to train and compare), or --runs DIR (to tabulate finished runs)")
-        run_dirs = train_runs(args)
+        run_dirs, published = train_runs(args), {}
         output_dir = args.output_dir or Path("runs") / f"compare-{Path(args.config).stem}"
         command = " ".join(["python scripts/compare_losses.py", args.config, "--losses", args.losses,
                             "--seeds", args.seeds, "--split", args.split, *args.overrides])
@@ -179,7 +223,7 @@ def main() -> int:
     summary = summarise(rows)
     atomic_write_json(output_dir / "comparison.json", {"config": args.config, "overrides": args.overrides, "split": args.split,
                                                         "command": command, "runs": rows, "summary": summary})
-    table = markdown(rows, summary, args.split, command)
+    table = markdown(rows, summary, args.split, command, published)
     atomic_write_text(output_dir / "comparison.md", table)
     plot_comparison([{"label": e["group"], "f1": e["f1"], "false_positives": e["false_positives"],
                       "false_negatives": e["false_negatives"], "f1_std": e["f1_std"], "fp_std": e["false_positives_std"],
@@ -227,6 +271,12 @@ def train_runs(args) -> list[Path]:
     return [run.run_dir for run in runs]
 
 
+def grid_rows(root: Path) -> list[dict]:
+    """The rows (name, config, published numbers) of the reproduce.py grid.json in `root`; [] without one."""
+    grid = Path(root) / "grid.json"
+    return json.loads(grid.read_text(encoding="utf-8"))["rows"] if grid.is_file() else []
+
+
 def finished_runs(root: Path) -> list[Path]:
     """The finished run directories under `root`, by row then seed: a reproduce.py grid's rows in its
     grid.json order, other names alphabetically. Unfinished ones are named on stdout."""
@@ -241,8 +291,7 @@ def finished_runs(root: Path) -> list[Path]:
     run_dirs = [run_dir for run_dir in run_dirs if run_dir.name not in waiting]
     if not run_dirs:
         raise DocreError(f"{root}: no finished run (a run directory with results.json) to tabulate")
-    grid = Path(root) / "grid.json"
-    order = {row["name"]: i for i, row in enumerate(json.loads(grid.read_text())["rows"])} if grid.is_file() else {}
+    order = {row["name"]: i for i, row in enumerate(grid_rows(root))}
     return sorted(run_dirs, key=lambda run_dir: (order.get(SEED_SUFFIX.sub("", run_dir.name), len(order)),
                                                  SEED_SUFFIX.sub("", run_dir.name), run_seed(run_dir) or 0))
 
