@@ -167,6 +167,10 @@ def test_loss_signature_fills_in_defaults(script):
     assert script.loss_signature({"name": "hingeabl"}) == ("hingeabl(margin=5.0)", {"margin": 5.0})
     assert script.loss_signature({"name": "atl"}) == ("atl()", {})
     assert script.loss_signature({"name": "ncrl", "shift": 0.1})[0] == "ncrl(shift=0.1)"
+    # keywords the trainer computes from the training split say so, not None
+    assert script.loss_signature({"name": "ssr_pu"})[0].startswith("ssr_pu(priors=training, margin=0.25, ")
+    assert script.loss_signature({"name": "amtl"})[0].startswith("amtl(spaces=training, ")
+    assert script.loss_signature({"name": "amtl", "spaces": "redocred"})[0].startswith("amtl(spaces=redocred, ")
 
 
 def test_summary_over_seeds(script):

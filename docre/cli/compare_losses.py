@@ -40,11 +40,14 @@ RESERVED = ("loss.", "seed=", "run_name=", "output_dir=", "train.resume=", "trai
 
 def loss_signature(loss: dict) -> tuple[str, dict]:
     """(name(k=v, ...), kwargs) with the constructor's defaults filled in."""
-    from docre.losses import LOSSES
+    from docre.losses import FROM_TRAINING, LOSSES
 
     bound = inspect.signature(LOSSES[loss["name"]]).bind(**{k: v for k, v in loss.items() if k != "name"})
     bound.apply_defaults()
     kwargs = dict(bound.arguments)
+    statistic = FROM_TRAINING.get(loss["name"], (None,))[0]
+    if kwargs.get(statistic, "") is None:  # computed from the training split at setup (loss_statistics.json)
+        kwargs[statistic] = "training"
     if kwargs.get("th_offset") == 0.0:  # the official decode: a decode setting, not a loss hyperparameter
         del kwargs["th_offset"]
     return f"{loss['name']}({', '.join(f'{k}={v}' for k, v in kwargs.items())})", kwargs
@@ -177,7 +180,8 @@ def markdown(rows: list[dict], summary: list[dict], split: str, command: str, pu
             lines.append(f"| {entry['group']} | {entry['label']} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
     lines += ["", "P, R, F1, Ign F1 in %; FP = predicted - correct and FN = gold - correct facts (official scorer); "
               "offset std and violation rate over pairs with gold relations (docs/losses.md). "
-              "Loss keywords are each run's constructor arguments, defaults included."]
+              "Loss keywords are each run's constructor arguments, defaults included "
+              "(=training: computed from the training split, the run's loss_statistics.json)."]
     mismatched = [Path(row["run_dir"]).name for row in rows if row["logits_false_positives"] is not None
                   and (row["logits_false_positives"], row["logits_false_negatives"])
                   != (row["false_positives"], row["false_negatives"])]
