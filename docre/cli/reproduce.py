@@ -11,10 +11,9 @@ overrides apply to every run (e.g. train.epochs=2). A table with alpha_seed swee
 <output-dir>/<table>/table.md, table.json, curves.png and bars.png. Ctrl-C (or SIGTERM) stops the
 current run at its next step with a checkpoint; the same command resumes the grid. A SIGTERM to
 the run's own training process stops the grid too; a run that crashes is reported and the grid goes
-on. --nproc N
-trains each run with N data-parallel processes (torchrun). --rows A,B trains only those rows (a
-table split over machines, or the rows a grid still lacks); the table still shows every row's
-finished runs.
+on. --nproc N trains each run with N data-parallel processes (torchrun). --rows A,B trains only
+those rows (a table split over machines, or the rows a grid still lacks); the table still shows
+every row's finished runs.
 
 Examples:
   docre-reproduce redocred_mini --dry-run
