@@ -210,6 +210,9 @@ def test_rows_trains_only_the_named_rows_and_tabulates_all(tmp_path, monkeypatch
     assert trained == ["ttm_re_ssr_pu-s66", "ttm_re_ssr_pu-s67", "vaediff_pemscl-s66", "vaediff_pemscl-s67"]
     table = json.loads((tmp_path / "models_redocred_mini" / "table.json").read_text())
     assert len(table["rows"]) == 10  # every row of the table, none finished
+    # a second command on the same folder, split by seed (another machine): grid.json keeps both's seeds
+    assert run_main("reproduce", [*args[:3], "--seeds", "68,66", *args[5:]]) == 0
+    assert json.loads((tmp_path / "models_redocred_mini" / "grid.json").read_text())["seeds"] == [66, 67, 68]
     with pytest.raises(DocreError, match=r"^--rows: table models_redocred_mini has no row 'ttm_re_sspu' "
                                          r"\(did you mean ttm_re_ssr_pu\?\); its rows: dreeam_atl, "):
         run_main("reproduce", ["models_redocred_mini", "--rows", "ttm_re_sspu", "--dry-run"])

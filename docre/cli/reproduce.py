@@ -89,7 +89,7 @@ def main() -> int:
 
     from docre import sweep
     from docre.grid import run_grid
-    from docre.run_dir import ACTIONS
+    from docre.run_dir import ACTIONS, read_json
     from docre.tables import TABLES_DIR, load_table, plan_runs, table_from_configs, table_path
     from docre.utils import atomic_write_json, plural
 
@@ -123,8 +123,11 @@ def main() -> int:
         print(", ".join(f"{n} {state}" for state, n in counts.items() if n) + ". Nothing was run (--dry-run).")
         return 0
 
+    # the seeds of every command on this folder: commands split by --seeds (one per machine) add theirs
+    earlier = read_json(out / "grid.json")["seeds"] if (out / "grid.json").is_file() else []
     atomic_write_json(out / "grid.json", {
-        "table": table.name, "title": table.title, "source": table.source, "seeds": seeds,
+        "table": table.name, "title": table.title, "source": table.source,
+        "seeds": [*earlier, *(seed for seed in seeds if seed not in earlier)],
         "overrides": overrides, "command": sys.argv,
         "rows": [{"name": row.name, "config": row.config, "overrides": row.overrides, "published": row.published}
                  for row in table.rows],
