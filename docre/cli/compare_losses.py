@@ -229,11 +229,12 @@ def main() -> int:
                                                         "command": command, "runs": rows, "summary": summary})
     table = markdown(rows, summary, args.split, command, published)
     atomic_write_text(output_dir / "comparison.md", table)
+    title = f"{args.runs.name}, {args.split}" if args.runs else f"{Path(args.config).stem}, {args.split}, seeds {args.seeds}"
     plot_comparison([{"label": e["group"], "f1": e["f1"], "false_positives": e["false_positives"],
                       "false_negatives": e["false_negatives"], "f1_std": e["f1_std"], "fp_std": e["false_positives_std"],
                       "fn_std": e["false_negatives_std"]} for e in summary],
                     output_dir / "plots" / "comparison.png",
-                    f"{args.runs.name if args.runs else Path(args.config).stem}, {args.split}")
+                    title)
     print()
     print(table)
     print(f"written: {output_dir / 'comparison.md'}, comparison.json, plots/")
