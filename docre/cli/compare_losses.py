@@ -25,7 +25,6 @@ Examples:
 """
 
 import inspect
-import json
 import math
 import statistics
 from pathlib import Path
@@ -62,12 +61,11 @@ def parse_list(text: str, what: str) -> list[str]:
     return items
 
 
-def table_row(run_dir: Path, results: dict, split: str, plot_dir: Path) -> dict:
-    """One table row: the official scores and counts of `split`, and the threshold diagnostics
-    computed from the run's saved logits."""
+def table_row(group: str, run_dir: Path, results: dict, split: str, plot_dir: Path) -> dict:
+    """One table row of run `run_dir` in row `group`: the official scores and counts of `split`, and
+    the threshold diagnostics computed from the run's saved logits."""
     from docre.config import load_config
     from docre.diagnostics import diagnose_run
-    from docre.tables import SEED_SUFFIX
 
     scores = results.get(split)
     if not scores or "num_predicted" not in scores:
@@ -75,7 +73,7 @@ def table_row(run_dir: Path, results: dict, split: str, plot_dir: Path) -> dict:
     cfg = load_config(run_dir / "config.yaml")
     label, kwargs = loss_signature(cfg.loss)
     row = {
-        "group": SEED_SUFFIX.sub("", run_dir.name), "loss": cfg.loss["name"], "label": label, "kwargs": kwargs,
+        "group": group, "loss": cfg.loss["name"], "label": label, "kwargs": kwargs,
         "decode": results.get("decode", {}),
         "seed": cfg.seed, "run_dir": str(run_dir),
         **{k: scores[k] for k in ("precision", "recall", "f1", "ign_f1", "num_predicted", "num_gold", "num_correct")},
@@ -213,17 +211,17 @@ def main() -> int:
     if args.runs is not None:
         if args.config or args.overrides or args.losses:
             raise DocreError("--runs DIR tabulates finished runs: give no CONFIG, key=value or --losses with it")
-        run_dirs, output_dir = finished_runs(args.runs), args.output_dir or args.runs
-        published = {row["name"]: row.get("published") or {} for row in grid_rows(args.runs)}
+        runs, published = finished_runs(args.runs)
+        output_dir = args.output_dir or args.runs
         command = f"python scripts/compare_losses.py --runs {args.runs} --split {args.split}"
     else:
         if not args.config or not args.losses:
             raise DocreError("give a CONFIG and --losses (to train and compare), or --runs DIR (to tabulate finished runs)")
-        run_dirs, published = train_runs(args), {}
+        runs, published = train_runs(args), {}
         output_dir = args.output_dir or Path("runs") / f"compare-{Path(args.config).stem}"
         command = " ".join(["python scripts/compare_losses.py", args.config, "--losses", args.losses,
                             "--seeds", args.seeds, "--split", args.split, *args.overrides])
-    rows = [table_row(run_dir, read_results(run_dir), args.split, output_dir / "plots") for run_dir in run_dirs]
+    rows = [table_row(group, run_dir, read_results(run_dir), args.split, output_dir / "plots") for group, run_dir in runs]
     summary = summarise(rows)
     atomic_write_json(output_dir / "comparison.json", {"config": args.config, "overrides": args.overrides, "split": args.split,
                                                         "command": command, "runs": rows, "summary": summary})
@@ -241,8 +239,8 @@ def main() -> int:
     return 0
 
 
-def train_runs(args) -> list[Path]:
-    """Train (or skip, or resume) one run per loss and seed of `args`; their run directories."""
+def train_runs(args) -> list[tuple[str, Path]]:
+    """Train (or skip, or resume) one run per loss and seed of `args`; (row name, run directory) of each."""
     from docre.grid import run_grid
     from docre.losses import LOSSES
     from docre.run_dir import ACTIONS
@@ -273,32 +271,29 @@ def train_runs(args) -> list[Path]:
     if failed:
         raise DocreError(f"{len(failed)} of {plural(len(runs), 'run')} failed: {', '.join(run.cfg.run_name for run in failed)} "
                          "(see their train.log; the same command retries them)")
-    return [run.run_dir for run in runs]
+    return [(run.row.name, run.run_dir) for run in runs]
 
 
-def grid_rows(root: Path) -> list[dict]:
-    """The rows (name, config, published numbers) of the reproduce.py grid.json in `root`; [] without one."""
-    grid = Path(root) / "grid.json"
-    return json.loads(grid.read_text(encoding="utf-8"))["rows"] if grid.is_file() else []
+def finished_runs(root: Path) -> tuple[list[tuple[str, Path]], dict[str, dict]]:
+    """The finished runs under `root` as (row name, run directory), grouped and ordered as
+    summarize_runs.py does (a reproduce.py grid's rows in its grid.json order), and the published
+    numbers per row. Unfinished runs are named on stdout and left out."""
+    from docre.run_dir import RESULTS
+    from docre.summary import collect
 
-
-def finished_runs(root: Path) -> list[Path]:
-    """The finished run directories under `root`, by row then seed: a reproduce.py grid's rows in its
-    grid.json order, other names alphabetically. Unfinished ones are named on stdout."""
-    from docre.run_dir import read_results
-    from docre.summary import find_runs, run_seed
-    from docre.tables import SEED_SUFFIX
-
-    run_dirs = find_runs(root)
-    waiting = [run_dir.name for run_dir in run_dirs if read_results(run_dir) is None]
+    found = collect(root)
+    runs, waiting = [], []
+    for group, run_dirs in found["groups"].items():
+        for run_dir in run_dirs:
+            if (run_dir / RESULTS).is_file():
+                runs.append((group, run_dir))
+            else:
+                waiting.append(run_dir.name)
     if waiting:
         print(f"not finished, left out: {', '.join(waiting)}", flush=True)
-    run_dirs = [run_dir for run_dir in run_dirs if run_dir.name not in waiting]
-    if not run_dirs:
+    if not runs:
         raise DocreError(f"{root}: no finished run (a run directory with results.json) to tabulate")
-    order = {row["name"]: i for i, row in enumerate(grid_rows(root))}
-    return sorted(run_dirs, key=lambda run_dir: (order.get(SEED_SUFFIX.sub("", run_dir.name), len(order)),
-                                                 SEED_SUFFIX.sub("", run_dir.name), run_seed(run_dir) or 0))
+    return runs, found["published"]
 
 
 def run() -> None:

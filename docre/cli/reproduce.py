@@ -112,14 +112,14 @@ def main() -> int:
     out = Path(args.output_dir).resolve() / table.name
     runs = plan_runs(table, seeds, out, overrides)
     chosen = choose_rows(table, args.rows)
+    selected = [run for run in runs if run.row.name in chosen]  # the runs this command trains
 
-    print(f"{table.name}: {plural(len(chosen), 'row')} x {plural(len(seeds), 'seed')} = "
-          f"{plural(sum(run.row.name in chosen for run in runs), 'run')} in {out}")
-    for run in (run for run in runs if run.row.name in chosen):
+    print(f"{table.name}: {plural(len(chosen), 'row')} x {plural(len(seeds), 'seed')} = {plural(len(selected), 'run')} in {out}")
+    for run in selected:
         print(f"  {run.cfg.run_name:<40} {run.state if args.dry_run else ACTIONS.get(run.state, run.state)}"
               f"{f' ({run.detail})' if run.detail else ''}")
     if args.dry_run:
-        counts = {state: sum(run.state == state and run.row.name in chosen for run in runs) for state in [*ACTIONS, "waiting"]}
+        counts = {state: sum(run.state == state for run in selected) for state in [*ACTIONS, "waiting"]}
         print(", ".join(f"{n} {state}" for state, n in counts.items() if n) + ". Nothing was run (--dry-run).")
         return 0
 
@@ -133,20 +133,20 @@ def main() -> int:
                  for row in table.rows],
     })
     failed = []
-    if any(run.state == "waiting" and run.row.name in chosen for run in runs):
+    if any(run.state == "waiting" for run in selected):
         # first the alpha seed's sweeps, then the runs that train with the alpha they chose
-        failed = run_grid([run for run in runs if run.row.name in chosen and run.seed == table.alpha_seed
-                           and sweep.is_auto(run.cfg)], args.nproc)
+        failed = run_grid([run for run in selected if run.seed == table.alpha_seed and sweep.is_auto(run.cfg)], args.nproc)
         runs = plan_runs(table, seeds, out, overrides)
+        selected = [run for run in runs if run.row.name in chosen]
     tried = {run.cfg.run_name for run in failed}  # a failed sweep is retried by the next command, not this one
-    failed += run_grid([run for run in runs if run.row.name in chosen and run.state != "waiting"
-                        and run.cfg.run_name not in tried], args.nproc)
+    failed += run_grid([run for run in selected if run.state != "waiting" and run.cfg.run_name not in tried], args.nproc)
     tabulate(table, runs, seeds, out)
     problems = []
     if failed:
-        problems.append(f"{len(failed)} of {plural(len(runs), 'run')} failed: {', '.join(run.cfg.run_name for run in failed)} "
+        names = ", ".join(run.cfg.run_name for run in failed)
+        problems.append(f"{len(failed)} of {plural(len(selected), 'run')} failed: {names} "
                         "(see their train.log; the same command retries them)")
-    waiting = [run.cfg.run_name for run in runs if run.state == "waiting" and run.row.name in chosen]
+    waiting = [run.cfg.run_name for run in selected if run.state == "waiting"]
     if waiting:
         problems.append(f"{plural(len(waiting), 'run')} waiting for the alpha seed's sweep: {', '.join(waiting)}")
     if problems:
