@@ -125,6 +125,20 @@ def pool_entities(hidden: torch.Tensor, mention_attention: torch.Tensor, batch: 
     return entity_emb, entity_attention
 
 
+def map_cells(entities_per_doc: list[int], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Every cell (i, j) of every document's n x n entity map, self pairs included, document by
+    document and row by row (the maps of DocuNet and KD-DocRE): (document, row i, column j, head, tail),
+    each [Q] on `device`, Q = sum of n^2, head and tail in batch numbering. Built from the host counts:
+    the model never asks the device for a size."""
+    counts = torch.tensor(entities_per_doc)  # [B]
+    firsts = torch.cumsum(counts, 0) - counts  # [B]: batch index of each document's entity 0
+    cell_doc = torch.repeat_interleave(torch.arange(len(counts)), counts * counts)  # [Q]
+    cell_head = torch.cat([torch.arange(n).repeat_interleave(n) for n in entities_per_doc])  # [Q] row i
+    cell_tail = torch.cat([torch.arange(n).repeat(n) for n in entities_per_doc])  # [Q] column j
+    heads, tails = firsts[cell_doc] + cell_head, firsts[cell_doc] + cell_tail  # [Q]
+    return tuple(t.to(device, non_blocking=True) for t in (cell_doc, cell_head, cell_tail, heads, tails))
+
+
 def localized_context(hidden: torch.Tensor, entity_attention: torch.Tensor, heads: torch.Tensor, tails: torch.Tensor,
                       pairs_per_doc: list[int], entities_per_doc: list[int], epsilon: float = 1e-5) -> torch.Tensor:
     """Localized context pooling: weight tokens by how much both entities attend to them.

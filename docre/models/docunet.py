@@ -30,7 +30,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from docre.data.collate import Batch
-from docre.models.atlop import SharedSettings, bilinear_chunk, encode_batch, keep_encoder, localized_context, pool_entities
+from docre.models.atlop import (
+    SharedSettings,
+    bilinear_chunk,
+    encode_batch,
+    keep_encoder,
+    localized_context,
+    map_cells,
+    pool_entities,
+)
 from docre.models.bilinear import group_bilinear
 from docre.models.output import PairFeatures
 
@@ -114,15 +122,9 @@ class DocuNet(nn.Module):
         entity_emb, entity_attention = pool_entities(hidden, mention_attention, batch)  # [E, D], [E, H, L]
 
         # the context of every cell (i, j) of every document's n x n map, self pairs included (they are
-        # pixels of the image); cell indices from the host counts, as in kd_docre.py
+        # pixels of the image)
         device = hidden.device
-        counts = torch.tensor(batch.entities_per_doc)  # [B]
-        firsts = torch.cumsum(counts, 0) - counts  # [B]: batch index of each document's entity 0
-        cell_doc = torch.repeat_interleave(torch.arange(len(counts)), counts * counts)  # [Q], Q = sum of n^2
-        cell_head = torch.cat([torch.arange(n).repeat_interleave(n) for n in batch.entities_per_doc])  # [Q] row i
-        cell_tail = torch.cat([torch.arange(n).repeat(n) for n in batch.entities_per_doc])  # [Q] column j
-        heads = (firsts[cell_doc] + cell_head).to(device, non_blocking=True)  # [Q] batch numbering
-        tails = (firsts[cell_doc] + cell_tail).to(device, non_blocking=True)  # [Q]
+        _, _, _, heads, tails = map_cells(batch.entities_per_doc, device)  # [Q] batch numbering
         # official epsilon: 1e-5 after the mean over heads, ATLOP's normalisation
         context = localized_context(hidden, entity_attention, heads, tails, [n * n for n in batch.entities_per_doc],
                                     batch.entities_per_doc)  # [Q, D]

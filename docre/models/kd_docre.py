@@ -34,7 +34,15 @@ import torch
 from torch import nn
 
 from docre.data.collate import Batch
-from docre.models.atlop import SharedSettings, bilinear_chunk, encode_batch, keep_encoder, localized_context, pool_entities
+from docre.models.atlop import (
+    SharedSettings,
+    bilinear_chunk,
+    encode_batch,
+    keep_encoder,
+    localized_context,
+    map_cells,
+    pool_entities,
+)
 from docre.models.bilinear import group_bilinear
 from docre.models.output import PairFeatures
 
@@ -123,16 +131,10 @@ class KDDocRE(nn.Module):
 
         # every cell (i, j) of every document's n x n map, self pairs included (they take part in the
         # attention as in the official code; no candidate pair reads them)
-        # the cell indices come from the host counts (the model never asks the device for a size)
         device = hidden.device
-        counts = torch.tensor(batch.entities_per_doc)  # [B]
+        cell_doc, cell_head, cell_tail, heads, tails = map_cells(batch.entities_per_doc, device)  # [Q] each
+        counts = torch.tensor(batch.entities_per_doc).to(device, non_blocking=True)  # [B]
         firsts = torch.cumsum(counts, 0) - counts  # [B]: batch index of each document's entity 0
-        cell_doc = torch.repeat_interleave(torch.arange(len(counts)), counts * counts)  # [Q], Q = sum of n^2
-        cell_head = torch.cat([torch.arange(n).repeat_interleave(n) for n in batch.entities_per_doc])  # [Q] row i
-        cell_tail = torch.cat([torch.arange(n).repeat(n) for n in batch.entities_per_doc])  # [Q] column j
-        cell_doc, cell_head, cell_tail, counts, firsts = (
-            t.to(device, non_blocking=True) for t in (cell_doc, cell_head, cell_tail, counts, firsts))
-        heads, tails = firsts[cell_doc] + cell_head, firsts[cell_doc] + cell_tail  # [Q] batch numbering
 
         context = localized_context(
             hidden, entity_attention, heads, tails, [n * n for n in batch.entities_per_doc], batch.entities_per_doc,
