@@ -16,6 +16,7 @@ from docre import grid, sweep
 from docre.config import load_config, save_config
 from docre.trainer import train
 from docre.utils import estimate_remaining, format_duration, hide_progress, runs_left_note
+from tests.cli import fake_training
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,13 +88,12 @@ def test_a_grid_prints_runs_done_and_the_time_left(monkeypatch, capsys, tmp_path
     monkeypatch.setattr(grid, "time", SimpleNamespace(monotonic=lambda: clock.now))
     took = {"a": (600, 0), "b": (30, 1), "c": (1200, 0), "d": (900, 0)}
 
-    def fake_run(self, command):
-        seconds, status = took[command[-1]]
+    def finish(name):
+        seconds, status = took[name]
         clock.now += seconds
         return status
 
-    monkeypatch.setattr(grid.ChildSignals, "run", fake_run)
-    monkeypatch.setattr(grid, "train_command", lambda run, nproc: ["train", run.cfg.run_name])
+    fake_training(monkeypatch, finish)
     (tmp_path / "done").mkdir()
     (tmp_path / "done" / "results.json").write_text('{"wall_seconds": 300}')
     runs = [SimpleNamespace(cfg=SimpleNamespace(run_name=name), state=state, run_dir=tmp_path / name,

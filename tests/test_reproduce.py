@@ -17,7 +17,7 @@ from docre.config import load_config
 from docre.errors import DocreError
 from docre.grid import train_command
 from docre.tables import Row, Table, plan_runs
-from tests.cli import load_script, run_main
+from tests.cli import fake_training, load_script, run_main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -177,14 +177,7 @@ def test_a_run_stopped_by_a_signal_stops_the_grid(monkeypatch, tmp_path):
     import docre.grid as grid
 
     statuses = {"a": 1, "b": 128 + signal.SIGTERM, "c": 0}
-    started = []
-
-    def fake_run(self, command):
-        started.append(command[-1])
-        return statuses[command[-1]]
-
-    monkeypatch.setattr(grid.ChildSignals, "run", fake_run)
-    monkeypatch.setattr(grid, "train_command", lambda run, nproc: ["train", run.cfg.run_name])
+    started = fake_training(monkeypatch, statuses.get)
     runs = [SimpleNamespace(cfg=SimpleNamespace(run_name=name), state="missing", run_dir=tmp_path / name,
                             row=SimpleNamespace(name="r")) for name in "abc"]
     with pytest.raises(DocreError, match=r"^b was stopped by SIGTERM \(exit status 143\) with a checkpoint, so the "
@@ -200,7 +193,7 @@ def test_rows_trains_only_the_named_rows_and_tabulates_all(tmp_path, monkeypatch
     import docre.grid
 
     trained = []
-    monkeypatch.setattr(docre.grid, "run_grid", lambda runs, nproc: trained.extend(run.cfg.run_name for run in runs) or [])
+    monkeypatch.setattr(docre.grid, "run_grid", lambda runs, nproc, jobs: trained.extend(run.cfg.run_name for run in runs) or [])
     args = ["models_redocred_mini", "--rows", "ttm_re_ssr_pu,vaediff_pemscl", "--seeds", "66,67", "--output-dir", str(tmp_path)]
     assert run_main("reproduce", [*args, "--dry-run"]) == 0
     listed = capsys.readouterr().out

@@ -21,6 +21,7 @@ The table spells out every run's keywords, defaults included. `--losses all` run
 Examples:
   docre-compare-losses configs/redocred_mini/minilm_atgl.yaml --losses atl,atgl,afl
   docre-compare-losses configs/redocred_mini/minilm_atgl.yaml --losses all --seeds 66,67,68 train.epochs=2
+  docre-compare-losses configs/redocred_mini/minilm_atgl.yaml --losses all --jobs 2   # two runs at a time
   docre-compare-losses --runs runs/atgl_table3_redocred_mini
 """
 
@@ -202,12 +203,16 @@ def main() -> int:
     parser.add_argument("--output-dir", type=Path, metavar="DIR",
                         help="where runs, tables and plots go (default: runs/compare-<config>, or the --runs DIR)")
     parser.add_argument("--split", choices=("test", "dev"), default="test", help="split of the table (default: test)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="runs trained at once, each with 1/N of the CPU threads or GPUs of its own (default: 1)")
     args = parser.parse_intermixed_args()  # overrides may come before or after the options
 
     from docre.diagnostics import plot_comparison
     from docre.run_dir import read_results
     from docre.utils import atomic_write_json, atomic_write_text
 
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     if args.runs is not None:
         if args.config or args.overrides or args.losses:
             raise DocreError("--runs DIR tabulates finished runs: give no CONFIG, key=value or --losses with it")
@@ -267,7 +272,7 @@ def train_runs(args) -> list[tuple[str, Path]]:
     runs = plan_runs(table, seeds, output_dir, args.overrides)  # fails on a bad override or a foreign run first
     for run in runs:
         print(f"{run.cfg.run_name}: {'finished earlier, skipped' if run.state == 'finished' else ACTIONS[run.state]}", flush=True)
-    failed = run_grid(runs)
+    failed = run_grid(runs, jobs=args.jobs)
     if failed:
         raise DocreError(f"{len(failed)} of {plural(len(runs), 'run')} failed: {', '.join(run.cfg.run_name for run in failed)} "
                          "(see their train.log; the same command retries them)")

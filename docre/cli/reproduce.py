@@ -11,7 +11,10 @@ overrides apply to every run (e.g. train.epochs=2). A table with alpha_seed swee
 <output-dir>/<table>/table.md, table.json, curves.png and bars.png. Ctrl-C (or SIGTERM) stops the
 current run at its next step with a checkpoint; the same command resumes the grid. A SIGTERM to
 the run's own training process stops the grid too; a run that crashes is reported and the grid goes
-on. --nproc N trains each run with N data-parallel processes (torchrun). --rows A,B trains only
+on. --nproc N trains each run with N data-parallel processes (torchrun). --jobs N trains N runs at
+once (docre.grid.child_env): on CPU each gets 1/N of the threads, on a GPU machine a group of --nproc
+GPUs of its own (shared round robin when there are fewer groups than jobs); their output lines are
+prefixed with the run's name. --rows A,B trains only
 those rows (a table split over machines, or the rows a grid still lacks); the table still shows
 every row's finished runs.
 
@@ -19,6 +22,7 @@ Examples:
   docre-reproduce redocred_mini --dry-run
   docre-reproduce redocred_mini --seeds 66,67,68 train.epochs=2
   docre-reproduce models_redocred_mini --rows ttm_re_ssr_pu,ttm_re_atgl
+  docre-reproduce atgl_table3_redocred_mini --jobs 4            # four runs at a time (e.g. on four GPUs)
   docre-reproduce configs/redocred_mini/minilm_atl.yaml configs/redocred_mini/minilm_atgl.yaml --name mine
 """
 
@@ -72,6 +76,22 @@ def tabulate(table, runs, seeds: list[int], out: Path) -> None:
     print("written: " + ", ".join(str(p) for p in written))
 
 
+def record_grid(out: Path, table, seeds: list[int], overrides: list[str]) -> None:
+    """Write <out>/grid.json: the table, its rows and the seeds of every command on this folder (commands
+    split by --seeds, one per machine, add theirs), read by summarize_runs.py and compare_losses.py --runs."""
+    from docre.run_dir import read_json
+    from docre.utils import atomic_write_json
+
+    earlier = read_json(out / "grid.json")["seeds"] if (out / "grid.json").is_file() else []
+    atomic_write_json(out / "grid.json", {
+        "table": table.name, "title": table.title, "source": table.source,
+        "seeds": [*earlier, *(seed for seed in seeds if seed not in earlier)],
+        "overrides": overrides, "command": sys.argv,
+        "rows": [{"name": row.name, "config": row.config, "overrides": row.overrides, "published": row.published}
+                 for row in table.rows],
+    })
+
+
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
     parser = command_parser("docre-reproduce", __doc__)
@@ -83,22 +103,24 @@ def main() -> int:
     parser.add_argument("--name", help="the table's name when CONFIG files are given (default: grid)")
     parser.add_argument("--nproc", type=int, default=1, metavar="N",
                         help="data-parallel processes per run (torchrun), e.g. one per GPU")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="runs trained at once, each with 1/N of the CPU threads or GPUs of its own (default: 1)")
     parser.add_argument("--rows", metavar="A,B", help="train only these rows of the table (default: every row)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
     args = parser.parse_intermixed_args()  # overrides may follow the options
 
     from docre import sweep
     from docre.grid import run_grid
-    from docre.run_dir import ACTIONS, read_json
+    from docre.run_dir import ACTIONS
     from docre.tables import TABLES_DIR, load_table, plan_runs, table_from_configs, table_path
-    from docre.utils import atomic_write_json, plural
+    from docre.utils import plural
 
     overrides = [t for t in args.targets if "=" in t and not Path(t).is_file()]
     targets = [t for t in args.targets if t not in overrides]
     if not targets:
         parser.error("name a table or at least one config file")
-    if args.nproc < 1:
-        parser.error("--nproc must be at least 1")
+    if args.nproc < 1 or args.jobs < 1:
+        parser.error("--nproc and --jobs must be at least 1")
     path = table_path(targets[0]) if len(targets) == 1 else None
     if path is not None:
         table = load_table(path)
@@ -123,23 +145,17 @@ def main() -> int:
         print(", ".join(f"{n} {state}" for state, n in counts.items() if n) + ". Nothing was run (--dry-run).")
         return 0
 
-    # the seeds of every command on this folder: commands split by --seeds (one per machine) add theirs
-    earlier = read_json(out / "grid.json")["seeds"] if (out / "grid.json").is_file() else []
-    atomic_write_json(out / "grid.json", {
-        "table": table.name, "title": table.title, "source": table.source,
-        "seeds": [*earlier, *(seed for seed in seeds if seed not in earlier)],
-        "overrides": overrides, "command": sys.argv,
-        "rows": [{"name": row.name, "config": row.config, "overrides": row.overrides, "published": row.published}
-                 for row in table.rows],
-    })
+    record_grid(out, table, seeds, overrides)
     failed = []
     if any(run.state == "waiting" for run in selected):
         # first the alpha seed's sweeps, then the runs that train with the alpha they chose
-        failed = run_grid([run for run in selected if run.seed == table.alpha_seed and sweep.is_auto(run.cfg)], args.nproc)
+        sweeps = [run for run in selected if run.seed == table.alpha_seed and sweep.is_auto(run.cfg)]
+        failed = run_grid(sweeps, args.nproc, args.jobs)
         runs = plan_runs(table, seeds, out, overrides)
         selected = [run for run in runs if run.row.name in chosen]
     tried = {run.cfg.run_name for run in failed}  # a failed sweep is retried by the next command, not this one
-    failed += run_grid([run for run in selected if run.state != "waiting" and run.cfg.run_name not in tried], args.nproc)
+    rest = [run for run in selected if run.state != "waiting" and run.cfg.run_name not in tried]
+    failed += run_grid(rest, args.nproc, args.jobs)
     tabulate(table, runs, seeds, out)
     problems = []
     if failed:
