@@ -81,8 +81,11 @@ class ChildSignals:
     def _relay(self, stream, prefix: str) -> None:
         for line in stream:
             with self._output_lock:
-                sys.stdout.write(prefix + line)
-                sys.stdout.flush()
+                try:
+                    sys.stdout.write(prefix + line)
+                    sys.stdout.flush()
+                except (OSError, ValueError):  # our stdout is gone (`| head` ended): drain on, or the run blocks on a full pipe
+                    pass
 
     def wait_any(self) -> tuple[subprocess.Popen, int]:
         """Wait until one of the running processes ends; that process and its exit status."""

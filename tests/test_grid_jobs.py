@@ -20,7 +20,7 @@ from docre.errors import DocreError
 # A stand-in training process: argv = NAME MARKERS BEHAVIOUR. It marks itself started (MARKERS/NAME.started,
 # NAME.running until it ends, NAME.env with its environment), records how many stand-ins were running at its
 # start, then behaves: "wait:OTHER" waits for OTHER to have started (so both must run at once), "fail" exits 1,
-# "print" prints two lines, "stop" exits as a training process stopped by SIGTERM (143), "train"
+# "print" prints two lines, "flood" 400 KB, "stop" exits as a training process stopped by SIGTERM (143), "train"
 # runs until it gets SIGTERM, which it answers as docre.trainer does (exit 143, checkpoint saved).
 STAND_IN = textwrap.dedent("""
     import json, os, signal, sys, time
@@ -49,6 +49,9 @@ STAND_IN = textwrap.dedent("""
     elif behaviour == "print":
         print("first line")
         print("second line", file=sys.stderr)
+    elif behaviour == "flood":  # more than a pipe holds (64 KiB)
+        for i in range(20000):
+            print("a line of output", i)
     elif behaviour == "stop":
         wait_for(markers / "train.started")
         status = 143
@@ -138,3 +141,29 @@ def test_sigterm_to_the_grid_reaches_every_run_training(tmp_path, monkeypatch):
         grid.run_grid(runs, jobs=2)
     assert all((markers / f"{name}.stopped").exists() for name in ("one", "two"))
     assert not (markers / "three.env").exists()
+
+
+
+def test_a_closed_stdout_does_not_block_a_run(tmp_path, monkeypatch):
+    # our stdout gone (the grid piped into `head`, which has exited): a run's output is still drained,
+    # so a run that prints more than a pipe holds finishes instead of blocking on its write
+    markers = tmp_path / "markers"
+    markers.mkdir()
+
+    class Closed:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", Closed())
+    children = grid.ChildSignals()
+    process = children.start([sys.executable, "-c", STAND_IN, "loud", str(markers), "flood"], dict(os.environ), "[loud] ")
+    watchdog = threading.Timer(60, process.kill)  # a blocked run is killed, and fails the test, after a minute
+    watchdog.start()
+    try:
+        ended, status = children.wait_any()
+    finally:
+        watchdog.cancel()
+    assert ended is process and status == 0
