@@ -117,8 +117,9 @@ def child_env(slot: int, jobs: int, nproc: int, environ: dict[str, str] | None =
     One job: ours, unchanged. Several: each gets cpus // jobs CPU threads (OMP_NUM_THREADS, which torch
     takes for its thread count unless train.num_threads is set) and, on a GPU machine, a group of --nproc
     GPUs of its own, slot by slot; with fewer groups than jobs the groups are shared round robin (small
-    models share one GPU well). Progress bars are off (several in one terminal are unreadable). What the
-    caller's environment sets already is kept, so a user can still choose."""
+    models share one GPU well). Progress bars are off (several in one terminal are unreadable). The
+    caller's own OMP_NUM_THREADS and DOCRE_PROGRESS are kept, and the GPUs its CUDA_VISIBLE_DEVICES names
+    are the ones shared out."""
     environ = dict(os.environ if environ is None else environ)
     if jobs == 1:
         return environ
