@@ -180,7 +180,7 @@ def run_grid(runs: list[Run], nproc: int = 1, jobs: int = 1) -> list[Run]:
             pace.setdefault(run.row.name, []).append(wall)
     queue = list(todo)
     running: dict[subprocess.Popen, tuple[Run, int, float]] = {}  # process: its run, slot, start time
-    stopped: list[str] = []  # why the grid stops: a run stopped by a signal to its own process
+    stopped: str | None = None  # why the grid stops: the first run stopped by a signal to its own process
     interrupted: list[str] = []  # the runs training when a signal reached the grid
     with ChildSignals() as signals:
         while queue or running:
@@ -204,8 +204,8 @@ def run_grid(runs: list[Run], nproc: int = 1, jobs: int = 1) -> list[Run]:
                 interrupted += [other.cfg.run_name for other in training if other.cfg.run_name not in interrupted]
                 continue
             if status in STOPPED_BY_SIGNAL:  # docre.trainer.Interrupted's exit: stopped with a checkpoint
-                stopped.append(f"{run.cfg.run_name} was stopped by {STOPPED_BY_SIGNAL[status]} (exit status {status}) "
-                               "with a checkpoint, so the grid stops too")
+                stopped = stopped or (f"{run.cfg.run_name} was stopped by {STOPPED_BY_SIGNAL[status]} "
+                                      f"(exit status {status}) with a checkpoint, so the grid stops too")
                 signals.send(signal.SIGTERM)  # the runs beside it stop at their next step, with a checkpoint
             elif status != 0:
                 failed.append(run)
@@ -217,5 +217,5 @@ def run_grid(runs: list[Run], nproc: int = 1, jobs: int = 1) -> list[Run]:
             raise DocreError(f"interrupted before {queue[0].cfg.run_name}; {resume}" if queue else f"interrupted; {resume}")
         raise DocreError(f"interrupted during {', '.join(interrupted)}; {resume}")
     if stopped:
-        raise DocreError(f"{stopped[0]}; {resume}")
+        raise DocreError(f"{stopped}; {resume}")
     return failed

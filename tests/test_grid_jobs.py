@@ -4,6 +4,7 @@ a stop (a signal to the grid, or to one run's own process) reaching every run th
 training processes here are small Python scripts that stand in for train.py, so the tests check the
 runner itself: which processes run side by side, what environment they get, what the grid reports."""
 
+import json
 import os
 import signal
 import sys
@@ -76,8 +77,6 @@ def stand_in_runs(tmp_path, monkeypatch, behaviours: dict[str, str]):
 
 
 def env_of(markers, name: str) -> dict:
-    import json
-
     return json.loads((markers / f"{name}.env").read_text())
 
 
