@@ -191,7 +191,7 @@ def plan_runs(table: Table, seeds: list[int], out: Path, overrides: list[str] = 
                         raise DocreError(f"table {table.name}: row {row.name}: alpha is tuned on seed {table.alpha_seed} "
                                          f"(alpha_seed), whose sweep has not finished; add {table.alpha_seed} to --seeds")
                     runs.append(Run(row, seed, config_path, run_overrides, cfg, out / cfg.run_name, "waiting",
-                                    f"for the alpha seed {table.alpha_seed}'s sweep chooses"))
+                                    f"for the alpha that seed {table.alpha_seed}'s sweep chooses"))
                     continue
                 run_overrides.append(f"loss.alpha={alpha}")
                 cfg = load_config(config_path, run_overrides)

@@ -152,7 +152,7 @@ def test_alpha_seed_passes_the_chosen_alpha_to_the_other_seeds(tmp_path, tiny_ba
     assert [(run.cfg.run_name, run.state) for run in runs] == [
         ("atgl-s1", "waiting"), ("atgl-s2", "missing"), ("atgl-s3", "waiting"),
         ("fixed-s1", "missing"), ("fixed-s2", "missing"), ("fixed-s3", "missing")]  # a fixed alpha never waits
-    assert runs[0].detail == "for the alpha seed 2's sweep chooses" and runs[0].cfg.loss["alpha"] == "auto"
+    assert runs[0].detail == "for the alpha that seed 2's sweep chooses" and runs[0].cfg.loss["alpha"] == "auto"
     # without seed 2 in the command, nothing would ever choose the alpha
     with pytest.raises(DocreError, match=r"table t: row atgl: alpha is tuned on seed 2 \(alpha_seed\), whose sweep "
                                          r"has not finished; add 2 to --seeds"):

@@ -146,16 +146,17 @@ def main() -> int:
         return 0
 
     record_grid(out, table, seeds, overrides)
-    failed = []
+    # The alpha seed's sweeps first, in one queue with every run that does not wait for their choice
+    # (with --jobs 2 a lone sweep would leave half the machine idle for hours); then the waiting runs.
+    sweeps = [run for run in selected if run.seed == table.alpha_seed and sweep.is_auto(run.cfg)]
+    ready = sweeps + [run for run in selected if run.state != "waiting" and run not in sweeps]
+    failed = run_grid(ready, args.nproc, args.jobs)
     if any(run.state == "waiting" for run in selected):
-        # first the alpha seed's sweeps, then the runs that train with the alpha they chose
-        sweeps = [run for run in selected if run.seed == table.alpha_seed and sweep.is_auto(run.cfg)]
-        failed = run_grid(sweeps, args.nproc, args.jobs)
-        runs = plan_runs(table, seeds, out, overrides)
+        tried = {run.cfg.run_name for run in ready}  # a failed run is retried by the next command, not this one
+        runs = plan_runs(table, seeds, out, overrides)  # the waiting runs now read their alpha seed's choice
         selected = [run for run in runs if run.row.name in chosen]
-    tried = {run.cfg.run_name for run in failed}  # a failed sweep is retried by the next command, not this one
-    rest = [run for run in selected if run.state != "waiting" and run.cfg.run_name not in tried]
-    failed += run_grid(rest, args.nproc, args.jobs)
+        failed += run_grid([run for run in selected if run.state != "waiting" and run.cfg.run_name not in tried],
+                           args.nproc, args.jobs)
     tabulate(table, runs, seeds, out)
     problems = []
     if failed:
