@@ -22,7 +22,7 @@ from docre.config import load_config
 from docre.data import load_rel2id, load_split, read_split
 from docre.errors import DocreError
 from docre.trainer import train
-from tests.conftest import FIXTURES, REL2ID
+from tests.conftest import FIXTURES, REL2ID, yaml_wording
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_BYTES = (FIXTURES / "docred_tiny.json").read_bytes()
@@ -193,7 +193,7 @@ def test_bad_config_file(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(DocreError) as error:
         load_config(path)
-    assert str(error.value) == f"{path}: {message}"
+    assert yaml_wording(str(error.value)) == f"{path}: {message}"
 
 
 def test_empty_config_section_counts_as_absent(tmp_path):
@@ -216,7 +216,7 @@ def test_bad_config_bytes_and_overrides(tmp_path):
     ]:
         with pytest.raises(DocreError) as error:
             load_config(None, [override])
-        assert str(error.value) == message
+        assert yaml_wording(str(error.value)) == message
 
 
 # ------------------------------------------------------------------------------ through the CLIs

@@ -10,7 +10,7 @@ import pytest
 from docre import run_dir as runs
 from docre.config import load_config, save_config
 from docre.errors import DocreError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, yaml_wording
 
 
 def smoke(tmp_path, *overrides):
@@ -153,8 +153,9 @@ def test_a_saved_config_that_does_not_load_is_one_line(tmp_path):
     (run_dir / "results.json").write_text("{}")
     with pytest.raises(DocreError) as error:
         runs.plan(run_dir, cfg)
-    assert str(error.value) == (f"{run_dir}: its config.yaml does not load ({run_dir}/config.yaml: not valid YAML at "
-                                "line 2 column 1: did not find expected ',' or ']'); move the run away")
+    assert yaml_wording(str(error.value)) == (f"{run_dir}: its config.yaml does not load ({run_dir}/config.yaml: "
+                                              "not valid YAML at line 2 column 1: did not find expected ',' or ']'); "
+                                              "move the run away")
 
 
 def test_a_run_directory_without_config_or_metrics(tmp_path):

@@ -38,6 +38,7 @@ and only at the rows of mention markers. Two paths give them, chosen once when t
 """
 
 import copy
+import functools
 import inspect
 import math
 from dataclasses import dataclass
@@ -261,8 +262,20 @@ def _local_window(layer: nn.Module) -> int | None:
 
 
 def _ask_for_attention(module, args, kwargs):
-    # the layers of these families take it by keyword from their encoder loops
+    """output_attentions=True, in the place the encoder loop passes it: by keyword (DeBERTa, MPNet,
+    Longformer; BigBird from transformers 5.4) or by position (BigBird's loop up to 5.3, where a
+    keyword beside the positional value is "got multiple values")."""
+    index = _parameter_index(type(module), "output_attentions")
+    if index is not None and index < len(args):
+        return (*args[:index], True, *args[index + 1:]), kwargs
     return args, {**kwargs, "output_attentions": True}
+
+
+@functools.cache
+def _parameter_index(cls: type, name: str) -> int | None:
+    """Where `name` sits among the positional arguments of cls.forward (after self), else None."""
+    parameters = list(inspect.signature(cls.forward).parameters)[1:]
+    return parameters.index(name) if name in parameters else None
 
 
 def _set_attention_type(encoder: nn.Module, length: int) -> None:

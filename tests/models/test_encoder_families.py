@@ -306,3 +306,20 @@ def test_an_encoder_without_attention_is_refused_in_one_line(backbone, tmp_path,
     stderr = capsys.readouterr().err
     assert (exit_.value.code, stderr.strip().splitlines()[-1]) == (1, f"error: {message}")
     assert "Traceback" not in stderr
+
+
+def test_layers_are_asked_for_attention_by_keyword_or_by_position():
+    """BigBird's encoder loop passes output_attentions by position up to transformers 5.3 and by keyword
+    after: the pre-hook sets it where the loop put it (a keyword beside a positional value is a TypeError)."""
+    from docre.models.long_input import _ask_for_attention
+
+    class Layer(torch.nn.Module):
+        def forward(self, hidden, mask=None, output_attentions=False, cache=None):
+            return hidden, output_attentions, cache
+
+    layer = Layer()
+    layer.register_forward_pre_hook(_ask_for_attention, with_kwargs=True)
+    hidden = torch.zeros(1)
+    assert layer(hidden, None, False, "c")[1:] == (True, "c")  # by position (BigBird, transformers <= 5.3)
+    assert layer(hidden, mask=None, output_attentions=False)[1:] == (True, None)  # by keyword
+    assert layer(hidden)[1:] == (True, None)  # not passed: asked by keyword
