@@ -5,6 +5,7 @@ windowed long-document path cheaply.
 """
 
 import json
+import logging
 import os
 import string
 from pathlib import Path
@@ -111,6 +112,16 @@ def minilm_tokenizer():
     from docre.models import load_tokenizer
 
     return load_tokenizer("minilm")
+
+
+@pytest.fixture
+def docre_warnings(caplog, monkeypatch):
+    """caplog holding the docre logger's warnings whatever ran before: setup_logging (run by other tests)
+    stops that logger propagating to caplog's root handler, and whether caplog.at_level(logger="docre")
+    still sees its records depends on the pytest version."""
+    monkeypatch.setattr(logging.getLogger("docre"), "propagate", True)
+    caplog.set_level(logging.WARNING, logger="docre")
+    return caplog
 
 
 @pytest.fixture(scope="session")

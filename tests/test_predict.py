@@ -344,10 +344,9 @@ def test_a_users_own_mentions_are_grouped_and_predicted(predictor):
     assert record["triples"] == predictor.predict(given)  # the same entities, given: the same triples
 
 
-def test_a_text_with_fewer_than_two_entities_found_gets_one_line(predictor, spacy_pipeline, caplog):
-    with caplog.at_level(logging.WARNING, logger="docre"):
-        assert predictor.predict(["nothing here at all.", "Paris is nice."]) == [[], []]
-    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+def test_a_text_with_fewer_than_two_entities_found_gets_one_line(predictor, spacy_pipeline, docre_warnings):
+    assert predictor.predict(["nothing here at all.", "Paris is nice."]) == [[], []]
+    lines = [r.getMessage() for r in docre_warnings.records if r.levelno >= logging.WARNING]
     assert lines == ["2 documents with fewer than two entities found, so no relations: 'document 0', 'document 1'"]
     record = predictor.predict_records("nothing here at all.")
     assert record["triples"] == [] and record["entities"] == [] and record["sent_spans"] == [[0, 20]]

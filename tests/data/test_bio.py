@@ -3,7 +3,6 @@ parity of the features with ATLOP's own reading of the real CDR files (its `prep
 the real files, and one test per malformed-input error."""
 
 import gzip
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +90,7 @@ def test_slices_and_gzip(tmp_path):
         read_split("cdr", "blank.data[1:]", str(tmp_path), {"Na": 0, "GDA": 1})  # the whole file is validated
 
 
-def test_document_without_candidate_pairs_is_skipped(tmp_path, caplog):
+def test_document_without_candidate_pairs_is_skipped(tmp_path, docre_warnings):
     lines = CDR_TINY.read_text().splitlines()
     lines.append("1004\tNo entities here .")  # no pair block at all
     fields = lines[2].split("\t")
@@ -99,10 +98,9 @@ def test_document_without_candidate_pairs_is_skipped(tmp_path, caplog):
     lines[2] = "\t".join(fields)
     path = tmp_path / "skip.data"
     path.write_text("\n".join(lines))
-    with caplog.at_level(logging.WARNING, logger="docre"):
-        docs = read_cdr(path, slice(None), None)
+    docs = read_cdr(path, slice(None), None)
     assert [d["title"] for d in docs] == ["1001", "1002"]
-    assert "2 documents without candidate pairs skipped (as ATLOP does): PMID 1003, 1004" in caplog.text
+    assert "2 documents without candidate pairs skipped (as ATLOP does): PMID 1003, 1004" in docre_warnings.text
 
 
 # ------------------------------------------------------------------------------------ errors

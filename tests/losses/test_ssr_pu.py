@@ -251,14 +251,6 @@ TINY_LABELS = torch.tensor([
 ])  # 6 candidate pairs; relation 3 never occurs
 
 
-@pytest.fixture
-def docre_warnings(caplog, monkeypatch):
-    # setup_logging (run by other tests) stops the docre logger propagating to caplog's root handler
-    monkeypatch.setattr(logging.getLogger("docre"), "propagate", True)
-    caplog.set_level(logging.WARNING, logger="docre")
-    return caplog
-
-
 def test_training_statistics_hand_computed(docre_warnings):
     statistics = training_statistics(TINY_LABELS, names=["Na", "P1", "P2", "P3"])
     assert statistics == {"priors": [2 / 6, 1 / 6, 0.0]}
