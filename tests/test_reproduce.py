@@ -134,6 +134,11 @@ def test_alpha_seed_sweeps_once_and_the_other_seeds_reuse_its_alpha(tmp_path, ti
     assert load_config(reuse / "config.yaml").loss == {"name": "atgl", "alpha": chosen["alpha"]}
     assert not (reuse / "alpha_sweep").exists() and (reuse / "results.json").is_file()
     assert [row["n"] for row in json.loads((out / "alpha_grid" / "table.json").read_text())["rows"]] == [2]
+    # the loss comparison of the grid names the sweep's loss by the alpha it chose, as the reusing seed's
+    assert run_main("compare_losses", ["--runs", str(out / "alpha_grid"), "--output-dir", str(tmp_path / "cmp")]) == 0
+    compared = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert [row["label"] for row in compared["runs"]] == [f"atgl(alpha={chosen['alpha']})"] * 2
+    assert compared["summary"][0]["seeds"] == [1, 2]
 
 
 def test_a_failed_alpha_seed_sweep_leaves_its_other_seeds_waiting(tmp_path):

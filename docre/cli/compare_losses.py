@@ -72,7 +72,10 @@ def table_row(group: str, run_dir: Path, results: dict, split: str, plot_dir: Pa
     if not scores or "num_predicted" not in scores:
         raise DocreError(f"{run_dir}: no labelled {split} scores in results.json (is the {split} split unlabelled?)")
     cfg = load_config(run_dir / "config.yaml")
-    label, kwargs = loss_signature(cfg.loss)
+    loss = dict(cfg.loss)
+    if loss.get("alpha") == "auto" and results.get("alpha") is not None:
+        loss["alpha"] = results["alpha"]  # an alpha sweep (loss.alpha=auto): the alpha it chose on dev, as its other seeds
+    label, kwargs = loss_signature(loss)
     row = {
         "group": group, "loss": cfg.loss["name"], "label": label, "kwargs": kwargs,
         "decode": results.get("decode", {}),
