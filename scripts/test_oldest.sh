@@ -16,8 +16,8 @@ import re
 import tomllib
 
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-extras = project["optional-dependencies"]
-for requirement in project["dependencies"] + extras["dev"] + extras["text"] + extras["vaediff"]:
+extras = project["optional-dependencies"]  # every extra's bounds, also of extras not installed below
+for requirement in project["dependencies"] + [r for extra in extras.values() for r in extra]:
     match = re.match(r"([A-Za-z0-9_.-]+)\s*(?:>=|==)\s*([^,;\s]+)", requirement)
     if match:
         print(f"{match[1]}=={match[2]}")

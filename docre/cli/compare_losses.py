@@ -67,13 +67,14 @@ def table_row(group: str, run_dir: Path, results: dict, split: str, plot_dir: Pa
     the threshold diagnostics computed from the run's saved logits."""
     from docre.config import load_config
     from docre.diagnostics import diagnose_run
+    from docre.sweep import is_auto
 
     scores = results.get(split)
     if not scores or "num_predicted" not in scores:
         raise DocreError(f"{run_dir}: no labelled {split} scores in results.json (is the {split} split unlabelled?)")
     cfg = load_config(run_dir / "config.yaml")
     loss = dict(cfg.loss)
-    if loss.get("alpha") == "auto" and results.get("alpha") is not None:
+    if is_auto(cfg) and results.get("alpha") is not None:
         loss["alpha"] = results["alpha"]  # an alpha sweep (loss.alpha=auto): the alpha it chose on dev, as its other seeds
     label, kwargs = loss_signature(loss)
     row = {
