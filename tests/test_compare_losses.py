@@ -183,3 +183,10 @@ def test_summary_over_seeds(script):
     assert entry["false_positives"] == 15 and entry["violation_rate"] is None
     rows = [r | {"decode": {}, "logits_false_positives": None, "run_dir": f"atl-s{r['seed']}"} for r in rows]
     assert "Mean ± std over seeds" in script.markdown(rows, [entry], "test", "cmd")
+    # a row with one finished seed has no sample std: none is claimed (not "± 0.00")
+    lone = rows[0] | {"group": "sat", "label": "sat()", "loss": "sat", "f1": 0.6}
+    (_, single) = script.summarise(rows + [lone])
+    assert single["seeds"] == [1] and single["f1"] == 0.6 and single["f1_std"] is None
+    line = next(line for line in script.markdown(rows + [lone], [entry, single], "test", "cmd").splitlines()[::-1]
+                if line.startswith("| sat | sat() | 1 |"))
+    assert "±" not in line and "| 60.00 |" in line

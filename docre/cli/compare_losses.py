@@ -110,7 +110,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         for key in keys:
             values = [row[key] for row in group if row[key] is not None]
             entry[key] = statistics.fmean(values) if values else None
-            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None  # one seed: no spread to show
         summary.append(entry)
     return summary
 
@@ -179,7 +179,8 @@ def markdown(rows: list[dict], summary: list[dict], split: str, command: str, pu
         lines += ["", "Mean ± std over seeds:", "", "| run | loss | seeds | " + " | ".join(c[1] for c in COLUMNS) + " |",
                   "|---" * (len(COLUMNS) + 3) + "|"]
         for entry in summary:
-            cells = [f"{_cell(entry[key], kind)} ± {_cell(entry[key + '_std'], kind)}" for key, _, kind in COLUMNS]
+            cells = [_cell(entry[key], kind) + ("" if entry[key + "_std"] is None else f" ± {_cell(entry[key + '_std'], kind)}")
+                     for key, _, kind in COLUMNS]
             lines.append(f"| {entry['group']} | {entry['label']} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
     lines += ["", "P, R, F1, Ign F1 in %; FP = predicted - correct and FN = gold - correct facts (official scorer); "
               "offset std and violation rate over pairs with gold relations (docs/losses.md). "
@@ -238,8 +239,8 @@ def main() -> int:
     atomic_write_text(output_dir / "comparison.md", table)
     title = f"{args.runs.name}, {args.split}" if args.runs else f"{Path(args.config).stem}, {args.split}, seeds {args.seeds}"
     plot_comparison([{"label": e["group"], "f1": e["f1"], "false_positives": e["false_positives"],
-                      "false_negatives": e["false_negatives"], "f1_std": e["f1_std"], "fp_std": e["false_positives_std"],
-                      "fn_std": e["false_negatives_std"]} for e in summary],
+                      "false_negatives": e["false_negatives"], "f1_std": e["f1_std"] or 0.0,
+                      "fp_std": e["false_positives_std"] or 0.0, "fn_std": e["false_negatives_std"] or 0.0} for e in summary],
                     output_dir / "plots" / "comparison.png",
                     title)
     print()
