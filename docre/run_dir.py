@@ -29,6 +29,7 @@ rel2id.json and decode.json, and loads like a run.
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ REL2ID = "rel2id.json"
 FAILED = "failed.json"
 EXPORTED_WEIGHTS = "model.safetensors"
 EXPORTED_ENCODER = "encoder"
+LOCK = ".lock"  # flock-ed by the process training the run (`hold_lock`); holds that process's pid
 
 # What a start writes before its first checkpoint. A run directory holding nothing else (apart from
 # the temporary files of killed writes) saved nothing worth keeping: a failed start (bad data, a
@@ -91,7 +93,7 @@ def state_of(run_dir: Path) -> RunState:
     if checkpoint is not None:
         step = checkpoint_step(checkpoint)
         return RunState("resumable", "checkpoint present" if step is None else f"checkpoint at step {step}", checkpoint)
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    if run_dir.is_dir() and any(path.name != LOCK for path in run_dir.iterdir()):
         return RunState("stale", "no checkpoint: starts again")
     return RunState("missing")
 
@@ -172,11 +174,14 @@ def prepare(run_dir: Path, cfg: Config, rank: int) -> Path | None:
         if rank == 0:
             (run_dir / FAILED).unlink(missing_ok=True)  # this process may fail again, or finish
         return state.checkpoint
-    if run_dir.exists() and any(run_dir.iterdir()):
-        leftovers = [p.name for p in run_dir.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))]
+    if run_dir.exists() and any(path.name != LOCK for path in run_dir.iterdir()):
+        leftovers = [p.name for p in run_dir.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))
+                     and p.name != LOCK]
         if cfg.train.overwrite or set(leftovers) <= START_FILES:
-            if rank == 0:
-                shutil.rmtree(run_dir)
+            if rank == 0:  # everything but the lock this process holds
+                for path in run_dir.iterdir():
+                    if path.name != LOCK:
+                        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         elif (run_dir / RESULTS).exists():
             raise DocreError(f"{run_dir}: this run already finished; choose another run_name or set train.overwrite=true")
         elif find_training_state(run_dir / LAST) is not None:
@@ -187,6 +192,37 @@ def prepare(run_dir: Path, cfg: Config, rank: int) -> Path | None:
     distributed.barrier()
     run_dir.mkdir(parents=True, exist_ok=True)
     return None
+
+
+def hold_lock(run_dir: Path):
+    """Take RUN_DIR/.lock for as long as the returned file stays open (close it to release), so that a
+    second process training the same run directory (a command started twice, two grids over one output
+    folder) stops before it touches a file, where both would otherwise write one run's checkpoints and
+    scores. An flock: the system drops it however its process ends, so a crash leaves no stale lock.
+    None where the platform has no flock (Windows).
+
+    Raises:
+        DocreError: another process holds the lock.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (open for as long as the caller trains)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        raise DocreError(f"{run_dir}: another process{f' (pid {holder})' if holder else ''} is training this run; "
+                         "let it finish, or stop it (it saves a checkpoint) and resume") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def last_checkpoint_message(run_dir: Path, resume_hint: bool = True) -> str:

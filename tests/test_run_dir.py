@@ -1,9 +1,11 @@
 """docre.run_dir: the states a run directory can be in, the one skip / resume / start-again plan
 that grids and the alpha sweep follow, the saved-vs-requested config check, and loading a run's
 loss with its decode.json applied; a checkpoint without its step, a saved config that does not load,
-and a run directory without config.yaml or metrics.jsonl."""
+and a run directory without config.yaml or metrics.jsonl; the lock that keeps a second process out
+of a run being trained."""
 
 import json
+import os
 
 import pytest
 
@@ -171,3 +173,53 @@ def test_a_run_directory_without_config_or_metrics(tmp_path):
     (run_dir / "metrics.jsonl").write_text("\n".join(rows) + "\n")
     runs.truncate_metrics(run_dir, 4)
     assert (run_dir / "metrics.jsonl").read_text() == '{"step": 2}\n{"step": 4}\n'
+
+
+def test_a_second_process_training_the_same_run_stops_before_touching_it(tmp_path, tiny_backbone):
+    import subprocess
+    import sys
+
+    from docre.trainer import train
+
+    run_dir = tmp_path / "r"
+    make_checkpoint(run_dir, 3)  # the other process's run so far
+    (run_dir / "metrics.jsonl").write_text('{"step": 3}\n')
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; from docre.run_dir import "
+                               "hold_lock; lock = hold_lock(Path(sys.argv[1])); print('held', flush=True); time.sleep(600)",
+                               str(run_dir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+        # overwrite=true would empty the directory: the lock is taken before that
+        cfg = smoke(tmp_path, f"model.backbone={tiny_backbone}", "train.overwrite=true")
+        with pytest.raises(DocreError, match=rf"r: another process \(pid {holder.pid}\) is training this run; let it finish"):
+            train(cfg)
+        with pytest.raises(DocreError, match="another process"):
+            train(smoke(tmp_path, f"model.backbone={tiny_backbone}", f"train.resume={run_dir}"))
+        assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
+        assert (run_dir / "metrics.jsonl").read_text() == '{"step": 3}\n'
+    finally:
+        holder.kill()  # SIGKILL: no clean-up runs, and still no lock is left behind
+        holder.wait()
+    lock = runs.hold_lock(run_dir)
+    try:
+        assert (run_dir / runs.LOCK).read_text() == f"{os.getpid()}\n"
+    finally:
+        lock.close()
+    assert runs.hold_lock(run_dir) is not None  # closed is released
+
+
+def test_the_lock_file_alone_is_not_a_run(tmp_path):
+    cfg = smoke(tmp_path)
+    run_dir = runs.path_of(cfg)
+    lock = runs.hold_lock(run_dir)
+    try:
+        assert runs.state_of(run_dir).kind == "missing"
+        assert runs.prepare(run_dir, cfg, 0) is None  # a fresh start in a directory that holds only the lock
+        for name in ("config.yaml", "train.log"):
+            (run_dir / name).write_text("")
+        assert runs.state_of(run_dir).kind == "stale"
+        assert runs.prepare(run_dir, smoke(tmp_path, "train.overwrite=true"), 0) is None
+        assert [p.name for p in run_dir.iterdir()] == [runs.LOCK]  # emptied around the lock it holds
+    finally:
+        lock.close()
