@@ -29,7 +29,6 @@ rel2id.json and decode.json, and loads like a run.
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from docre import distributed
 from docre.checkpoint import find_training_state
 from docre.config import Config, load_config, to_dict
 from docre.errors import DocreError
-from docre.utils import atomic_write_text
+from docre.utils import LOCK, atomic_write_text
 
 CONFIG = "config.yaml"
 RESULTS = "results.json"
@@ -56,12 +55,11 @@ REL2ID = "rel2id.json"
 FAILED = "failed.json"
 EXPORTED_WEIGHTS = "model.safetensors"
 EXPORTED_ENCODER = "encoder"
-LOCK = ".lock"  # flock-ed by the process training the run (`hold_lock`); holds that process's pid
 
 # What a start writes before its first checkpoint. A run directory holding nothing else (apart from
 # the temporary files of killed writes) saved nothing worth keeping: a failed start (bad data, a
 # missing backbone, out of memory at step 1) must not block the next attempt under the same name.
-START_FILES = {CONFIG, "environment.json", REL2ID, LOSS_STATISTICS, "train.log", METRICS, "last.tmp", FAILED}
+START_FILES = {CONFIG, "environment.json", REL2ID, LOSS_STATISTICS, "train.log", METRICS, "last.tmp", FAILED, LOCK}
 # Settings that may differ between a run on disk and the same run requested again without changing
 # what is trained: how it was started, and the CPU threads (seeds may run side by side).
 START_KEYS = {"train.resume", "train.overwrite", "train.num_threads"}
@@ -175,8 +173,7 @@ def prepare(run_dir: Path, cfg: Config, rank: int) -> Path | None:
             (run_dir / FAILED).unlink(missing_ok=True)  # this process may fail again, or finish
         return state.checkpoint
     if run_dir.exists() and any(path.name != LOCK for path in run_dir.iterdir()):
-        leftovers = [p.name for p in run_dir.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))
-                     and p.name != LOCK]
+        leftovers = [p.name for p in run_dir.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))]
         if cfg.train.overwrite or set(leftovers) <= START_FILES:
             if rank == 0:  # everything but the lock this process holds
                 for path in run_dir.iterdir():
@@ -192,37 +189,6 @@ def prepare(run_dir: Path, cfg: Config, rank: int) -> Path | None:
     distributed.barrier()
     run_dir.mkdir(parents=True, exist_ok=True)
     return None
-
-
-def hold_lock(run_dir: Path):
-    """Take RUN_DIR/.lock for as long as the returned file stays open (close it to release), so that a
-    second process training the same run directory (a command started twice, two grids over one output
-    folder) stops before it touches a file, where both would otherwise write one run's checkpoints and
-    scores. An flock: the system drops it however its process ends, so a crash leaves no stale lock.
-    None where the platform has no flock (Windows).
-
-    Raises:
-        DocreError: another process holds the lock.
-    """
-    try:
-        import fcntl
-    except ImportError:
-        return None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(run_dir / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (open for as long as the caller trains)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip()
-        handle.close()
-        raise DocreError(f"{run_dir}: another process{f' (pid {holder})' if holder else ''} is training this run; "
-                         "let it finish, or stop it (it saves a checkpoint) and resume") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
 
 
 def last_checkpoint_message(run_dir: Path, resume_hint: bool = True) -> str:

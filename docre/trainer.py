@@ -54,6 +54,7 @@ from docre.utils import (
     format_duration,
     freeze_loaded_data,
     hide_progress,
+    hold_lock,
     logger,
     peak_rss_mb,
     plural,
@@ -224,7 +225,7 @@ def start(cfg: Config) -> tuple[tuple[int, int, torch.device], Path, Path | None
     if device.type == "cuda":  # process-wide, like the thread count: fp32 products (and fp32 runs) in TF32 or not
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
     run_dir = runs.path_of(cfg)
-    lock = runs.hold_lock(run_dir) if rank == 0 else None  # before prepare, which may empty the directory
+    lock = hold_lock(run_dir) if rank == 0 else None  # before prepare, which may empty the directory
     try:
         checkpoint = runs.prepare(run_dir, cfg, rank)
     except BaseException:

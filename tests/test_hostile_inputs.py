@@ -234,7 +234,7 @@ def cli(capsys, script: str, *args: str) -> tuple[int, str, str]:
 
 
 # what a failed start may leave (failed.json: its error, which docre-summarize shows)
-START_FILES = {"config.yaml", "environment.json", "train.log", "rel2id.json", "failed.json"}
+START_FILES = {"config.yaml", "environment.json", "train.log", "rel2id.json", "failed.json", ".lock"}
 
 
 def train_args(backbone: str, data_dir: Path, out: Path, *extra: str) -> list[str]:

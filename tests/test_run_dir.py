@@ -12,6 +12,7 @@ import pytest
 from docre import run_dir as runs
 from docre.config import load_config, save_config
 from docre.errors import DocreError
+from docre.utils import hold_lock
 from tests.conftest import ROOT, yaml_wording
 
 
@@ -184,7 +185,7 @@ def test_a_second_process_training_the_same_run_stops_before_touching_it(tmp_pat
     run_dir = tmp_path / "r"
     make_checkpoint(run_dir, 3)  # the other process's run so far
     (run_dir / "metrics.jsonl").write_text('{"step": 3}\n')
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; from docre.run_dir import "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; from docre.utils import "
                                "hold_lock; lock = hold_lock(Path(sys.argv[1])); print('held', flush=True); time.sleep(600)",
                                str(run_dir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -201,18 +202,18 @@ def test_a_second_process_training_the_same_run_stops_before_touching_it(tmp_pat
     finally:
         holder.kill()  # SIGKILL: no clean-up runs, and still no lock is left behind
         holder.wait()
-    lock = runs.hold_lock(run_dir)
+    lock = hold_lock(run_dir)
     try:
         assert (run_dir / runs.LOCK).read_text() == f"{os.getpid()}\n"
     finally:
         lock.close()
-    assert runs.hold_lock(run_dir) is not None  # closed is released
+    assert hold_lock(run_dir) is not None  # closed is released
 
 
 def test_the_lock_file_alone_is_not_a_run(tmp_path):
     cfg = smoke(tmp_path)
     run_dir = runs.path_of(cfg)
-    lock = runs.hold_lock(run_dir)
+    lock = hold_lock(run_dir)
     try:
         assert runs.state_of(run_dir).kind == "missing"
         assert runs.prepare(run_dir, cfg, 0) is None  # a fresh start in a directory that holds only the lock
