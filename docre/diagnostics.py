@@ -237,7 +237,7 @@ def plot_comparison(rows: list[dict], path: Path, title: str = "") -> None:
 
     Args:
         rows: dicts with "label", "f1" (fraction), "false_positives", "false_negatives", and
-            optionally "f1_std", "fp_std", "fn_std" for error bars over seeds.
+            optionally "f1_std", "fp_std", "fn_std" for error bars over seeds (None: one seed, no bar).
     """
     from matplotlib.figure import Figure
 
@@ -245,15 +245,15 @@ def plot_comparison(rows: list[dict], path: Path, title: str = "") -> None:
     x = list(range(len(rows)))
     figure = Figure(figsize=(max(6.0, 1.1 * len(rows) + 3), 4), layout="constrained")
     left, right = figure.subplots(1, 2)
-    left.bar(x, [100 * row["f1"] for row in rows], yerr=[100 * row.get("f1_std", 0.0) for row in rows], color="tab:purple")
+    left.bar(x, [100 * row["f1"] for row in rows], yerr=[100 * (row.get("f1_std") or 0.0) for row in rows], color="tab:purple")
     for i, row in enumerate(rows):
         left.text(i, 100 * row["f1"], f"{100 * row['f1']:.1f}", ha="center", va="bottom", fontsize=8)
     left.set(ylabel="F1 (%)", title="F1")
     width = 0.4
     right.bar([i - width / 2 for i in x], [row["false_positives"] for row in rows], width,
-              yerr=[row.get("fp_std", 0.0) for row in rows], label="false positives", color="tab:red")
+              yerr=[row.get("fp_std") or 0.0 for row in rows], label="false positives", color="tab:red")
     right.bar([i + width / 2 for i in x], [row["false_negatives"] for row in rows], width,
-              yerr=[row.get("fn_std", 0.0) for row in rows], label="false negatives", color="tab:gray")
+              yerr=[row.get("fn_std") or 0.0 for row in rows], label="false negatives", color="tab:gray")
     right.set(ylabel="count", title="errors")
     right.legend(fontsize=8)
     for axis in (left, right):

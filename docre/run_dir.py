@@ -91,9 +91,14 @@ def state_of(run_dir: Path) -> RunState:
     if checkpoint is not None:
         step = checkpoint_step(checkpoint)
         return RunState("resumable", "checkpoint present" if step is None else f"checkpoint at step {step}", checkpoint)
-    if run_dir.is_dir() and any(path.name != LOCK for path in run_dir.iterdir()):
+    if run_dir.is_dir() and _holds_files(run_dir):
         return RunState("stale", "no checkpoint: starts again")
     return RunState("missing")
+
+
+def _holds_files(run_dir: Path) -> bool:
+    """Whether the directory holds anything but the lock of a process that trains (or trained) there."""
+    return any(path.name != LOCK for path in run_dir.iterdir())
 
 
 def checkpoint_step(checkpoint: Path) -> int | None:
@@ -172,7 +177,7 @@ def prepare(run_dir: Path, cfg: Config, rank: int) -> Path | None:
         if rank == 0:
             (run_dir / FAILED).unlink(missing_ok=True)  # this process may fail again, or finish
         return state.checkpoint
-    if run_dir.exists() and any(path.name != LOCK for path in run_dir.iterdir()):
+    if run_dir.exists() and _holds_files(run_dir):
         leftovers = [p.name for p in run_dir.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))]
         if cfg.train.overwrite or set(leftovers) <= START_FILES:
             if rank == 0:  # everything but the lock this process holds

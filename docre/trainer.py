@@ -191,29 +191,28 @@ def train(cfg: Config) -> dict:
         checkpoint, step counts, seconds per step, peak memory.
     """
     started = time.perf_counter()
-    processes, run_dir, checkpoint, init_weights, lock = start(cfg)
-    try:
-        run, state = setup(cfg, processes, run_dir, checkpoint, init_weights, started)
-        with run.trackers:  # closed however train() ends, so that a later run in this process starts its own
-            with _StopSignals(run.run_dir, state) as stop:
-                fit(run, state, stop)
-            return final_evaluation(run, state)
-    except Interrupted:
-        raise  # stopped, not failed: its checkpoint resumes it
-    except Exception as error:  # bad data or settings, a crash: summaries show the run as failed, not as running
-        if processes[0] == 0:
-            runs.record_failure(run_dir, error)
-        raise
-    finally:
-        if lock is not None:
-            lock.close()  # released: the next train() of this process may take it (a sweep's, a resumed run's)
+    # held: the run directory's lock, released when train() ends, so a later train() of this process may take it
+    with contextlib.ExitStack() as held:
+        processes, run_dir, checkpoint, init_weights = start(cfg, held)
+        try:
+            run, state = setup(cfg, processes, run_dir, checkpoint, init_weights, started)
+            with run.trackers:  # closed however train() ends, so that a later run in this process starts its own
+                with _StopSignals(run.run_dir, state) as stop:
+                    fit(run, state, stop)
+                return final_evaluation(run, state)
+        except Interrupted:
+            raise  # stopped, not failed: its checkpoint resumes it
+        except Exception as error:  # bad data or settings, a crash: summaries show the run as failed, not as running
+            if processes[0] == 0:
+                runs.record_failure(run_dir, error)
+            raise
 
 
 # ---------------------------------------------------------------------------------------------- setup
-def start(cfg: Config) -> tuple[tuple[int, int, torch.device], Path, Path | None, Path | None, Any]:
+def start(cfg: Config, held: contextlib.ExitStack) -> tuple[tuple[int, int, torch.device], Path, Path | None, Path | None]:
     """The checks that need no data, the processes (rank, world size, device), and the run directory,
-    which is this run's from here on: ((rank, world, device), run_dir, the checkpoint to resume from,
-    the weights file train.init_from names, the run directory's lock that rank 0 holds until train() ends)."""
+    which is this run's from here on (rank 0 holds its lock in `held`): ((rank, world, device), run_dir,
+    the checkpoint to resume from, the weights file train.init_from names)."""
     _require_trackers(cfg)  # a missing package fails now, not after the data and the model are loaded
     check_backbone(cfg.model.backbone, cfg.model.revision)  # a misspelt one too, in a second, before the data
     # a resumed run's weights are in its checkpoint: init_from was applied at its start and is not again
@@ -225,14 +224,9 @@ def start(cfg: Config) -> tuple[tuple[int, int, torch.device], Path, Path | None
     if device.type == "cuda":  # process-wide, like the thread count: fp32 products (and fp32 runs) in TF32 or not
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
     run_dir = runs.path_of(cfg)
-    lock = hold_lock(run_dir) if rank == 0 else None  # before prepare, which may empty the directory
-    try:
-        checkpoint = runs.prepare(run_dir, cfg, rank)
-    except BaseException:
-        if lock is not None:
-            lock.close()
-        raise
-    return (rank, world, device), run_dir, checkpoint, init_weights, lock
+    if rank == 0 and (lock := hold_lock(run_dir)) is not None:  # before prepare, which may empty the directory
+        held.enter_context(lock)
+    return (rank, world, device), run_dir, runs.prepare(run_dir, cfg, rank), init_weights
 
 
 def setup(cfg: Config, processes: tuple[int, int, torch.device], run_dir: Path, checkpoint: Path | None,

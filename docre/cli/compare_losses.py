@@ -239,8 +239,8 @@ def main() -> int:
     atomic_write_text(output_dir / "comparison.md", table)
     title = f"{args.runs.name}, {args.split}" if args.runs else f"{Path(args.config).stem}, {args.split}, seeds {args.seeds}"
     plot_comparison([{"label": e["group"], "f1": e["f1"], "false_positives": e["false_positives"],
-                      "false_negatives": e["false_negatives"], "f1_std": e["f1_std"] or 0.0,
-                      "fp_std": e["false_positives_std"] or 0.0, "fn_std": e["false_negatives_std"] or 0.0} for e in summary],
+                      "false_negatives": e["false_negatives"], "f1_std": e["f1_std"], "fp_std": e["false_positives_std"],
+                      "fn_std": e["false_negatives_std"]} for e in summary],
                     output_dir / "plots" / "comparison.png",
                     title)
     print()
