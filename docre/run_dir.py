@@ -91,14 +91,21 @@ def state_of(run_dir: Path) -> RunState:
     if checkpoint is not None:
         step = checkpoint_step(checkpoint)
         return RunState("resumable", "checkpoint present" if step is None else f"checkpoint at step {step}", checkpoint)
-    if run_dir.is_dir() and _holds_files(run_dir):
+    if run_dir.is_dir() and holds_files(run_dir):
         return RunState("stale", "no checkpoint: starts again")
     return RunState("missing")
 
 
-def _holds_files(run_dir: Path) -> bool:
+def holds_files(run_dir: Path) -> bool:
     """Whether the directory holds anything but the lock of a process that trains (or trained) there."""
     return any(path.name != LOCK for path in run_dir.iterdir())
+
+
+def empty(run_dir: Path) -> None:
+    """Delete everything in the directory but the lock, which the process emptying it holds."""
+    for path in run_dir.iterdir():
+        if path.name != LOCK:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
 def checkpoint_step(checkpoint: Path) -> int | None:
@@ -177,13 +184,11 @@ def prepare(run_dir: Path, cfg: Config, rank: int) -> Path | None:
         if rank == 0:
             (run_dir / FAILED).unlink(missing_ok=True)  # this process may fail again, or finish
         return state.checkpoint
-    if run_dir.exists() and _holds_files(run_dir):
+    if run_dir.exists() and holds_files(run_dir):
         leftovers = [p.name for p in run_dir.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))]
         if cfg.train.overwrite or set(leftovers) <= START_FILES:
-            if rank == 0:  # everything but the lock this process holds
-                for path in run_dir.iterdir():
-                    if path.name != LOCK:
-                        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            if rank == 0:
+                empty(run_dir)
         elif (run_dir / RESULTS).exists():
             raise DocreError(f"{run_dir}: this run already finished; choose another run_name or set train.overwrite=true")
         elif find_training_state(run_dir / LAST) is not None:

@@ -18,6 +18,7 @@ unfinished sweep of the same config is always continued (its runs are resume-saf
 train.overwrite=true, which is how scripts/reproduce.py restarts runs that have no checkpoint of their own.
 """
 
+import contextlib
 import copy
 import os
 import shutil
@@ -27,7 +28,7 @@ from docre import distributed
 from docre import run_dir as runs
 from docre.config import Config, load_config, save_config
 from docre.errors import DocreError
-from docre.utils import atomic_write_json, logger, resolve_device, runs_left_note
+from docre.utils import atomic_write_json, hold_lock, logger, resolve_device, runs_left_note
 
 # The ATGL paper's alpha per dataset (data.dataset, or the data folder's name for DocRED-format sets).
 PAPER_ALPHA = {"docred": 16.5, "redocred": 16.5, "cdr": 7.5, "dwie": 6.0, "docgnre": 20.0}
@@ -87,7 +88,23 @@ def tune_alpha(cfg: Config) -> dict:
     run_dir = runs.path_of(cfg)
     # under torchrun: one process group for every run of the sweep; rank 0 alone writes the sweep's files
     rank = distributed.init_distributed(resolve_device(cfg.train.device))[0]
-    prepare_parent(run_dir, cfg, rank)
+    # rank 0 holds the sweep's lock throughout (each value's run takes its own as well)
+    with hold_lock(run_dir) if rank == 0 else contextlib.nullcontext():
+        prepare_parent(run_dir, cfg, rank)
+        rows = _train_values(cfg, run_dir, values)
+        chosen = max(rows, key=lambda row: row["dev"]["f1"])  # max keeps the first (smallest alpha) of equal F1s
+        logger.info("alpha sweep: dev F1 %s; chosen alpha %g",
+                    ", ".join(f"{row['alpha']:g}: {row['dev']['f1']:.4f}" for row in rows), chosen["alpha"])
+        chosen_dir = Path(chosen["run_dir"])
+        results = runs.read_results(chosen_dir) | {"run_dir": str(run_dir), "alpha": chosen["alpha"], "alpha_sweep": rows}
+        if rank == 0:
+            _adopt(run_dir, chosen_dir, cfg, chosen["alpha"], rows, results)
+        distributed.barrier()
+    return results
+
+
+def _train_values(cfg: Config, run_dir: Path, values: list[float]) -> list[dict]:
+    """Train (or skip, or resume) the run of every alpha; one row per value: alpha, run_dir, dev and test scores."""
     rows = []
     durations = []  # wall seconds of the finished values' runs (earlier ones too): the same config but alpha
     for index, alpha in enumerate(values):
@@ -104,16 +121,7 @@ def tune_alpha(cfg: Config) -> dict:
         if results.get("wall_seconds"):
             durations.append(results["wall_seconds"])
         rows.append({"alpha": alpha, "run_dir": str(sub_dir), "dev": results.get("dev", {}), "test": results.get("test", {})})
-    chosen = max(rows, key=lambda row: row["dev"]["f1"])  # max keeps the first (smallest alpha) of equal F1s
-    logger.info("alpha sweep: dev F1 %s; chosen alpha %g",
-                ", ".join(f"{row['alpha']:g}: {row['dev']['f1']:.4f}" for row in rows), chosen["alpha"])
-
-    chosen_dir = Path(chosen["run_dir"])
-    results = runs.read_results(chosen_dir) | {"run_dir": str(run_dir), "alpha": chosen["alpha"], "alpha_sweep": rows}
-    if rank == 0:
-        _adopt(run_dir, chosen_dir, cfg, chosen["alpha"], rows, results)
-    distributed.barrier()
-    return results
+    return rows
 
 
 def _adopt(run_dir: Path, chosen_dir: Path, cfg: Config, alpha: float, rows: list[dict], results: dict) -> None:
@@ -140,13 +148,13 @@ def prepare_parent(run_dir: Path, cfg: Config, rank: int, kind: str = "alpha swe
     """Create RUN_DIR with the config of a run made of runs (an alpha sweep, VaeDiff-DocRE's stages); refuse or
     replace a finished or different one; continue an unfinished one of the same config."""
     saved_path = run_dir / runs.CONFIG
-    if run_dir.exists() and any(run_dir.iterdir()) and not cfg.train.resume:
+    if run_dir.exists() and runs.holds_files(run_dir) and not cfg.train.resume:
         differences = (runs.config_differences(load_config(saved_path), cfg, IGNORED) if saved_path.is_file()
                        else ["no config.yaml"])
         finished = (run_dir / runs.RESULTS).is_file()
         if cfg.train.overwrite and (finished or differences):
             if rank == 0:
-                shutil.rmtree(run_dir)
+                runs.empty(run_dir)
         elif finished:
             raise DocreError(f"{run_dir}: this {kind} already finished; choose another run_name or set train.overwrite=true")
         elif differences:

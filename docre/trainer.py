@@ -224,8 +224,8 @@ def start(cfg: Config, held: contextlib.ExitStack) -> tuple[tuple[int, int, torc
     if device.type == "cuda":  # process-wide, like the thread count: fp32 products (and fp32 runs) in TF32 or not
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
     run_dir = runs.path_of(cfg)
-    if rank == 0 and (lock := hold_lock(run_dir)) is not None:  # before prepare, which may empty the directory
-        held.enter_context(lock)
+    if rank == 0:  # before prepare, which may empty the directory
+        held.enter_context(hold_lock(run_dir))
     return (rank, world, device), run_dir, runs.prepare(run_dir, cfg, rank), init_weights
 
 

@@ -348,12 +348,12 @@ def write_environment(path: Path, extra: dict, resumed: bool = False) -> None:
 LOCK = ".lock"  # in a run directory: flock-ed by the process training the run (`hold_lock`), with its pid
 
 
-def hold_lock(run_dir: Path):
-    """Take RUN_DIR/.lock for as long as the returned file stays open (close it to release), so that a
-    second process training the same run directory (a command started twice, two grids over one output
-    folder) stops before it touches a file, where both would otherwise write one run's checkpoints and
-    scores. An flock: the system drops it however its process ends, so a crash leaves no stale lock.
-    None where the platform has no flock (Windows).
+@contextlib.contextmanager
+def hold_lock(run_dir: Path) -> Iterator[None]:
+    """Hold RUN_DIR/.lock for the with-block, so that a second process training the same run directory
+    (a command started twice, two grids over one output folder) stops before it touches a file, where
+    both would otherwise write one run's checkpoints and scores. An flock: the system drops it however
+    its process ends, so a crash leaves no stale lock. No lock where the platform has no flock (Windows).
 
     Raises:
         DocreError: another process holds the lock.
@@ -363,19 +363,19 @@ def hold_lock(run_dir: Path):
     try:
         import fcntl
     except ImportError:
-        return None
+        yield
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(run_dir / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (open for as long as the caller trains)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    with open(run_dir / LOCK, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            raise DocreError(f"{run_dir}: another process{f' (pid {holder})' if holder else ''} is training this "
+                             "run; let it finish, or stop it (it saves a checkpoint) and resume") from None
         handle.seek(0)
-        holder = handle.read().strip()
-        handle.close()
-        raise DocreError(f"{run_dir}: another process{f' (pid {holder})' if holder else ''} is training this run; "
-                         "let it finish, or stop it (it saves a checkpoint) and resume") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield  # closing the file releases the lock

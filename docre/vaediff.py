@@ -28,7 +28,7 @@ from docre.augmenter import AUGMENTER_FIT, AUGMENTER_WEIGHTS, Augmenter, Augment
 from docre.config import Config
 from docre.errors import DocreError
 from docre.sweep import IGNORED, adopt_files, prepare_parent
-from docre.utils import atomic_write_json, logger, resolve_device
+from docre.utils import atomic_write_json, hold_lock, logger, resolve_device
 
 STAGES = ("stage1", "stage2", "stage3")
 FEATURES = "features.safetensors"
@@ -36,12 +36,17 @@ FEATURES = "features.safetensors"
 
 def train_vaediff(cfg: Config) -> dict:
     """The three stages (module docstring). Returns the stage-3 run's results with run_dir = RUN_DIR."""
-    from docre.trainer import train
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise DocreError("model.name=vaediff trains on one process (its stage 2 is not distributed); run it without torchrun")
     run_dir = runs.path_of(cfg)
-    prepare_parent(run_dir, cfg, 0, kind="VaeDiff-DocRE run")
+    with hold_lock(run_dir):  # the whole run's; stages 1 and 3 (each a train()) take their own as well
+        prepare_parent(run_dir, cfg, 0, kind="VaeDiff-DocRE run")
+        return _run_stages(cfg, run_dir)
+
+
+def _run_stages(cfg: Config, run_dir: Path) -> dict:
+    from docre.trainer import train
+
     stage1_dir, stage2_dir, stage3_dir = (run_dir / stage for stage in STAGES)
 
     _run_stage(train, _stage_config(cfg, stage1_dir), "stage 1 (the backbone model)")

@@ -4,8 +4,11 @@ loss with its decode.json applied; a checkpoint without its step, a saved config
 and a run directory without config.yaml or metrics.jsonl; the lock that keeps a second process out
 of a run being trained."""
 
+import contextlib
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -176,45 +179,71 @@ def test_a_run_directory_without_config_or_metrics(tmp_path):
     assert (run_dir / "metrics.jsonl").read_text() == '{"step": 2}\n{"step": 4}\n'
 
 
-def test_a_second_process_training_the_same_run_stops_before_touching_it(tmp_path, tiny_backbone):
-    import subprocess
-    import sys
+@contextlib.contextmanager
+def held_by_another_process(run_dir):
+    """A subprocess holds RUN_DIR's lock for the with-block; yields its pid. SIGKILLed at the end: no
+    clean-up runs, and still no lock is left behind."""
+    code = ("import sys, time\nfrom pathlib import Path\nfrom docre.utils import hold_lock\n"
+            "with hold_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
 
+
+def test_a_second_process_training_the_same_run_stops_before_touching_it(tmp_path, tiny_backbone):
     from docre.trainer import train
 
     run_dir = tmp_path / "r"
     make_checkpoint(run_dir, 3)  # the other process's run so far
     (run_dir / "metrics.jsonl").write_text('{"step": 3}\n')
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; from docre.utils import "
-                               "hold_lock; lock = hold_lock(Path(sys.argv[1])); print('held', flush=True); time.sleep(600)",
-                               str(run_dir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with held_by_another_process(run_dir) as pid:
         before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
         # overwrite=true would empty the directory: the lock is taken before that
         cfg = smoke(tmp_path, f"model.backbone={tiny_backbone}", "train.overwrite=true")
-        with pytest.raises(DocreError, match=rf"r: another process \(pid {holder.pid}\) is training this run; let it finish"):
+        with pytest.raises(DocreError, match=rf"r: another process \(pid {pid}\) is training this run; let it finish"):
             train(cfg)
         with pytest.raises(DocreError, match="another process"):
             train(smoke(tmp_path, f"model.backbone={tiny_backbone}", f"train.resume={run_dir}"))
         assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
         assert (run_dir / "metrics.jsonl").read_text() == '{"step": 3}\n'
-    finally:
-        holder.kill()  # SIGKILL: no clean-up runs, and still no lock is left behind
-        holder.wait()
-    lock = hold_lock(run_dir)
-    try:
+    with hold_lock(run_dir):  # the killed holder left the lock free
         assert (run_dir / runs.LOCK).read_text() == f"{os.getpid()}\n"
-    finally:
-        lock.close()
-    assert hold_lock(run_dir) is not None  # closed is released
+        # an flock belongs to the open file: a second hold in this process is refused too
+        with pytest.raises(DocreError, match="another process"), hold_lock(run_dir):
+            pass
+    with hold_lock(run_dir):  # released at the end of the with-block
+        pass
+
+
+@pytest.mark.parametrize("kind", ["alpha sweep", "VaeDiff-DocRE run"])
+def test_a_run_made_of_runs_is_locked_as_a_whole(tmp_path, kind):
+    """The alpha sweep and VaeDiff-DocRE's stages hold their parent directory's lock while their runs
+    train, so a second command over the same folder neither empties it (overwrite) nor fits VaeDiff's
+    stage 2, which no train() locks, a second time."""
+    from docre.sweep import run
+
+    extra = (["loss.alpha=auto", "sweep.alpha_base=1"] if kind == "alpha sweep"
+             else ["model.name=vaediff", "loss={name: vaediff}"])
+    run_dir = tmp_path / "r"
+    (run_dir / "stage2").mkdir(parents=True)
+    (run_dir / "stage2" / "features.safetensors").write_bytes(b"x")
+    (run_dir / "config.yaml").write_text("an earlier config\n")  # another config: overwrite=true would empty the folder
+    with held_by_another_process(run_dir) as pid:
+        before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+        with pytest.raises(DocreError, match=rf"r: another process \(pid {pid}\) is training this run"):
+            run(smoke(tmp_path, "train.overwrite=true", *extra))
+        assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
+    assert (run_dir / "stage2" / "features.safetensors").read_bytes() == b"x"
 
 
 def test_the_lock_file_alone_is_not_a_run(tmp_path):
     cfg = smoke(tmp_path)
     run_dir = runs.path_of(cfg)
-    lock = hold_lock(run_dir)
-    try:
+    with hold_lock(run_dir):
         assert runs.state_of(run_dir).kind == "missing"
         assert runs.prepare(run_dir, cfg, 0) is None  # a fresh start in a directory that holds only the lock
         for name in ("config.yaml", "train.log"):
@@ -222,5 +251,3 @@ def test_the_lock_file_alone_is_not_a_run(tmp_path):
         assert runs.state_of(run_dir).kind == "stale"
         assert runs.prepare(run_dir, smoke(tmp_path, "train.overwrite=true"), 0) is None
         assert [p.name for p in run_dir.iterdir()] == [runs.LOCK]  # emptied around the lock it holds
-    finally:
-        lock.close()
