@@ -92,7 +92,7 @@ def tune_alpha(cfg: Config) -> dict:
     with hold_lock(run_dir) if rank == 0 else contextlib.nullcontext():
         prepare_parent(run_dir, cfg, rank)
         rows = _train_values(cfg, run_dir, values)
-        chosen = max(rows, key=lambda row: row["dev"]["f1"])  # max keeps the first (smallest alpha) of equal F1s
+        chosen = choose(rows)
         logger.info("alpha sweep: dev F1 %s; chosen alpha %g",
                     ", ".join(f"{row['alpha']:g}: {row['dev']['f1']:.4f}" for row in rows), chosen["alpha"])
         chosen_dir = Path(chosen["run_dir"])
@@ -101,6 +101,11 @@ def tune_alpha(cfg: Config) -> dict:
             _adopt(run_dir, chosen_dir, cfg, chosen["alpha"], rows, results)
         distributed.barrier()
     return results
+
+
+def choose(rows: list[dict]) -> dict:
+    """The row of the best dev F1 (test scores and Ign F1 play no part); the smaller alpha on a tie."""
+    return min(rows, key=lambda row: (-row["dev"]["f1"], row["alpha"]))
 
 
 def _train_values(cfg: Config, run_dir: Path, values: list[float]) -> list[dict]:

@@ -60,6 +60,18 @@ def test_sweep_json_picks_the_max_dev_f1(swept):
     assert load_config(run_dir / "config.yaml").loss["alpha"] == "auto"  # resumable as a sweep
 
 
+def test_the_choice_is_the_best_dev_f1_and_the_smaller_alpha_on_a_tie():
+    def row(alpha, dev_f1, test_f1, dev_ign_f1):
+        return {"alpha": alpha, "dev": {"f1": dev_f1, "ign_f1": dev_ign_f1}, "test": {"f1": test_f1}}
+
+    # the best dev F1 in the middle of the grid; test F1 and dev Ign F1 would choose otherwise
+    rows = [row(4.125, 0.40, 0.50, 0.45), row(8.25, 0.46, 0.41, 0.39), row(16.5, 0.43, 0.44, 0.40)]
+    assert sweep.choose(rows)["alpha"] == 8.25
+    assert sweep.choose(rows[::-1])["alpha"] == 8.25
+    tie = [row(16.5, 0.46, 0.50, 0.45), row(4.125, 0.40, 0.41, 0.39), row(8.25, 0.46, 0.40, 0.40)]
+    assert sweep.choose(tie)["alpha"] == 8.25  # the smaller of the two tied, in any order
+
+
 def test_plot_and_curves(swept, tmp_path):
     run_dir, _ = swept
     assert (run_dir / "alpha_sweep.png").stat().st_size > 1000
