@@ -188,3 +188,14 @@ def test_shared_time_conditions_give_the_per_row_values_and_gradients():
             assert (a is None) == (b is None)
             if a is not None:  # the same sums in another order
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+
+
+def test_without_diffusers_vaediff_says_what_to_install(monkeypatch):
+    import sys
+
+    from docre.augmenter import make_scheduler
+    from docre.errors import DocreError
+
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # what an import of a missing package does
+    with pytest.raises(DocreError, match=r"model.name=vaediff needs diffusers .*pip install 'docre\[vaediff\]'"):
+        make_scheduler(10)

@@ -50,3 +50,16 @@ def test_other_misfits_are_still_refused(tiny_backbone, tiny_tokenizer, tmp_path
     with pytest.raises(DocreError, match=message) as error:
         load_weights(model, tmp_path / "best.safetensors")
     assert "\n" not in str(error.value) and "pooler" not in str(error.value)
+
+
+def test_a_damaged_training_state_is_one_line(tmp_path):
+    from docre.checkpoint import load_training_state, save_training_state
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    save_training_state(tmp_path / "last", model, optimizer, scheduler, scaler, {"step": 1})
+    (tmp_path / "last" / "state.json").write_text("{}")  # valid JSON without the optimizer's state
+    with pytest.raises(DocreError, match=r"last: cannot restore the training state \('optimizer'\)"):
+        load_training_state(tmp_path / "last", model, optimizer, scheduler, scaler, 0, torch.device("cpu"))

@@ -150,3 +150,15 @@ def test_an_alpha_sweep_under_torchrun_keeps_one_process_group(tmp_path, tiny_ba
     sweep = json.loads((tmp_path / "runs" / "sweep" / "alpha_sweep.json").read_text())
     assert [row["alpha"] for row in sweep["runs"]] == [8.25, 16.5]
     assert (tmp_path / "runs" / "sweep" / "results.json").is_file()
+
+
+def test_more_processes_than_gpus_is_one_line(monkeypatch):
+    from docre.distributed import init_distributed
+    from docre.errors import DocreError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(DocreError, match=r"process 3 of this machine has no GPU of its own \(1 visible\): start one "
+                                         "process per GPU"):
+        init_distributed(torch.device("cuda"))

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from docre.data.collate import Batch
+from docre.errors import DocreError
 from docre.models.atlop import (
     SharedSettings,
     bilinear_chunk,
@@ -53,7 +54,8 @@ class AxialSelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"axial attention: hidden size {dim} is not divisible by {num_heads} heads")
+            raise DocreError(f"model.backbone: its hidden size {dim} is not divisible by the {num_heads} heads of "
+                             f"KD-DocRE's axial attention; choose an encoder whose hidden size is a multiple of {num_heads}")
         self.num_heads = num_heads
         self.query = nn.Linear(dim, dim, bias=False)
         self.key = nn.Linear(dim, dim, bias=False)

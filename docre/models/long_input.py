@@ -60,7 +60,8 @@ def encoder_window(config) -> int:
     """Tokens one encoder pass can take (512 for BERT and RoBERTa)."""
     limit = getattr(config, "max_position_embeddings", None)
     if not limit:
-        raise ValueError(f"cannot tell the window size of {config.model_type}; set model.window")
+        raise DocreError(f"model.backbone: cannot tell how many tokens {config.model_type} takes (its config has no "
+                         "max_position_embeddings); set model.window")
     return limit - POSITION_OFFSET.get(config.model_type, 0)
 
 

@@ -12,6 +12,7 @@ import torch
 
 from docre.config import PROJECT_ROOT
 from docre.errors import DocreError
+from docre.losses import build_loss
 from docre.losses.amtl import AMTLLoss, training_statistics
 
 REL2ID = json.loads((PROJECT_ROOT / "data/docred/rel2id.json").read_text())
@@ -248,6 +249,10 @@ def test_needs_its_spaces_and_the_matching_width():
     for bad in ([[1, 2], [2, 3]], [[1], [3]], [[1], []], []):
         with pytest.raises(ValueError, match="exactly once"):
             AMTLLoss(bad)
+    with pytest.raises(DocreError, match=r"labels of shape \[2, 96\], expected \[2, 97\]"):
+        AMTLLoss(shaped_spaces())(logits, torch.zeros(2, 96))
+    with pytest.raises(DocreError, match="loss 'amtl': lam must be positive, got 0"):
+        build_loss("amtl", lam=0)
 
 
 # --- the published Re-DocRED partition (data/amtl/redocred_spaces.json) ---

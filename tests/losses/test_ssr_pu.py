@@ -238,6 +238,10 @@ def test_bad_priors_refused():
         SSRPULoss([0.01, 0.0], epsilon=0.0)
     with pytest.raises(DocreError, match=r"in \[0, 1\)"):
         SSRPULoss([0.01, -0.1])
+    with pytest.raises(DocreError, match="loss 'ssr_pu': e must be > 0, got 0"):
+        SSRPULoss([0.1], e=0)
+    with pytest.raises(DocreError, match="loss 'ssr_pu': epsilon must be >= 0, got -1"):
+        SSRPULoss([0.1], epsilon=-1)
 
 
 # ---------------------------------------------------------------------------------- the priors

@@ -135,6 +135,7 @@ def test_inputs_untouched_and_arguments_checked():
     copies = [x.clone() for x in (logits, labels, vectors)]
     VaeDiffLoss()(logits.float(), labels, PairFeatures(vector=vectors.float()), synthetic=4)
     assert all(torch.equal(a, b) for a, b in zip(copies, (logits, labels, vectors)))
-    for bad in ({"classification": "bce"}, {"pmtem_form": "mine"}, {"tau": 0.0}):
-        with pytest.raises(ValueError):
+    for bad, message in (({"classification": "bce"}, "classification must be one of"),
+                         ({"pmtem_form": "mine"}, "pmtem_form"), ({"tau": 0.0}, "tau")):
+        with pytest.raises(ValueError, match=message):
             VaeDiffLoss(**bad)

