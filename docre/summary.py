@@ -250,6 +250,10 @@ def collect(root: Path, table=None) -> dict:
                     grid = json.loads((parent / "grid.json").read_text(encoding="utf-8"))
                 except ValueError as error:
                     raise DocreError(f"{parent / 'grid.json'}: not valid JSON ({error})") from None
+                if not isinstance(grid, dict) or not all(isinstance(row, dict) and "name" in row
+                                                         for row in grid.get("rows", [])):
+                    raise DocreError(f"{parent / 'grid.json'}: expected an object whose rows each have a name, "
+                                     "as reproduce.py writes it")
                 grids.append((f"{parent.relative_to(root).as_posix()}/" if len(parents) > 1 and parent != root else "", grid))
     published, expected, order = {}, {}, []
     for prefix, grid in grids:

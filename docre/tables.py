@@ -110,6 +110,8 @@ def load_table(path: Path) -> Table:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as error:
         raise DocreError(f"{path}: cannot read table file ({error.strerror})") from None
+    except UnicodeDecodeError as error:
+        raise DocreError(f"{path}: not UTF-8 text (byte {error.start})") from None
     except yaml.YAMLError as error:
         raise DocreError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(data, dict):

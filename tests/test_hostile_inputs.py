@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from docre.config import load_config
-from docre.data import load_rel2id, load_split, read_split
+from docre.data import load_rel2id, load_rel_names, load_split, read_split
 from docre.errors import DocreError
 from docre.trainer import train
 from tests.conftest import FIXTURES, REL2ID, yaml_wording
@@ -166,6 +166,19 @@ def test_bad_relation_map(tmp_path, content, message):
     path.write_bytes(content)
     with pytest.raises(DocreError) as error:
         load_rel2id("docred", str(path))
+    assert str(error.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"{", "invalid relation names (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"),
+    (b"[1]", "relation names must be a JSON object of relation id -> name"),
+    (b'{"P17": 17}', "relation names must be a JSON object of relation id -> name"),  # a rel2id file given as rel_info
+])
+def test_bad_relation_names(tmp_path, content, message):
+    path = tmp_path / "rel_info.json"
+    path.write_bytes(content)
+    with pytest.raises(DocreError) as error:
+        load_rel_names(str(path))
     assert str(error.value) == f"{path}: {message}"
 
 
@@ -320,6 +333,8 @@ def test_train_cli_refuses_directories_it_must_not_touch(tmp_path, capsys, tiny_
     status, _, stderr = cli(capsys, "train.py", "configs/smoke.yaml", "--resume", str(out / "mine"))
     assert (status, stderr.strip()) == (
         1, "error: --resume continues a run with its own config.yaml: give only key=value overrides, not 'configs/smoke.yaml'")
+    status, _, stderr = cli(capsys, "train.py")  # neither: argparse's usage error, status 2
+    assert status == 2 and stderr.strip().splitlines()[-1].endswith("train.py: error: give a config file, or --resume RUN_DIR")
 
 
 @pytest.fixture(scope="module")

@@ -254,9 +254,11 @@ def test_a_dropped_hub_connection_while_downloading_is_one_line(tmp_path, monkey
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(DocreError) as error:
+    # one line naming the model and where the Hub was looked for; the client's error class differs by
+    # huggingface_hub version (httpx's RemoteProtocolError here)
+    with pytest.raises(DocreError, match=rf"^{re.escape(REPO)}: the download from the Hugging Face Hub failed: the Hub "
+                                         rf"at {re.escape(endpoint)} could not be reached \(\w+: [^\n]*\)\Z"):
         resolve_model(REPO)
-    assert "\n" not in str(error.value) and str(error.value).startswith(f"{REPO}: "), error.value
     server.close()
 
 

@@ -630,6 +630,12 @@ def test_read_documents_takes_json_lists_slices_gzip_and_json_lines(fixture_docs
         read_documents(lines, "docred")
     with pytest.raises(DocreError, match=r"--format 'xml'"):
         read_documents(lines, "xml")
+    text = tmp_path / "n.txt"
+    text.write_text("Alpha works for Beta.")
+    with pytest.raises(DocreError, match=rf"^{re.escape(str(text))}: a \.txt file is plain text, not --format docred$"):
+        read_documents(text, "docred")
+    with pytest.raises(DocreError, match=r"^input: documents must be a list, got dict$"):  # one document, not a list of one
+        prepare_documents({"title": "x"})
 
 
 # ---------------------------------------------------------------------------------------------- evidence

@@ -3,6 +3,7 @@ without the seed, published numbers beside ours, learning curves per epoch, PNG 
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -173,6 +174,13 @@ def test_collect_takes_order_and_published_numbers_from_grid_json(tmp_path):
     assert list(found["groups"]) == ["z", "a"] and found["expected"] == {"z": 3, "a": 3}
     assert found["published"]["z"] == {"test_f1": 70.0} and (found["title"], found["source"]) == ("T", "S")
     assert collect(table / "z-s1")["groups"] == {"z": [table / "z-s1"]}  # a single run directory
+    (table / "grid.json").write_text("{")  # e.g. cut short by a full disk: one line naming it, no traceback
+    with pytest.raises(DocreError, match=rf"^{re.escape(str(table / 'grid.json'))}: not valid JSON \(Expecting property name"):
+        collect(tmp_path / "runs")
+    for shape in ([1], {"rows": [{"published": {}}]}, {"rows": ["z"]}):  # valid JSON, edited by hand into another shape
+        (table / "grid.json").write_text(json.dumps(shape))
+        with pytest.raises(DocreError, match=r"grid\.json: expected an object whose rows each have a name"):
+            collect(tmp_path / "runs")
 
 
 def test_summarize_runs_cli(tmp_path, capsys):

@@ -73,6 +73,9 @@ GOOD = "rows:\n  - {name: a, config: configs/smoke.yaml}\n"
     ("seeds: [66, x]\n" + GOOD, "seeds: expected a non-empty list of integers"),
     ("seeds: []\n" + GOOD, "seeds: expected a non-empty list of integers"),
     ("rows: []\n", "rows: expected a non-empty list"),
+    (None, "bad.yaml: cannot read table file (No such file or directory)"),  # None: no file written
+    (b"title: caf\xe9\n", "bad.yaml: not UTF-8 text (byte 10)"),  # Latin-1, as some editors save
+    ("rows:\n  - a\n", "rows[0]: expected a mapping with name, config, overrides, published"),
     ("rows:\n  - {name: a}\n", "rows[0]: config: expected a non-empty string"),
     ("rows:\n  - {name: a, config: configs/smoke.yaml, seed: 1}\n", "rows[0]: unknown key 'seed'"),
     ("rows:\n  - {name: a b, config: configs/smoke.yaml}\n", "rows[0]: name 'a b'"),
@@ -83,10 +86,15 @@ GOOD = "rows:\n  - {name: a, config: configs/smoke.yaml}\n"
     ("rows:\n  - {name: a, config: configs/smoke.yaml, published: {test_F1: 70}}\n", "unknown key 'test_F1'"),
     ("rows:\n  - {name: a, config: configs/smoke.yaml, published: {test_f1: 0.77x}}\n", "test_f1: expected a percentage"),
     ("rows:\n  - {name: a, config: configs/smoke.yaml, published: {test_f1: 177}}\n", "test_f1: expected a percentage"),
+    ("rows:\n  - {name: a, config: configs/smoke.yaml, published: 77.3}\n",
+     "rows[0]: published: expected a mapping such as {test_f1: 77.26, note: ...}"),
 ])
 def test_malformed_tables_fail_with_one_line(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
-    path.write_text(text)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    elif text is not None:
+        path.write_text(text)
     with pytest.raises(DocreError) as error:
         load_table(path)
     assert message in str(error.value) and str(path) in str(error.value)

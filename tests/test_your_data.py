@@ -56,6 +56,12 @@ def test_the_relation_map_is_built_from_the_training_file_as_shown():
     read_split("docred", str(EXAMPLES / "dev.json"), "", documented_map())
 
 
+def test_without_a_relation_map_or_training_documents_there_is_nothing_to_build_it_from():
+    # the trainer always hands the training documents over; a caller of the API that gives neither is told which setting
+    with pytest.raises(DocreError, match=r"^data\.rel2id is empty and there are no training documents to take relations from$"):
+        load_rel2id("docred", "")
+
+
 def test_a_training_label_na_is_refused_not_given_a_class(tmp_path):
     docs = json.loads((EXAMPLES / "train.json").read_text())
     docs[1]["labels"].append({"h": 1, "t": 4, "r": "Na", "evidence": []})

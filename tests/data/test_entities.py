@@ -259,6 +259,12 @@ def test_a_missing_pipeline_or_a_dataset_without_a_table_is_one_line(nlp, tmp_pa
         find_entities(["Paris."], str(tmp_path))  # a folder that holds no pipeline
     with pytest.raises(DocreError, match=r"^text 0: no entities given, and a cdr model's entity types have no table"):
         find_entities(["Paris."], dataset="cdr")
+    import spacy
+
+    spacy.blank("en").to_disk(tmp_path / "blank")  # a pipeline that loads, but finds no entities
+    with pytest.raises(DocreError, match=r"^text 0: no entities given, and the spaCy pipeline '.*blank' has no entity "
+                                         r"recognizer \(ner\); name one that has$"):
+        find_entities(["Paris."], str(tmp_path / "blank"))
 
 
 # ------------------------------------------------------------------------------- a user's mentions

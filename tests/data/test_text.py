@@ -153,6 +153,9 @@ def test_bad_spans_are_one_line_errors_naming_document_and_entity(mentions, mess
     ({"text": "a b"}, r"document 2 \('document 2'\): entities: must be a non-empty list"),
     ({"text": "  ", "entities": [{"mentions": [[0, 1]]}]}, r"text: must be a non-empty string"),
     ({"text": 5, "entities": []}, r"text: must be a non-empty string"),
+    # not blank to str.strip (U+200B is no whitespace), yet no word to put a mention on
+    ({"text": "\u200b", "entities": [{"mentions": [[0, 1]]}]},
+     r"document 2 \('document 2'\): text: has no words \(only spaces or invisible characters\)$"),
     ({"title": 1, "text": "a", "entities": []}, r"document 2: title: must be a string"),
     ({"text": "a b", "entities": ["a"]}, r"entities\[0\]: an entity must be a JSON object"),
     ({"text": "a b", "entities": [{"name": 3, "mentions": [[0, 1]]}]}, r"entities\[0\]\.name: must be a string"),
