@@ -201,7 +201,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise DocreError(f"override {item!r}: not a valid value ({_yaml_problem(error)})") from None
     try:
         command_line = OmegaConf.from_dotlist(overrides)
-    except OmegaConfBaseException as error:
+    except (OmegaConfBaseException, ValueError) as error:  # ValueError: a list index that is no number (key.x=...)
         raise DocreError(f"overrides: {_first_line(error)}") from None
     # A loss named on the command line does not inherit the file's loss keywords (loss.name=atl on
     # an ATGL config must not pass alpha to ATL); keywords given next to it still apply.
@@ -220,8 +220,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         raise DocreError(f"{_origin(getattr(error, 'full_key', None) or '', 'overrides', given)}: {_describe(error)}") from None
     try:
         cfg = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as error:
-        raise DocreError(f"{source}: {_describe(error)}") from None
+    except OmegaConfBaseException as error:  # e.g. an unresolvable ${...}: blamed on the override that set the key, if any
+        raise DocreError(f"{_origin(getattr(error, 'full_key', None) or '', source, given)}: {_describe(error)}") from None
     if not cfg.run_name:
         # One convention for every run name: the config file's name as written (words joined by "_"),
         # "-s<seed>" at the end, and "-<loss>" before it only when the command line swapped the loss,

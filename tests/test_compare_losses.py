@@ -3,6 +3,7 @@ runs, table, plots, BCE's tuned threshold carried through decode.json to test an
 skipping finished runs, and the argument errors."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from docre.errors import DocreError
+from tests.cli import fake_training
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -152,6 +154,8 @@ def script():
 @pytest.mark.parametrize("argv, message", [
     (["--losses", "atgl,focal"], "unknown loss 'focal'"),
     (["--losses", "atgl,atgl"], "names an item twice"),
+    (["--losses", " , "], r"^--losses: empty list$"),
+    (["--losses", "atgl", "--seeds", ","], r"^--seeds: empty list$"),
     (["--losses", "atgl", "--seeds", "1,x"], "not a comma-separated list of integers"),
     (["--losses", "atgl", "loss.alpha=3"], "set by compare_losses.py for each run"),
     (["--losses", "atgl", "seed=3"], "set by compare_losses.py for each run"),
@@ -161,6 +165,32 @@ def test_argument_errors(script, monkeypatch, argv, message):
     monkeypatch.setattr(sys, "argv", ["compare_losses.py", "configs/smoke.yaml", *argv])
     with pytest.raises(DocreError, match=message):
         script.main()
+
+
+def test_jobs_must_be_at_least_one(script, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["compare_losses.py", "configs/smoke.yaml", "--losses", "atgl", "--jobs", "0"])
+    with pytest.raises(SystemExit) as exit_:
+        script.main()
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "compare_losses.py: error: --jobs must be at least 1"
+
+
+def test_failed_runs_are_named_after_the_others_ran(script, monkeypatch, tmp_path):
+    # the grid's training processes are fakes: bce's exits 1, atgl's 0; the table is never reached
+    started = fake_training(monkeypatch, lambda name: int(name == "smoke-bce-s66"))
+    monkeypatch.setattr(sys, "argv", ["compare_losses.py", "configs/smoke.yaml", "--losses", "bce,atgl",
+                                      "--output-dir", str(tmp_path)])
+    with pytest.raises(DocreError, match=r"^1 of 2 runs failed: smoke-bce-s66 \(see their train\.log; "
+                                         r"the same command retries them\)$"):
+        script.main()
+    assert started == ["smoke-bce-s66", "smoke-atgl-s66"]
+
+
+def test_a_split_without_labelled_scores_is_refused(script, tmp_path):
+    # an unlabelled test split: results.json holds no counts to tabulate (checked before the run's config is read)
+    with pytest.raises(DocreError, match=rf"^{re.escape(str(tmp_path))}: no labelled test scores in results\.json "
+                                         r"\(is the test split unlabelled\?\)$"):
+        script.table_row("row", tmp_path, {"dev": {"f1": 0.5, "num_predicted": 1}, "test": {}}, "test", tmp_path)
 
 
 def test_loss_signature_fills_in_defaults(script):

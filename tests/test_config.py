@@ -76,6 +76,9 @@ def test_overrides_take_precedence():
     (["loss.gamma=2"], "loss 'atgl': got an unexpected keyword argument 'gamma'"),
     (["data.dataset=conll"], "data.dataset='conll' is not one of"),
     (["train.epochs"], "expected key=value"),
+    # each parses alone; together they index past the list, or with a key that is no number
+    (["sweep.alpha_grid=[1]", "sweep.alpha_grid.5=2"], "overrides: list index out of range"),
+    (["sweep.alpha_grid=[1]", "sweep.alpha_grid.x=2"], "overrides: invalid literal for int() with base 10: 'x'"),
 ])
 def test_bad_values_fail_with_the_key(override, message):
     with pytest.raises(DocreError) as error:

@@ -83,6 +83,16 @@ def test_offline_is_a_clear_error(tmp_path):
         dd.download(dd.Source("x.json", "http://127.0.0.1:9/x.json"), tmp_path, progress=False)
 
 
+def test_an_http_error_names_the_url_and_status(tmp_path, monkeypatch):
+    def urlopen(request, timeout):
+        raise dd.urllib.error.HTTPError(request.full_url, 404, "Not Found", {}, None)
+
+    monkeypatch.setattr(dd.urllib.request, "urlopen", urlopen)
+    with pytest.raises(DocreError, match=r"^https://example\.org/x\.json: HTTP 404 Not Found$"):
+        dd.download(dd.Source("x.json", "https://example.org/x.json"), tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "scripts/download_data.py", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)

@@ -198,6 +198,16 @@ def test_a_half_precision_run_predicts_on_the_cpu(tmp_path, tiny_backbone):
     assert inference_precision("auto", torch.device("cpu")) == torch.float32
 
 
+def test_fp16_training_needs_cuda():
+    from docre.errors import DocreError
+    from docre.utils import resolve_precision
+
+    # off CUDA, fp16 is refused before any work; bf16, the CPU's half precision, is not
+    with pytest.raises(DocreError, match=r"^train\.precision=fp16 needs a CUDA device \(use bf16 or fp32 on CPU\)$"):
+        resolve_precision("fp16", torch.device("cpu"))
+    assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
+
+
 def test_a_resumed_run_keeps_its_precision(tmp_path, caplog):
     from docre.trainer import _resumed_precision
 

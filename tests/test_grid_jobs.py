@@ -17,6 +17,7 @@ import pytest
 
 import docre.grid as grid
 from docre.errors import DocreError
+from tests.cli import fake_training
 
 # A stand-in training process: argv = NAME MARKERS BEHAVIOUR. It marks itself started (MARKERS/NAME.started,
 # NAME.running until it ends, NAME.env with its environment), records how many stand-ins were running at its
@@ -141,6 +142,20 @@ def test_sigterm_to_the_grid_reaches_every_run_training(tmp_path, monkeypatch):
     assert all((markers / f"{name}.stopped").exists() for name in ("one", "two"))
     assert not (markers / "three.env").exists()
 
+
+def test_a_signal_between_two_runs_names_the_next(tmp_path, monkeypatch):
+    # SIGTERM lands as "a" ends cleanly (exit 0): no run was training, so the grid stops before "b"
+    def finish(name):
+        if name == "a":
+            os.kill(os.getpid(), signal.SIGTERM)  # the grid's handler records it; no process is left to forward it to
+        return 0
+
+    started = fake_training(monkeypatch, finish)
+    runs = [SimpleNamespace(cfg=SimpleNamespace(run_name=name), state="missing", run_dir=tmp_path / name,
+                            row=SimpleNamespace(name="row")) for name in "ab"]
+    with pytest.raises(DocreError, match=r"^interrupted before b; run the same command again to resume"):
+        grid.run_grid(runs)
+    assert started == ["a"]
 
 
 def test_a_closed_stdout_does_not_block_a_run(tmp_path, monkeypatch):

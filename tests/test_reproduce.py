@@ -36,8 +36,9 @@ def test_train_command_per_state(tmp_path, tiny_backbone):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     assert train_command(run, 2) == [*launcher, "-m", "docre.cli.train", "--resume", str(run.run_dir)]
     assert reproduce.parse_seeds("66, 67,68") == [66, 67, 68]
-    for bad in ("66,x", "66,66", ""):
-        with pytest.raises(DocreError, match="--seeds"):
+    for bad, message in [("66,x", "expected comma-separated integers"), ("66,66", "expected distinct seeds"),
+                         ("", "expected distinct seeds")]:
+        with pytest.raises(DocreError, match=rf"^--seeds '{bad}': {message}, e\.g\. 66,67,68$"):
             reproduce.parse_seeds(bad)
 
 
@@ -174,6 +175,12 @@ def test_runner_errors(tmp_path, capsys):
     config = str(ROOT / "configs/redocred_mini/minilm_atl.yaml")
     assert run_main("reproduce", [config, "--dry-run", "--name", "mine", "--output-dir", str(tmp_path)]) == 0
     assert f"mine: 1 row x 1 seed = 1 run in {tmp_path.resolve() / 'mine'}" in capsys.readouterr().out
+    for argv, message in [(["train.epochs=2", "--dry-run"], "name a table or at least one config file"),
+                          (["redocred_mini", "--dry-run", "--jobs", "0"], "--nproc and --jobs must be at least 1"),
+                          (["redocred_mini", "--dry-run", "--nproc", "0"], "--nproc and --jobs must be at least 1")]:
+        with pytest.raises(SystemExit) as exit_:
+            run_main("reproduce", argv)
+        assert exit_.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1] == f"reproduce.py: error: {message}"
 
 
 def test_a_run_stopped_by_a_signal_stops_the_grid(monkeypatch, tmp_path):
@@ -214,6 +221,8 @@ def test_rows_trains_only_the_named_rows_and_tabulates_all(tmp_path, monkeypatch
     with pytest.raises(DocreError, match=r"^--rows: table models_redocred_mini has no row 'ttm_re_sspu' "
                                          r"\(did you mean ttm_re_ssr_pu\?\); its rows: dreeam_atl, "):
         run_main("reproduce", ["models_redocred_mini", "--rows", "ttm_re_sspu", "--dry-run"])
+    with pytest.raises(DocreError, match=r"^--rows: give comma-separated row names, e\.g\. --rows dreeam_atl,"):
+        run_main("reproduce", ["models_redocred_mini", "--rows", " , ", "--dry-run"])
     # an ATGL row: its alpha seed's sweep first, its other seeds wait for it (the fake grid finishes nothing)
     calls.clear()
     with pytest.raises(DocreError, match=r"^1 run waiting for the alpha seed's sweep: ttm_re_atgl-s67$"):

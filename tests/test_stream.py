@@ -7,6 +7,7 @@ output and exit 0), writing no output and leaving an interrupted run's files as 
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,17 @@ def test_changed_settings_or_input_prefix_are_refused(tmp_path):
         run_shard(path, output, 0, 1, {"model": "m"}, 2, prepare(path), records, False)
 
 
+@pytest.mark.parametrize("content", ["{", "[]", '{"chunks": 1}'])  # cut short; not an object; not our fields
+def test_an_unreadable_progress_file_is_one_line_saying_what_to_delete(tmp_path, content):
+    path = corpus(tmp_path, 3)
+    output = tmp_path / "out.jsonl"
+    shard = shard_path(output, 0, 1)
+    Path(f"{shard}.progress.json").write_text(content)
+    with pytest.raises(DocreError, match=rf"^{re.escape(str(shard))}\.progress\.json: unreadable progress file; delete it "
+                                         rf"and {re.escape(str(shard))} to start again$"):
+        run_shard(path, output, 0, 1, {"model": "m"}, 2, prepare(path), records, False)
+
+
 def test_input_lines_resume_at_a_byte_offset(tmp_path):
     path = corpus(tmp_path, 5, gz=True)
     everything = list(input_lines(path))
@@ -217,8 +229,9 @@ def test_truncated_gzip_corpus_fails_the_command_and_writes_no_output(tmp_path, 
 
 def test_truncated_gzip_corpus_leaves_an_interrupted_run_as_it_was(tmp_path, monkeypatch, capsys):
     path = corpus(tmp_path, 12, gz=True)
-    status, _ = predict_cli(monkeypatch, capsys, tmp_path, path, StubPredictor(stop=2))  # Ctrl-C after one chunk
+    status, err = predict_cli(monkeypatch, capsys, tmp_path, path, StubPredictor(stop=2))  # Ctrl-C after one chunk
     shard = shard_path(tmp_path / "out.jsonl", 0, 1)
+    assert err.strip().splitlines() == ["error: interrupted"]  # run_cli's one line for a Ctrl-C, no traceback
     assert status == 130 and json.loads(Path(f"{shard}.progress.json").read_text())["chunks_done"] == 1
     state = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p != path}
     assert sorted(state) == [shard.name, f"{shard.name}.progress.json", f"{shard.name}.rejects"]

@@ -12,6 +12,7 @@ import json
 import struct
 import subprocess
 import sys
+import types
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,6 +189,19 @@ def test_a_missing_tracker_package_is_one_line_before_any_work(tiny_backbone, tm
     assert "\n" not in message and f"log.{flag}=true needs the {package} package" in message
     assert f"pip install {package}" in message
     assert not (tmp_path / "runs").exists()  # nothing was created, loaded or trained
+
+
+def test_a_wandb_that_does_not_start_is_one_line(tiny_backbone, tmp_path, monkeypatch):
+    # wandb.init fails (no API key, no network): its first line, with what to do, not W&B's traceback
+    def init(**kwargs):
+        raise RuntimeError("api_key not configured (no-tty)\ncall wandb.login(key=[your_api_key])")
+
+    wandb = types.ModuleType("wandb")
+    wandb.init = init
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+    with pytest.raises(DocreError, match=r"^log\.wandb=true: W&B did not start \(api_key not configured \(no-tty\)\); "
+                                         r"run `wandb login`, or set WANDB_MODE=offline$"):
+        train(smoke(tiny_backbone, tmp_path / "runs", "log.wandb=true"))
 
 
 def test_training_works_without_the_tracker_packages(tiny_backbone, tmp_path, monkeypatch):

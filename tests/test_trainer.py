@@ -16,7 +16,7 @@ from docre.data.feature import featurize, probe_tokenizer
 from docre.errors import DocreError
 from docre.losses import build_loss
 from docre.models import build_model
-from docre.trainer import _optimizer_step, build_optimizer, epoch_batches, linear_warmup_decay
+from docre.trainer import _optimizer_step, build_optimizer, epoch_batches, linear_warmup_decay, train
 from tests.conftest import FIXTURES
 
 
@@ -162,3 +162,15 @@ def test_shipped_module_lr_names_modules_of_its_model(path, typed_backbone, type
     optimizer = build_optimizer(model, cfg.train)  # raises on a prefix that names no module
     for group, (prefix, lr) in zip(optimizer.param_groups[2:], cfg.train.module_lr.items()):
         assert group["lr"] == lr and group["params"], prefix
+
+
+def test_a_batch_larger_than_the_training_split_is_refused(tiny_backbone, tmp_path):
+    from docre.config import load_config
+
+    # the smoke fixture has 3 training documents: a batch of 4 makes no optimizer step at all
+    cfg = load_config(CONFIGS_DIR / "smoke.yaml", [f"model.backbone={tiny_backbone}", f"output_dir={tmp_path}",
+                                                   "train.batch_size=4"])
+    with pytest.raises(DocreError, match=r"^docred_tiny\.json: 3 training documents make no full step of batch_size 4 "
+                                         r"x grad_accum 1 x 1 process$"):
+        train(cfg)
+

@@ -4,6 +4,7 @@ do not belong to the configured documents are a one-line error; figures that dif
 results.json say that they come from the saved fp16 logits."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -72,3 +73,11 @@ def test_figures_that_differ_from_the_runs_results_say_they_come_from_the_saved_
             f"decision: decoded as the run did, they differ from its results.json, which evaluate.py reproduces from "
             f"the weights ({difference})") in out.splitlines()
     assert json.loads(out.strip().splitlines()[-1])[0]["differs_from_results"] == [difference]
+
+
+def test_a_loss_without_a_th_logit_is_refused(tmp_path):
+    # BCE decodes with a global threshold: no TH logit to offset (refused before any logits are read)
+    save_config(load_config(ROOT / "configs/smoke.yaml", ["loss.name=bce"]), tmp_path / "config.yaml")
+    with pytest.raises(DocreError, match=rf"^{re.escape(str(tmp_path))}: its loss 'bce' decodes without a TH logit to "
+                                         r"offset; docre-tune-offset applies to the threshold-class losses"):
+        run_main("tune_offset", [str(tmp_path)])
