@@ -44,10 +44,20 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise DocreError(f"{path}: cannot read weights ({error})") from None
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
-    missing, unexpected = model.load_state_dict(read_weights(path), strict=False)
+def load_weights(model: nn.Module, path: Path, hint: str = "") -> None:
+    """Load every tensor of the model from `path`; one line if they do not fit (`hint` appended)."""
+    weights = read_weights(path)
+    _check_shapes(weights, model.state_dict(), path, hint)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
-        raise DocreError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise DocreError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]}){hint}")
+
+
+def _check_shapes(source: dict[str, torch.Tensor], own: dict[str, torch.Tensor], path: Path, hint: str) -> None:
+    """A tensor both have in different shapes is one line naming it (torch's own error is a traceback)."""
+    for name, tensor in own.items():
+        if name in source and source[name].shape != tensor.shape:
+            raise DocreError(f"{path}: {name} is {list(source[name].shape)} there and {list(tensor.shape)} in this model{hint}")
 
 
 def load_matching_weights(model: nn.Module, path: Path, hint: str = "") -> tuple[list[str], list[str], list[str]]:
@@ -60,9 +70,7 @@ def load_matching_weights(model: nn.Module, path: Path, hint: str = "") -> tuple
             (e.g. which settings differ) is appended. Nothing is copied then.
     """
     source, own = read_weights(path), model.state_dict()
-    for name, tensor in own.items():
-        if name in source and source[name].shape != tensor.shape:
-            raise DocreError(f"{path}: {name} is {list(source[name].shape)} there and {list(tensor.shape)} in this model{hint}")
+    _check_shapes(source, own, path, hint)
     loaded = [name for name in own if name in source]
     model.load_state_dict({name: source[name] for name in loaded}, strict=False)
     return loaded, [name for name in own if name not in source], [name for name in source if name not in own]

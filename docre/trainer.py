@@ -238,21 +238,18 @@ def setup(cfg: Config, processes: tuple[int, int, torch.device], run_dir: Path, 
     dtype = resolve_precision(cfg.train.precision, device)
     if checkpoint is not None and cfg.train.precision == "auto":
         dtype = _resumed_precision(checkpoint, dtype, device)
-    if checkpoint is not None and rank == 0:
-        changed = runs.changed_settings(run_dir, cfg)  # before config.yaml is rewritten below
-        if changed:
-            logger.warning("resuming with settings that differ from %s: %s", run_dir / runs.CONFIG, ", ".join(changed))
+    changed = runs.changed_settings(run_dir, cfg) if checkpoint is not None else []  # before config.yaml is rewritten
+    if changed and rank == 0:
+        logger.warning("resuming with settings that differ from %s: %s", run_dir / runs.CONFIG, ", ".join(changed))
     set_seed(cfg.seed)
-    if rank == 0:
-        save_config(cfg, run_dir / runs.CONFIG)
-        write_environment(run_dir / "environment.json", {"device": str(device), "world_size": world},
-                          resumed=checkpoint is not None)
+    if rank == 0 and checkpoint is None:  # a resumed run's records are rewritten once its checkpoint has loaded
+        _record_settings(cfg, run_dir, device, world, resumed=False)
 
     tokenizer = load_tokenizer(cfg.model.backbone, cfg.model.revision, cfg.model.trust_remote_code)
     rel2id, train_split, dev_split, test_split, ign_docs = _load_data(cfg, tokenizer)
     rel_names = load_rel_names(cfg.data.rel_info)  # read now: a bad file fails before training, not after
     freeze_loaded_data()  # the splits live for the whole run: keep the collector from walking them
-    if rank == 0:
+    if rank == 0 and checkpoint is None:
         atomic_write_json(run_dir / runs.REL2ID, rel2id)
 
     loss_kwargs = {**cfg.loss, **_loss_statistics(cfg, run_dir, rank, checkpoint, train_split, rel2id)}
@@ -279,7 +276,16 @@ def setup(cfg: Config, processes: tuple[int, int, torch.device], run_dir: Path, 
         torch.manual_seed(cfg.seed + rank)
     state = TrainState(precision=PRECISIONS[dtype])
     if checkpoint is not None:
-        counters = load_training_state(checkpoint, model, optimizer, scheduler, scaler, rank, device)
+        try:
+            counters = load_training_state(checkpoint, model, optimizer, scheduler, scaler, rank, device)
+        except DocreError as error:
+            if changed:  # the likely cause: an override that changes the model or the optimizer
+                raise DocreError(f"{error}; resumed with other settings than the run's ({', '.join(changed[:3])}): "
+                                 "resume without the overrides that change the model") from None
+            raise
+        if rank == 0:  # only now: a resume that fails leaves the run's config.yaml and rel2id.json as they were
+            _record_settings(cfg, run_dir, device, world, resumed=True)
+            atomic_write_json(run_dir / runs.REL2ID, rel2id)
         state = TrainState.from_counters({**counters, "precision": state.precision})
         runs.truncate_metrics(run_dir, state.step)
         logger.info("resumed from %s at step %d (epoch %d)", checkpoint, state.step, state.epoch)
@@ -306,6 +312,12 @@ def setup(cfg: Config, processes: tuple[int, int, torch.device], run_dir: Path, 
 
 
 PRECISIONS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def _record_settings(cfg: Config, run_dir: Path, device: torch.device, world: int, resumed: bool) -> None:
+    """The run's config.yaml and environment.json (what `evaluate.py`, `--resume` and the summaries read)."""
+    save_config(cfg, run_dir / runs.CONFIG)
+    write_environment(run_dir / "environment.json", {"device": str(device), "world_size": world}, resumed=resumed)
 
 
 def init_from_weights(cfg: Config) -> Path:
@@ -467,7 +479,10 @@ def fit(run: Run, state: TrainState, stop: "_StopSignals") -> None:
             if run.dev_split is not None and ((eval_every and state.step % eval_every == 0)
                                               or (not eval_every and end_of_epoch) or last_step):
                 _settle(run, state)
+                # a stop request waits for it too: the resumed run starts after it and would otherwise skip it
+                stop.activity = f"the dev evaluation after step {state.step}"
                 evaluate_dev(run, state)
+                stop.activity = ""
                 window_start = time.perf_counter()
             _checkpoint_or_stop(run, state, stop, end_of_epoch or last_step, log_due, progress)
             if end_of_epoch and not last_step:  # after its evaluation and checkpoint, which the pace then includes
@@ -911,6 +926,7 @@ class _StopSignals:
     def __init__(self, run_dir: Path, state: TrainState):
         self.signal: int | None = None
         self.forced: int | None = None
+        self.activity = ""  # what runs between optimizer steps (set by fit), for the messages; "" = a step
         self._previous: dict = {}
         self._run_dir, self._state = run_dir, state
 
@@ -920,7 +936,8 @@ class _StopSignals:
             self.forced = signum
             raise KeyboardInterrupt
         self.signal = signum
-        logger.warning("received %s: stopping after this step (send again to stop at once)", signal.Signals(signum).name)
+        logger.warning("received %s: stopping after %s (send again to stop at once)", signal.Signals(signum).name,
+                       self.activity or "this step")
 
     def __enter__(self) -> "_StopSignals":
         if threading.current_thread() is threading.main_thread():
@@ -933,6 +950,7 @@ class _StopSignals:
             signal.signal(signum, handler)
         if self.forced is not None and exc_type is KeyboardInterrupt:
             raise Interrupted(
-                f"stopped at once by a second {signal.Signals(self.forced).name} during step {self._state.step + 1}. "
+                f"stopped at once by a second {signal.Signals(self.forced).name} during "
+                f"{self.activity or f'step {self._state.step + 1}'}. "
                 f"{runs.last_checkpoint_message(self._run_dir)}", self.forced
             ) from None

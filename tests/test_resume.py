@@ -220,6 +220,43 @@ def test_second_signal_stops_at_once(tmp_path, tiny_backbone, monkeypatch):
     assert signal.getsignal(signal.SIGINT) is handler
 
 
+def test_a_resume_whose_override_changes_the_model_is_one_line_and_leaves_the_run_as_it_was(
+        tmp_path, tiny_backbone, reference, monkeypatch):
+    args = run_args(tiny_backbone, tmp_path, "run")
+    run_dir = tmp_path / "run"
+    signal_after(monkeypatch, 5, signal.SIGTERM)
+    with pytest.raises(Interrupted):
+        train(config(args))
+    monkeypatch.undo()
+    records = ("config.yaml", "rel2id.json", "environment.json")
+    kept = {name: (run_dir / name).read_bytes() for name in records}
+    emb_size = config(args).model.emb_size
+    with pytest.raises(DocreError) as error:  # was a traceback, after config.yaml had taken the new size
+        train(load_config(run_dir / "config.yaml", [f"model.emb_size={2 * emb_size}", f"train.resume={run_dir}"]))
+    assert str(error.value).startswith(f"{run_dir / 'last' / 'model.safetensors'}: ")
+    assert str(error.value).endswith(f"in this model; resumed with other settings than the run's (model.emb_size: "
+                                     f"{emb_size} -> {2 * emb_size}): resume without the overrides that change the model")
+    assert {name: (run_dir / name).read_bytes() for name in records} == kept
+    final = FinalWeights(monkeypatch)  # and the run resumes as if the failed attempt never happened
+    assert train(config(args + [f"train.resume={run_dir}"]))["steps"] == 9
+    assert_same_run(run_dir, final.state, reference)
+
+
+def test_a_second_signal_during_a_dev_evaluation_names_it(tmp_path, tiny_backbone, monkeypatch):
+    real = trainer.evaluate_dev
+
+    def evaluate_then_signal(run, state):
+        real(run, state)
+        for _ in range(2):  # the evaluation is still under way: the first asks to stop after it, the second forces
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(trainer, "evaluate_dev", evaluate_then_signal)
+    with pytest.raises(Interrupted) as error:
+        train(config(run_args(tiny_backbone, tmp_path, "run")))
+    assert str(error.value) == ("stopped at once by a second SIGINT during the dev evaluation after step 3. No checkpoint "
+                                "was saved yet.")
+
+
 def test_resume_refusals(tmp_path, reference):
     ref_dir = reference[0]
     finished = tmp_path / "finished"
