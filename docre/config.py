@@ -289,6 +289,9 @@ def check_config(cfg: Config, source: str = "config", overrides: list[str] = ())
     if cfg.data.dataset not in READERS:
         raise DocreError(f"{where('data.dataset')}: data.dataset={cfg.data.dataset!r} is not one of {', '.join(READERS)}"
                          f"{did_you_mean(cfg.data.dataset, READERS)}")
+    if not cfg.data.train_file.strip():  # else the path is data.dir itself, and the error "DIR: file not found"
+        raise DocreError(f"{where('data.train_file')}: data.train_file is empty: name the training file (a file in "
+                         "data.dir, or a path); training and evaluation read it")
     from docre.models import MODELS
 
     if cfg.model.name not in MODELS:
@@ -425,14 +428,59 @@ def _describe(error: Exception) -> str:
 
     key = getattr(error, "full_key", None) or "?"
     if isinstance(error, ConfigKeyError):
-        parent, _, leaf = key.rpartition(".")
-        known = _field_names(parent)
-        hint = difflib.get_close_matches(leaf, known, n=1)
-        suggestion = f" (did you mean {'.'.join(filter(None, [parent, hint[0]]))}?)" if hint else ""
-        return f"unknown key {key!r}{suggestion}"
+        hints = _key_hints(key)
+        return f"unknown key {key!r}" + (f" (did you mean {' or '.join(hints)}?)" if hints else "")
     if isinstance(error, ValidationError):
         return f"{key}: {_first_line(error)}"
     return _first_line(error)
+
+
+# Names other trainers give to settings that no spelling rule leads to ours
+SYNONYMS = {"lr": ["train.encoder_lr", "train.head_lr"], "learning_rate": ["train.encoder_lr", "train.head_lr"]}
+
+
+def _key_hints(key: str) -> list[str]:
+    """The dotted keys an unknown `key` may have meant, best first; [] if none is close. The same name in
+    another section comes first (a key put in the wrong section: epochs=3, model.batch_size, which is then
+    train.batch_size rather than the similar model.block_size), then a close spelling in its own section
+    (a typo: train.epoch), a name other trainers use (lr), a loss keyword (train.alpha), and last a close
+    spelling anywhere (alph). Loss keywords come late because they need docre.losses, whose torch import
+    costs seconds: a plain typo is answered without it."""
+    parent, _, leaf = key.rpartition(".")
+    by_name = _keys_by_name(with_loss_keywords=False)
+    if leaf in by_name:
+        return by_name[leaf]
+    same_section = difflib.get_close_matches(leaf, _field_names(parent), n=1)
+    if same_section:
+        return [".".join(filter(None, [parent, same_section[0]]))]
+    if leaf in SYNONYMS:
+        return SYNONYMS[leaf]
+    by_name = _keys_by_name(with_loss_keywords=True)
+    close = difflib.get_close_matches(leaf, by_name, n=1)  # an exact loss keyword scores highest
+    return by_name[close[0]] if close else []
+
+
+def _keys_by_name(with_loss_keywords: bool) -> dict[str, list[str]]:
+    """Leaf name -> the dotted keys of the schema that end in it (batch_size -> train.batch_size,
+    eval.batch_size); with `with_loss_keywords` also loss.KEYWORD for every keyword of a registered loss."""
+    keys = []
+
+    def walk(section: type, prefix: str) -> None:
+        for name, kind in typing.get_type_hints(section).items():
+            if dataclasses.is_dataclass(kind):
+                walk(kind, f"{prefix}{name}.")
+            else:
+                keys.append(prefix + name)
+
+    walk(Config, "")
+    if with_loss_keywords:
+        from docre.losses import LOSSES, loss_keywords
+
+        keys += list(dict.fromkeys(f"loss.{keyword}" for name in LOSSES for keyword in loss_keywords(name)))  # no repeats
+    by_name: dict[str, list[str]] = {}
+    for dotted in keys:
+        by_name.setdefault(dotted.rpartition(".")[2], []).append(dotted)
+    return by_name
 
 
 def _field_names(dotted_section: str) -> list[str]:

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from docre.errors import DocreError
+from tests.cli import run_main
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"  # the shared data folder beside the repository (CDR/GDA files)
 
@@ -88,3 +91,20 @@ def test_the_format_comes_from_a_json_name(tmp_path):
         f"error: {unnamed}: cannot tell the format from the file name (DocRED files end in .json or .json.gz); "
         "pass --format docred, cdr or gda"]
     assert check(str(unnamed), "--format", "cdr").returncode == 0
+
+
+
+def test_a_misspelt_labels_field_or_json_lines_is_refused_with_the_fix(tmp_path):
+    # both used to pass as something else: "label" as an unlabelled document ("0 relation facts"), and JSON
+    # lines (what docre-predict reads) as "invalid JSON at line 2 column 1: Extra data"
+    misspelt = tmp_path / "misspelt.json"
+    misspelt.write_text(json.dumps([{**{k: v for k, v in DOC.items() if k != "labels"}, "label": DOC["labels"]}]))
+    with pytest.raises(DocreError) as error:
+        run_main("check_data", [str(misspelt)])
+    assert str(error.value) == f"{misspelt}: document 0 ('Alpha'): unknown field 'label' (did you mean labels?)"
+    lines = tmp_path / "docs.jsonl"
+    lines.write_text(json.dumps(DOC) + "\n" + json.dumps(dict(DOC, title="Beta")) + "\n")
+    with pytest.raises(DocreError) as error:
+        run_main("check_data", [str(lines), "--format", "docred"])  # as the hint for a .jsonl name says
+    assert str(error.value) == (f"{lines}: looks like JSON lines (one document per line); DocRED files are one JSON list: "
+                                "put [ before the first document, a comma after each but the last, and ] at the end")

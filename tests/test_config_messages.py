@@ -37,6 +37,47 @@ def test_a_bad_override_is_reported_as_the_override(override, expected):
     assert message(CONFIG, ["seed=1", override]).startswith(expected)
 
 
+@pytest.mark.parametrize("override, suggestion", [
+    # a key put in the wrong section (or in none) gets the full key of the section that has it
+    ("epochs=3", "train.epochs"),
+    ("model.epochs=3", "train.epochs"),
+    ("batch_size=2", "train.batch_size or eval.batch_size"),
+    ("model.batch_size=2", "train.batch_size or eval.batch_size"),  # not the similar model.block_size
+    ("train.seed=1", "seed"),
+    # a loss keyword, named by any loss, lives in loss.*
+    ("alpha=4", "loss.alpha"),
+    ("train.alpha=4", "loss.alpha"),
+    # a close spelling in another section
+    ("epoch=3", "train.epochs"),
+    ("train.alph=4", "loss.alpha"),
+    # names other trainers use for the two learning rates
+    ("train.learning_rate=1e-4", "train.encoder_lr or train.head_lr"),
+    ("lr=1e-4", "train.encoder_lr or train.head_lr"),
+    # a typo in its own section still gets its own section's key (also the table above)
+    ("train.epoch=3", "train.epochs"),
+    ("model.layer_poling=last", "model.layer_pooling"),
+])
+def test_an_unknown_key_suggests_the_key_it_may_mean_in_any_section(override, suggestion):
+    key = override.split("=")[0]
+    assert message(CONFIG, [override]) == f"override {override!r}: unknown key {key!r} (did you mean {suggestion}?)"
+
+
+def test_an_unknown_key_with_nothing_close_gets_no_suggestion(tmp_path):
+    assert message(CONFIG, ["stale_option=1"]) == "override 'stale_option=1': unknown key 'stale_option'"
+    (tmp_path / "bad.yaml").write_text("epochs: 3\n")  # the same hints for a key in the file
+    assert message(tmp_path / "bad.yaml") == f"{tmp_path / 'bad.yaml'}: unknown key 'epochs' (did you mean train.epochs?)"
+
+
+def test_an_empty_training_file_is_named_as_the_key(tmp_path):
+    # it would resolve to data.dir itself: "DIR: file not found"
+    expected = ("data.train_file is empty: name the training file (a file in data.dir, or a path); "
+                "training and evaluation read it")
+    assert message(CONFIG, ["data.dir=tests/fixtures", "data.train_file="]) == f"override 'data.train_file=': {expected}"
+    (tmp_path / "bad.yaml").write_text("data:\n  train_file: ''\n")
+    assert message(tmp_path / "bad.yaml") == f"{tmp_path / 'bad.yaml'}: {expected}"
+    assert load_config(CONFIG, ["data.dev_file=", "data.test_file="]).data.dev_file == ""  # those may be empty
+
+
 def test_a_bad_file_entry_is_reported_against_the_file(tmp_path):
     for text, expected in [("train:\n  epoch: 3\n", "unknown key 'train.epoch' (did you mean train.epochs?)"),
                            ("loss:\n  name: atgl\n  alpah: 3\n", "loss 'atgl': got an unexpected keyword argument 'alpah'"),

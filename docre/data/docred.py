@@ -10,6 +10,7 @@ the official files contain them: a label repeated in a document, and a mention r
 an entity (kept as ATLOP keeps it, so the numbers match). Policy: docs/data.md.
 """
 
+import difflib
 import gzip
 import json
 import re
@@ -25,6 +26,10 @@ from docre.utils import logger, plural
 # reads its file twice (features, Ign F1) and streamed prediction validates chunk after chunk.
 _REPORTED_REPEATS: set[str] = set()
 _SLICE = re.compile(r"^(?P<path>.*)\[(?P<start>-?\d*):(?P<stop>-?\d*)\]$")
+# The document fields docre reads, with the type of their value. Other keys are ignored (DocRED variants
+# carry extras), except a close spelling of an absent field that holds its kind of value: a misspelt
+# "labels" would otherwise pass as an unlabelled document, and a misspelt title as a missing one.
+FIELDS = {"title": str, "sents": list, "vertexSet": list, "labels": list}
 
 
 def split_spec(spec: str) -> tuple[str, slice]:
@@ -62,10 +67,20 @@ def parse_json_list(path: Path, raw: bytes) -> list:
     try:
         data = ujson.loads(text)
     except ValueError as error:
+        if _first_line_is_object(text):  # then the whole failed on what follows it: a second line
+            raise DocreError(f"{path}: looks like JSON lines (one document per line); DocRED files are one JSON list: "
+                             "put [ before the first document, a comma after each but the last, and ] at the end") from None
         raise DocreError(f"{path}: invalid JSON {_json_error_position(text, error)}") from None
     if not isinstance(data, list):
         raise DocreError(f"{path}: top level must be a JSON list of documents, got {type(data).__name__}")
     return data
+
+
+def _first_line_is_object(text: str) -> bool:
+    try:
+        return isinstance(ujson.loads(text.lstrip().split("\n", 1)[0]), dict)
+    except ValueError:
+        return False
 
 
 def _json_error_position(text: str, error: ValueError) -> str:
@@ -109,6 +124,8 @@ def validate_docred(docs: list, path, rel2id: dict[str, int] | None, first_index
         index = first_index + offset
         if type(doc) is not dict:
             raise DocreError(f"{_where(path, index, doc)}: a document must be a JSON object, got {type(doc).__name__}")
+        if FIELDS.keys() - doc.keys():
+            _check_misspelt_fields(doc, _where(path, index, doc))
         for key in ("title", "sents", "vertexSet"):
             if key not in doc:
                 raise DocreError(f"{_where(path, index, doc)}: missing field '{key}'")
@@ -144,6 +161,16 @@ def validate_docred(docs: list, path, rel2id: dict[str, int] | None, first_index
     if repeats and str(path) not in _REPORTED_REPEATS:
         _REPORTED_REPEATS.add(str(path))
         logger.warning("%s: %s", path, " and ".join(repeats))
+
+
+def _check_misspelt_fields(doc: dict, where: str) -> None:
+    """Refuse a key that is a close spelling (any case) of a field the document lacks and holds that
+    field's kind of value ("label": [...], "Title": "..."); a flag such as "labelled": true stays an extra."""
+    absent = {name.lower(): name for name in FIELDS if name not in doc}
+    for key, value in doc.items():
+        close = difflib.get_close_matches(str(key).lower(), absent, n=1, cutoff=0.7) if key not in FIELDS else []
+        if close and type(value) is FIELDS[absent[close[0]]]:
+            raise DocreError(f"{where}: unknown field {key!r} (did you mean {absent[close[0]]}?)")
 
 
 def _check_mention(mention, sents: list, where: str, e: int, m: int) -> None:
