@@ -194,7 +194,7 @@ class Predictor:
 
         path = resolve_model(path, revision, trust_remote_code)
         model_kind(path)
-        torch_device = resolve_device(device)
+        torch_device = resolve_device(device, "device")
         cfg, tokenizer, model, loss_fn, rel2id = load_trained(path, torch_device)
         return cls(cfg, tokenizer, model, loss_fn, rel2id, _rel_info(path, cfg, rel2id), torch_device,
                    inference_precision(cfg.train.precision, torch_device), spacy_model)
@@ -228,7 +228,7 @@ class Predictor:
             return self.predict([documents], batch_size, top_k, progress, prepared)[0]
         docs = documents if prepared else self.prepare(documents)
         _warn_few_entities(docs)
-        rows, scores, pair_rows = self._decode(docs, batch_size or self.cfg.eval.batch_size, self._top_k(top_k), progress)
+        rows, scores, pair_rows = self._decode(docs, self._batch_size(batch_size), self._top_k(top_k), progress)
         scores = scores.numpy()
         rows_of: dict[str, list[dict]] = {doc["title"]: [] for doc in docs}  # titles are unique (validated)
         for row in rows:
@@ -269,7 +269,13 @@ class Predictor:
         """The official result.json rows {"title", "h_idx", "t_idx", "r", "evidence": []}, exactly as
         evaluate.py scores them (arguments as for `predict`; one document or a list, rows either way)."""
         docs = as_documents(documents) if prepared else self.prepare(documents)
-        return self._decode(docs, batch_size or self.cfg.eval.batch_size, self._top_k(top_k), progress)[0]
+        return self._decode(docs, self._batch_size(batch_size), self._top_k(top_k), progress)[0]
+
+    def _batch_size(self, batch_size: int | None) -> int:
+        batch_size = self.cfg.eval.batch_size if batch_size is None else batch_size  # 0 is refused, not the default
+        if batch_size < 1:
+            raise DocreError(f"batch_size must be at least 1, got {batch_size}")
+        return batch_size
 
     def _top_k(self, top_k: int | None) -> int:
         top_k = self.cfg.eval.top_k if top_k is None else top_k

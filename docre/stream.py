@@ -28,7 +28,14 @@ from itertools import islice
 from pathlib import Path
 
 from docre.errors import DocreError
-from docre.utils import atomic_write_json, plural
+from docre.utils import atomic_write_json, logger, plural
+
+
+class Interrupted(DocreError):
+    """Ctrl-C after some chunks were kept: the CLI's one line says how to go on; exit status 130
+    (128 + SIGINT), as for any Ctrl-C."""
+
+    exit_status = 130
 
 
 @dataclass
@@ -208,6 +215,9 @@ def run_shard(path: Path, output: Path, rank: int, world: int, settings: dict, c
     before = progress.documents
     if progress.finished:
         return progress, 0
+    if progress.chunks_done:
+        logger.info("%s: continuing an interrupted run at line %d of %s (%s predicted before)", shard,
+                    progress.chunks_done * chunk + 1, path, plural(progress.documents, "document"))
     if bar is not None:
         bar.update(progress.chunks_done * chunk)  # the lines of the chunks done before an interruption
     try:
@@ -220,6 +230,9 @@ def run_shard(path: Path, output: Path, rank: int, world: int, settings: dict, c
             done = plural(progress.documents, "document")
             raise DocreError(f"{error} (the {done} predicted before it are kept: "
                              "run the same command again to go on from there)") from None
+        elif isinstance(error, KeyboardInterrupt):  # so the user knows the kept shard is not debris
+            raise Interrupted(f"interrupted after {plural(progress.documents, 'document')}, kept in {shard}: "
+                              "run the same command again to go on from there") from None
         raise
     progress.finished = True
     save_progress(shard, progress)

@@ -129,12 +129,15 @@ def set_seed(seed: int) -> None:
 
 def resolve_device(name: str, option: str = "train.device") -> torch.device:
     """"auto" (CUDA if available), "cpu", "cuda", "cuda:N" as a torch device; `option` is how the
-    user gave it (a config key or a command's flag), for the one-line error."""
+    user gave it (a config key, a command's flag or a Python argument's name), for the one-line error."""
     from docre.errors import DocreError
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    shown = f"{option}={name}" if "." in option else f"{option} {name}"
+    # written back as the user wrote it: --device cuda (a flag), train.device=cuda (a config key),
+    # device='cuda' (a Python argument)
+    value = name if "." in option else repr(name)
+    shown = f"{option} {name}" if option.startswith("-") else f"{option}={value}"
     try:
         device = torch.device(name)
     except RuntimeError:

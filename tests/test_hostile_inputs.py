@@ -54,9 +54,19 @@ READER_CASES = [
     ("non-UTF-8 bytes", b'[{"title": "caf\xe9"}]', "not UTF-8 text (byte 15, line 1)"),
     ("non-UTF-8 on a later line", b'[\n {"title": "caf\xe9"}]', "not UTF-8 text (byte 17, line 2)"),
     ("top level an object", b'{"title": "x"}', "top level must be a JSON list of documents, got dict"),
+    ("JSON lines", b"\n".join(json.dumps(doc).encode() for doc in json.loads(FIXTURE_BYTES)),
+     "looks like JSON lines (one document per line); DocRED files are one JSON list: put [ before the first document, "
+     "a comma after each but the last, and ] at the end"),
     ("top level a string", b'"docs"', "top level must be a JSON list of documents, got str"),
     ("document not an object", edited(lambda d: d.__setitem__(1, [1])), "document 1: a document must be a JSON object, got list"),
     ("missing title", edited(lambda d: d[1].pop("title")), "document 1: missing field 'title'"),
+    # a close spelling of an absent field, holding that field's kind of value, is a misspelling, not an extra
+    ("misspelt labels", edited(lambda d: d[1].__setitem__("label", d[1].pop("labels"))),
+     f"{DOC}: unknown field 'label' (did you mean labels?)"),
+    ("misspelt title", edited(lambda d: d[1].__setitem__("Title", d[1].pop("title"))),
+     "document 1: unknown field 'Title' (did you mean title?)"),
+    ("misspelt vertexSet", edited(lambda d: d[1].__setitem__("vertex_set", d[1].pop("vertexSet"))),
+     f"{DOC}: unknown field 'vertex_set' (did you mean vertexSet?)"),
     ("title not a string", edited(lambda d: d[1].__setitem__("title", 7)), "document 1: title: must be a string"),
     ("duplicate titles", edited(lambda d: d[2].__setitem__("title", "Alpha at Beta")),
      "document 2 ('Alpha at Beta'): title: duplicate of document 0 (titles identify documents in scoring)"),
@@ -146,6 +156,16 @@ def test_a_slice_reports_the_index_in_the_whole_file(tmp_path, rel2id):
     (tmp_path / "docs.json").write_bytes(CASES["start equal to end"][0])
     with pytest.raises(DocreError, match=r"document 1 \('A longer story'\)"):
         read_split("docred", "docs.json[1:]", str(tmp_path), rel2id)
+
+
+def test_extra_document_keys_are_kept(tmp_path, rel2id):
+    # DocRED variants carry keys docre does not read; only a close spelling of an absent field that holds
+    # that field's kind of value is refused (the misspelt-field rows above)
+    extras = {"evidences": [[0]], "labelled": False, "label_names": "P26", "doc_id": 7}
+    docs = edited(lambda d: [d[0].pop("labels"), d[0].update(extras), d[1].update(label=[])])
+    (tmp_path / "docs.json").write_bytes(docs)
+    read = read_split("docred", "docs.json", str(tmp_path), rel2id)[2]
+    assert read == json.loads(docs) and "labels" not in read[0] and read[1]["label"] == []
 
 
 def test_byte_order_mark_is_accepted(tmp_path, rel2id):
@@ -329,7 +349,9 @@ def test_train_cli_refuses_directories_it_must_not_touch(tmp_path, capsys, tiny_
         1, f"error: {out / 'mine'}: directory is not empty; choose another run_name or set train.overwrite=true")
     assert (out / "mine" / "notes.txt").read_text() == "not a run"
     status, _, stderr = cli(capsys, "train.py", "--resume", str(out / "nothing"))
-    assert (status, stderr.strip()) == (1, f"error: {out / 'nothing'}: not a run directory (no config.yaml)")
+    assert (status, stderr.strip()) == (1, f"error: {out / 'nothing'}: the directory does not exist")
+    status, _, stderr = cli(capsys, "train.py", "--resume", str(out / "mine"))
+    assert (status, stderr.strip()) == (1, f"error: {out / 'mine'}: not a run directory (no config.yaml)")
     status, _, stderr = cli(capsys, "train.py", "configs/smoke.yaml", "--resume", str(out / "mine"))
     assert (status, stderr.strip()) == (
         1, "error: --resume continues a run with its own config.yaml: give only key=value overrides, not 'configs/smoke.yaml'")

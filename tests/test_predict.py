@@ -195,6 +195,13 @@ def test_batch_size_does_not_change_predictions(predictor, fixture_docs):
     assert predictor.predict(fixture_docs, batch_size=1) == predictor.predict(fixture_docs, batch_size=3)
 
 
+def test_batch_size_below_one_is_refused_as_the_cli_refuses_it(predictor, fixture_docs):
+    for size in (0, -1):  # 0 once fell back to the run's eval.batch_size; -1 ran one document per batch
+        for method in (predictor.predict, predictor.predict_records, predictor.leaderboard_rows):
+            with pytest.raises(DocreError, match=rf"^batch_size must be at least 1, got {size}$"):
+                method(fixture_docs, batch_size=size)
+
+
 def test_raw_text_predicts_like_the_same_document_in_docred_format(predictor, fixture_docs):
     doc = fixture_docs[0]  # "Alpha works for Beta . Beta is in Gamma City ."
     text = "Alpha works for Beta.  Beta is in\nGamma City."
@@ -408,8 +415,13 @@ def test_a_missing_spacy_pipeline_is_one_line(run_dir, spacy_pipeline, tmp_path,
                           capsys)
     assert status == 1 and err.strip() == (
         "error: notes.txt: document 0 ('notes'): no entities given, and the spaCy pipeline 'xx_nosuch_sm' is not installed: "
-        "python -m spacy download xx_nosuch_sm (or name another with --spacy-model; docs/predict.md#plain-text)"
+        "python -m spacy download xx_nosuch_sm (or name another: --spacy-model, or spacy_model= in Python; "
+        "docs/predict.md#plain-text)"
     ).replace("notes.txt", str(notes))
+    folder = tmp_path / "models" / "nosuch"  # a folder is loaded, not downloaded
+    status, _, err = call("scripts/predict", [run_dir, notes, "-o", tmp_path / "out.html", "--spacy-model", folder], capsys)
+    assert status == 1 and err.strip() == (
+        f"error: {notes}: document 0 ('notes'): no entities given, and the spaCy pipeline folder '{folder}' does not exist")
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -526,6 +538,23 @@ def test_cli_refuses_hostile_input_with_one_line(run_dir, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
+def test_no_cuda_is_refused_naming_the_device_as_the_user_gave_it(run_dir, tmp_path, capsys, monkeypatch):
+    from docre.utils import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    unavailable = "but CUDA is not available here (use cpu or auto)"
+    status, _, err = call("evaluate", [run_dir, "--device", "cuda"], capsys)
+    assert (status, err.strip()) == (1, f"error: --device cuda, {unavailable}")
+    status, _, err = call("scripts/predict", [run_dir, FIXTURE, "-o", tmp_path / "out.jsonl", "--device", "cuda"], capsys)
+    assert (status, err.strip()) == (1, f"error: --device cuda, {unavailable}")
+    with pytest.raises(DocreError) as error:
+        Predictor.from_pretrained(run_dir, device="cuda")
+    assert str(error.value) == f"device='cuda', {unavailable}"
+    with pytest.raises(DocreError) as error:
+        resolve_device("cuda")  # training's config key
+    assert str(error.value) == f"train.device=cuda, {unavailable}"
+
+
 def test_a_missing_run_beside_others_is_a_missing_folder_not_a_hub_id(run_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()  # "runs/nosuch" is also shaped like a Hub id ORG/NAME
@@ -582,6 +611,10 @@ def test_export_writes_a_self_contained_folder_with_a_card(exported, run_dir):
     assert f"| test | {results['test']['precision'] * 100:.2f} |" in card
     assert "docred_tiny.json" in card and "`atgl` loss (alpha=16.5)" in card
     assert json.loads((exported / "rel2id.json").read_text()) == json.loads((run_dir / "rel2id.json").read_text())
+    # an ATGL run at a fixed alpha tunes nothing on dev (its decode.json is {}), so the export has no
+    # decode.json, and docs/predict.md says so
+    assert json.loads((run_dir / "decode.json").read_text()) == {} and "decode.json" not in files
+    assert "`decode.json` (when the run tuned parameters on dev)" in " ".join((ROOT / "docs/predict.md").read_text().split())
 
 
 def test_exported_folder_loads_offline_and_predicts_identically(exported, backbone, predictor, fixture_docs, redocred_docs,
@@ -597,6 +630,12 @@ def test_exported_folder_loads_offline_and_predicts_identically(exported, backbo
         exec(compile(snippet, "README.md", "exec"), {})  # the card's example runs as written
     finally:
         hidden.rename(backbone)
+
+
+def test_an_exported_folder_is_named_as_such_by_train_resume(exported, capsys):
+    status, _, err = call("train", ["--resume", exported], capsys)  # it has a config.yaml and results.json too
+    assert (status, err.strip()) == (
+        1, f"error: {exported}: an exported model (scripts/export.py), not a run directory; it cannot be resumed")
 
 
 def test_export_carries_tuned_decode_parameters_and_refuses_to_overwrite(run_dir, exported, tmp_path):

@@ -14,7 +14,7 @@ import pytest
 
 from docre.errors import DocreError
 from docre.predict import prepare_documents
-from docre.stream import input_lines, merged_records, remove_state, run_shard, shard_path, write_lines
+from docre.stream import Interrupted, input_lines, merged_records, remove_state, run_shard, shard_path, write_lines
 from tests.conftest import FIXTURES
 
 DOCS = json.loads((FIXTURES / "docred_tiny.json").read_text())
@@ -77,7 +77,7 @@ def test_interrupted_run_resumes_into_the_same_output(tmp_path, stop_after):
         calls["n"] += 1
         return records(docs)
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted if stop_after else KeyboardInterrupt):  # Interrupted: some chunks are kept
         run_shard(path, output, 0, 1, {"model": "m"}, 2, prepare(path), flaky, False)
     shard = shard_path(output, 0, 1)
     with open(shard, "ab") as handle:  # a kill in the middle of writing the next chunk
@@ -136,7 +136,7 @@ def test_changed_settings_or_input_prefix_are_refused(tmp_path):
             raise KeyboardInterrupt
         return records(docs)
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted):
         run_shard(path, output, 0, 1, {"model": "m", "top_k": 4}, 2, prepare(path), once, False)
     with pytest.raises(DocreError, match=r"other settings \(top_k\)"):
         run_shard(path, output, 0, 1, {"model": "m", "top_k": 3}, 2, prepare(path), records, False)
@@ -145,7 +145,7 @@ def test_changed_settings_or_input_prefix_are_refused(tmp_path):
     progress, _ = run_shard(path, output, 0, 1, {"model": "m", "top_k": 4}, 2, prepare(path), records, False)
     assert progress.finished
     remove_state(output, 1)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted):
         calls["n"] = 0
         run_shard(path, output, 0, 1, {"model": "m"}, 2, prepare(path), once, False)
     path.write_text("".join([text[1], text[0]] + text[2:]))  # inside the done prefix: refused
@@ -231,7 +231,8 @@ def test_truncated_gzip_corpus_leaves_an_interrupted_run_as_it_was(tmp_path, mon
     path = corpus(tmp_path, 12, gz=True)
     status, err = predict_cli(monkeypatch, capsys, tmp_path, path, StubPredictor(stop=2))  # Ctrl-C after one chunk
     shard = shard_path(tmp_path / "out.jsonl", 0, 1)
-    assert err.strip().splitlines() == ["error: interrupted"]  # run_cli's one line for a Ctrl-C, no traceback
+    assert err.strip().splitlines() == [  # one line, no traceback, saying how to go on
+        f"error: interrupted after 2 documents, kept in {shard}: run the same command again to go on from there"]
     assert status == 130 and json.loads(Path(f"{shard}.progress.json").read_text())["chunks_done"] == 1
     state = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p != path}
     assert sorted(state) == [shard.name, f"{shard.name}.progress.json", f"{shard.name}.rejects"]
@@ -241,6 +242,22 @@ def test_truncated_gzip_corpus_leaves_an_interrupted_run_as_it_was(tmp_path, mon
     assert err.strip().splitlines() == [
         f"error: {path}: cannot read (Compressed file ended before the end-of-stream marker was reached)"]
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p != path} == state  # no output
+
+
+def test_ctrl_c_says_how_to_go_on_and_the_same_command_does(tmp_path, monkeypatch, capsys):
+    path = corpus(tmp_path, 7)
+    status, err = predict_cli(monkeypatch, capsys, tmp_path, path, StubPredictor(stop=3))  # Ctrl-C in the third chunk
+    shard = shard_path(tmp_path / "out.jsonl", 0, 1)
+    assert status == 130 and err.strip().splitlines() == [
+        f"error: interrupted after 4 documents, kept in {shard}: run the same command again to go on from there"]
+    again = StubPredictor()
+    status, err = predict_cli(monkeypatch, capsys, tmp_path, path, again)
+    assert status == 0 and again.calls == 2  # the third chunk (lines 5-6) and the fourth (line 7): nothing redone
+    logged = err.strip().splitlines()
+    assert len(logged) == 1 and logged[0].endswith(
+        f" INFO {shard}: continuing an interrupted run at line 5 of {path} (4 documents predicted before)")
+    titles = [json.loads(line)["title"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert titles == [f"doc {i}" for i in range(7)] and not shard.exists()
 
 
 def test_gzip_cut_within_its_first_bytes_is_one_line_too(tmp_path, monkeypatch, capsys):
@@ -262,7 +279,7 @@ def test_input_cut_inside_the_part_an_interrupted_run_did_is_one_line(tmp_path):
             raise KeyboardInterrupt
         return records(docs)
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted):
         run_shard(path, output, 0, 1, {"model": "m"}, 2, prepare(path), interrupted, False)
     path.write_bytes(path.read_bytes()[:40])  # now cut inside the bytes the interrupted run had done
     with pytest.raises(DocreError, match=rf"^{path}: cannot read \(Compressed file ended"):

@@ -44,7 +44,7 @@ def main() -> int:
     from docre.utils import inference_precision, resolve_device, setup_logging
 
     setup_logging()
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     cfg, tokenizer, model, loss_fn, rel2id = load_trained(args.run_dir, device)
     data = cfg.data
     spec = args.data or (data.dev_file if args.split == "dev" else data.test_file)

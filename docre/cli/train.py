@@ -69,11 +69,20 @@ def main() -> int:
     from docre.config import load_config
 
     if args.resume:
+        from docre.run_dir import EXPORTED_ENCODER, EXPORTED_WEIGHTS
+
         given = [args.config, *args.overrides] if args.config is not None else []  # argparse put the first override in CONFIG
-        config, overrides = Path(args.resume) / "config.yaml", [*given, f"train.resume={args.resume}"]
+        run_dir = Path(args.resume)
+        config, overrides = run_dir / "config.yaml", [*given, f"train.resume={args.resume}"]
         stray = next((arg for arg in given if "=" not in arg), None)
         if stray is not None:
             raise DocreError(f"--resume continues a run with its own config.yaml: give only key=value overrides, not {stray!r}")
+        if not run_dir.exists():
+            raise DocreError(f"{args.resume}: the directory does not exist")
+        # an export has a config.yaml (and often results.json) too, but no checkpoint (last/) to go on from
+        if (run_dir / EXPORTED_ENCODER).is_dir() and (run_dir / EXPORTED_WEIGHTS).is_file():
+            raise DocreError(f"{args.resume}: an exported model (scripts/export.py), not a run directory; "
+                             "it cannot be resumed")
         if not config.is_file():
             raise DocreError(f"{args.resume}: not a run directory (no config.yaml)")
     elif args.config is not None:

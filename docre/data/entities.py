@@ -78,8 +78,12 @@ def load_pipeline(name: str = DEFAULT_PIPELINE):
     if not is_package(name) and not _is_folder(name):
         package = REPUBLISHED.get(name, name)
         if not is_package(package):
+            # a path names a folder to load, not a package to download; "~" is the shell's, not Python's
+            if "/" in name or "\\" in name or name.startswith((".", "~")):
+                raise DocreError(f"the spaCy pipeline folder {name!r} does not exist"
+                                 + (" (~ is not expanded here: give the full path)" if name.startswith("~") else ""))
             raise DocreError(f"the spaCy pipeline {name!r} is not installed: python -m spacy download {name} "
-                             f"(or name another with --spacy-model; {PLAIN_TEXT_DOCS})")
+                             f"(or name another: --spacy-model, or spacy_model= in Python; {PLAIN_TEXT_DOCS})")
     # The tagger and lemmatizer do not feed the entity recognizer or the parser (each listens to the shared
     # tok2vec itself): leaving them out saves about a quarter of spaCy's time and changes no entity and no
     # sentence (100 Re-DocRED dev documents: 11.4 s against 14.0 s, the same entities and sentences).

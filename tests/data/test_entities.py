@@ -252,9 +252,11 @@ def test_without_the_extra_the_refusal_names_the_install_command(monkeypatch):
 
 
 def test_a_missing_pipeline_or_a_dataset_without_a_table_is_one_line(nlp, tmp_path):
-    with pytest.raises(DocreError, match=r"^text 0: no entities given, and the spaCy pipeline 'en_core_web_xx' is not "
-                                         r"installed: python -m spacy download en_core_web_xx \(or name another"):
+    with pytest.raises(DocreError) as error:
         find_entities(["Paris."], "en_core_web_xx")
+    assert str(error.value) == ("text 0: no entities given, and the spaCy pipeline 'en_core_web_xx' is not installed: "
+                                "python -m spacy download en_core_web_xx (or name another: --spacy-model, or "
+                                "spacy_model= in Python; docs/predict.md#plain-text)")
     with pytest.raises(DocreError, match=r"^text 0: no entities given, and the spaCy pipeline '.*' does not load: "):
         find_entities(["Paris."], str(tmp_path))  # a folder that holds no pipeline
     with pytest.raises(DocreError, match=r"^text 0: no entities given, and a cdr model's entity types have no table"):
@@ -265,6 +267,14 @@ def test_a_missing_pipeline_or_a_dataset_without_a_table_is_one_line(nlp, tmp_pa
     with pytest.raises(DocreError, match=r"^text 0: no entities given, and the spaCy pipeline '.*blank' has no entity "
                                          r"recognizer \(ner\); name one that has$"):
         find_entities(["Paris."], str(tmp_path / "blank"))
+
+
+@pytest.mark.parametrize("name", ["/some/folder", "models/mine", "./mine", "../nosuch", "~/mine", "C:\\models\\mine"])
+def test_a_missing_pipeline_folder_is_said_to_be_missing_not_to_be_downloaded(nlp, name):
+    with pytest.raises(DocreError) as error:
+        find_entities(["Paris."], name)
+    tilde = " (~ is not expanded here: give the full path)" if name.startswith("~") else ""
+    assert str(error.value) == f"text 0: no entities given, and the spaCy pipeline folder {name!r} does not exist{tilde}"
 
 
 # ------------------------------------------------------------------------------- a user's mentions
