@@ -25,6 +25,7 @@ from docre.errors import DocreError
 from docre.utils import logger, plural
 
 FORMATS = ("auto", "docred", "text")
+EOG_DATASETS = ("cdr", "gda")  # datasets whose files are EoG lines, which `read_documents` reads for their models
 
 
 def decision_scores(loss_fn, logits: torch.Tensor) -> torch.Tensor:
@@ -43,7 +44,8 @@ def read_documents(path: str | Path, fmt: str = "auto", spacy_model: str = DEFAU
     """Read an input file: a JSON list (DocRED format, plain or gzipped, `file[a:b]` takes a slice),
     JSON lines (one document per line, DocRED-format or raw text), or a .txt file (one document of
     plain text, titled by the file name), validated and converted to DocRED-format documents
-    (`prepare_documents`; `spacy_model` and `dataset` as there)."""
+    (`prepare_documents`; `spacy_model` and `dataset` as there); for a CDR or GDA model (`dataset`)
+    also a file of that corpus's EoG lines, predicted over its own candidate pairs."""
     if fmt not in FORMATS:
         raise DocreError(f"--format {fmt!r}: not one of {', '.join(FORMATS)}")
     path = Path(path)
@@ -54,6 +56,11 @@ def read_documents(path: str | Path, fmt: str = "auto", spacy_model: str = DEFAU
         name, part = split_spec(str(path))
         path = Path(name)
     raw = read_bytes(path).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark (some Windows editors write one)
+    if dataset in EOG_DATASETS and fmt != "text" and raw.lstrip()[:1] not in (b"[", b"{"):
+        # a CDR or GDA model reads its own corpus's format too (EoG lines, docre/data/bio.py), with its candidate pairs
+        from docre.data import READERS
+
+        return READERS[dataset](path, part, None)
     docs = parse_json_list(path, raw) if raw.lstrip()[:1] == b"[" else _parse_json_lines(path, raw)
     first = part.indices(len(docs))[0]
     return prepare_documents(docs[part], fmt, str(path), first, spacy_model, dataset)

@@ -42,6 +42,12 @@ def test_cdr_trains_and_evaluates(tiny_backbone, tmp_path, capsys):
     for key in ("f1", "intra_f1", "inter_f1", "num_predicted"):
         assert scores[key] == results["test"][key], key
 
+    # the model predicts on its corpus's own file format: the run's test predictions, over the file's candidate pairs
+    assert run_main("predict", [str(run_dir), "tests/fixtures/cdr_tiny.data", "-o", str(tmp_path / "cdr.json")]) == 0
+    predicted = json.loads((tmp_path / "cdr.json").read_text())
+    assert sorted((p["title"], p["h_idx"], p["t_idx"], p["r"]) for p in predicted) == \
+        sorted((p["title"], p["h_idx"], p["t_idx"], p["r"]) for p in predictions)
+
     capsys.readouterr()
     assert run_main("tune_offset", [str(run_dir), "--json"]) == 0  # binary scores: no Ign F1 to print
     out = capsys.readouterr().out

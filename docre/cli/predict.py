@@ -7,7 +7,8 @@ INPUT: a DocRED-format JSON list (plain or .gz; labels are ignored; FILE[a:b] ta
 JSON lines, one document per line, DocRED-format or raw text {"text", "entities": [{"name"?,
 "type"?, "mentions": [[char_start, char_end], ...]}], "title"?}, or a .txt file of plain text (one
 document). Raw text without "entities" has them found by a spaCy pipeline (--spacy-model; the text
-extra: pip install "docre[text]"), or grouped from its own "mentions". See docs/predict.md.
+extra: pip install "docre[text]"), or grouped from its own "mentions". A CDR or GDA model also reads
+its corpus's own files (EoG lines, as it trained on), over their candidate pairs. See docs/predict.md.
 
 OUTPUT, by its extension:
   *.jsonl  one line per document: {"title", "triples": [{h_idx, h_name, t_idx, t_name, r, r_name,
@@ -89,7 +90,8 @@ def main() -> int:
 
 
 def is_json_lines(spec: str) -> bool:
-    """Whether the input is a JSON-lines file (no FILE[a:b] slice, first character not "[")."""
+    """Whether the input is a JSON-lines file (no FILE[a:b] slice, first character "{"; a CDR or GDA
+    file of EoG lines is read whole, as its corpus's reader reads it)."""
     path = Path(spec)
     if not path.is_file():
         return False  # a slice, or a missing file (read_documents says which)
@@ -100,7 +102,7 @@ def is_json_lines(spec: str) -> bool:
             head = handle.read(4096)
     except (OSError, EOFError) as error:  # a gzip cut or damaged within its first 4 KiB
         raise DocreError(f"{path}: cannot read ({error})") from None
-    return head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] not in (b"[", b"")
+    return head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"{"
 
 
 def _predict_in_memory(args, model_dir, output: Path) -> int:
