@@ -61,8 +61,9 @@ EXPORTED_ENCODER = "encoder"
 # missing backbone, out of memory at step 1) must not block the next attempt under the same name.
 START_FILES = {CONFIG, "environment.json", REL2ID, LOSS_STATISTICS, "train.log", METRICS, "last.tmp", FAILED, LOCK}
 # Settings that may differ between a run on disk and the same run requested again without changing
-# what is trained: how it was started, and the CPU threads (seeds may run side by side).
-START_KEYS = {"train.resume", "train.overwrite", "train.num_threads"}
+# what is trained: how it was started, the CPU threads (seeds may run side by side), and the folder
+# that holds it (a runs folder copied to another machine or mounted elsewhere holds the same runs).
+START_KEYS = {"train.resume", "train.overwrite", "train.num_threads", "output_dir"}
 # Settings a resumed run may change without a warning: where and how fast it runs, not what it learns.
 RESUME_KEYS = START_KEYS | {"train.device", "data.cache_dir", "eval.batch_size"}
 

@@ -37,7 +37,6 @@ SWEEP_DIR = "alpha_sweep"
 ADOPTED = (runs.BEST_WEIGHTS, runs.REL2ID, runs.BEST_SCORES, "dev_predictions.json", "test_predictions.json",
            "dev_logits.safetensors", "test_logits.safetensors")
 # The folder is a sweep's identity: a moved or copied sweep continues where it is.
-IGNORED = runs.START_KEYS | {"output_dir"}
 
 
 def is_auto(cfg: Config) -> bool:
@@ -114,7 +113,7 @@ def _train_values(cfg: Config, run_dir: Path, values: list[float]) -> list[dict]
     durations = []  # wall seconds of the finished values' runs (earlier ones too): the same config but alpha
     for index, alpha in enumerate(values):
         sub_dir = _value_dir(run_dir, alpha)
-        action, sub_cfg = runs.plan(sub_dir, _sub_config(cfg, alpha, sub_dir), IGNORED)
+        action, sub_cfg = runs.plan(sub_dir, _sub_config(cfg, alpha, sub_dir))
         if action == "skip":
             logger.info("alpha %g: finished earlier (%s), skipped", alpha, sub_dir)
             results = runs.read_results(sub_dir)
@@ -154,7 +153,7 @@ def prepare_parent(run_dir: Path, cfg: Config, rank: int, kind: str = "alpha swe
     replace a finished or different one; continue an unfinished one of the same config."""
     saved_path = run_dir / runs.CONFIG
     if run_dir.exists() and runs.holds_files(run_dir) and not cfg.train.resume:
-        differences = (runs.config_differences(load_config(saved_path), cfg, IGNORED) if saved_path.is_file()
+        differences = (runs.config_differences(load_config(saved_path), cfg) if saved_path.is_file()
                        else ["no config.yaml"])
         finished = (run_dir / runs.RESULTS).is_file()
         if cfg.train.overwrite and (finished or differences):

@@ -27,7 +27,7 @@ from docre import run_dir as runs
 from docre.augmenter import AUGMENTER_FIT, AUGMENTER_WEIGHTS, Augmenter, AugmenterSettings, fit_augmenter
 from docre.config import Config
 from docre.errors import DocreError
-from docre.sweep import IGNORED, adopt_files, prepare_parent
+from docre.sweep import adopt_files, prepare_parent
 from docre.utils import atomic_write_json, hold_lock, logger, resolve_device
 
 STAGES = ("stage1", "stage2", "stage3")
@@ -98,7 +98,7 @@ def _stage_config(cfg: Config, stage_dir: Path) -> Config:
 
 def _run_stage(train, stage_cfg: Config, what: str) -> dict:
     stage_dir = runs.path_of(stage_cfg)
-    action, stage_cfg = runs.plan(stage_dir, stage_cfg, IGNORED)
+    action, stage_cfg = runs.plan(stage_dir, stage_cfg)
     if action == "skip":
         logger.info("%s: finished earlier (%s), skipped", what, stage_dir)
         return runs.read_results(stage_dir)

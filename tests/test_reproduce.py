@@ -230,3 +230,24 @@ def test_rows_trains_only_the_named_rows_and_tabulates_all(tmp_path, monkeypatch
     # the sweep first, in one queue with the runs that need no alpha (both cores busy under --jobs 2);
     # the sweep left unfinished (a failed run) is not started again by the same command
     assert calls[0] == ["ttm_re_atgl-s66", "ttm_re_ssr_pu-s66", "ttm_re_ssr_pu-s67"] and not any(calls[1:])
+
+
+def test_a_grid_split_by_seed_tabulates_every_seed_and_never_mixes_settings(tmp_path, tiny_backbone, capsys):
+    out = tmp_path / "runs"
+    common = ["configs/smoke.yaml", "--name", "g", "--output-dir", str(out), f"model.backbone={tiny_backbone}",
+              "train.max_steps=2", "data.cache_dir=none"]
+    assert run_main("reproduce", [*common, "--seeds", "1,2"]) == 0
+    assert run_main("reproduce", [*common, "--seeds", "3"]) == 0  # another machine's share of the same grid
+    table = json.loads((out / "g" / "table.json").read_text())
+    assert [row["n"] for row in table["rows"]] == [3]  # was 1: the last command's seeds alone
+    # a new seed with another setting would be averaged into the row: refused before anything trains
+    with pytest.raises(DocreError, match=r"g/smoke-s1: holds a run of another config \(train\.max_steps: 2 -> 3\)"):
+        run_main("reproduce", [*common, "--seeds", "4", "train.max_steps=3"])
+    assert not (out / "g" / "smoke-s4").exists()
+    # the same runs in another folder (copied to another machine) are the same runs
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (out / "g").rename(moved / "g")
+    capsys.readouterr()
+    assert run_main("reproduce", [*common[:3], "--output-dir", str(moved), *common[5:], "--seeds", "1,2,3", "--dry-run"]) == 0
+    assert "3 finished. Nothing was run" in capsys.readouterr().out

@@ -76,13 +76,19 @@ def tabulate(table, runs, seeds: list[int], out: Path) -> None:
     print("written: " + ", ".join(str(p) for p in written))
 
 
+def recorded_seeds(out: Path) -> list[int]:
+    """The seeds earlier commands on the folder `out` recorded in its grid.json ([] for a new folder)."""
+    from docre.run_dir import read_json
+
+    return read_json(out / "grid.json")["seeds"] if (out / "grid.json").is_file() else []
+
+
 def record_grid(out: Path, table, seeds: list[int], overrides: list[str]) -> None:
     """Write <out>/grid.json: the table, its rows and the seeds of every command on this folder (commands
     split by --seeds, one per machine, add theirs), read by summarize_runs.py and compare_losses.py --runs."""
-    from docre.run_dir import read_json
     from docre.utils import atomic_write_json
 
-    earlier = read_json(out / "grid.json")["seeds"] if (out / "grid.json").is_file() else []
+    earlier = recorded_seeds(out)
     atomic_write_json(out / "grid.json", {
         "table": table.name, "title": table.title, "source": table.source,
         "seeds": [*earlier, *(seed for seed in seeds if seed not in earlier)],
@@ -132,9 +138,12 @@ def main() -> int:
         table = table_from_configs(targets, args.name or "grid")
     seeds = parse_seeds(args.seeds) if args.seeds else table.seeds
     out = Path(args.output_dir).resolve() / table.name
-    runs = plan_runs(table, seeds, out, overrides)
+    # the folder's table covers the seeds of every command on it (a grid split by --seeds): each of their
+    # runs is checked against this command's settings, so that one row never averages two settings
+    table_seeds = list(dict.fromkeys([*recorded_seeds(out), *seeds]))
+    runs = plan_runs(table, table_seeds, out, overrides)
     chosen = choose_rows(table, args.rows)
-    selected = [run for run in runs if run.row.name in chosen]  # the runs this command trains
+    selected = [run for run in runs if run.row.name in chosen and run.seed in seeds]  # the runs this command trains
 
     print(f"{table.name}: {plural(len(chosen), 'row')} x {plural(len(seeds), 'seed')} = {plural(len(selected), 'run')} in {out}")
     for run in selected:
@@ -153,11 +162,11 @@ def main() -> int:
     failed = run_grid(ready, args.nproc, args.jobs)
     if any(run.state == "waiting" for run in selected):
         tried = {run.cfg.run_name for run in ready}  # a failed run is retried by the next command, not this one
-        runs = plan_runs(table, seeds, out, overrides)  # the waiting runs now read their alpha seed's choice
-        selected = [run for run in runs if run.row.name in chosen]
+        runs = plan_runs(table, table_seeds, out, overrides)  # the waiting runs now read their alpha seed's choice
+        selected = [run for run in runs if run.row.name in chosen and run.seed in seeds]
         failed += run_grid([run for run in selected if run.state != "waiting" and run.cfg.run_name not in tried],
                            args.nproc, args.jobs)
-    tabulate(table, runs, seeds, out)
+    tabulate(table, runs, table_seeds, out)
     problems = []
     if failed:
         names = ", ".join(run.cfg.run_name for run in failed)
