@@ -78,6 +78,26 @@ def run_setting(run_dir: Path) -> tuple[str, str]:
     return str(model), f"{name} ({', '.join(f'{k}={v}' for k, v in loss.items())})" if loss else str(name)
 
 
+def read_run_results(run_dir: Path) -> dict | None:
+    """The run's results.json (None while it is not finished); a damaged one, truncated or without
+    any dev or test scores, is refused with what to do about it rather than tabulated as blanks."""
+    hint = "delete the run (or its results.json) to train it again"
+    try:
+        results = read_results(run_dir)
+    except DocreError as error:  # truncated (e.g. the disk filled up while it was written)
+        raise DocreError(f"{error}; {hint}") from None
+    if results is not None and not any(isinstance(results.get(split), dict) and results[split] for split in SPLITS):
+        # one such run would blank its row's means: a score missing from any seed is left out of them
+        raise DocreError(f"{Path(run_dir) / 'results.json'}: no dev or test scores; {hint}")
+    return results
+
+
+def failed_line(failed: dict[str, str]) -> str:
+    """The table's line naming the failed runs (run dir -> the error of its failed.json)."""
+    return (f"Failed ({len(failed)}; their failed.json): "
+            + "; ".join(f"{Path(p).name}: {error}" for p, error in failed.items()) + ".")
+
+
 def mean_std(values: list[float]) -> dict:
     """{"mean", "std" (sample, None for one value), "values"}."""
     mean = sum(values) / len(values)
@@ -100,7 +120,7 @@ def summarize(groups: dict[str, list[Path]], published: dict[str, dict] | None =
     published, expected = published or {}, expected or {}
     rows = []
     for name, run_dirs in groups.items():
-        finished = [(run_dir, results) for run_dir in run_dirs if (results := read_results(run_dir)) is not None]
+        finished = [(run_dir, results) for run_dir in run_dirs if (results := read_run_results(run_dir)) is not None]
         failed = {str(d): error for d in sorted(run_dirs) if (error := read_failure(d)) is not None}
         settings = [run_setting(run_dir) for run_dir in run_dirs]
         row = {
@@ -165,10 +185,9 @@ def markdown_table(rows: list[dict], title: str = "", source: str = "") -> str:
     if source:
         lines.append(f"Published numbers: {source}.")
     lines += [f"- {note}" for note in notes]
-    failed = [(path, error) for row in rows for path, error in row["failed"].items()]
+    failed = {path: error for row in rows for path, error in row["failed"].items()}
     if failed:
-        lines.append(f"Failed ({len(failed)}; their failed.json): "
-                     + "; ".join(f"{Path(p).name}: {error}" for p, error in failed) + ".")
+        lines.append(failed_line(failed))
     missing = [path for row in rows for path in row["unfinished"]]
     if missing:
         lines.append(f"Not finished yet ({len(missing)}): " + ", ".join(Path(p).name for p in missing) + ".")
@@ -241,7 +260,8 @@ def collect(root: Path, table=None) -> dict:
     grids = []  # (row-name prefix, grid)
     if table is not None:
         rows = [{"name": row.name, "published": row.published} for row in table.rows]
-        grid = {"title": table.title, "source": table.source, "rows": rows}
+        # its seeds: the number of runs each row asks for, shown as n/expected like grid.json's
+        grid = {"title": table.title, "source": table.source, "seeds": table.seeds, "rows": rows}
         grids = [(f"{p.relative_to(root).as_posix()}/" if len(parents) > 1 and p != root else "", grid) for p in parents]
     else:
         for parent in parents:

@@ -175,17 +175,6 @@ def test_jobs_must_be_at_least_one(script, monkeypatch, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == "compare_losses.py: error: --jobs must be at least 1"
 
 
-def test_failed_runs_are_named_after_the_others_ran(script, monkeypatch, tmp_path):
-    # the grid's training processes are fakes: bce's exits 1, atgl's 0; the table is never reached
-    started = fake_training(monkeypatch, lambda name: int(name == "smoke-bce-s66"))
-    monkeypatch.setattr(sys, "argv", ["compare_losses.py", "configs/smoke.yaml", "--losses", "bce,atgl",
-                                      "--output-dir", str(tmp_path)])
-    with pytest.raises(DocreError, match=r"^1 of 2 runs failed: smoke-bce-s66 \(see their train\.log; "
-                                         r"the same command retries them\)$"):
-        script.main()
-    assert started == ["smoke-bce-s66", "smoke-atgl-s66"]
-
-
 def test_a_split_without_labelled_scores_is_refused(script, tmp_path):
     # an unlabelled test split: results.json holds no counts to tabulate (checked before the run's config is read)
     with pytest.raises(DocreError, match=rf"^{re.escape(str(tmp_path))}: no labelled test scores in results\.json "
@@ -220,3 +209,70 @@ def test_summary_over_seeds(script):
     line = next(line for line in script.markdown(rows + [lone], [entry, single], "test", "cmd").splitlines()[::-1]
                 if line.startswith("| sat | sat() | 1 |"))
     assert "±" not in line and "| 60.00 |" in line
+
+
+def fake_finished(run_dir: Path, seed: int, f1: float, overrides: tuple[str, ...] = ()) -> Path:
+    """A finished run as table_row reads it: its config.yaml and results.json with test counts, no
+    saved logits (so no threshold diagnostics: scores only)."""
+    from docre.config import load_config, save_config
+
+    run_dir.mkdir(parents=True)
+    save_config(load_config(ROOT / "configs/smoke.yaml", [f"seed={seed}", *overrides]), run_dir / "config.yaml")
+    test = {"precision": f1, "recall": f1, "f1": f1, "ign_f1": f1, "num_predicted": 10, "num_gold": 10, "num_correct": 5}
+    (run_dir / "results.json").write_text(json.dumps({"dev": test, "test": test, "seconds_per_step": 1.0}))
+    return run_dir
+
+
+def test_runs_lists_failed_runs_as_failed(script, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the config's relative paths are not read: nothing trains
+    fake_finished(tmp_path / "good-s1", 1, 0.5)
+    for name in ("bad-s1", "bad-s2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text("seed: 1\n")
+        (tmp_path / name / "failed.json").write_text(json.dumps({"error": f"{name}: out of memory"}))
+    (tmp_path / "slow-s1").mkdir()
+    (tmp_path / "slow-s1" / "config.yaml").write_text("seed: 1\n")  # still running: neither finished nor failed
+    monkeypatch.setattr(sys, "argv", ["compare_losses.py", "--runs", str(tmp_path)])
+    assert script.main() == 0
+    failed = "Failed (2; their failed.json): bad-s1: bad-s1: out of memory; bad-s2: bad-s2: out of memory."
+    out = capsys.readouterr().out.splitlines()
+    assert failed in out and "not finished, left out: slow-s1" in out
+    assert failed in (tmp_path / "comparison.md").read_text().splitlines()
+    report = json.loads((tmp_path / "comparison.json").read_text())
+    assert report["failed"] == {str(tmp_path / name): f"{name}: out of memory" for name in ("bad-s1", "bad-s2")}
+    assert [row["group"] for row in report["runs"]] == ["good"]
+
+
+def test_a_row_whose_seeds_differ_in_keywords_names_each(script, tmp_path, monkeypatch):
+    fake_finished(tmp_path / "atgl-s1", 1, 0.5)
+    fake_finished(tmp_path / "atgl-s2", 2, 0.7, ("loss.alpha=4.0",))
+    monkeypatch.setattr(sys, "argv", ["compare_losses.py", "--runs", str(tmp_path)])
+    assert script.main() == 0
+    (entry,) = json.loads((tmp_path / "comparison.json").read_text())["summary"]
+    assert entry["label"] == "atgl(alpha=16.5) / atgl(alpha=4.0)" and entry["f1"] == pytest.approx(0.6)
+    assert "| atgl | atgl(alpha=16.5) / atgl(alpha=4.0) | 2 | " in (tmp_path / "comparison.md").read_text()
+
+
+def test_the_finished_runs_are_tabulated_when_another_failed(script, monkeypatch, tmp_path):
+    # bce's (fake) training exits 1 and leaves failed.json; atgl's "finishes": its table is written, then the error raised
+    def finish(name):
+        run_dir = tmp_path / name
+        if name == "smoke-bce-s66":
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "failed.json").write_text(json.dumps({"error": "CUDA out of memory"}))
+            return 1
+        shutil.rmtree(run_dir, ignore_errors=True)
+        fake_finished(run_dir, 66, 0.5)
+        return 0
+
+    started = fake_training(monkeypatch, finish)
+    monkeypatch.setattr(sys, "argv", ["compare_losses.py", "configs/smoke.yaml", "--losses", "bce,atgl",
+                                      "--output-dir", str(tmp_path)])
+    with pytest.raises(DocreError, match=r"^1 of 2 runs failed: smoke-bce-s66 \(see their train\.log; "
+                                         r"the same command retries them\)$"):
+        script.main()
+    assert started == ["smoke-bce-s66", "smoke-atgl-s66"]  # the failure stopped none of the others
+    report = json.loads((tmp_path / "comparison.json").read_text())
+    assert [row["group"] for row in report["runs"]] == ["smoke-atgl"]
+    assert report["failed"] == {str(tmp_path / "smoke-bce-s66"): "CUDA out of memory"}
+    assert "Failed (1; their failed.json): smoke-bce-s66: CUDA out of memory." in (tmp_path / "comparison.md").read_text()

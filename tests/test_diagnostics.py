@@ -27,6 +27,7 @@ from docre.inference import decode_predictions, save_logits
 from docre.losses import build_loss, relation_margins
 from docre.metrics import docred_scores
 from docre.utils import atomic_save_safetensors
+from tests.cli import run_main
 from tests.losses.helpers import random_case
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -220,6 +221,15 @@ def test_cli_prints_the_table_and_writes_the_report(tmp_path):
     failed = subprocess.run([sys.executable, "scripts/diagnose.py", str(tmp_path / "nowhere")], cwd=ROOT,
                             capture_output=True, text=True)
     assert failed.returncode == 1 and failed.stderr.startswith("error: ") and "Traceback" not in failed.stderr
+
+
+def test_cli_names_the_plots_it_wrote(tmp_path, capsys):
+    # a run that saved only test logits: one plot, named as written (not a margins-<split>.png placeholder)
+    make_run(tmp_path, {"name": "atgl", "alpha": 16.5}, {}, splits=("test",))
+    assert run_main("diagnose", [str(tmp_path)]) == 0
+    written = capsys.readouterr().out.strip().splitlines()[-1]
+    assert written == f"written: {tmp_path / 'diagnostics.json'}, margins-test.png"
+    assert (tmp_path / "margins-test.png").read_bytes().startswith(PNG) and not (tmp_path / "margins-dev.png").exists()
 
 
 def test_margin_sample_of_a_huge_negative_set_stays_in_range():

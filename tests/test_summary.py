@@ -197,6 +197,29 @@ def test_summarize_runs_cli(tmp_path, capsys):
     assert missing.returncode == 1 and missing.stderr.strip() == f"error: {tmp_path / 'none'}: not a directory"
 
 
+def test_summarize_runs_cli_with_a_table_file_counts_its_seeds(tmp_path, capsys):
+    # --table FILE: the table's seeds are the runs each row asks for, shown n/expected as grid.json's are
+    for seed in (1, 2):
+        fake_run(tmp_path / "runs" / f"good-s{seed}", seed, 0.5)
+    table = tmp_path / "table.yaml"
+    table.write_text("title: T\nseeds: [1, 2, 3]\nrows:\n  - name: good\n    config: configs/smoke.yaml\n")
+    assert run_main("summarize_runs", [str(tmp_path / "runs"), "--table", str(table)]) == 0
+    assert "| good | atlop | atl | docre | 2/3 | 50.00 ± 0.00 | " in capsys.readouterr().out
+
+
+def test_damaged_results_are_refused_with_what_to_do(tmp_path):
+    runs = [fake_run(tmp_path / "runs" / f"x-s{seed}", seed, 0.5) for seed in (1, 2)]
+    hint = "; delete the run (or its results.json) to train it again"
+    (runs[1] / "results.json").write_text('{"dev": {"f1"')  # cut short, e.g. by a full disk
+    path = re.escape(str(runs[1] / "results.json"))
+    with pytest.raises(DocreError, match=rf"^{path}: not valid JSON \(.*\){re.escape(hint)}$"):
+        run_main("summarize_runs", [str(tmp_path / "runs")])
+    # valid JSON without scores: refused too, rather than blanking the good seed's means in its row
+    (runs[1] / "results.json").write_text("{}")
+    with pytest.raises(DocreError, match=rf"^{path}: no dev or test scores{re.escape(hint)}$"):
+        run_main("summarize_runs", [str(tmp_path / "runs")])
+
+
 def test_plot_runs_cli(tmp_path, capsys):
     run = fake_run(tmp_path / "runs" / "x-s1", 1, 0.5, {"f1": 0.4})
     write_metrics(run, [{"type": "eval", "split": "dev", "step": 1, "epoch": 1, "f1": 0.5}])

@@ -11,7 +11,8 @@ DIR/plots/.
 --runs DIR tabulates finished runs instead of training any: every run directory under DIR (e.g. the
 folder of a reproduce.py grid such as atgl_table3_redocred_mini), one row per run name without its
 -s<seed> suffix, in the grid's row order when DIR holds reproduce.py's grid.json; unfinished runs are
-named and left out. The table and plots go to --output-dir (default: DIR).
+named and left out, failed ones (failed.json) listed as failed in the table. The table and plots go
+to --output-dir (default: DIR).
 
 Loss keywords: a loss named on the command line does not inherit the config file's loss keywords
 (`load_config`), so each loss runs with its own defaults, except the loss the config itself names,
@@ -106,7 +107,9 @@ def summarise(rows: list[dict]) -> list[dict]:
     summary = []
     for name in dict.fromkeys(row["group"] for row in rows):
         group = [row for row in rows if row["group"] == name]
-        entry = {"group": name, "label": group[0]["label"], "loss": group[0]["loss"], "seeds": [row["seed"] for row in group]}
+        # seeds trained with different keywords (e.g. an alpha sweep's choices): every one named, as docre-summarize does
+        entry = {"group": name, "label": " / ".join(dict.fromkeys(row["label"] for row in group)), "loss": group[0]["loss"],
+                 "seeds": [row["seed"] for row in group]}
         for key in keys:
             values = [row[key] for row in group if row[key] is not None]
             entry[key] = statistics.fmean(values) if values else None
@@ -167,7 +170,10 @@ def paper_section(summary: list[dict], published: dict[str, dict]) -> list[str]:
     return lines
 
 
-def markdown(rows: list[dict], summary: list[dict], split: str, command: str, published: dict | None = None) -> str:
+def markdown(rows: list[dict], summary: list[dict], split: str, command: str, published: dict | None = None,
+             failed: dict[str, str] | None = None) -> str:
+    from docre.summary import failed_line
+
     lines = [f"# Loss comparison ({split} split)", "", f"    {command}", "",
              "| run | loss (keywords as trained) | seed | decode (tuned on dev) | " + " | ".join(c[1] for c in COLUMNS) + " |",
              "|---" * (len(COLUMNS) + 4) + "|"]
@@ -192,6 +198,8 @@ def markdown(rows: list[dict], summary: list[dict], split: str, command: str, pu
     if mismatched:
         lines.append(f"FP/FN recomputed from the saved fp16 logits differ slightly for: {', '.join(mismatched)} "
                      "(relations within fp16 rounding of the threshold).")
+    if failed:  # their rows are missing or have fewer seeds, the ranking below included
+        lines.append(failed_line(failed))
     if split == "test":
         lines += paper_section(summary, published or {})
     return "\n".join(lines) + "\n"
@@ -213,7 +221,7 @@ def main() -> int:
     args = parser.parse_intermixed_args()  # overrides may come before or after the options
 
     from docre.diagnostics import plot_comparison
-    from docre.run_dir import read_results
+    from docre.summary import read_run_results
     from docre.utils import atomic_write_json, atomic_write_text
 
     if args.jobs < 1:
@@ -221,21 +229,22 @@ def main() -> int:
     if args.runs is not None:
         if args.config or args.overrides or args.losses:
             raise DocreError("--runs DIR tabulates finished runs: give no CONFIG, key=value or --losses with it")
-        runs, published = finished_runs(args.runs)
+        (runs, published, failed), failure = finished_runs(args.runs), None
         output_dir = args.output_dir or args.runs
         command = f"python scripts/compare_losses.py --runs {args.runs} --split {args.split}"
     else:
         if not args.config or not args.losses:
             raise DocreError("give a CONFIG and --losses (to train and compare), or --runs DIR (to tabulate finished runs)")
-        runs, published = train_runs(args), {}
+        (runs, failed, failure), published = train_runs(args), {}
         output_dir = args.output_dir or Path("runs") / f"compare-{Path(args.config).stem}"
         command = " ".join(["python scripts/compare_losses.py", args.config, "--losses", args.losses,
                             "--seeds", args.seeds, "--split", args.split, *args.overrides])
-    rows = [table_row(group, run_dir, read_results(run_dir), args.split, output_dir / "plots") for group, run_dir in runs]
+    rows = [table_row(group, run_dir, read_run_results(run_dir), args.split, output_dir / "plots") for group, run_dir in runs]
     summary = summarise(rows)
     atomic_write_json(output_dir / "comparison.json", {"config": args.config, "overrides": args.overrides, "split": args.split,
-                                                        "command": command, "runs": rows, "summary": summary})
-    table = markdown(rows, summary, args.split, command, published)
+                                                        "command": command, "runs": rows, "summary": summary,
+                                                        "failed": failed})
+    table = markdown(rows, summary, args.split, command, published, failed)
     atomic_write_text(output_dir / "comparison.md", table)
     title = f"{args.runs.name}, {args.split}" if args.runs else f"{Path(args.config).stem}, {args.split}, seeds {args.seeds}"
     plot_comparison([{"label": e["group"], "f1": e["f1"], "false_positives": e["false_positives"],
@@ -246,14 +255,18 @@ def main() -> int:
     print()
     print(table)
     print(f"written: {output_dir / 'comparison.md'}, comparison.json, plots/")
+    if failure is not None:  # the finished runs are tabulated above; the exit status still says some failed
+        raise failure
     return 0
 
 
-def train_runs(args) -> list[tuple[str, Path]]:
-    """Train (or skip, or resume) one run per loss and seed of `args`; (row name, run directory) of each."""
+def train_runs(args) -> tuple[list[tuple[str, Path]], dict[str, str], DocreError | None]:
+    """Train (or skip, or resume) one run per loss and seed of `args`. Returns (row name, run directory)
+    of each finished run, the failed ones (run directory -> error), and the error to raise once the
+    finished ones are tabulated (None when none failed); raises it at once when every run failed."""
     from docre.grid import run_grid
     from docre.losses import LOSSES
-    from docre.run_dir import ACTIONS
+    from docre.run_dir import ACTIONS, read_failure
     from docre.tables import Row, Table, plan_runs
     from docre.utils import plural
 
@@ -278,32 +291,42 @@ def train_runs(args) -> list[tuple[str, Path]]:
     for run in runs:
         print(f"{run.cfg.run_name}: {'finished earlier, skipped' if run.state == 'finished' else ACTIONS[run.state]}", flush=True)
     failed = run_grid(runs, jobs=args.jobs)
+    failure = None
     if failed:
-        raise DocreError(f"{len(failed)} of {plural(len(runs), 'run')} failed: {', '.join(run.cfg.run_name for run in failed)} "
-                         "(see their train.log; the same command retries them)")
-    return [(run.row.name, run.run_dir) for run in runs]
+        names = ", ".join(run.cfg.run_name for run in failed)
+        failure = DocreError(f"{len(failed)} of {plural(len(runs), 'run')} failed: {names} "
+                             "(see their train.log; the same command retries them)")
+        if len(failed) == len(runs):
+            raise failure
+    errors = {str(run.run_dir): read_failure(run.run_dir) or "failed (see its train.log)" for run in failed}
+    return [(run.row.name, run.run_dir) for run in runs if run not in failed], errors, failure
 
 
-def finished_runs(root: Path) -> tuple[list[tuple[str, Path]], dict[str, dict]]:
+def finished_runs(root: Path) -> tuple[list[tuple[str, Path]], dict[str, dict], dict[str, str]]:
     """The finished runs under `root` as (row name, run directory), grouped and ordered as
-    summarize_runs.py does (a reproduce.py grid's rows in its grid.json order), and the published
-    numbers per row. Unfinished runs are named on stdout and left out."""
-    from docre.run_dir import RESULTS
-    from docre.summary import collect
+    summarize_runs.py does (a reproduce.py grid's rows in its grid.json order), the published
+    numbers per row, and the failed runs (run directory -> the error of its failed.json, as
+    summarize_runs.py reads it). Failed and unfinished runs are named on stdout and left out."""
+    from docre.run_dir import RESULTS, read_failure
+    from docre.summary import collect, failed_line
 
     found = collect(root)
-    runs, waiting = [], []
+    runs, waiting, failed = [], [], {}
     for group, run_dirs in found["groups"].items():
         for run_dir in run_dirs:
             if (run_dir / RESULTS).is_file():
                 runs.append((group, run_dir))
+            elif (error := read_failure(run_dir)) is not None:
+                failed[str(run_dir)] = error
             else:
                 waiting.append(run_dir.name)
+    if failed:
+        print(failed_line(failed), flush=True)
     if waiting:
         print(f"not finished, left out: {', '.join(waiting)}", flush=True)
     if not runs:
         raise DocreError(f"{root}: no finished run (a run directory with results.json) to tabulate")
-    return runs, found["published"]
+    return runs, found["published"], failed
 
 
 def run() -> None:

@@ -56,7 +56,8 @@ def main() -> int:
     print(f"{args.run_dir.name}: {report['loss']['name']}({kwargs}), decode {report['decode'] or 'as built'}, "
           f"top_k {report['top_k']}")
     print(format_report(report))
-    print(f"written: {args.run_dir / 'diagnostics.json'}" + ("" if args.no_plots else ", margins-<split>.png"))
+    plots = [] if args.no_plots else [f"margins-{split}.png" for split in splits if split in report]  # splits with logits
+    print(f"written: {', '.join([str(args.run_dir / 'diagnostics.json'), *plots])}")
     return 0
 
 
