@@ -95,7 +95,10 @@ def tune_alpha(cfg: Config) -> dict:
         logger.info("alpha sweep: dev F1 %s; chosen alpha %g",
                     ", ".join(f"{row['alpha']:g}: {row['dev']['f1']:.4f}" for row in rows), chosen["alpha"])
         chosen_dir = Path(chosen["run_dir"])
-        results = runs.read_results(chosen_dir) | {"run_dir": str(run_dir), "alpha": chosen["alpha"], "alpha_sweep": rows}
+        # the sweep's cost is every value's run (tables and grid estimates read it), not the chosen one's alone
+        wall = sum(row["wall_seconds"] or 0.0 for row in rows)
+        results = runs.read_results(chosen_dir) | {"run_dir": str(run_dir), "alpha": chosen["alpha"], "alpha_sweep": rows,
+                                                   "wall_seconds": wall}
         if rank == 0:
             _adopt(run_dir, chosen_dir, cfg, chosen["alpha"], rows, results)
         distributed.barrier()
@@ -108,7 +111,8 @@ def choose(rows: list[dict]) -> dict:
 
 
 def _train_values(cfg: Config, run_dir: Path, values: list[float]) -> list[dict]:
-    """Train (or skip, or resume) the run of every alpha; one row per value: alpha, run_dir, dev and test scores."""
+    """Train (or skip, or resume) the run of every alpha; one row per value: alpha, run_dir, dev and test
+    scores, wall seconds."""
     rows = []
     durations = []  # wall seconds of the finished values' runs (earlier ones too): the same config but alpha
     for index, alpha in enumerate(values):
@@ -124,7 +128,8 @@ def _train_values(cfg: Config, run_dir: Path, values: list[float]) -> list[dict]
             results = train_one(sub_cfg)
         if results.get("wall_seconds"):
             durations.append(results["wall_seconds"])
-        rows.append({"alpha": alpha, "run_dir": str(sub_dir), "dev": results.get("dev", {}), "test": results.get("test", {})})
+        rows.append({"alpha": alpha, "run_dir": str(sub_dir), "dev": results.get("dev", {}), "test": results.get("test", {}),
+                     "wall_seconds": results.get("wall_seconds")})
     return rows
 
 

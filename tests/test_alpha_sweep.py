@@ -57,6 +57,10 @@ def test_sweep_json_picks_the_max_dev_f1(swept):
     assert results["dev"] == chosen["dev"] and results["test"] == chosen["test"]
     assert json.loads((run_dir / "results.json").read_text())["alpha"] == record["chosen_alpha"]
     assert json.loads((run_dir / "decode.json").read_text())["alpha"] == record["chosen_alpha"]
+    # its cost is the whole sweep's (a table's time/run, a grid's estimate), not the chosen run's alone
+    walls = [json.loads((Path(row["run_dir"]) / "results.json").read_text())["wall_seconds"] for row in record["runs"]]
+    assert results["wall_seconds"] == pytest.approx(sum(walls)) and sum(walls) > max(walls)
+    assert json.loads((run_dir / "results.json").read_text())["wall_seconds"] == results["wall_seconds"]
     assert load_config(run_dir / "config.yaml").loss["alpha"] == "auto"  # resumable as a sweep
 
 
