@@ -65,8 +65,9 @@ def run_seed(run_dir: Path) -> int | None:
 
 
 def run_setting(run_dir: Path) -> tuple[str, str]:
-    """(model.name, the loss with its keywords, e.g. "atgl (alpha=16.5)") from the run's config.yaml;
-    the defaults where it leaves them out, "?" where it cannot be read."""
+    """(model.name, the loss with its keywords, e.g. "atgl (alpha=16.5)", or "atgl (alpha=auto: 4.125)"
+    for an alpha chosen on dev) from the run's config.yaml; the defaults where it leaves them out, "?"
+    where it cannot be read."""
     import yaml
 
     try:
@@ -75,6 +76,9 @@ def run_setting(run_dir: Path) -> tuple[str, str]:
     except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
         return "?", "?"
     name = loss.pop("name", "atl")
+    if loss.get("alpha") == "auto":  # the alpha its sweep chose on dev, once it has (results.json)
+        chosen = (read_results(run_dir) or {}).get("alpha") if (Path(run_dir) / "results.json").is_file() else None
+        loss["alpha"] = f"auto: {chosen:g}" if isinstance(chosen, (int, float)) else "auto"
     return str(model), f"{name} ({', '.join(f'{k}={v}' for k, v in loss.items())})" if loss else str(name)
 
 

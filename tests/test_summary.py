@@ -265,3 +265,12 @@ def test_plots_are_png_files(tmp_path):
     for path in (curves, bars):
         assert path.read_bytes()[:8] == PNG and path.stat().st_size > 5000
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["bars.png", "curves.png"]  # no temporary files left
+
+
+def test_an_alpha_chosen_on_dev_is_shown_with_its_value(tmp_path):
+    runs = [fake_run(tmp_path / f"atgl-s{s}", s, 0.6, alpha=a) for s, a in ((1, 4.125), (2, 8.25))]
+    runs.append(fake_run(tmp_path / "atgl-s3", 3, None))  # its sweep still running: no choice yet
+    for run in runs:
+        (run / "config.yaml").write_text(f"seed: {run.name[-1]}\nloss:\n  name: atgl\n  alpha: auto\n")
+    row, = summarize({"atgl": runs})
+    assert row["loss"] == "atgl (alpha=auto: 4.125) / atgl (alpha=auto: 8.25) / atgl (alpha=auto)"
