@@ -44,16 +44,16 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise DocreError(f"{path}: cannot read weights ({error})") from None
 
 
-def load_weights(model: nn.Module, path: Path, hint: str = "") -> None:
-    """Load every tensor of the model from `path`; one line if they do not fit (`hint` appended)."""
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load every tensor of the model from `path`; one line if they do not fit."""
     weights = read_weights(path)
-    _check_shapes(weights, model.state_dict(), path, hint)
+    _check_shapes(weights, model.state_dict(), path)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
-        raise DocreError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]}){hint}")
+        raise DocreError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
-def _check_shapes(source: dict[str, torch.Tensor], own: dict[str, torch.Tensor], path: Path, hint: str) -> None:
+def _check_shapes(source: dict[str, torch.Tensor], own: dict[str, torch.Tensor], path: Path, hint: str = "") -> None:
     """A tensor both have in different shapes is one line naming it (torch's own error is a traceback)."""
     for name, tensor in own.items():
         if name in source and source[name].shape != tensor.shape:

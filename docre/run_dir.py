@@ -292,12 +292,17 @@ def read_decode(run_dir: Path) -> dict:
     return read_json(path) if path.is_file() else {}
 
 
+def is_export(path: Path) -> bool:
+    """Whether `path` is a folder from scripts/export.py (its config, weights and encoder/)."""
+    return (path / CONFIG).is_file() and (path / EXPORTED_ENCODER).is_dir() and (path / EXPORTED_WEIGHTS).is_file()
+
+
 def model_kind(path: Path) -> str:
     """"run" (a training run directory) or "export" (a folder from scripts/export.py); else DocreError."""
     path = Path(path)
     if not path.is_dir():
         raise DocreError(f"{path}: model directory not found (no run directory or exported model folder there)")
-    if (path / CONFIG).is_file() and (path / EXPORTED_ENCODER).is_dir() and (path / EXPORTED_WEIGHTS).is_file():
+    if is_export(path):
         return "export"
     if (path / CONFIG).is_file() and (path / BEST_WEIGHTS).is_file():
         return "run"

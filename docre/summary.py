@@ -77,7 +77,7 @@ def run_setting(run_dir: Path) -> tuple[str, str]:
         return "?", "?"
     name = loss.pop("name", "atl")
     if loss.get("alpha") == "auto":  # the alpha its sweep chose on dev, once it has (results.json)
-        chosen = (read_results(run_dir) or {}).get("alpha") if (Path(run_dir) / "results.json").is_file() else None
+        chosen = (read_results(run_dir) or {}).get("alpha")
         loss["alpha"] = f"auto: {chosen:g}" if isinstance(chosen, (int, float)) else "auto"
     return str(model), f"{name} ({', '.join(f'{k}={v}' for k, v in loss.items())})" if loss else str(name)
 

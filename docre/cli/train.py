@@ -69,7 +69,7 @@ def main() -> int:
     from docre.config import load_config
 
     if args.resume:
-        from docre.run_dir import EXPORTED_ENCODER, EXPORTED_WEIGHTS
+        from docre.run_dir import is_export
 
         given = [args.config, *args.overrides] if args.config is not None else []  # argparse put the first override in CONFIG
         run_dir = Path(args.resume)
@@ -80,7 +80,7 @@ def main() -> int:
         if not run_dir.exists():
             raise DocreError(f"{args.resume}: the directory does not exist")
         # an export has a config.yaml (and often results.json) too, but no checkpoint (last/) to go on from
-        if (run_dir / EXPORTED_ENCODER).is_dir() and (run_dir / EXPORTED_WEIGHTS).is_file():
+        if is_export(run_dir):
             raise DocreError(f"{args.resume}: an exported model (scripts/export.py), not a run directory; "
                              "it cannot be resumed")
         if not config.is_file():
