@@ -21,6 +21,7 @@ A run directory (`output_dir/run_name`) holds:
                              (SIGKILL, out of host memory) cannot write it: such a run looks unfinished.
     last/                    the resume checkpoint (removed when the run finishes)
     alpha_sweep/, alpha_sweep.json, alpha_sweep.png      loss.alpha=auto (docre/sweep.py)
+    stage1/, stage2/, stage3/                            model.name=vaediff (docre/vaediff.py)
 
 An exported model folder (scripts/export.py) holds config.yaml, model.safetensors, encoder/,
 rel2id.json and decode.json, and loads like a run.
@@ -37,6 +38,7 @@ from pathlib import Path
 import torch
 
 from docre import distributed
+from docre.augmenter import AUGMENTER_WEIGHTS  # stage 2 of VaeDiff-DocRE is finished once it is written
 from docre.checkpoint import find_training_state
 from docre.config import Config, load_config, to_dict
 from docre.errors import DocreError
@@ -84,17 +86,41 @@ class RunState:
     checkpoint: Path | None = None
 
 
+# The parts of a run made of runs: an alpha sweep's values (docre.sweep) and VaeDiff-DocRE's stages (docre.vaediff),
+# each a folder of its own with its own checkpoint. The parent keeps no checkpoint: it goes on from its parts'.
+PARTS = ("alpha_sweep/alpha=*", "stage1", "stage2", "stage3")
+
+
 def state_of(run_dir: Path) -> RunState:
     run_dir = Path(run_dir)
     if (run_dir / RESULTS).is_file():
         return RunState("finished")
     checkpoint = find_training_state(run_dir / LAST)
     if checkpoint is not None:
-        step = checkpoint_step(checkpoint)
-        return RunState("resumable", "checkpoint present" if step is None else f"checkpoint at step {step}", checkpoint)
+        return RunState("resumable", checkpoint_detail(checkpoint), checkpoint)
+    kept = kept_parts(run_dir)
+    if kept:  # resumed part by part: `--resume RUN_DIR` runs the parent again, which skips or resumes each part
+        return RunState("resumable", "kept: " + ", ".join(kept))
     if run_dir.is_dir() and holds_files(run_dir):
         return RunState("stale", "no checkpoint: starts again")
     return RunState("missing")
+
+
+def kept_parts(run_dir: Path, prefix: str = "") -> list[str]:
+    """What the parts of a run made of runs have kept, e.g. ['alpha=4.125/stage1 finished',
+    'alpha=4.125/stage2 checkpoint after epoch 63']; [] for a plain run, or one whose parts kept nothing."""
+    kept = []
+    for pattern in PARTS:
+        for part in sorted(path for path in run_dir.glob(pattern) if path.is_dir()):
+            name = prefix + part.name
+            checkpoint = find_training_state(part / LAST)
+            if (part / RESULTS).is_file() or (part / AUGMENTER_WEIGHTS).is_file():
+                kept.append(f"{name} finished")
+            elif checkpoint is not None:
+                kept.append(f"{name} {checkpoint_detail(checkpoint)}")
+            else:
+                kept += kept_parts(part, name + "/")
+    return kept
 
 
 def holds_files(run_dir: Path) -> bool:
@@ -110,12 +136,22 @@ def empty(run_dir: Path) -> None:
 
 
 def checkpoint_step(checkpoint: Path) -> int | None:
-    """The step a complete checkpoint was saved at, or None where its state.json does not say (damaged,
-    or not the JSON object docre writes): the weights are still there to resume from."""
+    """The step a complete checkpoint was saved at, or None where its state.json does not say."""
     try:
         return read_json(checkpoint / "state.json")["counters"]["step"]
     except (OSError, DocreError, KeyError, TypeError):
         return None
+
+
+def checkpoint_detail(checkpoint: Path) -> str:
+    """'checkpoint at step 120' (a training run), 'checkpoint after epoch 63' (VaeDiff-DocRE's stage 2), or
+    'checkpoint present' where its state.json does not say (damaged, or not the JSON object docre writes):
+    the weights are still there to resume from."""
+    try:
+        counters = read_json(checkpoint / "state.json")["counters"]
+        return f"checkpoint at step {counters['step']}" if "step" in counters else f"checkpoint after epoch {counters['epoch']}"
+    except (OSError, DocreError, KeyError, TypeError):
+        return "checkpoint present"
 
 
 def config_differences(saved: Config, intended: Config, ignored: set[str] = START_KEYS) -> list[str]:

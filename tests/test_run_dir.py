@@ -51,6 +51,34 @@ def test_each_state_plans_its_action_and_config(tmp_path):
     assert runs.read_results(run_dir) == {}
 
 
+def test_a_run_made_of_runs_resumes_from_what_its_parts_kept(tmp_path):
+    """An alpha sweep over VaeDiff-DocRE keeps no checkpoint of its own, only its parts do: once one part has
+    kept anything the parent is resumable (a grid passes --resume, and the parent skips or resumes each part),
+    not "start again", which told a user that hours of finished stages were to be thrown away."""
+    cfg = smoke(tmp_path, "loss.alpha=auto")
+    run_dir = runs.path_of(cfg)
+    run_dir.mkdir()
+    save_config(cfg, run_dir / "config.yaml")
+    value = run_dir / "alpha_sweep" / "alpha=4.125"
+    (value / "stage1").mkdir(parents=True)
+    (value / "stage1" / "train.log").write_text("")  # a part that kept nothing
+    assert runs.state_of(run_dir).kind == "stale"
+    (value / "stage1" / "results.json").write_text("{}")
+    make_checkpoint(value / "stage2", 0)
+    (value / "stage2" / "last" / "state.json").write_text(json.dumps({"counters": {"epoch": 63}}))
+    make_checkpoint(run_dir / "alpha_sweep" / "alpha=8.25", 144)
+    state = runs.state_of(run_dir)
+    assert (state.kind, state.detail, state.checkpoint) == (
+        "resumable", "kept: alpha=4.125/stage1 finished, alpha=4.125/stage2 checkpoint after epoch 63, "
+                     "alpha=8.25 checkpoint at step 144", None)
+    action, planned = runs.plan(run_dir, cfg)
+    assert (action, planned.train.resume, planned.train.overwrite) == ("resume", str(run_dir), False)
+    (value / "stage2" / "augmenter.safetensors").write_bytes(b"")  # stage 2 finished
+    assert runs.state_of(value).detail == "kept: stage1 finished, stage2 finished"
+    with pytest.raises(DocreError, match="holds a run of another config"):  # resumable: never reused for another
+        runs.plan(run_dir, smoke(tmp_path, "loss.alpha=auto", "seed=5"))
+
+
 def test_a_run_of_another_config_is_refused_but_start_settings_are_not_compared(tmp_path):
     cfg = smoke(tmp_path)
     run_dir = runs.path_of(cfg)

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from docre import augmenter as augmenter_module
+from docre import run_dir as runs
 from docre import trainer
 from docre.config import load_config
 from docre.data.collate import collate
@@ -130,7 +131,11 @@ def test_killed_in_stage2_resumes_to_the_same_result(reference, tiny_backbone, t
     stage2 = tmp_path / "vd-s66" / "stage2"
     assert json.loads((stage2 / "last" / "state.json").read_text())["counters"]["epoch"] == 2
     assert not (stage2 / "augmenter.safetensors").exists()
-    results = run(vaediff_config(tiny_backbone, tmp_path))
+    run_dir = tmp_path / "vd-s66"
+    state = runs.state_of(run_dir)
+    assert (state.kind, state.detail) == ("resumable", "kept: stage1 finished, stage2 checkpoint after epoch 2")
+    # resumed as a grid resumes it (`docre-train --resume RUN_DIR`: the run's own config.yaml)
+    results = run(load_config(run_dir / "config.yaml", [f"train.resume={run_dir}"]))
     assert_same(final_state(Path(results["run_dir"])), reference[1])
 
 
