@@ -272,15 +272,17 @@ def changed_settings(run_dir: Path, cfg: Config) -> list[str]:
     return config_differences(saved, cfg, RESUME_KEYS)
 
 
-def truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop metric rows logged after the checkpoint we resume from (they will be logged again)."""
+def truncate_metrics(run_dir: Path, step: int, drop_dev_at_step: bool = False) -> None:
+    """Drop metric rows logged after the checkpoint we resume from (they will be logged again), and with
+    `drop_dev_at_step` its step's dev row (a checkpoint saved before that evaluation: it runs again)."""
     path = run_dir / METRICS
     if not path.exists():
         return
     kept = []
     for line in path.read_text(encoding="utf-8").splitlines():
         with contextlib.suppress(ValueError):
-            if json.loads(line).get("step", 0) <= step:
+            row = json.loads(line)
+            if row.get("step", 0) < step or (row.get("step", 0) == step and not (drop_dev_at_step and row.get("type") == "eval")):
                 kept.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 

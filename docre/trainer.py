@@ -93,6 +93,7 @@ class TrainState:
     window_loss: float = 0.0
     window_steps: int = 0
     precision: str = ""  # the precision the run trains in (fp32, bf16, fp16), kept across a resume
+    dev_pending: bool = False  # stopped before or during this step's dev evaluation: the resumed run evaluates first
 
     @classmethod
     def from_counters(cls, counters: dict) -> "TrainState":
@@ -287,7 +288,7 @@ def setup(cfg: Config, processes: tuple[int, int, torch.device], run_dir: Path, 
             _record_settings(cfg, run_dir, device, world, resumed=True)
             atomic_write_json(run_dir / runs.REL2ID, rel2id)
         state = TrainState.from_counters({**counters, "precision": state.precision})
-        runs.truncate_metrics(run_dir, state.step)
+        runs.truncate_metrics(run_dir, state.step, drop_dev_at_step=state.dev_pending)
         logger.info("resumed from %s at step %d (epoch %d)", checkpoint, state.step, state.epoch)
     step_model = model
     if world > 1:
@@ -453,6 +454,9 @@ def fit(run: Run, state: TrainState, stop: "_StopSignals") -> None:
     lengths = [len(f.input_ids) for f in run.train_split.features]
     window_start = time.perf_counter()
     pace = (time.perf_counter(), state.step)  # the time left is estimated at this process's pace (evaluations included)
+    if state.dev_pending and run.dev_split is not None:  # the evaluation a stop request cut short
+        _evaluate_dev_or_stop(run, state, stop)
+        _checkpoint_or_stop(run, state, stop, True, False)  # saved at once: a second kill must not evaluate it again
     for epoch in range(state.epoch, epochs):
         batches = epoch_batches(lengths, train_cfg.batch_size * run.world, cfg.seed, epoch, train_cfg.length_bucketing)
         # the bar's own estimate is the epoch's; run_left (set with the loss) is the whole run's
@@ -479,10 +483,7 @@ def fit(run: Run, state: TrainState, stop: "_StopSignals") -> None:
             if run.dev_split is not None and ((eval_every and state.step % eval_every == 0)
                                               or (not eval_every and end_of_epoch) or last_step):
                 _settle(run, state)
-                # a stop request waits for it too: the resumed run starts after it and would otherwise skip it
-                stop.activity = f"the dev evaluation after step {state.step}"
-                evaluate_dev(run, state)
-                stop.activity = ""
+                _evaluate_dev_or_stop(run, state, stop, progress)
                 window_start = time.perf_counter()
             _checkpoint_or_stop(run, state, stop, end_of_epoch or last_step, log_due, progress)
             if end_of_epoch and not last_step:  # after its evaluation and checkpoint, which the pace then includes
@@ -564,7 +565,23 @@ def _log_train_row(run: Run, state: TrainState, epoch: float, grad_norm: float, 
     state.window_loss, state.window_steps = 0.0, 0
 
 
-def _checkpoint_or_stop(run: Run, state: TrainState, stop: "_StopSignals", due: bool, logged: bool, progress) -> None:
+def _evaluate_dev_or_stop(run: Run, state: TrainState, stop: "_StopSignals", progress=None) -> None:
+    """Score dev and record it (record_dev). On one process a stop request before or during the evaluation stops at
+    once (a scheduler's grace period may be shorter than an evaluation): the checkpoint is saved with dev_pending, and
+    the resumed run evaluates first. Under torchrun the processes finish the evaluation: they wait on each other in it."""
+    stop.activity = f"the dev evaluation after step {state.step}"
+    try:
+        with stop.cut_short(run.world == 1):
+            evaluation = evaluate_split(run, run.dev_split, {}, tune=True)  # reads only: nothing to undo when cut
+    except _CutShort:
+        state.dev_pending = True
+        _checkpoint_or_stop(run, state, stop, True, False, progress)  # saves, then raises Interrupted
+    record_dev(run, state, evaluation)
+    state.dev_pending = False
+    stop.activity = ""
+
+
+def _checkpoint_or_stop(run: Run, state: TrainState, stop: "_StopSignals", due: bool, logged: bool, progress=None) -> None:
     """Save the resume checkpoint when due (end of epoch, last step, train.save_every) or asked to
     stop; on a stop request raise Interrupted after saving. Under torchrun the processes agree on a
     stop at checkpoints and logged steps (one collective there, none in other steps)."""
@@ -585,10 +602,13 @@ def _checkpoint_or_stop(run: Run, state: TrainState, stop: "_StopSignals", due: 
         save_training_state(run.run_dir / runs.LAST, run.model, run.optimizer, run.scheduler, run.scaler, asdict(state), rng)
     distributed.barrier()
     if interrupted:
-        progress.close()
+        if progress is not None:
+            progress.close()
         name = signal.Signals(stop.signal or signal.SIGTERM).name  # other ranks: SIGTERM sent to rank 0
+        when = (f"at the dev evaluation after step {state.step} (the resumed run evaluates first)" if state.dev_pending
+                else f"after step {state.step}")
         raise Interrupted(
-            f"interrupted by {name} after step {state.step}; checkpoint saved in {run.run_dir / runs.LAST}. "
+            f"interrupted by {name} {when}; checkpoint saved in {run.run_dir / runs.LAST}. "
             f"Resume with: {runs.resume_command(run.run_dir)}", stop.signal or signal.SIGTERM
         )
 
@@ -626,9 +646,8 @@ def evaluate_split(run: Run, split: Split, decode: dict, tune: bool = False) -> 
     return Evaluation(scores, predictions, ordered, decode)
 
 
-def evaluate_dev(run: Run, state: TrainState) -> None:
-    """Score dev, log it, and keep the checkpoint (weights, decode parameters, predictions) if it is the best."""
-    result = evaluate_split(run, run.dev_split, {}, tune=True)
+def record_dev(run: Run, state: TrainState, result: Evaluation) -> None:
+    """Log a dev evaluation, and keep the checkpoint (weights, decode parameters, predictions) if it is the best."""
     row = {"type": "eval", "split": "dev", "step": state.step, "epoch": state.epoch, **result.scores, **result.decode}
     improved = state.best_f1 is None or result.scores["f1"] > state.best_f1
     if improved:
@@ -919,16 +938,33 @@ def _start_trackers(cfg: Config, run_dir: Path, step: int) -> Trackers:
     return trackers
 
 
+class _CutShort(BaseException):
+    """A stop request inside `_StopSignals.cut_short` (a BaseException: no `except Exception` on the way may keep it)."""
+
+
 class _StopSignals:
-    """Turn SIGINT/SIGTERM into a request to stop after the current step; a second one stops at once
-    (an `Interrupted` error naming the last checkpoint); a third one gets the default action."""
+    """Turn SIGINT/SIGTERM into a request to stop after the current step (within `cut_short`: at once); a second
+    one stops at once (an `Interrupted` error naming the last checkpoint); a third one gets the default action."""
 
     def __init__(self, run_dir: Path, state: TrainState):
         self.signal: int | None = None
         self.forced: int | None = None
         self.activity = ""  # what runs between optimizer steps (set by fit), for the messages; "" = a step
+        self._cuttable = False
         self._previous: dict = {}
         self._run_dir, self._state = run_dir, state
+
+    @contextlib.contextmanager
+    def cut_short(self, allowed: bool = True):
+        """Within: work that changes nothing (an evaluation) is cut short by a stop request, one made earlier
+        included, with _CutShort."""
+        if allowed and self.signal is not None:
+            raise _CutShort
+        self._cuttable = allowed
+        try:
+            yield
+        finally:
+            self._cuttable = False
 
     def _handle(self, signum, frame) -> None:
         if self.signal is not None:
@@ -936,6 +972,10 @@ class _StopSignals:
             self.forced = signum
             raise KeyboardInterrupt
         self.signal = signum
+        if self._cuttable:
+            logger.warning("received %s: stopping %s now", signal.Signals(signum).name, self.activity)
+            self._cuttable = False  # the rest of the way out (saving the checkpoint) is not cut short
+            raise _CutShort
         logger.warning("received %s: stopping after %s (send again to stop at once)", signal.Signals(signum).name,
                        self.activity or "this step")
 

@@ -167,7 +167,9 @@ def test_sigterm_to_train_py_exits_with_a_resume_line_and_resumes_exactly(tmp_pa
     step = saved_step(run_dir)
     assert 2 <= step < 9
     assert process.returncode == 128 + signal.SIGTERM
-    assert stderr.strip().splitlines()[-1] == (f"error: interrupted by SIGTERM after step {step}; checkpoint saved in "
+    pending = json.loads((run_dir / "last" / "state.json").read_text())["counters"]["dev_pending"]
+    when = f"at the dev evaluation after step {step} (the resumed run evaluates first)" if pending else f"after step {step}"
+    assert stderr.strip().splitlines()[-1] == (f"error: interrupted by SIGTERM {when}; checkpoint saved in "
                                                f"{run_dir / 'last'}. Resume with: python train.py --resume {run_dir}")
     assert "Traceback" not in stderr and stdout == ""
 
@@ -242,15 +244,55 @@ def test_a_resume_whose_override_changes_the_model_is_one_line_and_leaves_the_ru
     assert_same_run(run_dir, final.state, reference)
 
 
-def test_a_second_signal_during_a_dev_evaluation_names_it(tmp_path, tiny_backbone, monkeypatch):
-    real = trainer.evaluate_dev
+@pytest.mark.parametrize("where", ["during", "before"])
+def test_a_stop_at_a_dev_evaluation_stops_at_once_and_the_resumed_run_evaluates_first(
+        tmp_path, tiny_backbone, reference, monkeypatch, where):
+    """A scheduler's grace period may be shorter than a dev evaluation: a stop request made during one (or in the
+    step before it) stops at once, its checkpoint marked dev_pending, and the resumed run evaluates first."""
+    args = run_args(tiny_backbone, tmp_path, "run")
+    run_dir = tmp_path / "run"
+    calls = itertools.count(1)
+    real = trainer.evaluate_split
 
-    def evaluate_then_signal(run, state):
-        real(run, state)
-        for _ in range(2):  # the evaluation is still under way: the first asks to stop after it, the second forces
-            os.kill(os.getpid(), signal.SIGINT)
+    def evaluate(run, split, decode, tune=False):
+        if where == "during" and next(calls) == 1:  # the first dev evaluation
+            os.kill(os.getpid(), signal.SIGTERM)  # as the evaluation starts: it is cut short
+        return real(run, split, decode, tune)
 
-    monkeypatch.setattr(trainer, "evaluate_dev", evaluate_then_signal)
+    monkeypatch.setattr(trainer, "evaluate_split", evaluate)
+    if where == "before":
+        signal_after(monkeypatch, 3, signal.SIGTERM)  # the epoch's last step: the request comes before its evaluation
+    with pytest.raises(Interrupted) as error:
+        train(config(args))
+    assert str(error.value) == (f"interrupted by SIGTERM at the dev evaluation after step 3 (the resumed run evaluates "
+                                f"first); checkpoint saved in {run_dir / 'last'}. Resume with: docre-train --resume {run_dir}")
+    counters = json.loads((run_dir / "last" / "state.json").read_text())["counters"]
+    assert (counters["step"], counters["dev_pending"], counters["best_f1"]) == (3, True, None)
+    assert not (run_dir / "best.safetensors").exists()
+    assert [json.loads(line)["type"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == ["train"]
+    monkeypatch.undo()
+
+    final = FinalWeights(monkeypatch)
+    assert train(config(args + [f"train.resume={run_dir}"]))["steps"] == 9
+    assert_same_run(run_dir, final.state, reference)
+
+
+def test_a_second_signal_while_the_checkpoint_of_a_cut_evaluation_is_saved_stops_at_once(tmp_path, tiny_backbone,
+                                                                                         monkeypatch):
+    real = trainer.evaluate_split
+    saves, real_save = [], trainer.save_training_state
+
+    def evaluate(run, split, decode, tune=False):
+        os.kill(os.getpid(), signal.SIGINT)  # cuts the evaluation short
+        return real(run, split, decode, tune)
+
+    def save(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # a second one while its checkpoint is being saved
+        saves.append(1)
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate_split", evaluate)
+    monkeypatch.setattr(trainer, "save_training_state", save)
     with pytest.raises(Interrupted) as error:
         train(config(run_args(tiny_backbone, tmp_path, "run")))
     assert str(error.value) == ("stopped at once by a second SIGINT during the dev evaluation after step 3. No checkpoint "

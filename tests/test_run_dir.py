@@ -205,6 +205,11 @@ def test_a_run_directory_without_config_or_metrics(tmp_path):
     (run_dir / "metrics.jsonl").write_text("\n".join(rows) + "\n")
     runs.truncate_metrics(run_dir, 4)
     assert (run_dir / "metrics.jsonl").read_text() == '{"step": 2}\n{"step": 4}\n'
+    # a checkpoint saved before its step's dev evaluation (dev_pending): a dev row of that step was written after it
+    rows = [{"type": "train", "step": 4}, {"type": "eval", "step": 4}, {"type": "eval", "step": 2}]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    runs.truncate_metrics(run_dir, 4, drop_dev_at_step=True)
+    assert [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [rows[0], rows[2]]
 
 
 @contextlib.contextmanager
