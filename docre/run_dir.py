@@ -28,6 +28,7 @@ rel2id.json and decode.json, and loads like a run.
 """
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import shutil
@@ -121,6 +122,12 @@ def kept_parts(run_dir: Path, prefix: str = "") -> list[str]:
             else:
                 kept += kept_parts(part, name + "/")
     return kept
+
+
+def only_start_files(run_dir: Path) -> bool:
+    """Whether every file under the directory, its parts' included, is one that a start writes (START_FILES): a
+    run that failed before it kept anything."""
+    return all(path.name in START_FILES for path in Path(run_dir).rglob("*") if not path.is_dir())
 
 
 def holds_files(run_dir: Path) -> bool:
@@ -258,7 +265,20 @@ def resume_command(run_dir: Path) -> str:
         command = "python -m docre.cli.train"
     else:
         command = f"python {script}"
-    return f"{command} --resume {run_dir}"
+    return f"{command} --resume {outermost_run(run_dir)}"
+
+
+def outermost_run(run_dir: Path) -> Path:
+    """The run that `run_dir` is a part of (PARTS: an alpha sweep's value, a VaeDiff-DocRE stage), up to the one
+    that is part of none; `run_dir` itself for a run of its own. A part resumed on its own would start a second run
+    inside it: its parent is what resumes it."""
+    run_dir = Path(run_dir)
+    while True:
+        parent = next((above for above in run_dir.parents[:2] if (above / CONFIG).is_file()
+                       and any(fnmatch.fnmatch(run_dir.relative_to(above).as_posix(), part) for part in PARTS)), None)
+        if parent is None:
+            return run_dir
+        run_dir = parent
 
 
 def changed_settings(run_dir: Path, cfg: Config) -> list[str]:

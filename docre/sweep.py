@@ -35,7 +35,7 @@ PAPER_ALPHA = {"docred": 16.5, "redocred": 16.5, "cdr": 7.5, "dwie": 6.0, "docgn
 SWEEP_DIR = "alpha_sweep"
 # The chosen run's files that make RUN_DIR usable as a run of its own.
 ADOPTED = (runs.BEST_WEIGHTS, runs.REL2ID, runs.BEST_SCORES, "dev_predictions.json", "test_predictions.json",
-           "dev_logits.safetensors", "test_logits.safetensors")
+           "dev_logits.safetensors", "test_logits.safetensors", runs.METRICS)  # metrics: the learning curve plots read
 # The folder is a sweep's identity: a moved or copied sweep continues where it is.
 
 
@@ -155,20 +155,32 @@ def adopt_files(run_dir: Path, chosen_dir: Path) -> None:
 
 def prepare_parent(run_dir: Path, cfg: Config, rank: int, kind: str = "alpha sweep") -> None:
     """Create RUN_DIR with the config of a run made of runs (an alpha sweep, VaeDiff-DocRE's stages); refuse or
-    replace a finished or different one; continue an unfinished one of the same config."""
+    replace a finished or different one; continue an unfinished one of the same config. The rules of
+    run_dir.prepare for a plain run: what failed before it kept anything is replaced, what kept work is refused."""
     saved_path = run_dir / runs.CONFIG
-    if run_dir.exists() and runs.holds_files(run_dir) and not cfg.train.resume:
+    finished = (run_dir / runs.RESULTS).is_file()
+    if cfg.train.init_from:  # checked before anything here is emptied: the weights would be gone before they are read
+        source = Path(cfg.train.init_from).expanduser().resolve()
+        if run_dir.resolve() in (source, *source.parents):
+            raise DocreError(f"train.init_from={cfg.train.init_from}: this run's own directory; start from another "
+                             f"run's weights, or continue this run with {runs.resume_command(run_dir)}")
+    if cfg.train.resume:
+        if finished:
+            raise DocreError(f"{run_dir}: this run already finished ({runs.RESULTS}); there is nothing to resume")
+    elif run_dir.exists() and runs.holds_files(run_dir):
         differences = (runs.config_differences(load_config(saved_path), cfg) if saved_path.is_file()
                        else ["no config.yaml"])
-        finished = (run_dir / runs.RESULTS).is_file()
-        if cfg.train.overwrite and (finished or differences):
+        if differences and (cfg.train.overwrite or runs.only_start_files(run_dir)):
+            if rank == 0:
+                runs.empty(run_dir)
+        elif differences:
+            raise DocreError(f"{run_dir}: holds a{' finished' if finished else 'n unfinished'} {kind} of another config "
+                             f"({'; '.join(differences[:3])}); choose another run_name or set train.overwrite=true")
+        elif finished and cfg.train.overwrite:
             if rank == 0:
                 runs.empty(run_dir)
         elif finished:
             raise DocreError(f"{run_dir}: this {kind} already finished; choose another run_name or set train.overwrite=true")
-        elif differences:
-            raise DocreError(f"{run_dir}: holds a run of another config ({'; '.join(differences[:3])}); "
-                             "choose another run_name or set train.overwrite=true")
     distributed.barrier()  # every process has judged the folder before rank 0 writes to it
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)

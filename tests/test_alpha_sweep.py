@@ -62,6 +62,8 @@ def test_sweep_json_picks_the_max_dev_f1(swept):
     assert results["wall_seconds"] == pytest.approx(sum(walls)) and sum(walls) > max(walls)
     assert json.loads((run_dir / "results.json").read_text())["wall_seconds"] == results["wall_seconds"]
     assert load_config(run_dir / "config.yaml").loss["alpha"] == "auto"  # resumable as a sweep
+    # the chosen run's learning curve, which plot_runs reads from RUN_DIR
+    assert (run_dir / "metrics.jsonl").read_bytes() == (Path(first_best["run_dir"]) / "metrics.jsonl").read_bytes()
 
 
 def test_the_choice_is_the_best_dev_f1_and_the_smaller_alpha_on_a_tie():

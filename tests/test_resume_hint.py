@@ -29,3 +29,27 @@ def test_the_resume_hint_names_the_command_the_run_was_started_with(tmp_path, mo
     assert last_checkpoint_message(run_dir).endswith(f"is in {last}. Resume with: {command} --resume {run_dir}")
     with pytest.raises(DocreError, match=f"resume it with {command} --resume {run_dir}, or set train.overwrite=true"):
         prepare(run_dir, load_config(None), rank=0)
+
+
+@pytest.mark.parametrize("part", ["stage1", "alpha_sweep/alpha=4.125", "alpha_sweep/alpha=4.125/stage3"])
+def test_a_part_of_a_run_names_the_whole_run_and_is_not_resumed_alone(tmp_path, monkeypatch, part):
+    """A VaeDiff-DocRE stage or an alpha sweep's value was named in the hint after a stop; resumed alone it trained a
+    second whole run inside itself, and the run it belonged to then adopted that one's results."""
+    from tests.cli import run_main
+
+    whole = tmp_path / "run"
+    (whole / part).mkdir(parents=True)
+    for folder in [whole, whole / part, *[p for p in (whole / part).parents if p.name.startswith("alpha=")]]:
+        (folder / "config.yaml").write_text("seed: 66\n")
+    (whole / "alpha_sweep" / "config.yaml").unlink(missing_ok=True)  # the sweep's folder of values is no run
+    last = whole / part / "last"
+    last.mkdir()
+    for name in CHECKPOINT_FILES:
+        (last / name).write_text(json.dumps({"counters": {"step": 3}}))
+    monkeypatch.setattr(sys, "argv", ["train.py", "configs/quickstart.yaml"])
+    assert last_checkpoint_message(whole / part).endswith(f"is in {last}. Resume with: python train.py --resume {whole}")
+    with pytest.raises(DocreError) as error:
+        run_main("train", ["--resume", str(whole / part)])
+    assert str(error.value) == (f"{whole / part}: a part of the run {whole} (an alpha sweep's value or a VaeDiff-DocRE "
+                                f"stage), which resumes it: python train.py --resume {whole}")
+    assert sorted(p.name for p in (whole / part).iterdir()) == ["config.yaml", "last"]  # nothing started inside it

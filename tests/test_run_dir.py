@@ -284,3 +284,38 @@ def test_the_lock_file_alone_is_not_a_run(tmp_path):
         assert runs.state_of(run_dir).kind == "stale"
         assert runs.prepare(run_dir, smoke(tmp_path, "train.overwrite=true"), 0) is None
         assert [p.name for p in run_dir.iterdir()] == [runs.LOCK]  # emptied around the lock it holds
+
+
+def test_a_run_made_of_runs_follows_the_plain_run_rules(tmp_path):
+    """sweep.prepare_parent (alpha sweeps, VaeDiff-DocRE): a failed start that kept nothing is replaced by the
+    corrected command (it blocked it); kept work of another config is refused, naming the difference also when the
+    run finished; train.init_from naming the run itself is refused before train.overwrite empties it; --resume of a
+    finished run is refused."""
+    from docre.sweep import prepare_parent
+
+    cfg = smoke(tmp_path, "loss.alpha=auto", "train.init_from=/nowhere")
+    run_dir = runs.path_of(cfg)
+    prepare_parent(run_dir, cfg, 0)
+    (run_dir / "alpha_sweep" / "alpha=4.125").mkdir(parents=True)
+    for name in ("config.yaml", "train.log", "failed.json"):  # the failed start of its first value
+        (run_dir / "alpha_sweep" / "alpha=4.125" / name).write_text("")
+    fixed = smoke(tmp_path, "loss.alpha=auto")
+    prepare_parent(run_dir, fixed, 0)  # replaced: nothing was kept
+    assert [p.name for p in run_dir.iterdir()] == ["config.yaml"] and runs.config_differences(
+        load_config(run_dir / "config.yaml"), fixed) == []
+
+    (run_dir / "alpha_sweep" / "alpha=4.125").mkdir(parents=True)
+    (run_dir / "alpha_sweep" / "alpha=4.125" / "results.json").write_text("{}")  # kept work
+    with pytest.raises(DocreError, match=r"r: holds an unfinished alpha sweep of another config \(seed: 66 -> 5\)"):
+        prepare_parent(run_dir, smoke(tmp_path, "loss.alpha=auto", "seed=5"), 0)
+    (run_dir / "results.json").write_text("{}")
+    with pytest.raises(DocreError, match=r"r: holds a finished alpha sweep of another config \(seed: 66 -> 5\)"):
+        prepare_parent(run_dir, smoke(tmp_path, "loss.alpha=auto", "seed=5"), 0)
+    with pytest.raises(DocreError, match="r: this alpha sweep already finished"):
+        prepare_parent(run_dir, fixed, 0)
+    with pytest.raises(DocreError, match=r"^.*r: this run already finished \(results.json\); there is nothing to resume$"):
+        prepare_parent(run_dir, smoke(tmp_path, "loss.alpha=auto", f"train.resume={run_dir}"), 0)
+    own = smoke(tmp_path, "loss.alpha=auto", "train.overwrite=true", f"train.init_from={run_dir}")
+    with pytest.raises(DocreError, match=rf"^train.init_from={run_dir}: this run's own directory"):
+        prepare_parent(run_dir, own, 0)
+    assert (run_dir / "results.json").is_file() and (run_dir / "alpha_sweep" / "alpha=4.125" / "results.json").is_file()

@@ -226,6 +226,9 @@ def test_plot_runs_cli(tmp_path, capsys):
     assert run_main("plot_runs", [str(tmp_path / "runs"), "--table", "redocred_mini"]) == 0
     assert capsys.readouterr().out.startswith("written: ")
     assert (tmp_path / "runs" / "curves.png").is_file() and (tmp_path / "runs" / "bars.png").is_file()
+    fake_run(tmp_path / "runs" / "y-s1", 1, 0.5, {"f1": 0.4})  # a run without metrics.jsonl is named, not left out unsaid
+    assert run_main("plot_runs", [str(tmp_path / "runs")]) == 0
+    assert capsys.readouterr().out.startswith("no learning curve (no metrics.jsonl): y-s1\nwritten: ")
 
 
 def write_metrics(run_dir: Path, rows: list[dict], torn: bool = False) -> None:

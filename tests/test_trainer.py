@@ -174,3 +174,12 @@ def test_a_batch_larger_than_the_training_split_is_refused(tiny_backbone, tmp_pa
                                          r"x grad_accum 1 x 1 process$"):
         train(cfg)
 
+
+
+def test_a_run_without_a_dev_split_says_it_keeps_its_last_weights(tiny_backbone, tmp_path, capsys):
+    from tests.cli import run_main
+
+    overrides = [f"model.backbone={tiny_backbone}", f"output_dir={tmp_path}", "run_name=r", "data.dev_file=",
+                 "train.max_steps=2", "train.num_threads=1"]
+    assert run_main("train", ["configs/smoke.yaml", *overrides]) == 0
+    assert f"\nr: no dev split, the weights after step 2 ({tmp_path / 'r'})\n" in capsys.readouterr().out  # was "step None"

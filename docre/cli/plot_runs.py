@@ -26,10 +26,13 @@ def main() -> int:
     parser.add_argument("-o", dest="output_dir", help=argparse.SUPPRESS)  # its old spelling; -o is a file elsewhere
     args = parser.parse_args()
 
-    from docre.plots import plot_bars, plot_curves
+    from docre.plots import plot_bars, plot_curves, read_metrics
     from docre.summary import summarize_folder
 
     found, rows = summarize_folder(args.runs_dir, args.table)
+    uncharted = [run.name for runs in found["groups"].values() for run in runs if not read_metrics(run)]
+    if uncharted:  # e.g. sweeps and VaeDiff-DocRE runs finished before their metrics.jsonl was kept at the top
+        print(f"no learning curve (no metrics.jsonl): {', '.join(uncharted)}")
     out = Path(args.output_dir or args.runs_dir)
     title = found["title"] or Path(args.runs_dir).resolve().name
     written = [plot_curves(found["groups"], out / "curves.png", title)]

@@ -69,7 +69,7 @@ def main() -> int:
     from docre.config import load_config
 
     if args.resume:
-        from docre.run_dir import is_export
+        from docre.run_dir import is_export, outermost_run, resume_command
 
         given = [args.config, *args.overrides] if args.config is not None else []  # argparse put the first override in CONFIG
         run_dir = Path(args.resume)
@@ -85,6 +85,10 @@ def main() -> int:
                              "it cannot be resumed")
         if not config.is_file():
             raise DocreError(f"{args.resume}: not a run directory (no config.yaml)")
+        whole = outermost_run(run_dir)
+        if whole != run_dir:  # resumed alone, a part would train a second whole run inside itself
+            raise DocreError(f"{args.resume}: a part of the run {whole} (an alpha sweep's value or a VaeDiff-DocRE "
+                             f"stage), which resumes it: {resume_command(whole)}")
     elif args.config is not None:
         config, overrides = args.config, args.overrides
     else:
@@ -101,7 +105,10 @@ def main() -> int:
         return 0
     if "alpha" in results:
         print(f"\n{cfg.run_name}: alpha {results['alpha']:g} chosen on dev ({results['run_dir']}/alpha_sweep.json)")
-    print(f"\n{cfg.run_name}: best dev checkpoint at step {results['best_step']} ({results['run_dir']})")
+    if results["best_step"] is None:  # no dev split: the last step's weights
+        print(f"\n{cfg.run_name}: no dev split, the weights after step {results['steps']} ({results['run_dir']})")
+    else:
+        print(f"\n{cfg.run_name}: best dev checkpoint at step {results['best_step']} ({results['run_dir']})")
     print(results_table(results))
     details = breakdown_table(results.get("breakdown", {}))
     if details:  # the per-relation tables are in results.json; evaluate.py prints them
