@@ -38,7 +38,9 @@ import copy
 import dataclasses
 import json
 import math
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,15 +175,20 @@ class Denoiser(nn.Module):
         return self.output(self.norm(hidden))  # [N, z]
 
 
-def make_scheduler(steps: int):
-    """diffusers' DDPM scheduler with the official settings (module docstring)."""
+def require_diffusers():
+    """diffusers' DDPMScheduler class, or a one-line error saying what to install (train_vaediff asks before stage 1)."""
     try:
         from diffusers import DDPMScheduler
     except ImportError:
         raise DocreError("model.name=vaediff needs diffusers for its diffusion prior: pip install 'docre[vaediff]' "
                          "(or pip install diffusers)") from None
-    return DDPMScheduler(num_train_timesteps=steps, beta_schedule="squaredcos_cap_v2", prediction_type="sample",
-                         variance_type="fixed_large", clip_sample=False)
+    return DDPMScheduler
+
+
+def make_scheduler(steps: int):
+    """diffusers' DDPM scheduler with the official settings (module docstring)."""
+    return require_diffusers()(num_train_timesteps=steps, beta_schedule="squaredcos_cap_v2", prediction_type="sample",
+                               variance_type="fixed_large", clip_sample=False)
 
 
 class Augmenter(nn.Module):
@@ -277,11 +284,15 @@ def stage2_losses(augmenter: Augmenter, x: Tensor, labels: Tensor, kl_weight: fl
     return (reconstruction + kl_weight * (log_q + cross_entropy).sum()) / x.size(0), z.detach()
 
 
-def fit_augmenter(augmenter: Augmenter, features: Tensor, labels: Tensor, docs: Tensor, out_dir, cfg, seed: int) -> None:
+def fit_augmenter(augmenter: Augmenter, features: Tensor, labels: Tensor, docs: Tensor, out_dir, cfg, seed: int,
+                  stop: Callable[[], bool] = lambda: False) -> int:
     """Stage 2: train the VAE and the prior on the related pairs' features [N, H] (labels [N, C], document of each
     row [N]), `cfg` = the `vaediff` config section. A checkpoint after every epoch (out_dir/last/) resumes it to the
-    same weights; the finished augmenter is out_dir/augmenter.safetensors (+ augmenter.json)."""
-    out_dir = Path(out_dir)
+    same weights; the finished augmenter is out_dir/augmenter.safetensors (+ augmenter.json, augmenter_fit.json), and
+    last/ is then removed. `stop()` is asked before every batch (a stop request, docre/vaediff.py): when true, the fit
+    ends there without saving, its last checkpoint the resume point. Returns the epochs finished (all once written)."""
+    out_dir, device = Path(out_dir), features.device
+    last = out_dir / "last"
     warmup, epochs = cfg.augmenter_warmup_epochs, cfg.augmenter_epochs
     # one AdamW, two groups (the official two optimizers: AdamW keeps its state per parameter, and a group
     # whose gradients are None is not stepped); the VAE's rate is cosine-annealed per epoch after the warm-up
@@ -295,9 +306,9 @@ def fit_augmenter(augmenter: Augmenter, features: Tensor, labels: Tensor, docs: 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [vae_rate, lambda epoch: 1.0])
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     counters = {"epoch": 0, "updates": 0, "seconds": 0.0}  # seconds: this stage's time over all its processes
-    saved = checkpoint.find_training_state(out_dir / "last")
+    saved = checkpoint.find_training_state(last)
     if saved is not None:
-        counters = checkpoint.load_training_state(saved, augmenter, optimizer, scheduler, scaler)
+        counters = checkpoint.load_training_state(saved, augmenter, optimizer, scheduler, scaler, device=device)
         logger.info("stage 2: resumed from %s after epoch %d", saved, counters["epoch"])
     vae_parameters, denoiser_parameters = list(augmenter.vae.parameters()), list(augmenter.denoiser.parameters())
     counters.setdefault("seconds", 0.0)  # a checkpoint written before the stage's time was counted
@@ -308,6 +319,8 @@ def fit_augmenter(augmenter: Augmenter, features: Tensor, labels: Tensor, docs: 
         totals = torch.zeros(2)
         batches = document_batches(docs, cfg.augmenter_batch_size, seed, epoch)
         for rows in batches:
+            if stop():  # the epoch's updates so far are lost: the resumed run replays it from its start
+                return counters["epoch"]
             x, y = features[rows], labels[rows]
             optimizer.zero_grad(set_to_none=True)  # the official trainer never zeroes the VAE's gradients
             vae_loss, z = stage2_losses(augmenter, x, y, kl_weight)
@@ -334,10 +347,16 @@ def fit_augmenter(augmenter: Augmenter, features: Tensor, labels: Tensor, docs: 
         counters["seconds"] += time.perf_counter() - started
         logger.info("stage 2 epoch %d/%d: VAE loss %.4f, prior loss %.4f", epoch + 1, epochs,
                     totals[0] / len(batches), totals[1] / len(batches))
-        checkpoint.save_training_state(out_dir / "last", augmenter, optimizer, scheduler, scaler, dict(counters))
-    checkpoint.save_weights(augmenter, out_dir / AUGMENTER_WEIGHTS)
+        # the GPU's generator too (randn_like, randint on the device): else a resumed fit on CUDA draws other noise
+        checkpoint.save_training_state(last, augmenter, optimizer, scheduler, scaler, dict(counters),
+                                       [checkpoint.rng_state(device)])
+    # the weights last: their presence marks stage 2 finished (vaediff.py, run_dir.state_of), so the files beside
+    # them are complete by then
     atomic_write_json(out_dir / AUGMENTER_SETTINGS, dataclasses.asdict(augmenter.settings))
     atomic_write_json(out_dir / AUGMENTER_FIT, {**counters, "pairs": len(features), "documents": len(torch.unique(docs))})
+    checkpoint.save_weights(augmenter, out_dir / AUGMENTER_WEIGHTS)
+    shutil.rmtree(last, ignore_errors=True)  # finished: the resume state (twice the augmenter) has done its job
+    return counters["epoch"]
 
 
 def load_augmenter(folder, device: torch.device) -> Augmenter:

@@ -3,7 +3,8 @@
 Merge order: dataclass defaults < YAML file < command line. The defaults are the published
 ATLOP settings (DocRED, BERT-base), so a YAML file states only what differs. `load_config` fails
 within a second on a misspelled key, a value of the wrong type, an unknown choice, an unknown
-dataset, model or loss name, or a loss keyword that the loss does not take, before any model is loaded.
+dataset, model or loss name, a loss keyword that the loss does not take or a value its constructor
+refuses, a number out of range, or a setting the chosen model never reads, before any model is loaded.
 
 This is the only module that imports OmegaConf; everything else receives plain dataclasses.
 """
@@ -120,8 +121,10 @@ class LogConfig:
 @dataclass
 class VaeDiffConfig:
     # model.name=vaediff only (VaeDiff-DocRE, docre/vaediff.py): stage 2 fits the augmenter on the stage-1
-    # model's features of related training pairs; stage 3 trains again with its synthetic features.
-    # Defaults: the official Re-DocRED scripts (Stage_2/scripts/train.sh, Stage_3/scripts/train.sh)
+    # model's features of related training pairs; stage 3 trains again with its synthetic features. With any
+    # other model (the vaediff loss on ATLOP included) nothing reads this section, so load_config refuses a
+    # value other than the default there. Defaults: the official Re-DocRED scripts (Stage_2/scripts/train.sh,
+    # Stage_3/scripts/train.sh)
     latent_size: int = 384  # the VAE's latent width
     denoiser_width: int = 256  # the diffusion prior's width (tx_dim); 6 layers, width / 64 heads
     denoiser_depth: int = 6  # the diffusion prior's layers
@@ -145,7 +148,9 @@ class VaeDiffConfig:
 class Config:
     seed: int = 66  # seeds Python, NumPy and torch (data order, initialisation, dropout)
     output_dir: str = "runs"  # runs are written to <output_dir>/<run_name>/
-    run_name: str = ""  # "" = <config file name>[-<loss named on the command line>]-s<seed>, e.g. minilm_atgl-s66
+    # "" = <config file name>[-<model named on the command line>][-<loss named on the command line>]-s<seed>,
+    # e.g. minilm_atgl-s66, smoke-ttm_re-atl-s66
+    run_name: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     # the loss: its name in docre.losses.LOSSES plus its keyword arguments, e.g. {name: atgl, alpha: 16.5}
@@ -207,6 +212,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     # an ATGL config must not pass alpha to ATL); keywords given next to it still apply.
     new_loss = OmegaConf.select(command_line, "loss.name")
     file_loss = OmegaConf.select(layers[-1], "loss.name") or OmegaConf.select(schema, "loss.name")  # file, else default
+    new_model = OmegaConf.select(command_line, "model.name")
+    file_model = OmegaConf.select(layers[-1], "model.name") or OmegaConf.select(schema, "model.name")
     if new_loss is not None and len(layers) > 1 and OmegaConf.select(layers[1], "loss.name") != new_loss:
         layers[1].pop("loss", None)
     # the file first, then the command line: a bad key or value is reported where it was given
@@ -224,10 +231,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         raise DocreError(f"{_origin(getattr(error, 'full_key', None) or '', source, given)}: {_describe(error)}") from None
     if not cfg.run_name:
         # One convention for every run name: the config file's name as written (words joined by "_"),
-        # "-s<seed>" at the end, and "-<loss>" before it only when the command line swapped the loss,
-        # so that such a run never lands in the directory of the file's own loss.
+        # "-s<seed>" at the end, and before it "-<model>" then "-<loss>" only when the command line swapped
+        # the model or the loss, so that such a run never lands in the directory of the file's own model or
+        # loss. Grids (scripts/reproduce.py, compare_losses, sweeps, VaeDiff's stages) set run_name themselves.
         stem = Path(path).stem if path is not None else "run"
-        swapped = f"-{new_loss}" if new_loss is not None and new_loss != file_loss else ""
+        swapped = "".join(f"-{new}" for new, old in ((new_model, file_model), (new_loss, file_loss))
+                          if new is not None and new != old)
         cfg.run_name = f"{stem}{swapped}-s{cfg.seed}"
     check_config(cfg, source, given)
     return cfg
@@ -270,12 +279,23 @@ MINIMUMS = [
     ("train.max_grad_norm", 0, "0 or more"), ("train.weight_decay", 0, "0 or more"),
     ("model.evidence_weight", 0, "0 or more"),
     ("eval.max_batch_tokens", -1, "-1 (4096 on CPU, no cap on a GPU), 0 (no cap) or more"),
+    # model.name=vaediff's (another model keeps the defaults, which lie in range): a 0 fails only after
+    # stage 1 has trained (diffusion_steps, augmenter_batch_size) or silently skips a stage's work
+    ("vaediff.latent_size", 1, "at least 1"), ("vaediff.denoiser_depth", 1, "at least 1"),
+    ("vaediff.diffusion_steps", 1, "at least 1"), ("vaediff.augmenter_epochs", 1, "at least 1"),
+    ("vaediff.augmenter_batch_size", 1, "at least 1"), ("vaediff.augmenter_warmup_epochs", 0, "0 or more"),
+    ("vaediff.kl_weight", 0, "0 or more"), ("vaediff.copies", 1, "at least 1"),
+    ("vaediff.augment_from_epoch", 0, "0 or more"),
+    # (1 + w) cond - w uncond: 0 = the conditional prior alone; below 0 the samples drift towards the
+    # unconditional prior, away from the labels stage 3 gives them (at -1 they ignore them)
+    ("vaediff.guidance", 0, "0 or more (0 = the label-conditioned prior alone)"),
 ]
 
 
 def check_config(cfg: Config, source: str = "config", overrides: list[str] = ()) -> None:
-    """Checks OmegaConf cannot do: enumerated choices, registry names and loss keywords. An error names
-    the override of `overrides` that set the value, else `source`."""
+    """Checks OmegaConf cannot do: enumerated choices, registry names, loss keywords and values, ranges, and
+    settings the chosen model never reads. An error names the override of `overrides` that set the value, else
+    `source`."""
     def where(key: str) -> str:
         return _origin(key, source, list(overrides))
 
@@ -297,6 +317,15 @@ def check_config(cfg: Config, source: str = "config", overrides: list[str] = ())
     if cfg.model.name not in MODELS:
         raise DocreError(f"{where('model.name')}: model.name={cfg.model.name!r} is not one of {', '.join(MODELS)}"
                          f"{did_you_mean(cfg.model.name, MODELS)}")
+    if cfg.model.name != "vaediff":  # only VaeDiff-DocRE's stages read the vaediff section (the vaediff loss does not)
+        # Caution: a saved run's config.yaml holds every key, at its default of the day, so changing a default of
+        # VaeDiffConfig would make older runs of the other models fail here; those defaults are the official values.
+        defaults = VaeDiffConfig()
+        for f in dataclasses.fields(VaeDiffConfig):
+            value = getattr(cfg.vaediff, f.name)
+            if value != getattr(defaults, f.name):
+                raise DocreError(f"{where(f'vaediff.{f.name}')}: vaediff.{f.name}={value!r} is read only with "
+                                 f"model.name=vaediff (its stages 2 and 3); model.name={cfg.model.name} never reads it")
     loss_kwargs = dict(cfg.loss)
     name = loss_kwargs.pop("name", None)
     check_loss_kwargs(name, loss_kwargs, source, overrides)
@@ -326,12 +355,50 @@ def check_config(cfg: Config, source: str = "config", overrides: list[str] = ())
         raise DocreError(f"{where('model.emb_size')}: model.emb_size must be a multiple of model.block_size")
     if not cfg.sweep.alpha_grid or min(cfg.sweep.alpha_grid) <= 0 or cfg.sweep.alpha_base < 0:
         raise DocreError(f"{where('sweep')}: sweep.alpha_grid must hold positive numbers and sweep.alpha_base be >= 0")
+    if cfg.model.name == "vaediff":
+        check_vaediff(cfg, where)
+
+
+def check_vaediff(cfg: Config, where: typing.Callable[[str], str]) -> None:
+    """What the schema's types cannot say about the `vaediff` section of a model.name=vaediff config: its
+    ranges beyond MINIMUMS and how its numbers relate. `where(key)` names the file or override that set a key."""
+    vd = cfg.vaediff
+
+    def where_any(*keys: str) -> str:  # a check of several keys: the override that set one, else the first's place
+        places = [where(key) for key in keys]
+        return next((place for place in places if place.startswith("override ")), places[0])
+
+    if vd.denoiser_width < 4 or vd.denoiser_width % 2:  # half sines, half cosines, over (width / 2 - 1) frequencies
+        raise DocreError(f"{where('vaediff.denoiser_width')}: vaediff.denoiser_width must be an even number of at "
+                         "least 4 (its sinusoidal time embedding)")
+    if vd.augmenter_warmup_epochs >= vd.augmenter_epochs:  # the prior trains only after the warm-up
+        raise DocreError(f"{where_any('vaediff.augmenter_warmup_epochs', 'vaediff.augmenter_epochs')}: "
+                         f"vaediff.augmenter_warmup_epochs={vd.augmenter_warmup_epochs} must be below "
+                         f"vaediff.augmenter_epochs={vd.augmenter_epochs}, else the diffusion prior never trains")
+    for key in ("vae_lr", "diffusion_lr"):
+        if not getattr(vd, key) > 0:
+            raise DocreError(f"{where(f'vaediff.{key}')}: vaediff.{key} must be positive")
+    if not 0 <= vd.vae_min_lr <= vd.vae_lr:  # the VAE's rate is annealed from vae_lr down to vae_min_lr
+        raise DocreError(f"{where_any('vaediff.vae_min_lr', 'vaediff.vae_lr')}: vaediff.vae_min_lr must lie in "
+                         "[0, vaediff.vae_lr]")
+    if not 0 <= vd.uncond_prob < 1:  # at 1 the label embeddings the samples are conditioned on never train
+        raise DocreError(f"{where('vaediff.uncond_prob')}: vaediff.uncond_prob must lie in [0, 1) (at 1 the "
+                         "label-conditioned prior never trains)")
+    if vd.guidance > 0 and vd.uncond_prob == 0:
+        raise DocreError(f"{where_any('vaediff.guidance', 'vaediff.uncond_prob')}: vaediff.guidance > 0 needs "
+                         "vaediff.uncond_prob > 0: the unconditional prior that guidance subtracts trains only on "
+                         "batches whose labels are dropped")
+    if cfg.train.max_steps == 0 and vd.augment_from_epoch >= cfg.train.epochs:  # epochs count from 0
+        raise DocreError(f"{where_any('vaediff.augment_from_epoch', 'train.epochs')}: vaediff.augment_from_epoch="
+                         f"{vd.augment_from_epoch} must be below train.epochs={cfg.train.epochs}, else stage 3 never "
+                         "trains with synthetic pairs")
 
 
 def check_loss_kwargs(name: Any, kwargs: dict, source: str = "config", overrides: list[str] = ()) -> None:
-    """Check that `name` is a registered loss and that `kwargs` are its keywords (its constructor's
-    parameters), required ones included; a misspelt name or keyword gets "did you mean"."""
-    from docre.losses import LOSSES, loss_keywords
+    """Check that `name` is a registered loss, that `kwargs` are its keywords (its constructor's
+    parameters), required ones included, and that its constructor takes their values; a misspelt name or
+    keyword gets "did you mean"."""
+    from docre.losses import FROM_TRAINING, LOSSES, loss_keywords
 
     if name not in LOSSES:
         raise DocreError(f"{_origin('loss.name', source, list(overrides))}: loss.name={name!r} is not one of "
@@ -339,8 +406,9 @@ def check_loss_kwargs(name: Any, kwargs: dict, source: str = "config", overrides
     keywords = loss_keywords(name)
     for key, value in kwargs.items():  # "auto" means a dev-tuned sweep (docre.sweep), only for ATGL's alpha
         if value == "auto" and (name, key) not in (("atgl", "alpha"), ("vaediff", "alpha")):
-            raise DocreError(f"{_origin(f'loss.{key}', source, list(overrides))}: loss.{key}=auto: only loss.alpha of atgl "
-                             "can be tuned automatically")
+            raise DocreError(f"{_origin(f'loss.{key}', source, list(overrides))}: loss.{key}=auto: only ATGL's alpha is "
+                             "tuned on dev (loss.alpha=auto with loss.name=atgl, or loss.name=vaediff with classification: "
+                             "atgl)")
     for key in kwargs:
         if key not in keywords:
             raise DocreError(f"{_origin(f'loss.{key}', source, list(overrides))}: loss {name!r}: got an unexpected keyword "
@@ -348,6 +416,18 @@ def check_loss_kwargs(name: Any, kwargs: dict, source: str = "config", overrides
     missing = [key for key, default in keywords.items() if default is inspect.Parameter.empty and key not in kwargs]
     if missing:
         raise DocreError(f"{source}: loss {name!r} needs loss.{missing[0]}")
+    # Build the loss once (cheap: no data, no model), so that a value its constructor refuses (afl's gamma=-1,
+    # vaediff's classification: ATGL, or its alpha without classification: atgl) fails here, named as the override
+    # or file that set it, not when training builds it. "auto" stands for one alpha of the sweep; a keyword the
+    # trainer takes from the training split (FROM_TRAINING) is checked only where the config gives it as a list.
+    from_training = FROM_TRAINING.get(name, ("",))[0]
+    probe = {key: 1.0 if value == "auto" else value for key, value in kwargs.items()
+             if key != from_training or isinstance(value, list)}
+    try:
+        LOSSES[name](**probe)
+    except (TypeError, ValueError, DocreError) as error:
+        message = str(error) if isinstance(error, DocreError) else f"loss {name!r}: {_first_line(error)}"
+        raise DocreError(f"{_origin('loss', source, list(overrides))}: {message}") from None
 
 
 def config_keys() -> list[tuple[str, Any, str]]:

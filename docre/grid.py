@@ -28,8 +28,11 @@ from docre.run_dir import ACTIONS, read_results
 from docre.tables import Run
 from docre.utils import format_duration
 
-# the exit statuses of a training process stopped by SIGINT/SIGTERM at a step, its checkpoint saved
-STOPPED_BY_SIGNAL = {128 + signal.SIGINT: "SIGINT", 128 + signal.SIGTERM: "SIGTERM"}
+# the exit statuses of a training process stopped by SIGINT/SIGTERM: 128 + the signal (docre.trainer.Interrupted's: at
+# a step, its checkpoint saved), or minus the signal (Popen's status of a process killed by one it did not handle,
+# e.g. outside a training loop: its last checkpoint, if any, resumes it)
+STOPPED_BY_SIGNAL = {128 + signal.SIGINT: "SIGINT", 128 + signal.SIGTERM: "SIGTERM",
+                     -signal.SIGINT: "SIGINT", -signal.SIGTERM: "SIGTERM"}
 
 
 class ChildSignals:
@@ -203,14 +206,16 @@ def run_grid(runs: list[Run], nproc: int = 1, jobs: int = 1) -> list[Run]:
                 training = ([] if status == 0 else [run]) + [other for other, _, _ in running.values()]
                 interrupted += [other.cfg.run_name for other in training if other.cfg.run_name not in interrupted]
                 continue
-            if status in STOPPED_BY_SIGNAL:  # docre.trainer.Interrupted's exit: stopped with a checkpoint
+            if status in STOPPED_BY_SIGNAL:  # a stop, not a failure: the same command resumes it
+                saved = " with a checkpoint" if status > 0 else ""  # docre.trainer.Interrupted's exit
                 stopped = stopped or (f"{run.cfg.run_name} was stopped by {STOPPED_BY_SIGNAL[status]} "
-                                      f"(exit status {status}) with a checkpoint, so the grid stops too")
+                                      f"(exit status {status}){saved}, so the grid stops too")
                 signals.send(signal.SIGTERM)  # the runs beside it stop at their next step, with a checkpoint
             elif status != 0:
                 failed.append(run)
-                print(f"[{todo.index(run) + 1}/{len(todo)}] {run.cfg.run_name} failed (exit status {status}); "
-                      f"log: {run.run_dir / 'train.log'}", file=sys.stderr, flush=True)
+                log = run.run_dir / "train.log"  # absent where the run failed before its setup (or is made of runs)
+                print(f"[{todo.index(run) + 1}/{len(todo)}] {run.cfg.run_name} failed (exit status {status})"
+                      f"{f'; log: {log}' if log.is_file() else ''}", file=sys.stderr, flush=True)
     resume = f"run the same command again to resume: {' '.join(sys.argv)}"
     if signals.received:
         if not interrupted:  # arrived between two runs

@@ -323,12 +323,15 @@ def _warn_few_entities(docs: list[dict]) -> None:
                        plural(len(few), "document"), shown)
 
 
-def resolve_model(name: str | Path, revision: str | None = None, trust_remote_code: bool = False) -> Path:
+def resolve_model(name: str | Path, revision: str | None = None, trust_remote_code: bool = False,
+                  local_first: bool = False) -> Path:
     """The local folder of a model argument: an existing folder is itself; anything else shaped like a
     Hugging Face Hub id ("ORG/NAME") is that repository's snapshot in the Hugging Face cache
     (`snapshot_download`: HF_HOME / HF_HUB_CACHE decide where, HF_HUB_OFFLINE=1 reads only the
     cache), downloaded first when missing or outdated. Any other name is returned as given, for
-    `run_dir.model_kind` to report as not found.
+    `run_dir.model_kind` to report as not found. With `local_first` (train.init_from, whose source is
+    most often a run of this project) a name that is neither says first that no such local folder
+    exists, and reads it as a Hub id only second.
 
     Raises:
         DocreError: a revision with a local folder, or the hub model cannot be had (one line: not
@@ -351,7 +354,7 @@ def resolve_model(name: str | Path, revision: str | None = None, trust_remote_co
         return path
     if str(name).count("/") != 1:  # docre's models on the Hub are ORG/NAME (scripts/export.py --push-to-hub)
         return path
-    folder = _download(str(name), revision)
+    folder = _download(str(name), revision, local_first)
     # Whether someone else's code runs here is the caller's decision (as in transformers), never the
     # downloaded config's: an exported encoder/ folder of a custom-code encoder carries that code.
     if (folder / "config.yaml").is_file() and not trust_remote_code:
@@ -363,8 +366,9 @@ def resolve_model(name: str | Path, revision: str | None = None, trust_remote_co
     return folder
 
 
-def _download(repo_id: str, revision: str | None) -> Path:
-    """`repo_id`'s snapshot folder in the Hugging Face cache, each library error as one line."""
+def _download(repo_id: str, revision: str | None, local_first: bool = False) -> Path:
+    """`repo_id`'s snapshot folder in the Hugging Face cache, each library error as one line (with
+    `local_first`, led by the missing local folder: "runs/ttm" is likelier a mistyped path than a Hub id)."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -373,14 +377,21 @@ def _download(repo_id: str, revision: str | None) -> Path:
 
     at = f"{repo_id}@{revision}" if revision else repo_id
     fetch = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
+    local = f"no such local folder (from {Path.cwd()}); read as a Hugging Face Hub id, " if local_first else ""
     try:
         return Path(snapshot_download(repo_id, revision=revision, library_name="docre", library_version=__version__))
     except LocalEntryNotFoundError:  # offline (or the Hub unreachable) and not cached; also a partial snapshot
         why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hugging Face Hub could not be reached"
+        if local:
+            raise DocreError(f"{at}: {local}not (completely) in the cache {constants.HF_HUB_CACHE} ({why}; `{fetch}` "
+                             "fetches it where the Hub is reachable)") from None
         raise DocreError(f"{at}: not a local folder, and not (completely) in the Hugging Face cache {constants.HF_HUB_CACHE} "
                          f"({why}); fetch it where the Hub is reachable with `{fetch}` into the same cache "
                          "(HF_HOME / HF_HUB_CACHE), or name a local model folder") from None
     except RepositoryNotFoundError:  # also a private or gated repository without a token that may read it
+        if local:
+            raise DocreError(f"{repo_id}: {local}no model this token may read (private? log in with `hf auth login` "
+                             "or set HF_TOKEN)") from None
         raise DocreError(f"{repo_id}: not a local folder, nor a model on the Hugging Face Hub that this token may "
                          "read (private? log in with `hf auth login` or set HF_TOKEN)") from None
     except RevisionNotFoundError:

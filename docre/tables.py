@@ -176,7 +176,7 @@ def plan_runs(table: Table, seeds: list[int], out: Path, overrides: list[str] = 
     out = Path(out).resolve()
     runs = []
     for row in table.rows:
-        config_path = Path(row.config) if Path(row.config).is_absolute() else PROJECT_ROOT / row.config
+        config_path = _config_path(row)
         if not config_path.is_file():
             raise DocreError(f"table {table.name}: row {row.name}: config {row.config} not found")
         for seed in seeds:
@@ -185,7 +185,7 @@ def plan_runs(table: Table, seeds: list[int], out: Path, overrides: list[str] = 
             try:
                 cfg = load_config(config_path, run_overrides)
             except DocreError as error:
-                raise DocreError(f"table {table.name}: row {row.name}: {error}") from None
+                raise DocreError(_blamed(table, row, overrides, error)) from None
             if table.alpha_seed is not None and seed != table.alpha_seed and is_auto(cfg):
                 alpha = chosen_alpha(out / f"{row.name}-s{table.alpha_seed}")
                 if alpha is None:
@@ -204,6 +204,26 @@ def plan_runs(table: Table, seeds: list[int], out: Path, overrides: list[str] = 
                 run_dir.check_same_config(run.run_dir, cfg)
             runs.append(run)
     return runs
+
+
+def _config_path(row: Row) -> Path:
+    return Path(row.config) if Path(row.config).is_absolute() else PROJECT_ROOT / row.config
+
+
+def _blamed(table: Table, row: Row, overrides: list[str], error: DocreError) -> str:
+    """The line for a row whose config does not load, led by its table and row; but an override of the command line
+    that fails the same way on every row (a misspelt key) is no row's fault, and the first row it fails on may be one
+    the command does not even train (--rows)."""
+    def error_of(other: Row, command_line: list[str]) -> str:
+        try:
+            load_config(_config_path(other), [*table.overrides, *other.overrides, *command_line])
+        except DocreError as other_error:
+            return str(other_error)
+        return ""
+
+    if overrides and not error_of(row, []) and all(error_of(other, overrides) == str(error) for other in table.rows):
+        return str(error)
+    return f"table {table.name}: row {row.name}: {error}"
 
 
 def _check_keys(data: dict, allowed: set[str], where: str) -> None:

@@ -198,7 +198,7 @@ def train(cfg: Config) -> dict:
         try:
             run, state = setup(cfg, processes, run_dir, checkpoint, init_weights, started)
             with run.trackers:  # closed however train() ends, so that a later run in this process starts its own
-                with _StopSignals(run.run_dir, state) as stop:
+                with StopSignals(run.run_dir, state) as stop:
                     fit(run, state, stop)
                 return final_evaluation(run, state)
         except Interrupted:
@@ -260,6 +260,11 @@ def setup(cfg: Config, processes: tuple[int, int, torch.device], run_dir: Path, 
                        "batches: it is computed within each part, not as the official loss over the whole batch "
                        "(set train.max_batch_tokens=0 and train on one process for that)", cfg.loss["name"],
                        cfg.train.max_batch_tokens, world)
+    if cfg.model.name == "ttm_re" and cfg.model.ttm_layout == "official" and cfg.train.max_batch_tokens and rank == 0:
+        logger.warning("model ttm_re's official layout lets the pairs of a batch attend to each other, and "
+                       "train.max_batch_tokens=%d splits batches: the pairs of each part attend only to each other, "
+                       "not as the official model over the whole batch (set train.max_batch_tokens=0 for that, or "
+                       "model.ttm_layout=per_pair)", cfg.train.max_batch_tokens)
     model = build_model_from_config(cfg.model, tokenizer, output_size(loss_fn, len(rel2id))).to(device)
     if init_weights is not None:  # before the optimizer is built, so that it starts from them
         init_from(model, init_weights, cfg, rel2id)
@@ -324,9 +329,9 @@ def _record_settings(cfg: Config, run_dir: Path, device: torch.device, world: in
 def init_from_weights(cfg: Config) -> Path:
     """The weights file train.init_from names: a run directory's best.safetensors, an exported model
     folder's model.safetensors, or those of such a folder on the Hugging Face Hub (downloaded into its
-    cache as `docre-predict ORG/NAME` does). Checked before the run directory is touched, so a missing
-    source fails in the first second, and the run's own directory is refused (train.overwrite would
-    delete the weights before they are read)."""
+    cache as `docre-predict ORG/NAME` does); that weights file itself may be named too. Checked before the
+    run directory is touched, so a missing source fails in the first second, and the run's own directory
+    is refused (train.overwrite would delete the weights before they are read)."""
     from docre.predict import resolve_model
 
     name, run_dir = cfg.train.init_from, runs.path_of(cfg)
@@ -334,10 +339,20 @@ def init_from_weights(cfg: Config) -> Path:
     if run_dir.resolve() in (local, *local.parents):
         raise DocreError(f"train.init_from={name}: this run's own directory; start from another run's weights, "
                          f"or continue this run with {runs.resume_command(run_dir)}")
+    if local.is_file():  # its folder's weights file stands for the folder, whose config.yaml and rel2id.json are read too
+        kind = None
+        with contextlib.suppress(DocreError):
+            kind = runs.model_kind(local.parent)
+        if local.name != {"run": runs.BEST_WEIGHTS, "export": runs.EXPORTED_WEIGHTS}.get(kind):
+            raise DocreError(f"train.init_from={name}: a file, not the weights of a run directory or exported model "
+                             f"folder; name such a folder (a run's {runs.BEST_WEIGHTS} or an export's "
+                             f"{runs.EXPORTED_WEIGHTS} may stand for it)")
+        return local
     try:
         # only its weights, config.yaml and rel2id.json are read here, but a Hub model whose config runs remote
-        # code is still refused unless this run allows remote code itself (its backbone then needs it too)
-        folder = resolve_model(name, trust_remote_code=cfg.model.trust_remote_code)
+        # code is still refused unless this run allows remote code itself (its backbone then needs it too);
+        # a name that is neither a folder here nor a Hub model is most likely a mistyped path: said first
+        folder = resolve_model(name, trust_remote_code=cfg.model.trust_remote_code, local_first=True)
         kind = runs.model_kind(folder)
     except DocreError as error:
         raise DocreError(f"train.init_from: {error}") from None
@@ -366,6 +381,12 @@ def init_from(model: nn.Module, weights: Path, cfg: Config, rel2id: dict[str, in
         differences = [line for line in runs.config_differences(load_config(folder / runs.CONFIG), cfg)
                        if line.startswith(("model.", "loss:"))]
         hint = f" (source -> this run: {'; '.join(differences[:3])})" if differences else ""
+    if weights.name == runs.BEST_WEIGHTS and (state := runs.state_of(folder)).kind != "finished":
+        # e.g. a pre-empted first stage of a two-stage recipe; a warning, not a refusal: a user may mean it
+        resumable = state.kind == "resumable"
+        logger.warning("init_from %s: the run has not finished (no %s%s): its best dev weights so far are used%s",
+                       name, runs.RESULTS, f"; {state.detail}" if resumable else "",
+                       f"; to hand on its final ones, finish it first with {runs.resume_command(folder)}" if resumable else "")
     try:
         loaded, fresh, unused = load_matching_weights(model, weights, hint)
     except DocreError as error:
@@ -446,7 +467,7 @@ def _load_data(cfg: Config, tokenizer) -> tuple[dict[str, int], Split, Split | N
 
 
 # ---------------------------------------------------------------------------------------------- fit
-def fit(run: Run, state: TrainState, stop: "_StopSignals") -> None:
+def fit(run: Run, state: TrainState, stop: "StopSignals") -> None:
     """Train from `state` to the last step: log, evaluate on dev (keeping the best checkpoint),
     save resume checkpoints, and stop cleanly on a signal (Interrupted)."""
     cfg, train_cfg = run.cfg, run.cfg.train
@@ -565,7 +586,7 @@ def _log_train_row(run: Run, state: TrainState, epoch: float, grad_norm: float, 
     state.window_loss, state.window_steps = 0.0, 0
 
 
-def _evaluate_dev_or_stop(run: Run, state: TrainState, stop: "_StopSignals", progress=None) -> None:
+def _evaluate_dev_or_stop(run: Run, state: TrainState, stop: "StopSignals", progress=None) -> None:
     """Score dev and record it (record_dev). On one process a stop request before or during the evaluation stops at
     once (a scheduler's grace period may be shorter than an evaluation): the checkpoint is saved with dev_pending, and
     the resumed run evaluates first. Under torchrun the processes finish the evaluation: they wait on each other in it."""
@@ -581,7 +602,7 @@ def _evaluate_dev_or_stop(run: Run, state: TrainState, stop: "_StopSignals", pro
     stop.activity = ""
 
 
-def _checkpoint_or_stop(run: Run, state: TrainState, stop: "_StopSignals", due: bool, logged: bool, progress=None) -> None:
+def _checkpoint_or_stop(run: Run, state: TrainState, stop: "StopSignals", due: bool, logged: bool, progress=None) -> None:
     """Save the resume checkpoint when due (end of epoch, last step, train.save_every) or asked to
     stop; on a stop request raise Interrupted after saving. Under torchrun the processes agree on a
     stop at checkpoints and logged steps (one collective there, none in other steps)."""
@@ -939,10 +960,10 @@ def _start_trackers(cfg: Config, run_dir: Path, step: int) -> Trackers:
 
 
 class _CutShort(BaseException):
-    """A stop request inside `_StopSignals.cut_short` (a BaseException: no `except Exception` on the way may keep it)."""
+    """A stop request inside `StopSignals.cut_short` (a BaseException: no `except Exception` on the way may keep it)."""
 
 
-class _StopSignals:
+class StopSignals:
     """Turn SIGINT/SIGTERM into a request to stop after the current step (within `cut_short`: at once); a second
     one stops at once (an `Interrupted` error naming the last checkpoint); a third one gets the default action."""
 
@@ -979,7 +1000,7 @@ class _StopSignals:
         logger.warning("received %s: stopping after %s (send again to stop at once)", signal.Signals(signum).name,
                        self.activity or "this step")
 
-    def __enter__(self) -> "_StopSignals":
+    def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous[signum] = signal.signal(signum, self._handle)

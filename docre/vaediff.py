@@ -4,31 +4,43 @@ stages (official code github.com/khaitran22/VaeDiff-DocRE at 5f51f9e: three sepa
     RUN_DIR/stage1/   stage 1: KD-DocRE's model with the run's loss (VaeDiff's own: `loss.name: vaediff`), a normal run
     RUN_DIR/stage2/   stage 2: features.safetensors, the frozen stage-1 model's cells of every related training pair
                       (computed once), and the augmenter (VAE + latent diffusion prior) trained on them
-                      (augmenter.safetensors, augmenter.json; last/ while it trains)
+                      (augmenter.safetensors, augmenter.json, augmenter_fit.json; last/ while it trains)
     RUN_DIR/stage3/   stage 3: a fresh model (or the stage-1 weights: vaediff.stage3_from_stage1) trained again, with
                       the augmenter's synthetic pairs from epoch vaediff.augment_from_epoch on
     RUN_DIR/          the stage-3 run's weights, scores and predictions, so that evaluate.py, predict and export work
-                      on RUN_DIR as on any run; config.yaml is the command's own config
+                      on RUN_DIR as on any run; config.yaml is the command's own config; train.log the stages'
+                      progress and stage 2's lines (stages 1 and 3 log to their own train.log)
 
 Running the same command again (or `--resume RUN_DIR`, or scripts/reproduce.py) skips the finished stages and
 resumes the interrupted one from its last checkpoint, by the rule every grid follows (`run_dir.plan`); stage 2 resumes
-at its last finished epoch. The stages run on one process. docs/models.md lists the official code's bugs fixed here.
+at its last finished epoch. SIGINT/SIGTERM stop any stage as they stop train(): stage 2 before its next batch (a second
+one at once), with an `Interrupted` error naming the resume command. The stages run on one process. docs/models.md
+lists the official code's bugs fixed here.
 """
 
 import copy
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
 import torch
 
 from docre import run_dir as runs
-from docre.augmenter import AUGMENTER_FIT, AUGMENTER_WEIGHTS, Augmenter, AugmenterSettings, fit_augmenter
+from docre.augmenter import (
+    AUGMENTER_FIT,
+    AUGMENTER_WEIGHTS,
+    Augmenter,
+    AugmenterSettings,
+    fit_augmenter,
+    require_diffusers,
+)
+from docre.checkpoint import find_training_state
 from docre.config import Config
 from docre.errors import DocreError
 from docre.sweep import adopt_files, prepare_parent
-from docre.utils import atomic_write_json, hold_lock, logger, resolve_device
+from docre.utils import atomic_write_json, hold_lock, logger, resolve_device, setup_logging
 
 STAGES = ("stage1", "stage2", "stage3")
 FEATURES = "features.safetensors"
@@ -38,30 +50,45 @@ def train_vaediff(cfg: Config) -> dict:
     """The three stages (module docstring). Returns the stage-3 run's results with run_dir = RUN_DIR."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise DocreError("model.name=vaediff trains on one process (its stage 2 is not distributed); run it without torchrun")
+    require_diffusers()  # now, not after stage 1 has trained
+    _check_loss(cfg)
     run_dir = runs.path_of(cfg)
     with hold_lock(run_dir):  # the whole run's; stages 1 and 3 (each a train()) take their own as well
         prepare_parent(run_dir, cfg, 0, kind="VaeDiff-DocRE run")
         return _run_stages(cfg, run_dir)
 
 
+def _check_loss(cfg: Config) -> None:
+    """Refuse a loss that takes no synthetic pairs: stage 3 would train without the augmenter (stage 2 wasted)."""
+    from docre.losses import LOSSES, takes_synthetic
+    from docre.losses.vaediff import CLASSIFICATIONS
+
+    name = cfg.loss["name"]
+    if takes_synthetic(LOSSES[name]):  # the class attribute the trainer reads on the built loss
+        return
+    swap = f"loss={{name: vaediff, classification: {name}}}" if name in CLASSIFICATIONS else "loss={name: vaediff}"
+    raise DocreError(f"model.name=vaediff: loss {name} takes no synthetic pairs, so stage 3 would train without the "
+                     f"augmenter; use {swap}, or model.name=kd_docre (the same model without the augmenter)")
+
+
 def _run_stages(cfg: Config, run_dir: Path) -> dict:
     from docre.trainer import train
 
     stage1_dir, stage2_dir, stage3_dir = (run_dir / stage for stage in STAGES)
+    # the process-wide settings train() makes, made for stage 2 too: run after a finished stage 1 (a resume), no
+    # train() has made them, and the augmenter's sums depend on them (a resume must give the uninterrupted run's weights)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    if resolve_device(cfg.train.device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
+    log = run_dir / "train.log"  # the stages' progress and stage 2's lines (stages 1 and 3: their own train.log)
+    setup_logging(log)
 
     _run_stage(train, _stage_config(cfg, stage1_dir), "stage 1 (the backbone model)")
 
+    setup_logging(log)  # back from stage 1's own log
     if not (stage2_dir / AUGMENTER_WEIGHTS).is_file():
-        device = resolve_device(cfg.train.device)
-        features, labels, docs = cached_features(stage1_dir, stage2_dir / FEATURES, device)
-        settings = AugmenterSettings(features.size(1), labels.size(1), cfg.vaediff.latent_size, cfg.vaediff.denoiser_width,
-                                     cfg.vaediff.denoiser_depth, max(cfg.vaediff.denoiser_width // 64, 1),
-                                     diffusion_steps=cfg.vaediff.diffusion_steps)
-        logger.info("stage 2 (the augmenter): %d related training pairs of %d documents, %d epochs", features.size(0),
-                    len(torch.unique(docs)), cfg.vaediff.augmenter_epochs)
-        torch.manual_seed(cfg.seed)  # its initial weights must not depend on what this process ran before
-        fit_augmenter(Augmenter(settings).to(device), features.to(device), labels.to(device), docs, stage2_dir,
-                      cfg.vaediff, cfg.seed)
+        _run_stage2(cfg, run_dir)
     else:
         logger.info("stage 2 (the augmenter): finished earlier (%s), skipped", stage2_dir)
 
@@ -84,6 +111,45 @@ def _run_stages(cfg: Config, run_dir: Path) -> dict:
     atomic_write_json(run_dir / runs.DECODE, runs.read_decode(stage3_dir))
     atomic_write_json(run_dir / runs.RESULTS, results)  # last: its presence marks the whole run finished
     return results
+
+
+def _run_stage2(cfg: Config, run_dir: Path) -> None:
+    """The feature cache and the augmenter's fit (or its resume), stopped by SIGINT/SIGTERM as train() is: the first
+    before the next batch, a second at once (the trainer's handler, whose Interrupted names stage 2's checkpoint)."""
+    from docre.trainer import StopSignals, TrainState
+
+    stage1_dir, stage2_dir = run_dir / "stage1", run_dir / "stage2"
+    with StopSignals(stage2_dir, TrainState()) as stop:
+        stop.activity = "the current batch of stage 2 (the augmenter)"
+        device = resolve_device(cfg.train.device)
+        features, labels, docs = cached_features(stage1_dir, stage2_dir / FEATURES, device)
+        settings = AugmenterSettings(features.size(1), labels.size(1), cfg.vaediff.latent_size,
+                                     cfg.vaediff.denoiser_width, cfg.vaediff.denoiser_depth,
+                                     max(cfg.vaediff.denoiser_width // 64, 1), diffusion_steps=cfg.vaediff.diffusion_steps)
+        logger.info("stage 2 (the augmenter): %d related training pairs of %d documents, %d epochs in %s",
+                    features.size(0), len(torch.unique(docs)), cfg.vaediff.augmenter_epochs, stage2_dir)
+        torch.manual_seed(cfg.seed)  # its initial weights must not depend on what this process ran before
+        fit_augmenter(Augmenter(settings).to(device), features.to(device), labels.to(device), docs, stage2_dir,
+                      cfg.vaediff, cfg.seed, stop=lambda: stop.signal is not None)
+    if stop.signal is not None:  # stopped before a batch, or stage 2 finished first: stage 3 does not start either way
+        raise _stopped_in_stage2(stop.signal, run_dir)
+
+
+def _stopped_in_stage2(signum: int, run_dir: Path) -> Exception:
+    """docre.trainer.Interrupted for a stop request in stage 2: what it kept, and the command that resumes the run."""
+    from docre.trainer import Interrupted
+
+    stage2_dir = run_dir / "stage2"
+    saved = find_training_state(stage2_dir / "last")
+    name, stage = signal.Signals(signum).name, "stage 2 (the augmenter)"
+    if (stage2_dir / AUGMENTER_WEIGHTS).is_file():
+        kept = f"interrupted by {name} in {stage} after its last epoch; the augmenter is saved in {stage2_dir}"
+    elif saved:
+        epoch = json.loads((saved / "state.json").read_text(encoding="utf-8"))["counters"]["epoch"]
+        kept = f"interrupted by {name} in {stage} after epoch {epoch}; checkpoint saved in {saved}"
+    else:
+        kept = f"interrupted by {name} in {stage} before its first epoch ended; no checkpoint yet"
+    return Interrupted(f"{kept}. Resume with: {runs.resume_command(run_dir)}", signum)
 
 
 def _stage_config(cfg: Config, stage_dir: Path) -> Config:

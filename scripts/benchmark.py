@@ -90,7 +90,7 @@ def main() -> int:
 
     from docre.utils import resolve_device, resolve_precision
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, option="--device")
     dtype = resolve_precision(args.precision, device)
     figures = {"encoder": args.encoder, "model": args.model, "threads": args.threads, "quick": args.quick, "device": str(device),
                "precision": args.precision} | machine_record()
@@ -380,7 +380,8 @@ def loss_step_ratio(backbone: str, loss: str, batches: int, reps: int, device=No
     def config_of(loss_name: str):
         own = ROOT / f"configs/redocred_mini/minilm_{loss_name}.yaml"
         path, swap = (own, []) if own.is_file() else (ROOT / "configs/redocred_mini/minilm_atl.yaml", [f"loss.name={loss_name}"])
-        return path, load_config(path, [*swap, f"model.backbone={backbone}", f"model.name={name}"])
+        stage3 = ["vaediff.augment_from_epoch=0"] if name == "vaediff" else []  # its step with synthetic pairs
+        return path, load_config(path, [*swap, f"model.backbone={backbone}", f"model.name={name}", *stage3])
 
     loss_path, loss_cfg = config_of(loss)
     _, atl_cfg = config_of("atl")
@@ -718,7 +719,11 @@ def memory_options(backbone: str, reps: int, name: str = "atlop") -> dict:
 def training_run_memory(backbone: str, scratch: Path, steps: int, quick: bool, name: str = "atlop") -> dict:
     """Peak resident memory of a real `train.py` run (training steps plus a dev evaluation)."""
     dev = f"{DEV}[400:420]" if quick else f"{DEV}[400:]"
-    command = [sys.executable, str(ROOT / "train.py"), str(ROOT / "configs/redocred_mini/minilm_atgl.yaml"),
+    config, stages = "minilm_atgl.yaml", []
+    if name == "vaediff":  # its three stages with its own loss: stage 2 cut to 2 epochs, stage 3 augmented throughout
+        config = "minilm_vaediff_pemscl.yaml"
+        stages = ["vaediff.augmenter_epochs=2", "vaediff.augmenter_warmup_epochs=1", "vaediff.augment_from_epoch=0"]
+    command = [sys.executable, str(ROOT / "train.py"), str(ROOT / "configs/redocred_mini" / config), *stages,
                f"model.backbone={backbone}", f"model.name={name}", f"train.max_steps={steps}", f"data.dev_file={dev}",
                "data.test_file=",
                f"output_dir={scratch / 'runs'}", "run_name=benchmark", "train.overwrite=true", "train.num_threads=2",

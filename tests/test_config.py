@@ -54,6 +54,29 @@ def test_run_name_says_a_loss_only_when_the_command_line_swapped_it():
     assert load_config(None, ["run_name=mine"]).run_name == "mine"  # a name given is kept as it is
 
 
+def test_run_name_says_a_model_only_when_the_command_line_swapped_it():
+    # trying another model on a config must not land in (or refuse as foreign) the folder of the file's own model
+    smoke, ttm = ROOT / "configs/smoke.yaml", ROOT / "configs/redocred_mini/minilm_ttm_re_atgl.yaml"
+    assert load_config(smoke, ["model.name=ttm_re"]).run_name == "smoke-ttm_re-s66"
+    assert load_config(smoke, ["model={name: dreeam}"]).run_name == "smoke-dreeam-s66"
+    assert load_config(smoke, ["model.name=atlop"]).run_name == "smoke-s66"  # smoke.yaml's own model (the default)
+    assert load_config(ttm, ["model.name=ttm_re"]).run_name == "minilm_ttm_re_atgl-s66"
+    assert load_config(ttm, ["model.name=atlop"]).run_name == "minilm_ttm_re_atgl-atlop-s66"
+    assert load_config(None, ["model.name=dreeam", "seed=7"]).run_name == "run-dreeam-s7"
+    # both swapped: the model first, then the loss, whatever the order on the command line
+    assert load_config(smoke, ["loss.name=atl", "model.name=ttm_re"]).run_name == "smoke-ttm_re-atl-s66"
+    assert load_config(smoke, ["model.name=ttm_re", "run_name=mine"]).run_name == "mine"
+
+
+def test_a_grid_row_that_swaps_the_model_keeps_its_row_name(tmp_path):
+    # scripts/reproduce.py and compare_losses name their runs <row>-s<seed> themselves, so the folders of existing
+    # grids keep their names whatever a row overrides
+    from docre.tables import Row, Table, plan_runs
+
+    table = Table(name="t", rows=[Row("dreeam_row", "configs/smoke.yaml", ["model.name=dreeam", "loss.name=atl"])])
+    assert [run.cfg.run_name for run in plan_runs(table, [1, 2], tmp_path)] == ["dreeam_row-s1", "dreeam_row-s2"]
+
+
 def test_overrides_take_precedence():
     cfg = load_config(ROOT / "configs/redocred_mini/minilm_atgl.yaml", ["train.epochs=2", "loss.alpha=8", "seed=1"])
     assert cfg.train.epochs == 2 and cfg.loss == {"name": "atgl", "alpha": 8} and cfg.seed == 1

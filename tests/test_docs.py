@@ -51,7 +51,8 @@ def test_run_paths_in_the_docs_are_runs_docre_names_that_way():
             if folder in rows:
                 names = rows[folder]
             elif not folder:
-                names = stems | {f"{stem}-{loss}" for stem in stems for loss in LOSSES}
+                swaps = [*LOSSES, *MODELS, *(f"{model}-{loss}" for model in MODELS for loss in LOSSES)]
+                names = stems | {f"{stem}-{swap}" for stem in stems for swap in swaps}
             else:
                 continue  # a folder of the user's choosing (output_dir=...)
             checked += 1

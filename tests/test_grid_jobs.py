@@ -23,7 +23,8 @@ from tests.cli import fake_training
 # NAME.running until it ends, NAME.env with its environment), records how many stand-ins were running at its
 # start, then behaves: "wait:OTHER" waits for OTHER to have started (so both must run at once), "fail" exits 1,
 # "print" prints two lines, "flood" 400 KB, "stop" exits as a training process stopped by SIGTERM (143), "train"
-# runs until it gets SIGTERM, which it answers as docre.trainer does (exit 143, checkpoint saved).
+# runs until it gets SIGTERM, which it answers as docre.trainer does (exit 143, checkpoint saved), "killed:N" is
+# killed by signal N with its default action (Popen's status -N: a signal no handler of the run's caught).
 STAND_IN = textwrap.dedent("""
     import json, os, signal, sys, time
     from pathlib import Path
@@ -60,6 +61,11 @@ STAND_IN = textwrap.dedent("""
     elif behaviour == "train":
         time.sleep(60)
         status = 3
+    elif behaviour.startswith("killed:"):
+        signum = int(behaviour[7:])
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        time.sleep(60)
     (markers / (name + ".running")).unlink()
     sys.exit(status)
 """)
@@ -125,6 +131,28 @@ def test_a_run_stopped_by_sigterm_stops_the_runs_beside_it(tmp_path, monkeypatch
         grid.run_grid(runs, jobs=2)
     assert (markers / "train.stopped").read_text() == str(int(signal.SIGTERM))
     assert not (markers / "later.env").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_run_killed_by_an_unhandled_sigterm_or_sigint_stops_the_grid(tmp_path, monkeypatch, signum):
+    # exit status -15 / -2: a stop like 143 / 130 (the same command resumes it), not a failed run after which the
+    # grid goes on (it was, and named a log that did not exist)
+    runs, markers = stand_in_runs(tmp_path, monkeypatch, {"killed": f"killed:{int(signum)}", "later": "print"})
+    name = signal.Signals(signum).name
+    with pytest.raises(DocreError, match=rf"^killed was stopped by {name} \(exit status -{int(signum)}\), so the grid "
+                                         r"stops too; run the same command again to resume"):
+        grid.run_grid(runs)
+    assert not (markers / "later.env").exists()
+
+
+def test_a_failed_run_names_its_log_only_where_it_exists(tmp_path, monkeypatch, capsys):
+    runs, _ = stand_in_runs(tmp_path, monkeypatch, {"early": "fail", "logged": "fail"})
+    (tmp_path / "logged").mkdir()
+    (tmp_path / "logged" / "train.log").write_text("a line\n")
+    assert [run.cfg.run_name for run in grid.run_grid(runs)] == ["early", "logged"]
+    err = capsys.readouterr().err
+    assert "early failed (exit status 1)\n" in err  # failed before its setup wrote train.log: no log named
+    assert f"logged failed (exit status 1); log: {tmp_path / 'logged' / 'train.log'}\n" in err
 
 
 def test_sigterm_to_the_grid_reaches_every_run_training(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import json
 import shutil
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -74,16 +75,62 @@ def test_an_exported_folder_and_its_hub_id_are_sources(source, tiny_backbone, tm
     assert " tensors from model.safetensors; kept fresh (not in the source): none; " in init_lines(run_dir)[0]
     assert same_tensors(run_dir / "best.safetensors", source / "best.safetensors")
     # a Hub id goes through the Predictor's resolve_model (its download replaced by the exported folder)
-    monkeypatch.setattr(docre.predict, "_download", lambda repo_id, revision: exported)
+    monkeypatch.setattr(docre.predict, "_download", lambda repo_id, revision, local_first=False: exported)
     cfg = frozen(tiny_backbone, tmp_path, "from_hub-s66", Path("docre-tests/tiny-atgl"))
     assert init_from_weights(cfg) == exported / "model.safetensors"
 
 
-def test_a_hub_id_that_cannot_be_had_is_one_line(tiny_backbone, tmp_path):
+def test_a_name_that_is_no_folder_here_nor_a_hub_model_says_so_local_first(tiny_backbone, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    # "runs/ttm" from a directory without runs/: a mistyped path, more likely than a Hub id
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(DocreError) as error:  # tests run with HF_HUB_OFFLINE=1: not in the cache
-        train(smoke(tiny_backbone, tmp_path, "run-s66", "train.init_from=docre-tests/no-such-model"))
-    assert str(error.value).startswith("train.init_from: docre-tests/no-such-model: not a local folder, and not")
-    assert "\n" not in str(error.value) and not (tmp_path / "run-s66").exists()
+        train(smoke(tiny_backbone, tmp_path, "run-s66", "train.init_from=runs/ttm"))
+    assert str(error.value) == (f"train.init_from: runs/ttm: no such local folder (from {tmp_path}); read as a Hugging "
+                                f"Face Hub id, not (completely) in the cache {constants.HF_HUB_CACHE} (HF_HUB_OFFLINE is "
+                                "set; `hf download runs/ttm` fetches it where the Hub is reachable)")
+    assert not (tmp_path / "run-s66").exists()
+
+    def no_such_repository(*args, **kwargs):
+        raise RepositoryNotFoundError("404 Repository Not Found", response=SimpleNamespace(headers={}, request=None))
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", no_such_repository)  # online, and no such repository
+    with pytest.raises(DocreError) as error:
+        init_from_weights(smoke(tiny_backbone, tmp_path, "run-s66", "train.init_from=runs/ttm"))
+    assert str(error.value) == (f"train.init_from: runs/ttm: no such local folder (from {tmp_path}); read as a Hugging "
+                                "Face Hub id, no model this token may read (private? log in with `hf auth login` or "
+                                "set HF_TOKEN)")
+
+
+def test_a_weights_file_stands_for_the_run_or_export_that_holds_it(source, tiny_backbone, tmp_path):
+    run_dir = Path(train(frozen(tiny_backbone, tmp_path, "file-s66", source / "best.safetensors"))["run_dir"])
+    assert same_tensors(run_dir / "best.safetensors", source / "best.safetensors")
+    exported = export_model(source, tmp_path / "export")
+    assert init_from_weights(frozen(tiny_backbone, tmp_path, "run-s66", exported / "model.safetensors")) == (
+        exported / "model.safetensors").resolve()
+    loose = Path(shutil.copy(source / "best.safetensors", tmp_path / "loose.safetensors"))
+    for other in (source / "dev_logits.safetensors", loose):  # another file of a run; weights outside any run
+        with pytest.raises(DocreError) as error:
+            init_from_weights(frozen(tiny_backbone, tmp_path, "run-s66", other))
+        assert str(error.value) == (f"train.init_from={other}: a file, not the weights of a run directory or exported "
+                                    "model folder; name such a folder (a run's best.safetensors or an export's "
+                                    "model.safetensors may stand for it)")
+
+
+def test_an_unfinished_source_run_is_used_with_a_warning(tiny_backbone, tmp_path, monkeypatch):
+    # a pre-empted first stage: its best dev weights so far are handed on, and the log says so
+    stage1 = tmp_path / "stage1-s66"
+    signal_after(monkeypatch, 2, signal.SIGTERM)
+    with pytest.raises(Interrupted):
+        train(smoke(tiny_backbone, tmp_path, "stage1-s66", "train.max_steps=3"))
+    monkeypatch.undo()
+    run_dir = Path(train(frozen(tiny_backbone, tmp_path, "stage2-s66", stage1))["run_dir"])
+    assert same_tensors(run_dir / "best.safetensors", stage1 / "best.safetensors")
+    assert (f" WARNING init_from {stage1}: the run has not finished (no results.json; checkpoint at step 2): its best dev "
+            f"weights so far are used; to hand on its final ones, finish it first with docre-train --resume {stage1}\n"
+            in (run_dir / "train.log").read_text())
 
 
 def test_a_missing_or_wrong_source_fails_before_the_run_directory_is_made(tiny_backbone, tmp_path):

@@ -158,8 +158,7 @@ def test_runner_errors(tmp_path, capsys):
     assert len(unknown.stderr.strip().splitlines()) == 1
     with pytest.raises(DocreError) as error:
         run_main("reproduce", ["redocred_mini", "--dry-run", "train.epoch=2"])
-    assert str(error.value) == ("table redocred_mini: row minilm_atl: override 'train.epoch=2': "
-                                "unknown key 'train.epoch' (did you mean train.epochs?)")
+    assert str(error.value) == "override 'train.epoch=2': unknown key 'train.epoch' (did you mean train.epochs?)"
     with pytest.raises(DocreError, match="--seeds '5,x': expected comma-separated integers"):
         run_main("reproduce", ["redocred_mini", "--dry-run", "--seeds", "5,x"])
     same_name = tmp_path / "copy" / "minilm_atl.yaml"

@@ -146,11 +146,19 @@ def test_plan_reads_each_run_state_and_refuses_another_config(tmp_path, tiny_bac
 
 def test_plan_errors_name_the_row(tmp_path, tiny_backbone):
     table = smoke_table(tiny_backbone)
-    with pytest.raises(DocreError, match=r"table t: row atgl: .*unknown key 'train.epoch'"):
-        plan_runs(table, [1], tmp_path, ["train.epoch=3"])
+    # a command-line override that fails on every row is no row's fault (the first row may not even be trained)
+    with pytest.raises(DocreError) as error:
+        plan_runs(table, [1], tmp_path, ["train.batch_size=2", "train.epoch=3"])
+    assert str(error.value) == "override 'train.epoch=3': unknown key 'train.epoch' (did you mean train.epochs?)"
+    # one that fails on some rows only names the first such row; so does a row's own override
+    with pytest.raises(DocreError, match=r"^table t: row atl: override 'loss.alpha=3': loss 'atl': got an unexpected "):
+        plan_runs(table, [1], tmp_path, ["loss.alpha=3"])
     table.rows.append(Row("gone", "configs/none.yaml"))
     with pytest.raises(DocreError, match=r"table t: row gone: config configs/none\.yaml not found"):
         plan_runs(table, [1], tmp_path)
+    table.rows[1].overrides.append("train.epoch=3")
+    with pytest.raises(DocreError, match=r"^table t: row atl: override 'train.epoch=3': unknown key 'train.epoch'"):
+        plan_runs(table, [1], tmp_path, ["train.batch_size=2"])
 
 
 def test_alpha_seed_passes_the_chosen_alpha_to_the_other_seeds(tmp_path, tiny_backbone):

@@ -1,11 +1,16 @@
 """VaeDiff-DocRE's three stages in one command (docre/vaediff.py) on the tiny backbone: the run directory's
-layout and that it evaluates like any run; a run killed in stage 1 (SIGTERM, through the trainer's own
-stop), in stage 2 (after an epoch's checkpoint) and in stage 3 (SIGTERM) ends, run again, with bitwise the
-same augmenter, weights and scores as an uninterrupted run; stage 3 trains on synthetic pairs from its
-augmentation epoch on; the model takes documents with more than 42 entities (the official grid's size);
-refusals. The reference run trains 3 steps per stage (3 documents, batch 3, dropout on, one thread)."""
+layout, its logs, and that it evaluates like any run; a run killed in stage 1 (SIGTERM, through the trainer's own
+stop), in stage 2 (after an epoch's checkpoint; SIGTERM, once or twice) and in stage 3 (SIGTERM) ends, run again,
+with bitwise the same augmenter, weights and scores as an uninterrupted run, a run resumed at stage 2 under another
+thread count too; stage 3 trains on synthetic pairs from its augmentation epoch on; the model takes documents with
+more than 42 entities (the official grid's size); refusals, before anything trains. The reference run trains 3
+steps per stage (3 documents, batch 3, dropout on, one thread)."""
 
 import json
+import os
+import re
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +20,7 @@ from safetensors.torch import load_file
 from docre import augmenter as augmenter_module
 from docre import run_dir as runs
 from docre import trainer
+from docre import vaediff as vaediff_module
 from docre.config import load_config
 from docre.data.collate import collate
 from docre.data.feature import featurize
@@ -93,6 +99,13 @@ def test_layout_and_stage3_augments_from_its_epoch(reference):
     assert load_file(run_dir / "best.safetensors").keys() == load_file(run_dir / "stage3" / "best.safetensors").keys()
     saved = load_config(run_dir / "stage3" / "config.yaml")
     assert saved.vaediff.augmenter == str(run_dir / "stage2") and saved.loss["contrastive_alone"] is False
+    assert not (run_dir / "stage2" / "last").exists()  # the resume state (twice the augmenter) is gone once it is done
+    # RUN_DIR/train.log: the stages' progress (the first line was lost before) and stage 2's lines, which went
+    # into stage 1's log; each training stage's own lines stay in its train.log
+    log = (run_dir / "train.log").read_text()
+    for line in ("stage 1 (the backbone model): start in", "stage 2 epoch 3/3", "stage 3 (training with synthetic pairs): start"):
+        assert line in log
+    assert "stage 2" not in (run_dir / "stage1" / "train.log").read_text()
 
 
 def test_run_dir_evaluates_like_any_run(reference):
@@ -139,6 +152,63 @@ def test_killed_in_stage2_resumes_to_the_same_result(reference, tiny_backbone, t
     assert_same(final_state(Path(results["run_dir"])), reference[1])
 
 
+@pytest.mark.parametrize(("signum", "signals"), [(signal.SIGTERM, 1), (signal.SIGTERM, 2), (signal.SIGINT, 1)])
+def test_a_signal_in_stage2_stops_it_then_resumes_to_the_same_result(reference, tiny_backbone, tmp_path, monkeypatch,
+                                                                     signum, signals):
+    # one signal: stage 2 stops before its next batch; two: at once. Either way an Interrupted error (exit status
+    # 128 + signum) names the checkpoint and the resume command, as in stages 1 and 3 (SIGTERM killed the process
+    # silently, Ctrl-C printed only "error: interrupted")
+    from docre import checkpoint
+
+    saves, real = [], checkpoint.save_training_state
+
+    def save_then_signal(*args, **kwargs):
+        real(*args, **kwargs)
+        saves.append(1)
+        if len(saves) == 2:  # after epoch 2's checkpoint
+            for _ in range(signals):
+                os.kill(os.getpid(), signum)
+    monkeypatch.setattr(checkpoint, "save_training_state", save_then_signal)
+    handlers = {each: signal.getsignal(each) for each in (signal.SIGINT, signal.SIGTERM)}
+    run_dir = tmp_path / "vd-s66"
+    last = run_dir / "stage2" / "last"
+    name = signal.Signals(signum).name
+    stopped = (f"interrupted by {name} in stage 2 (the augmenter) after epoch 2; checkpoint saved in {last}" if signals == 1
+               else f"stopped at once by a second {name} during the current batch of stage 2 (the augmenter). The last "
+                    f"checkpoint is in {last}")
+    resume = rf"\. Resume with: \S.* --resume {re.escape(str(run_dir))}$"
+    with pytest.raises(Interrupted, match="^" + re.escape(stopped) + resume) as stop:
+        run(vaediff_config(tiny_backbone, tmp_path))
+    monkeypatch.undo()
+    assert stop.value.exit_status == 128 + signum
+    assert {each: signal.getsignal(each) for each in handlers} == handlers  # the previous handlers are back
+    assert json.loads((last / "state.json").read_text())["counters"]["epoch"] == 2
+    assert not (run_dir / "stage2" / "augmenter.safetensors").exists() and not (run_dir / "stage3").exists()
+    results = run(vaediff_config(tiny_backbone, tmp_path))
+    assert_same(final_state(Path(results["run_dir"])), reference[1])
+    assert not last.exists()
+
+
+def test_resumed_at_stage2_trains_it_with_the_runs_threads_and_logs_it(reference, tiny_backbone, tmp_path, monkeypatch):
+    # stage 1 finished, the process died as stage 2 began; resumed in a process whose thread count is not the run's
+    # train.num_threads (1): no train() runs before stage 2 to set it (the augmenter differed by ~1e-7), nor the log
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(vaediff_module, "fit_augmenter", die)
+    with pytest.raises(KeyboardInterrupt):
+        run(vaediff_config(tiny_backbone, tmp_path))
+    monkeypatch.undo()
+    run_dir = tmp_path / "vd-s66"
+    assert (run_dir / "stage1" / "results.json").is_file() and not (run_dir / "stage2" / "last").exists()
+    torch.set_num_threads(4)  # (restored after the test by the autouse fixture restore_threads)
+    results = run(vaediff_config(tiny_backbone, tmp_path))
+    assert_same(final_state(Path(results["run_dir"])), reference[1])
+    log = (run_dir / "train.log").read_text()
+    resumed = log[log.rindex("stage 1 (the backbone model): finished earlier"):]  # the second command's lines
+    assert "stage 2 (the augmenter): " in resumed and "stage 2 epoch 3/3" in resumed
+    assert "stage 2" not in (run_dir / "stage1" / "train.log").read_text()
+
+
 def test_killed_in_stage3_resumes_to_the_same_result(reference, tiny_backbone, tmp_path, monkeypatch):
     signal_after(monkeypatch, STEPS_PER_STAGE + 2, __import__("signal").SIGTERM)  # stage 3's second step (augmented)
     with pytest.raises(Interrupted):
@@ -174,6 +244,22 @@ def test_refusals(tiny_backbone, tmp_path, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE")
     with pytest.raises(DocreError, match=r"holds no augmenter\.safetensors"):
         augmenter_module.load_augmenter(tmp_path, torch.device("cpu"))
+
+
+def test_a_loss_without_synthetic_pairs_is_refused_before_stage1(tiny_backbone, tmp_path):
+    # stage 3 would train without the augmenter (the trainer's warning), stage 2 fitted for nothing
+    with pytest.raises(DocreError, match=r"^model\.name=vaediff: loss atgl takes no synthetic pairs, so stage 3 would "
+                                         r"train without the augmenter; use loss=\{name: vaediff, classification: atgl\}, "
+                                         r"or model\.name=kd_docre \(the same model without the augmenter\)$"):
+        run(vaediff_config(tiny_backbone, tmp_path, "atgl", "loss={name: atgl}"))
+    assert not (tmp_path / "atgl").exists()
+
+
+def test_without_diffusers_it_is_refused_before_stage1(tiny_backbone, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # what an import of a missing package does
+    with pytest.raises(DocreError, match=r"^model\.name=vaediff needs diffusers .*pip install 'docre\[vaediff\]'"):
+        run(vaediff_config(tiny_backbone, tmp_path))
+    assert not (tmp_path / "vd-s66").exists()  # was: stage 1 trained, then stage 2 failed
 
 
 def test_atgl_swap_with_alpha_tuned_on_dev_runs_the_stages_per_value(tiny_backbone, tmp_path):

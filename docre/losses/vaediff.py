@@ -66,21 +66,28 @@ class VaeDiffLoss(nn.Module):
     takes_synthetic = True  # stage 3 appends synthetic pairs and says how many (synthetic=N)
 
     def __init__(self, tau: float = 1.0, tau_base: float = 0.5, lambda1: float = 1.0, lambda2: float = 1.0,
-                 lambda3: float = 1.0, pmtem_form: str = "official", classification: str = "pmtem", alpha: float = 16.5,
-                 contrastive: bool = True, contrastive_alone: bool = True, th_offset: float = 0.0):
+                 lambda3: float = 1.0, pmtem_form: str = "official", classification: str = "pmtem",
+                 alpha: float | None = None, contrastive: bool = True, contrastive_alone: bool = True,
+                 th_offset: float = 0.0):
         """tau, tau_base: SCL_v's temperature and base (official Re-DocRED: 1.0, 0.5). lambda1, lambda2: PMTEM's
         entropy weights; lambda3: SCL_v's weight. pmtem_form: "official" or "per_pair" (pemscl.py).
-        classification: "pmtem" (official) or "atgl" (with `alpha`). contrastive: keep SCL_v at all.
+        classification: "pmtem" (official) or "atgl". alpha: ATGL's, with classification "atgl" only (None: ATGL's
+        default 16.5); PMTEM has none, so an alpha beside it is refused, not ignored. contrastive: keep SCL_v at all.
         contrastive_alone: SCL_v also in calls without synthetic pairs (stage 1; false in stage 3).
         th_offset: added to the TH logit when decoding (0 = the official rule)."""
         super().__init__()
         if classification not in CLASSIFICATIONS:
             raise ValueError(f"classification must be one of {', '.join(CLASSIFICATIONS)}; got {classification!r}")
+        if alpha is not None and classification != "atgl":
+            raise ValueError(f"alpha is ATGL's and applies only with classification: atgl; this loss classifies with "
+                             f"{classification!r}, which has none (drop alpha, or set classification: atgl)")
         check_settings(pmtem_form, tau, tau_base)
         self.tau, self.tau_base = float(tau), float(tau_base)
         self.lambda1, self.lambda2, self.lambda3 = float(lambda1), float(lambda2), float(lambda3)
         self.pmtem_form = pmtem_form
-        self.atgl = ATGLoss(alpha) if classification == "atgl" else None  # None: PMTEM
+        self.atgl = None  # None: PMTEM
+        if classification == "atgl":
+            self.atgl = ATGLoss() if alpha is None else ATGLoss(alpha)
         self.contrastive, self.contrastive_alone = bool(contrastive), bool(contrastive_alone)
         self.th_offset = float(th_offset)
 
