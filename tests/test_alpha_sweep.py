@@ -151,7 +151,7 @@ def test_no_dev_split_is_refused_before_training(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["loss.name=atl", "loss.gamma=auto"], "only loss.alpha of atgl"),
+    (["loss.name=atl", "loss.gamma=auto"], "only ATGL's alpha is tuned on dev"),
     (["loss.name=atgl", "loss.alpha=auto", "sweep.alpha_grid=[]"], "sweep.alpha_grid"),
     (["loss.name=atgl", "loss.alpha=auto", "sweep.alpha_grid=[1,-2]"], "sweep.alpha_grid"),
 ])
