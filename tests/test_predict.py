@@ -610,6 +610,7 @@ def test_export_writes_a_self_contained_folder_with_a_card(exported, run_dir):
     assert f"| dev | {dev['precision'] * 100:.2f} | {dev['recall'] * 100:.2f} | {dev['f1'] * 100:.2f} |" in card
     assert f"| test | {results['test']['precision'] * 100:.2f} |" in card
     assert "docred_tiny.json" in card and "`atgl` loss (alpha=16.5)" in card
+    assert "at most 4 relations per entity pair." in card  # the run's eval.top_k, which ATGL's decode keeps
     assert json.loads((exported / "rel2id.json").read_text()) == json.loads((run_dir / "rel2id.json").read_text())
     # an ATGL run at a fixed alpha tunes nothing on dev (its decode.json is {}), so the export has no
     # decode.json, and docs/predict.md says so

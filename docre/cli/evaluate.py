@@ -21,9 +21,6 @@ from docre.allocator import use_huge_pages
 from docre.cli import command_parser
 from docre.errors import DocreError, run_cli
 
-# losses whose decode has no top-k cap (their official rule: SSR-PU predicts r iff s_r > s_TH): --top-k changes nothing
-UNCAPPED = {"ssr_pu"}
-
 
 def main() -> int:
     use_huge_pages()  # first: torch reads the allocator setting once, at import (docre/allocator.py)
@@ -49,7 +46,9 @@ def main() -> int:
     setup_logging()
     device = resolve_device(args.device, "--device")
     cfg, tokenizer, model, loss_fn, rel2id = load_trained(args.run_dir, device)
-    if args.top_k is not None and cfg.loss["name"] in UNCAPPED:  # refused: the scores would pass for capped ones
+    from docre.losses import caps_top_k
+
+    if args.top_k is not None and not caps_top_k(loss_fn):  # refused: the scores would pass for capped ones
         raise DocreError(f"--top-k {args.top_k}: loss {cfg.loss['name']} of {args.run_dir} decodes with no top-k cap (its "
                          "official rule), so --top-k would change nothing; leave it out")
     data = cfg.data

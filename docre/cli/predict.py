@@ -81,7 +81,13 @@ def main() -> int:
 
     model_dir = resolve_model(args.model, args.revision)  # a Hub id: its folder in the Hugging Face cache
     model_kind(model_dir)  # a wrong model path fails before the input is read
-    args.dataset = load_config(Path(model_dir) / "config.yaml").data.dataset  # the entity types found entities take
+    model_cfg = load_config(Path(model_dir) / "config.yaml")
+    args.dataset = model_cfg.data.dataset  # the entity types found entities take
+    from docre.losses import LOSSES, caps_top_k
+
+    if args.top_k is not None and not caps_top_k(LOSSES[model_cfg.loss["name"]]):  # before any output is touched
+        raise DocreError(f"--top-k {args.top_k}: loss {model_cfg.loss['name']} of {args.model} decodes with no top-k cap "
+                         "(its official rule), so --top-k would change nothing; leave it out")
     plain_text = Path(args.input).suffix.lower() == ".txt"
     streamed = output.suffix != ".html" and not plain_text and is_json_lines(args.input)
     if not streamed and (args.skip_bad or int(os.environ.get("WORLD_SIZE", "1")) > 1):

@@ -96,6 +96,11 @@ def takes_synthetic(loss_fn: nn.Module) -> bool:
     return bool(getattr(loss_fn, "takes_synthetic", False))
 
 
+def caps_top_k(loss_fn: nn.Module) -> bool:
+    """Whether `loss_fn`'s decode keeps at most top_k relations per pair (SSR-PU's official rule has no cap)."""
+    return bool(getattr(loss_fn, "caps_top_k", True))
+
+
 def couples_pairs(loss_fn: nn.Module) -> bool:
     """Whether `loss_fn` over a batch differs from the mean of its values over parts of the batch."""
     return bool(getattr(loss_fn, "couples_pairs", False))

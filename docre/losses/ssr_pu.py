@@ -53,6 +53,7 @@ from docre.utils import logger, plural
 
 class SSRPULoss(nn.Module):
     couples_pairs = True  # a sum over relations of means over each relation's pairs in the batch, not a mean over pairs
+    caps_top_k = False  # decode: r iff s_r > s_TH, however many (the official rule)
 
     def __init__(
         self,
