@@ -11,6 +11,7 @@ This is the only module that imports OmegaConf; everything else receives plain d
 
 import dataclasses
 import difflib
+import functools
 import inspect
 import io
 import re
@@ -292,6 +293,10 @@ MINIMUMS = [
 ]
 
 
+# settings of ModelConfig that one model alone reads (the vaediff section is VaeDiff-DocRE's as a whole)
+MODEL_ONLY = {"model.evidence_weight": "dreeam", "model.evidence_threshold": "dreeam", "model.ttm_layout": "ttm_re"}
+
+
 def check_config(cfg: Config, source: str = "config", overrides: list[str] = ()) -> None:
     """Checks OmegaConf cannot do: enumerated choices, registry names, loss keywords and values, ranges, and
     settings the chosen model never reads. An error names the override of `overrides` that set the value, else
@@ -317,15 +322,6 @@ def check_config(cfg: Config, source: str = "config", overrides: list[str] = ())
     if cfg.model.name not in MODELS:
         raise DocreError(f"{where('model.name')}: model.name={cfg.model.name!r} is not one of {', '.join(MODELS)}"
                          f"{did_you_mean(cfg.model.name, MODELS)}")
-    if cfg.model.name != "vaediff":  # only VaeDiff-DocRE's stages read the vaediff section (the vaediff loss does not)
-        # Caution: a saved run's config.yaml holds every key, at its default of the day, so changing a default of
-        # VaeDiffConfig would make older runs of the other models fail here; those defaults are the official values.
-        defaults = VaeDiffConfig()
-        for f in dataclasses.fields(VaeDiffConfig):
-            value = getattr(cfg.vaediff, f.name)
-            if value != getattr(defaults, f.name):
-                raise DocreError(f"{where(f'vaediff.{f.name}')}: vaediff.{f.name}={value!r} is read only with "
-                                 f"model.name=vaediff (its stages 2 and 3); model.name={cfg.model.name} never reads it")
     loss_kwargs = dict(cfg.loss)
     name = loss_kwargs.pop("name", None)
     check_loss_kwargs(name, loss_kwargs, source, overrides)
@@ -357,6 +353,19 @@ def check_config(cfg: Config, source: str = "config", overrides: list[str] = ())
         raise DocreError(f"{where('sweep')}: sweep.alpha_grid must hold positive numbers and sweep.alpha_base be >= 0")
     if cfg.model.name == "vaediff":
         check_vaediff(cfg, where)
+    # A setting only one model reads, set on another, would be ignored without a word. Caution: a saved run's
+    # config.yaml holds every key at its default of the day, so changing one of these defaults would make older
+    # runs of the other models fail here (the defaults are the official values).
+    only = {key: model for key, model in MODEL_ONLY.items() if model != cfg.model.name}
+    if cfg.model.name != "vaediff":  # only VaeDiff-DocRE's stages read the vaediff section (the vaediff loss does not)
+        only |= {f"vaediff.{f.name}": "vaediff" for f in dataclasses.fields(VaeDiffConfig)}
+    defaults = Config()
+    for key, model in only.items():
+        value = functools.reduce(getattr, key.split("."), cfg)
+        if value != functools.reduce(getattr, key.split("."), defaults):
+            raise DocreError(f"{where(key)}: {key}={value!r} is read only with model.name={model}"
+                             f"{' (its stages 2 and 3)' if model == 'vaediff' else ''}; model.name={cfg.model.name} "
+                             "never reads it")
 
 
 def check_vaediff(cfg: Config, where: typing.Callable[[str], str]) -> None:

@@ -155,3 +155,19 @@ def test_a_saved_config_of_another_model_loads_again(model, tmp_path):
     save_config(load_config(SMOKE, [f"model.name={model}"]), tmp_path / "config.yaml")
     assert "vaediff:" in (tmp_path / "config.yaml").read_text()
     assert load_config(tmp_path / "config.yaml").vaediff == VaeDiffConfig()
+
+
+@pytest.mark.parametrize("model, override, shown, owner", [
+    ("atlop", "model.ttm_layout=per_pair", "model.ttm_layout='per_pair'", "ttm_re"),
+    ("dreeam", "model.ttm_layout=per_pair", "model.ttm_layout='per_pair'", "ttm_re"),
+    ("atlop", "model.evidence_weight=0.05", "model.evidence_weight=0.05", "dreeam"),
+    ("ttm_re", "model.evidence_threshold=0.3", "model.evidence_threshold=0.3", "dreeam"),
+])
+def test_a_model_setting_on_another_model_is_refused(model, override, shown, owner):
+    # TTM-RE's layout and DREEAM's evidence settings were silently ignored on the other models
+    assert message(SMOKE, [f"model.name={model}", override]) == (
+        f"override {override!r}: {shown} is read only with model.name={owner}; model.name={model} never reads it")
+    assert load_config(SMOKE, [f"model.name={owner}", override]).model.name == owner
+    # a DREEAM config tried with another model still loads: its evidence settings are the defaults
+    path = ROOT / "configs/redocred_mini/minilm_dreeam_atl.yaml"
+    assert load_config(path, [f"model.name={model}"]).model.name == model
