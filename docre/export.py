@@ -227,7 +227,8 @@ def model_card(cfg, rel2id: dict, rel_info: dict, results: dict, decode: dict, e
         f"| test | `{data.test_file or '-'}` |", "",
         f"Dataset format `{data.dataset}`, files from `{data.dir}`; seed {cfg.seed}; "
         f"max {cfg.model.max_seq_length or 'unlimited'} word-pieces per document; "
-        + (f"at most {plural(cfg.eval.top_k, 'relation')} per entity pair." if caps_top_k(LOSSES[cfg.loss["name"]])
+        + (f"at most {plural(cfg.eval.top_k, 'relation')} per "
+           f"{getattr(LOSSES[cfg.loss['name']], 'top_k_per', 'entity pair')}." if caps_top_k(LOSSES[cfg.loss["name"]])
          else "no cap on the relations per entity pair (the loss's own decision rule)."),
         "",
         "## Scores", "",

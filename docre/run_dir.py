@@ -127,7 +127,13 @@ def kept_parts(run_dir: Path, prefix: str = "") -> list[str]:
 def only_start_files(run_dir: Path) -> bool:
     """Whether every file under the directory, its parts' included, is one that a start writes (START_FILES): a
     run that failed before it kept anything."""
-    return all(path.name in START_FILES for path in Path(run_dir).rglob("*") if not path.is_dir())
+    run_dir = Path(run_dir)
+
+    def kept(path: Path) -> bool:  # a staged checkpoint (last.tmp/) or a killed write's temporary file keeps nothing
+        temporary = "last.tmp" in path.relative_to(run_dir).parts or (path.name.startswith(".") and path.name.endswith(".tmp"))
+        return not (path.is_dir() or temporary or path.name in START_FILES)
+
+    return not any(kept(path) for path in run_dir.rglob("*"))
 
 
 def holds_files(run_dir: Path) -> bool:
@@ -246,13 +252,17 @@ def prepare(run_dir: Path, cfg: Config, rank: int) -> Path | None:
 
 
 def last_checkpoint_message(run_dir: Path, resume_hint: bool = True) -> str:
-    """Where the last complete checkpoint is (and how to resume from it), for stop messages."""
+    """Where the last complete checkpoint is (and how to resume from it), for stop messages; for a part of a run made
+    of runs without one yet, what the run's other parts kept."""
     state = find_training_state(run_dir / LAST)
-    if state is None:
-        return "No checkpoint was saved yet."
-    step = checkpoint_step(state)
     hint = f" Resume with: {resume_command(run_dir)}" if resume_hint else ""
-    return f"The last checkpoint{'' if step is None else f' (step {step})'} is in {state}.{hint}"
+    if state is None:
+        whole = outermost_run(run_dir)
+        kept = kept_parts(whole) if whole != run_dir else []
+        return f"No checkpoint of this part yet; the run {whole} kept: {', '.join(kept)}.{hint}" if kept else \
+            "No checkpoint was saved yet."
+    when = checkpoint_detail(state).removeprefix("checkpoint ").removeprefix("at ").removeprefix("present")  # step N
+    return f"The last checkpoint{f' ({when})' if when else ''} is in {state}.{hint}"
 
 
 def resume_command(run_dir: Path) -> str:

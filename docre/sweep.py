@@ -117,7 +117,7 @@ def _train_values(cfg: Config, run_dir: Path, values: list[float]) -> list[dict]
     durations = []  # wall seconds of the finished values' runs (earlier ones too): the same config but alpha
     for index, alpha in enumerate(values):
         sub_dir = _value_dir(run_dir, alpha)
-        action, sub_cfg = runs.plan(sub_dir, _sub_config(cfg, alpha, sub_dir))
+        action, sub_cfg = runs.plan(sub_dir, _sub_config(cfg, alpha, sub_dir), resumed_keys(cfg))
         if action == "skip":
             logger.info("alpha %g: finished earlier (%s), skipped", alpha, sub_dir)
             results = runs.read_results(sub_dir)
@@ -167,27 +167,39 @@ def prepare_parent(run_dir: Path, cfg: Config, rank: int, kind: str = "alpha swe
     if cfg.train.resume:
         if finished:
             raise DocreError(f"{run_dir}: this run already finished ({runs.RESULTS}); there is nothing to resume")
-    elif run_dir.exists() and runs.holds_files(run_dir):
+        # its parts would refuse other settings after config.yaml took them, and every later resume with it: refused first
+        changed = runs.config_differences(load_config(saved_path), cfg, runs.RESUME_KEYS) if saved_path.is_file() else []
+        if changed:
+            raise DocreError(f"{run_dir}: resumed with other settings than the {kind}'s ({'; '.join(changed[:3])}); its "
+                             "runs go on with their own: resume without the overrides that change what it trains")
+    replace = False
+    if not cfg.train.resume and run_dir.exists() and runs.holds_files(run_dir):
         differences = (runs.config_differences(load_config(saved_path), cfg) if saved_path.is_file()
                        else ["no config.yaml"])
         if differences and (cfg.train.overwrite or runs.only_start_files(run_dir)):
-            if rank == 0:
-                runs.empty(run_dir)
+            replace = True
         elif differences:
             raise DocreError(f"{run_dir}: holds a{' finished' if finished else 'n unfinished'} {kind} of another config "
                              f"({'; '.join(differences[:3])}); choose another run_name or set train.overwrite=true")
         elif finished and cfg.train.overwrite:
-            if rank == 0:
-                runs.empty(run_dir)
+            replace = True
         elif finished:
             raise DocreError(f"{run_dir}: this {kind} already finished; choose another run_name or set train.overwrite=true")
-    distributed.barrier()  # every process has judged the folder before rank 0 writes to it
+    distributed.barrier()  # every process has judged the folder before rank 0 empties it or writes to it
     if rank == 0:
+        if replace:
+            runs.empty(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         saved = copy.deepcopy(cfg)
         saved.train.resume, saved.train.overwrite = "", False
         save_config(saved, saved_path)
     distributed.barrier()
+
+
+def resumed_keys(cfg: Config) -> set[str]:
+    """The settings a part may differ in from the parent's config: where it runs too when the parent is resumed
+    (prepare_parent has refused any other change then)."""
+    return runs.RESUME_KEYS if cfg.train.resume else runs.START_KEYS
 
 
 def _value_dir(run_dir: Path, alpha: float) -> Path:

@@ -486,7 +486,8 @@ def fit(run: Run, state: TrainState, stop: "StopSignals") -> None:
     if state.dev_pending and run.dev_split is not None:  # the evaluation a stop request cut short
         _evaluate_dev_or_stop(run, state, stop)
         _checkpoint_or_stop(run, state, stop, True, False)  # saved at once: a second kill must not evaluate it again
-    for epoch in range(state.epoch, epochs):
+    # a run resumed at its last step (stopped there, mid-epoch under train.max_steps) has no step left to train
+    for epoch in range(state.epoch, epochs if state.step < run.total_steps else state.epoch):
         batches = epoch_batches(lengths, train_cfg.batch_size * run.world, cfg.seed, epoch, train_cfg.length_bucketing)
         # the bar's own estimate is the epoch's; run_left (set with the loss) is the whole run's
         progress = tqdm(total=run.steps_per_epoch, initial=state.epoch_step, desc=f"epoch {epoch + 1}/{epochs}",
@@ -602,7 +603,7 @@ def _evaluate_dev_or_stop(run: Run, state: TrainState, stop: "StopSignals", prog
     try:
         with stop.cut_short(run.world == 1):
             evaluation = evaluate_split(run, run.dev_split, {}, tune=True)  # reads only: nothing to undo when cut
-    except _CutShort:
+    except CutShort:
         state.dev_pending = True
         _checkpoint_or_stop(run, state, stop, True, False, progress)  # saves, then raises Interrupted
     record_dev(run, state, evaluation)
@@ -967,7 +968,7 @@ def _start_trackers(cfg: Config, run_dir: Path, step: int) -> Trackers:
     return trackers
 
 
-class _CutShort(BaseException):
+class CutShort(BaseException):
     """A stop request inside `StopSignals.cut_short` (a BaseException: no `except Exception` on the way may keep it)."""
 
 
@@ -986,9 +987,9 @@ class StopSignals:
     @contextlib.contextmanager
     def cut_short(self, allowed: bool = True):
         """Within: work that changes nothing (an evaluation) is cut short by a stop request, one made earlier
-        included, with _CutShort."""
+        included, with CutShort."""
         if allowed and self.signal is not None:
-            raise _CutShort
+            raise CutShort
         self._cuttable = allowed
         try:
             yield
@@ -1004,7 +1005,7 @@ class StopSignals:
         if self._cuttable:
             logger.warning("received %s: stopping %s now", signal.Signals(signum).name, self.activity)
             self._cuttable = False  # the rest of the way out (saving the checkpoint) is not cut short
-            raise _CutShort
+            raise CutShort
         logger.warning("received %s: stopping after %s (send again to stop at once)", signal.Signals(signum).name,
                        self.activity or "this step")
 

@@ -39,7 +39,7 @@ from docre.augmenter import (
 from docre.checkpoint import find_training_state
 from docre.config import Config
 from docre.errors import DocreError
-from docre.sweep import adopt_files, prepare_parent
+from docre.sweep import adopt_files, prepare_parent, resumed_keys
 from docre.utils import atomic_write_json, hold_lock, logger, resolve_device, setup_logging
 
 STAGES = ("stage1", "stage2", "stage3")
@@ -84,7 +84,7 @@ def _run_stages(cfg: Config, run_dir: Path) -> dict:
     log = run_dir / "train.log"  # the stages' progress and stage 2's lines (stages 1 and 3: their own train.log)
     setup_logging(log)
 
-    _run_stage(train, _stage_config(cfg, stage1_dir), "stage 1 (the backbone model)")
+    _run_stage(train, _stage_config(cfg, stage1_dir), "stage 1 (the backbone model)", resumed_keys(cfg))
 
     setup_logging(log)  # back from stage 1's own log
     if not (stage2_dir / AUGMENTER_WEIGHTS).is_file():
@@ -98,7 +98,7 @@ def _run_stages(cfg: Config, run_dir: Path) -> dict:
         stage3.loss = {**stage3.loss, "contrastive_alone": False}
     if cfg.vaediff.stage3_from_stage1:
         stage3.train.init_from = str(stage1_dir)
-    results = _run_stage(train, stage3, "stage 3 (training with synthetic pairs)")
+    results = _run_stage(train, stage3, "stage 3 (training with synthetic pairs)", resumed_keys(cfg))
 
     # the whole run's time: the two training stages' and the augmenter's, each over all its processes
     fit_path = stage2_dir / AUGMENTER_FIT  # absent where stage 2 ran under docre before it was written
@@ -116,13 +116,18 @@ def _run_stages(cfg: Config, run_dir: Path) -> dict:
 def _run_stage2(cfg: Config, run_dir: Path) -> None:
     """The feature cache and the augmenter's fit (or its resume), stopped by SIGINT/SIGTERM as train() is: the first
     before the next batch, a second at once (the trainer's handler, whose Interrupted names stage 2's checkpoint)."""
-    from docre.trainer import StopSignals, TrainState
+    from docre.trainer import CutShort, StopSignals, TrainState
 
     stage1_dir, stage2_dir = run_dir / "stage1", run_dir / "stage2"
     with StopSignals(stage2_dir, TrainState()) as stop:
-        stop.activity = "the current batch of stage 2 (the augmenter)"
         device = resolve_device(cfg.train.device)
-        features, labels, docs = cached_features(stage1_dir, stage2_dir / FEATURES, device)
+        stop.activity = "the feature cache of stage 2"
+        try:
+            with stop.cut_short():  # a forward pass over the training split, written at its end alone: cut at once
+                features, labels, docs = cached_features(stage1_dir, stage2_dir / FEATURES, device)
+        except CutShort:
+            raise _stopped_in_stage2(stop.signal, run_dir) from None
+        stop.activity = "the current batch of stage 2 (the augmenter)"
         settings = AugmenterSettings(features.size(1), labels.size(1), cfg.vaediff.latent_size,
                                      cfg.vaediff.denoiser_width, cfg.vaediff.denoiser_depth,
                                      max(cfg.vaediff.denoiser_width // 64, 1), diffusion_steps=cfg.vaediff.diffusion_steps)
@@ -145,8 +150,8 @@ def _stopped_in_stage2(signum: int, run_dir: Path) -> Exception:
     if (stage2_dir / AUGMENTER_WEIGHTS).is_file():
         kept = f"interrupted by {name} in {stage} after its last epoch; the augmenter is saved in {stage2_dir}"
     elif saved:
-        epoch = json.loads((saved / "state.json").read_text(encoding="utf-8"))["counters"]["epoch"]
-        kept = f"interrupted by {name} in {stage} after epoch {epoch}; checkpoint saved in {saved}"
+        when = runs.checkpoint_detail(saved).removeprefix("checkpoint ")  # "after epoch N" (or "present": damaged)
+        kept = f"interrupted by {name} in {stage}{' ' + when if when.startswith('after') else ''}; checkpoint saved in {saved}"
     else:
         kept = f"interrupted by {name} in {stage} before its first epoch ended; no checkpoint yet"
     return Interrupted(f"{kept}. Resume with: {runs.resume_command(run_dir)}", signum)
@@ -162,9 +167,9 @@ def _stage_config(cfg: Config, stage_dir: Path) -> Config:
     return stage
 
 
-def _run_stage(train, stage_cfg: Config, what: str) -> dict:
+def _run_stage(train, stage_cfg: Config, what: str, ignored: set[str]) -> dict:
     stage_dir = runs.path_of(stage_cfg)
-    action, stage_cfg = runs.plan(stage_dir, stage_cfg)
+    action, stage_cfg = runs.plan(stage_dir, stage_cfg, ignored)
     if action == "skip":
         logger.info("%s: finished earlier (%s), skipped", what, stage_dir)
         return runs.read_results(stage_dir)

@@ -37,3 +37,12 @@ def test_top_k_is_refused_for_a_loss_without_a_top_k_cap(tiny_backbone, tmp_path
     card = (tmp_path / "exported" / "README.md").read_text()
     assert "no cap on the relations per entity pair (the loss's own decision rule)." in card
     assert "relations per entity pair." not in card.replace("no cap on the relations per entity pair", "")
+
+
+def test_the_card_of_a_loss_capping_per_label_space_says_so(tiny_backbone, tmp_path):
+    # AMTL's decode keeps top_k relations per label space, so a pair may get more than top_k: the card said "per pair"
+    cfg = load_config(ROOT / "configs/smoke.yaml", [f"model.backbone={tiny_backbone}", f"output_dir={tmp_path}",
+                                                    "run_name=amtl-s66", "loss.name=amtl", "train.max_steps=1"])
+    run_dir = Path(train(cfg)["run_dir"])
+    assert run_main("export", [str(run_dir), str(tmp_path / "exported")]) == 0
+    assert "at most 4 relations per label space of an entity pair." in (tmp_path / "exported" / "README.md").read_text()

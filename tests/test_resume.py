@@ -318,3 +318,21 @@ def test_resume_refusals(tmp_path, reference):
     (finished / "last" / "state.json").write_text("{}")
     (finished / "last" / "model.safetensors").write_bytes(b"")
     assert find_training_state(finished / "last") is None
+
+
+def test_a_run_stopped_at_its_last_step_mid_epoch_resumes_without_an_extra_step(tmp_path, tiny_backbone, monkeypatch):
+    """train.max_steps=4 ends in the middle of epoch 2 (3 steps an epoch): stopped at that step, the resumed run
+    trained a fifth step (its epoch loop still had steps left) and ended with rows the reference never wrote."""
+    args = run_args(tiny_backbone, tmp_path, "reference", "train.max_steps=4")
+    reference = train(config(args))
+    rows = (tmp_path / "reference" / "metrics.jsonl").read_text()
+    signal_after(monkeypatch, 4, signal.SIGTERM)
+    stopped = run_args(tiny_backbone, tmp_path, "run", "train.max_steps=4")
+    with pytest.raises(Interrupted):
+        train(config(stopped))
+    monkeypatch.undo()
+    results = train(config(stopped + [f"train.resume={tmp_path / 'run'}"]))
+    assert (results["steps"], results["best_step"]) == (reference["steps"], reference["best_step"]) == (4, results["best_step"])
+    strip = [{k: v for k, v in json.loads(line).items() if k not in TIMINGS} for line in rows.splitlines()]
+    assert [{k: v for k, v in json.loads(line).items() if k not in TIMINGS}
+            for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == strip

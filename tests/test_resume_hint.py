@@ -53,3 +53,19 @@ def test_a_part_of_a_run_names_the_whole_run_and_is_not_resumed_alone(tmp_path, 
     assert str(error.value) == (f"{whole / part}: a part of the run {whole} (an alpha sweep's value or a VaeDiff-DocRE "
                                 f"stage), which resumes it: python train.py --resume {whole}")
     assert sorted(p.name for p in (whole / part).iterdir()) == ["config.yaml", "last"]  # nothing started inside it
+
+
+def test_a_part_without_a_checkpoint_names_what_the_run_kept(tmp_path, monkeypatch):
+    # a second signal in VaeDiff's stage 3 before its first checkpoint said "No checkpoint was saved yet." and named no
+    # command, although stages 1 and 2 had finished
+    whole = tmp_path / "run"
+    for part in ("stage1", "stage2", "stage3"):
+        (whole / part).mkdir(parents=True)
+    (whole / "config.yaml").write_text("seed: 66\n")
+    (whole / "stage1" / "results.json").write_text("{}")
+    (whole / "stage2" / "augmenter.safetensors").write_bytes(b"")
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    assert last_checkpoint_message(whole / "stage3") == (
+        f"No checkpoint of this part yet; the run {whole} kept: stage1 finished, stage2 finished. Resume with: python "
+        f"train.py --resume {whole}")
+    assert last_checkpoint_message(tmp_path / "plain") == "No checkpoint was saved yet."

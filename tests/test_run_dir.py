@@ -297,8 +297,10 @@ def test_a_run_made_of_runs_follows_the_plain_run_rules(tmp_path):
     run_dir = runs.path_of(cfg)
     prepare_parent(run_dir, cfg, 0)
     (run_dir / "alpha_sweep" / "alpha=4.125").mkdir(parents=True)
-    for name in ("config.yaml", "train.log", "failed.json"):  # the failed start of its first value
+    for name in ("config.yaml", "train.log", "failed.json", ".best.json.tmp"):  # the failed start of its first value
         (run_dir / "alpha_sweep" / "alpha=4.125" / name).write_text("")
+    (run_dir / "alpha_sweep" / "alpha=4.125" / "last.tmp").mkdir()  # killed while its first checkpoint was staged
+    (run_dir / "alpha_sweep" / "alpha=4.125" / "last.tmp" / "model.safetensors").write_text("")
     fixed = smoke(tmp_path, "loss.alpha=auto")
     prepare_parent(run_dir, fixed, 0)  # replaced: nothing was kept
     assert [p.name for p in run_dir.iterdir()] == ["config.yaml"] and runs.config_differences(
@@ -319,3 +321,25 @@ def test_a_run_made_of_runs_follows_the_plain_run_rules(tmp_path):
     with pytest.raises(DocreError, match=rf"^train.init_from={run_dir}: this run's own directory"):
         prepare_parent(run_dir, own, 0)
     assert (run_dir / "results.json").is_file() and (run_dir / "alpha_sweep" / "alpha=4.125" / "results.json").is_file()
+
+
+def test_a_run_made_of_runs_resumed_with_other_settings_is_refused_before_its_config_changes(tmp_path):
+    """Resumed with train.epochs=5, a sweep wrote 5 into its config.yaml, then its value's run (kept work, 30 epochs)
+    refused the change: from then on every resume failed, the plain `--resume RUN` too."""
+    from docre.sweep import prepare_parent, resumed_keys
+
+    cfg = smoke(tmp_path, "loss.alpha=auto")
+    run_dir = runs.path_of(cfg)
+    prepare_parent(run_dir, cfg, 0)
+    make_checkpoint(run_dir / "alpha_sweep" / "alpha=4.125", 3)
+    saved = (run_dir / "config.yaml").read_text()
+    resume = [f"train.resume={run_dir}"]
+    with pytest.raises(DocreError, match=rf"^{run_dir}: resumed with other settings than the alpha sweep's \(train.epochs: "
+                                         r"\d+ -> 5\); its runs go on with their own: resume without the overrides"):
+        prepare_parent(run_dir, smoke(tmp_path, "loss.alpha=auto", "train.epochs=5", *resume), 0)
+    assert (run_dir / "config.yaml").read_text() == saved
+    moved = smoke(tmp_path, "loss.alpha=auto", "train.device=cpu", "eval.batch_size=2", *resume)  # where it runs: allowed
+    prepare_parent(run_dir, moved, 0)
+    assert resumed_keys(moved) == runs.RESUME_KEYS and resumed_keys(cfg) == runs.START_KEYS  # its parts' plans ignore
+    assert runs.plan(run_dir / "alpha_sweep" / "alpha=4.125", smoke(tmp_path, "loss.alpha=auto", "train.device=cpu"),
+                     resumed_keys(moved))[0] == "resume"

@@ -175,7 +175,7 @@ def test_a_signal_in_stage2_stops_it_then_resumes_to_the_same_result(reference, 
     name = signal.Signals(signum).name
     stopped = (f"interrupted by {name} in stage 2 (the augmenter) after epoch 2; checkpoint saved in {last}" if signals == 1
                else f"stopped at once by a second {name} during the current batch of stage 2 (the augmenter). The last "
-                    f"checkpoint is in {last}")
+                    f"checkpoint (after epoch 2) is in {last}")
     resume = rf"\. Resume with: \S.* --resume {re.escape(str(run_dir))}$"
     with pytest.raises(Interrupted, match="^" + re.escape(stopped) + resume) as stop:
         run(vaediff_config(tiny_backbone, tmp_path))
@@ -272,3 +272,24 @@ def test_atgl_swap_with_alpha_tuned_on_dev_runs_the_stages_per_value(tiny_backbo
         stage3 = load_config(Path(row["run_dir"]) / "stage3" / "config.yaml")
         assert stage3.loss == {"name": "vaediff", "classification": "atgl", "alpha": row["alpha"], "contrastive_alone": False}
     assert json.loads((run_dir / "decode.json").read_text())["alpha"] == results["alpha"]
+
+
+def test_a_signal_during_stage2s_feature_cache_stops_at_once(reference, tiny_backbone, tmp_path, monkeypatch):
+    # the cache is a forward pass over the training split (minutes at full scale), written at its end alone: a stop
+    # request there waited for all of it, past a scheduler's grace period
+    real = vaediff_module.cached_features
+
+    def signal_then_cache(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives inside the cache's computation
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vaediff_module, "cached_features", signal_then_cache)
+    run_dir = tmp_path / "vd-s66"
+    with pytest.raises(Interrupted, match=re.escape("interrupted by SIGTERM in stage 2 (the augmenter) before its first "
+                                                    "epoch ended; no checkpoint yet. Resume with: ") + r"\S.* --resume "
+                                          + re.escape(str(run_dir)) + "$"):
+        run(vaediff_config(tiny_backbone, tmp_path))
+    monkeypatch.undo()
+    assert not (run_dir / "stage2" / "features.safetensors").exists() and (run_dir / "stage1" / "results.json").is_file()
+    results = run(vaediff_config(tiny_backbone, tmp_path))
+    assert_same(final_state(Path(results["run_dir"])), reference[1])

@@ -61,6 +61,8 @@ PUBLISHED_SPACES = {"redocred": "data/amtl/redocred_spaces.json"}  # under the p
 
 
 class AMTLLoss(nn.Module):
+    top_k_per = "label space of an entity pair"  # decode's top_k is per space, so a pair may get more (model cards)
+
     def __init__(self, spaces: list[list[int]] | None = None, lam: float = 3.5):
         """spaces: for each label space, the docre class indices (1..C-1) of its relations in AMTL's
         order, together each relation exactly once (`training_statistics` computes them; None: the
