@@ -52,6 +52,9 @@ def test_a_part_of_a_run_names_the_whole_run_and_is_not_resumed_alone(tmp_path, 
         run_main("train", ["--resume", str(whole / part)])
     assert str(error.value) == (f"{whole / part}: a part of the run {whole} (an alpha sweep's value or a VaeDiff-DocRE "
                                 f"stage), which resumes it: python train.py --resume {whole}")
+    with pytest.raises(DocreError) as error:  # CONFIG train.resume=PART, the other spelling
+        run_main("train", ["configs/smoke.yaml", f"train.resume={whole / part}"])
+    assert str(error.value).startswith(f"{whole / part}: a part of the run {whole} (an alpha sweep's value")
     assert sorted(p.name for p in (whole / part).iterdir()) == ["config.yaml", "last"]  # nothing started inside it
 
 

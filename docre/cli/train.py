@@ -69,7 +69,7 @@ def main() -> int:
     from docre.config import load_config
 
     if args.resume:
-        from docre.run_dir import is_export, outermost_run, resume_command
+        from docre.run_dir import is_export
 
         given = [args.config, *args.overrides] if args.config is not None else []  # argparse put the first override in CONFIG
         run_dir = Path(args.resume)
@@ -85,15 +85,18 @@ def main() -> int:
                              "it cannot be resumed")
         if not config.is_file():
             raise DocreError(f"{args.resume}: not a run directory (no config.yaml)")
-        whole = outermost_run(run_dir)
-        if whole != run_dir:  # resumed alone, a part would train a second whole run inside itself
-            raise DocreError(f"{args.resume}: a part of the run {whole} (an alpha sweep's value or a VaeDiff-DocRE "
-                             f"stage), which resumes it: {resume_command(whole)}")
     elif args.config is not None:
         config, overrides = args.config, args.overrides
     else:
         parser.error("give a config file, or --resume RUN_DIR")
     cfg = load_config(config, overrides)  # fails here, before any model is loaded, on a bad key or value
+    if cfg.train.resume:  # --resume RUN, or CONFIG train.resume=RUN
+        from docre.run_dir import outermost_run, resume_command
+
+        part, whole = Path(cfg.train.resume), outermost_run(Path(cfg.train.resume))
+        if whole != part:  # resumed alone, a part would train a second whole run inside itself
+            raise DocreError(f"{cfg.train.resume}: a part of the run {whole} (an alpha sweep's value or a VaeDiff-DocRE "
+                             f"stage), which resumes it: {resume_command(whole)}")
 
     from docre import distributed
     from docre.report import breakdown_table, results_table
