@@ -79,7 +79,7 @@ def test_candidates_take_top_k_with_na_as_one_and_keep_the_best_of_repeats(rel2i
 
 def test_tuned_threshold_is_the_best_cut_on_its_data(tiny_backbone, tiny_tokenizer, rel2id, fixture_docs):
     model = make_model(tiny_backbone, tiny_tokenizer, name="dreeam", emb_size=32, block_size=8)
-    cfg = load_config(ROOT / "configs/smoke.yaml", ["model.evidence_threshold=0.25"])
+    cfg = load_config(ROOT / "configs/smoke.yaml", ["model.name=dreeam", "model.evidence_threshold=0.25"])
     features = features_for(tiny_tokenizer, rel2id)
     logits, evidence = predict(model, features, 97, 0, 2, torch.device("cpu"), torch.float32, show=False)
     loss = build_loss("atl")
