@@ -285,12 +285,12 @@ def stage2_losses(augmenter: Augmenter, x: Tensor, labels: Tensor, kl_weight: fl
 
 
 def fit_augmenter(augmenter: Augmenter, features: Tensor, labels: Tensor, docs: Tensor, out_dir, cfg, seed: int,
-                  stop: Callable[[], bool] = lambda: False) -> int:
+                  stop: Callable[[], bool] = lambda: False) -> None:
     """Stage 2: train the VAE and the prior on the related pairs' features [N, H] (labels [N, C], document of each
     row [N]), `cfg` = the `vaediff` config section. A checkpoint after every epoch (out_dir/last/) resumes it to the
     same weights; the finished augmenter is out_dir/augmenter.safetensors (+ augmenter.json, augmenter_fit.json), and
     last/ is then removed. `stop()` is asked before every batch (a stop request, docre/vaediff.py): when true, the fit
-    ends there without saving, its last checkpoint the resume point. Returns the epochs finished (all once written)."""
+    ends there without saving, its last checkpoint the resume point."""
     out_dir, device = Path(out_dir), features.device
     last = out_dir / "last"
     warmup, epochs = cfg.augmenter_warmup_epochs, cfg.augmenter_epochs
@@ -320,7 +320,7 @@ def fit_augmenter(augmenter: Augmenter, features: Tensor, labels: Tensor, docs: 
         batches = document_batches(docs, cfg.augmenter_batch_size, seed, epoch)
         for rows in batches:
             if stop():  # the epoch's updates so far are lost: the resumed run replays it from its start
-                return counters["epoch"]
+                return
             x, y = features[rows], labels[rows]
             optimizer.zero_grad(set_to_none=True)  # the official trainer never zeroes the VAE's gradients
             vae_loss, z = stage2_losses(augmenter, x, y, kl_weight)
@@ -356,7 +356,6 @@ def fit_augmenter(augmenter: Augmenter, features: Tensor, labels: Tensor, docs: 
     atomic_write_json(out_dir / AUGMENTER_FIT, {**counters, "pairs": len(features), "documents": len(torch.unique(docs))})
     checkpoint.save_weights(augmenter, out_dir / AUGMENTER_WEIGHTS)
     shutil.rmtree(last, ignore_errors=True)  # finished: the resume state (twice the augmenter) has done its job
-    return counters["epoch"]
 
 
 def load_augmenter(folder, device: torch.device) -> Augmenter:

@@ -209,7 +209,7 @@ def model_card(cfg, rel2id: dict, rel_info: dict, results: dict, decode: dict, e
     from docre.losses import LOSSES, caps_top_k
     from docre.report import results_table
 
-    backbone, data = cfg.model.backbone, cfg.data
+    backbone, data, loss_class = cfg.model.backbone, cfg.data, LOSSES[cfg.loss["name"]]
     loss = ", ".join(f"{k}={v}" for k, v in cfg.loss.items() if k != "name")
     model = MODEL_DESCRIPTIONS.get(cfg.model.name, cfg.model.name)
     lines = [
@@ -227,9 +227,8 @@ def model_card(cfg, rel2id: dict, rel_info: dict, results: dict, decode: dict, e
         f"| test | `{data.test_file or '-'}` |", "",
         f"Dataset format `{data.dataset}`, files from `{data.dir}`; seed {cfg.seed}; "
         f"max {cfg.model.max_seq_length or 'unlimited'} word-pieces per document; "
-        + (f"at most {plural(cfg.eval.top_k, 'relation')} per "
-           f"{getattr(LOSSES[cfg.loss['name']], 'top_k_per', 'entity pair')}." if caps_top_k(LOSSES[cfg.loss["name"]])
-         else "no cap on the relations per entity pair (the loss's own decision rule)."),
+        + (f"at most {plural(cfg.eval.top_k, 'relation')} per {getattr(loss_class, 'top_k_per', 'entity pair')}."
+           if caps_top_k(loss_class) else "no cap on the relations per entity pair (the loss's own decision rule)."),
         "",
         "## Scores", "",
     ]

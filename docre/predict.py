@@ -285,11 +285,9 @@ class Predictor:
         return batch_size
 
     def _top_k(self, top_k: int | None) -> int:
-        from docre.losses import caps_top_k
+        from docre.losses import refuse_top_k
 
-        if top_k is not None and not caps_top_k(self.loss_fn):  # refused: the output would pass for a capped one
-            raise DocreError(f"top_k={top_k}: loss {self.cfg.loss['name']} decodes with no top-k cap (its official "
-                             "rule), so top_k would change nothing; leave it out")
+        refuse_top_k(self.loss_fn, top_k, "top_k", self.cfg.loss["name"])
         top_k = self.cfg.eval.top_k if top_k is None else top_k
         if top_k < 1:
             raise DocreError(f"top_k must be at least 1, got {top_k}")

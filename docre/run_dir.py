@@ -148,23 +148,23 @@ def empty(run_dir: Path) -> None:
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
-def checkpoint_step(checkpoint: Path) -> int | None:
-    """The step a complete checkpoint was saved at, or None where its state.json does not say."""
+def checkpoint_counters(checkpoint: Path) -> dict:
+    """The counters a complete checkpoint was saved with (a training run's "step", VaeDiff-DocRE's stage 2's
+    "epoch"), or {} where its state.json does not say (damaged, or not the JSON object docre writes): the
+    weights are still there to resume from."""
     try:
-        return read_json(checkpoint / "state.json")["counters"]["step"]
+        counters = read_json(checkpoint / "state.json")["counters"]
     except (OSError, DocreError, KeyError, TypeError):
-        return None
+        return {}
+    return counters if isinstance(counters, dict) else {}
 
 
 def checkpoint_detail(checkpoint: Path) -> str:
-    """'checkpoint at step 120' (a training run), 'checkpoint after epoch 63' (VaeDiff-DocRE's stage 2), or
-    'checkpoint present' where its state.json does not say (damaged, or not the JSON object docre writes):
-    the weights are still there to resume from."""
-    try:
-        counters = read_json(checkpoint / "state.json")["counters"]
-        return f"checkpoint at step {counters['step']}" if "step" in counters else f"checkpoint after epoch {counters['epoch']}"
-    except (OSError, DocreError, KeyError, TypeError):
-        return "checkpoint present"
+    """'checkpoint at step 120', 'checkpoint after epoch 63' (VaeDiff-DocRE's stage 2), or 'checkpoint present'."""
+    counters = checkpoint_counters(checkpoint)
+    if "step" in counters:
+        return f"checkpoint at step {counters['step']}"
+    return f"checkpoint after epoch {counters['epoch']}" if "epoch" in counters else "checkpoint present"
 
 
 def config_differences(saved: Config, intended: Config, ignored: set[str] = START_KEYS) -> list[str]:
@@ -261,8 +261,10 @@ def last_checkpoint_message(run_dir: Path, resume_hint: bool = True) -> str:
         kept = kept_parts(whole) if whole != run_dir else []
         return f"No checkpoint of this part yet; the run {whole} kept: {', '.join(kept)}.{hint}" if kept else \
             "No checkpoint was saved yet."
-    when = checkpoint_detail(state).removeprefix("checkpoint ").removeprefix("at ").removeprefix("present")  # step N
-    return f"The last checkpoint{f' ({when})' if when else ''} is in {state}.{hint}"
+    counters = checkpoint_counters(state)
+    when = (f" (step {counters['step']})" if "step" in counters
+            else f" (after epoch {counters['epoch']})" if "epoch" in counters else "")
+    return f"The last checkpoint{when} is in {state}.{hint}"
 
 
 def resume_command(run_dir: Path) -> str:
@@ -276,6 +278,16 @@ def resume_command(run_dir: Path) -> str:
     else:
         command = f"python {script}"
     return f"{command} --resume {outermost_run(run_dir)}"
+
+
+def init_source(run_dir: Path, init_from: str) -> Path:
+    """train.init_from as a local path, refused where it lies in `run_dir` itself: starting over (train.overwrite)
+    would delete the weights before they are read."""
+    source = Path(init_from).expanduser().resolve()
+    if Path(run_dir).resolve() in (source, *source.parents):
+        raise DocreError(f"train.init_from={init_from}: this run's own directory; start from another run's weights, "
+                         f"or continue this run with {resume_command(run_dir)}")
+    return source
 
 
 def outermost_run(run_dir: Path) -> Path:

@@ -160,10 +160,7 @@ def prepare_parent(run_dir: Path, cfg: Config, rank: int, kind: str = "alpha swe
     saved_path = run_dir / runs.CONFIG
     finished = (run_dir / runs.RESULTS).is_file()
     if cfg.train.init_from:  # checked before anything here is emptied: the weights would be gone before they are read
-        source = Path(cfg.train.init_from).expanduser().resolve()
-        if run_dir.resolve() in (source, *source.parents):
-            raise DocreError(f"train.init_from={cfg.train.init_from}: this run's own directory; start from another "
-                             f"run's weights, or continue this run with {runs.resume_command(run_dir)}")
+        runs.init_source(run_dir, cfg.train.init_from)
     if cfg.train.resume:
         if finished:
             raise DocreError(f"{run_dir}: this run already finished ({runs.RESULTS}); there is nothing to resume")

@@ -220,14 +220,20 @@ def start(cfg: Config, held: contextlib.ExitStack) -> tuple[tuple[int, int, torc
     # (nor checked: its source may have moved since)
     init_weights = init_from_weights(cfg) if cfg.train.init_from and not cfg.train.resume else None
     rank, world, device = distributed.init_distributed(resolve_device(cfg.train.device))
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    if device.type == "cuda":  # process-wide, like the thread count: fp32 products (and fp32 runs) in TF32 or not
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
+    process_settings(cfg.train, device)
     run_dir = runs.path_of(cfg)
     if rank == 0:  # before prepare, which may empty the directory
         held.enter_context(hold_lock(run_dir))
     return (rank, world, device), run_dir, runs.prepare(run_dir, cfg, rank), init_weights
+
+
+def process_settings(train_cfg: TrainConfig, device: torch.device) -> None:
+    """The process-wide settings a run's numbers depend on: the CPU thread count and, on CUDA, whether fp32
+    products (and fp32 runs) use TF32."""
+    if train_cfg.num_threads:
+        torch.set_num_threads(train_cfg.num_threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = train_cfg.tf32
 
 
 def setup(cfg: Config, processes: tuple[int, int, torch.device], run_dir: Path, checkpoint: Path | None,
@@ -342,11 +348,8 @@ def init_from_weights(cfg: Config) -> Path:
     is refused (train.overwrite would delete the weights before they are read)."""
     from docre.predict import resolve_model
 
-    name, run_dir = cfg.train.init_from, runs.path_of(cfg)
-    local = Path(name).expanduser().resolve()
-    if run_dir.resolve() in (local, *local.parents):
-        raise DocreError(f"train.init_from={name}: this run's own directory; start from another run's weights, "
-                         f"or continue this run with {runs.resume_command(run_dir)}")
+    name = cfg.train.init_from
+    local = runs.init_source(runs.path_of(cfg), name)
     if local.is_file():  # its folder's weights file stands for the folder, whose config.yaml and rel2id.json are read too
         kind = None
         with contextlib.suppress(DocreError):

@@ -72,15 +72,12 @@ def _check_loss(cfg: Config) -> None:
 
 
 def _run_stages(cfg: Config, run_dir: Path) -> dict:
-    from docre.trainer import train
+    from docre.trainer import process_settings, train
 
     stage1_dir, stage2_dir, stage3_dir = (run_dir / stage for stage in STAGES)
     # the process-wide settings train() makes, made for stage 2 too: run after a finished stage 1 (a resume), no
     # train() has made them, and the augmenter's sums depend on them (a resume must give the uninterrupted run's weights)
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    if resolve_device(cfg.train.device).type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
+    process_settings(cfg.train, resolve_device(cfg.train.device))
     log = run_dir / "train.log"  # the stages' progress and stage 2's lines (stages 1 and 3: their own train.log)
     setup_logging(log)
 
@@ -150,8 +147,8 @@ def _stopped_in_stage2(signum: int, run_dir: Path) -> Exception:
     if (stage2_dir / AUGMENTER_WEIGHTS).is_file():
         kept = f"interrupted by {name} in {stage} after its last epoch; the augmenter is saved in {stage2_dir}"
     elif saved:
-        when = runs.checkpoint_detail(saved).removeprefix("checkpoint ")  # "after epoch N" (or "present": damaged)
-        kept = f"interrupted by {name} in {stage}{' ' + when if when.startswith('after') else ''}; checkpoint saved in {saved}"
+        epoch = runs.checkpoint_counters(saved).get("epoch")  # None: a damaged state.json
+        kept = f"interrupted by {name} in {stage}{'' if epoch is None else f' after epoch {epoch}'}; checkpoint saved in {saved}"
     else:
         kept = f"interrupted by {name} in {stage} before its first epoch ended; no checkpoint yet"
     return Interrupted(f"{kept}. Resume with: {runs.resume_command(run_dir)}", signum)

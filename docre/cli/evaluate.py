@@ -46,11 +46,9 @@ def main() -> int:
     setup_logging()
     device = resolve_device(args.device, "--device")
     cfg, tokenizer, model, loss_fn, rel2id = load_trained(args.run_dir, device)
-    from docre.losses import caps_top_k
+    from docre.losses import refuse_top_k
 
-    if args.top_k is not None and not caps_top_k(loss_fn):  # refused: the scores would pass for capped ones
-        raise DocreError(f"--top-k {args.top_k}: loss {cfg.loss['name']} of {args.run_dir} decodes with no top-k cap (its "
-                         "official rule), so --top-k would change nothing; leave it out")
+    refuse_top_k(loss_fn, args.top_k, "--top-k", f"{cfg.loss['name']} of {args.run_dir}")
     data = cfg.data
     spec = args.data or (data.dev_file if args.split == "dev" else data.test_file)
     if not spec:

@@ -83,11 +83,10 @@ def main() -> int:
     model_kind(model_dir)  # a wrong model path fails before the input is read
     model_cfg = load_config(Path(model_dir) / "config.yaml")
     args.dataset = model_cfg.data.dataset  # the entity types found entities take
-    from docre.losses import LOSSES, caps_top_k
+    from docre.losses import LOSSES, refuse_top_k
 
-    if args.top_k is not None and not caps_top_k(LOSSES[model_cfg.loss["name"]]):  # before any output is touched
-        raise DocreError(f"--top-k {args.top_k}: loss {model_cfg.loss['name']} of {args.model} decodes with no top-k cap "
-                         "(its official rule), so --top-k would change nothing; leave it out")
+    loss_name = model_cfg.loss["name"]  # refused before any output is touched
+    refuse_top_k(LOSSES[loss_name], args.top_k, "--top-k", f"{loss_name} of {args.model}")
     plain_text = Path(args.input).suffix.lower() == ".txt"
     streamed = output.suffix != ".html" and not plain_text and is_json_lines(args.input)
     if not streamed and (args.skip_bad or int(os.environ.get("WORLD_SIZE", "1")) > 1):

@@ -101,6 +101,15 @@ def caps_top_k(loss_fn: nn.Module) -> bool:
     return bool(getattr(loss_fn, "caps_top_k", True))
 
 
+def refuse_top_k(loss_fn: nn.Module, top_k: int | None, option: str, loss_named: str) -> None:
+    """Refuse a top_k the user gave (`option`: "--top-k" or "top_k") for a loss whose decode keeps no top-k cap: the
+    output would pass for a capped one. `loss_named`: the loss as the message names it, e.g. "ssr_pu of runs/x"."""
+    if top_k is not None and not caps_top_k(loss_fn):
+        given = f"{option} {top_k}" if option.startswith("-") else f"{option}={top_k}"
+        raise DocreError(f"{given}: loss {loss_named} decodes with no top-k cap (its official rule), so {option} would "
+                         "change nothing; leave it out")
+
+
 def couples_pairs(loss_fn: nn.Module) -> bool:
     """Whether `loss_fn` over a batch differs from the mean of its values over parts of the batch."""
     return bool(getattr(loss_fn, "couples_pairs", False))
