@@ -99,6 +99,7 @@ class EvalConfig:
     top_k: int = 4  # most relations predicted per entity pair (ATLOP's num_labels)
     batch_size: int = 8  # documents per evaluation batch
     # at most this many encoder tokens per evaluation batch (bounds memory); 0 = no cap; -1 = 4096 on CPU, no cap on a GPU
+    # (and none for TTM-RE's official layout, whose pairs attend across the batch: the same predictions on every device)
     max_batch_tokens: int = -1
     tune_threshold_offset: bool = False  # add a dev-tuned offset to the TH logit when decoding (threshold-class losses)
     save_logits: bool = True  # keep dev/test logits (fp16 safetensors) for threshold diagnostics
@@ -349,6 +350,11 @@ def check_config(cfg: Config, source: str = "config", overrides: list[str] = ())
                          f"as a literal marker (did you mean {TYPED}?)")
     if cfg.model.emb_size % cfg.model.block_size:
         raise DocreError(f"{where('model.emb_size')}: model.emb_size must be a multiple of model.block_size")
+    from docre.models.ttm_re import MEMORY_HEADS
+
+    if cfg.model.name == "ttm_re" and cfg.model.emb_size % MEMORY_HEADS:  # else only when the model is built
+        raise DocreError(f"{where('model.emb_size')}: model.emb_size={cfg.model.emb_size} must be divisible by TTM-RE's "
+                         f"{MEMORY_HEADS} memory heads")
     if not cfg.sweep.alpha_grid or min(cfg.sweep.alpha_grid) <= 0 or cfg.sweep.alpha_base < 0:
         raise DocreError(f"{where('sweep')}: sweep.alpha_grid must hold positive numbers and sweep.alpha_base be >= 0")
     if cfg.model.name == "vaediff":

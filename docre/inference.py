@@ -1,7 +1,9 @@
 """Inference shared by training, evaluate.py, the Predictor and the scripts: logits of documents
-(batched by length, independent of the batching) and their decoding into leaderboard rows with the
-loss's own decision rule."""
+(batched by length, independent of the batching but for TTM-RE's official layout) and their decoding
+into leaderboard rows with the loss's own decision rule."""
 
+import functools
+import logging
 from pathlib import Path
 
 import torch
@@ -12,6 +14,8 @@ from docre.data.collate import collate, encoded_tokens, stacked_facts
 from docre.data.feature import Feature
 from docre.models.output import EvidenceOutput, logits_of
 from docre.utils import atomic_save_safetensors, autocast, hide_progress, release_free_memory
+
+logger = logging.getLogger(__name__)
 
 # Encoder tokens per evaluation batch on CPU by default: bounds the attention maps' memory there.
 CPU_TOKEN_BUDGET = 4096
@@ -32,11 +36,17 @@ def predict(model, features: list[Feature], num_classes: int, pad_id: int, batch
     Documents are batched by length (less padding), at most `batch_size` per batch and, with
     `max_tokens`, at most that many encoder tokens (a longer document alone; 0 = no cap, -1 = 4096
     on CPU and no cap on a GPU); the result does not depend on the batching, except for a model whose
-    pairs attend to the other pairs of their batch (TTM-RE's official layout, docs/models.md)."""
+    pairs attend to the other pairs of their batch (TTM-RE's official layout, docs/models.md): -1 gives
+    it whole batches on every device, so that its predictions do not change with the device."""
     model.eval()
     on_cpu = torch.device(device).type == "cpu"
+    coupled = getattr(model, "pairs_attend_across_batch", False)
     if max_tokens < 0:
-        max_tokens = CPU_TOKEN_BUDGET if on_cpu else 0
+        max_tokens = CPU_TOKEN_BUDGET if on_cpu and not coupled else 0
+    elif max_tokens and coupled:
+        _warn_once(f"eval.max_batch_tokens={max_tokens} splits evaluation batches, and the pairs of a batch attend to "
+                   "each other in this model (TTM-RE's official layout): its predictions depend on the cap "
+                   "(eval.max_batch_tokens=-1 or 0 evaluates whole batches)")
     if on_cpu:
         release_free_memory()  # the training heap's free blocks (see release_free_memory)
     # documents without candidate pairs (fewer than two entities) have empty logits and skip the model
@@ -70,6 +80,12 @@ def predict(model, features: list[Feature], num_classes: int, pad_id: int, batch
     if on_cpu:
         release_free_memory()  # and evaluation's, before training goes on
     return logits, evidence if has_evidence else None
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    """Log `message` once per process: evaluation runs after every epoch."""
+    logger.warning("%s", message)
 
 
 def evidence_sentences(distribution: torch.Tensor, threshold: float) -> list[int]:

@@ -51,6 +51,7 @@ from docre.models.output import PairFeatures
 
 LAYOUTS = ("official", "per_pair")
 READ_TOKENS = 2  # the pair's head and tail: the official process_size
+MEMORY_HEADS = 8  # the official transformer's heads (not a config key: model.emb_size must be divisible by it)
 
 
 class TokenMemory(nn.Module):
@@ -129,7 +130,7 @@ class TTMRE(nn.Module):
         shared: SharedSettings,
         memory_tokens: int = 200,
         memory_layers: int = 4,
-        memory_heads: int = 8,
+        memory_heads: int = MEMORY_HEADS,
         layout: str = "official",
         pairs_per_group: int = 256,
     ):
@@ -154,6 +155,11 @@ class TTMRE(nn.Module):
         self.memory = TokenMemory(emb_size, memory_tokens, memory_layers, memory_heads, layout, pairs_per_group)
         self.bilinear = nn.Linear(emb_size * block_size, num_classes)
         self.num_outputs = num_classes
+
+    @property
+    def pairs_attend_across_batch(self) -> bool:
+        """True in the official layout: a pair's logits depend on the other pairs of its batch (inference.predict)."""
+        return self.memory.layout == "official"
 
     def forward(self, batch: Batch, features: bool = False) -> torch.Tensor | tuple[torch.Tensor, PairFeatures]:
         """Logits [P, num_classes] for the batch's candidate pairs (class 0 = NA/threshold); with

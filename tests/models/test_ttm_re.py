@@ -230,3 +230,12 @@ def test_an_empty_memory_is_refused(tiny_backbone, tiny_tokenizer):
     for option in ("memory_tokens", "memory_layers", "pairs_per_group"):
         with pytest.raises(DocreError, match="memory_tokens, memory_layers and pairs_per_group must be at least 1"):
             ttm_model(tiny_backbone, tiny_tokenizer, **{option: 0})
+
+
+def test_an_emb_size_the_memory_heads_do_not_divide_fails_when_the_config_loads():
+    # not minutes later when the model is built (emb 36 = 3 blocks of 12, which the 8 heads do not divide)
+    overrides = ["model.name=ttm_re", "model.emb_size=36", "model.block_size=12"]
+    with pytest.raises(DocreError, match=re.escape("override 'model.emb_size=36': model.emb_size=36 must be divisible "
+                                                   "by TTM-RE's 8 memory heads")):
+        load_config(None, overrides)
+    assert load_config(None, [*overrides[1:]]).model.emb_size == 36  # ATLOP has no memory heads
