@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from docre.data import Split
 from docre.data.collate import collate, encoded_tokens, stacked_facts
 from docre.data.feature import Feature
+from docre.models import pairs_attend_across_batch
 from docre.models.output import EvidenceOutput, logits_of
 from docre.utils import atomic_save_safetensors, autocast, hide_progress, release_free_memory
 
@@ -40,7 +41,7 @@ def predict(model, features: list[Feature], num_classes: int, pad_id: int, batch
     it whole batches on every device, so that its predictions do not change with the device."""
     model.eval()
     on_cpu = torch.device(device).type == "cpu"
-    coupled = getattr(model, "pairs_attend_across_batch", False)
+    coupled = pairs_attend_across_batch(model)
     if max_tokens < 0:
         max_tokens = CPU_TOKEN_BUDGET if on_cpu and not coupled else 0
     elif max_tokens and coupled:

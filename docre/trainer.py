@@ -43,7 +43,7 @@ from docre.losses import build_loss, couples_pairs, output_size, takes_synthetic
 from docre.losses.common import tune_threshold_offset
 from docre.losses.evidence import evidence_kl
 from docre.metrics import breakdown, score
-from docre.models import build_model_from_config, check_backbone, load_tokenizer
+from docre.models import build_model_from_config, check_backbone, load_tokenizer, pairs_attend_across_batch
 from docre.models.output import EvidenceOutput, logits_of
 from docre.utils import (
     append_jsonl,
@@ -261,9 +261,9 @@ def setup(cfg: Config, processes: tuple[int, int, torch.device], run_dir: Path, 
 
     loss_kwargs = {**cfg.loss, **_loss_statistics(cfg, run_dir, rank, checkpoint, train_split, rel2id)}
     loss_fn = build_loss(**loss_kwargs)
-    if rank == 0:
-        _warn_split_batches(cfg, loss_fn, world)
     model = build_model_from_config(cfg.model, tokenizer, output_size(loss_fn, len(rel2id))).to(device)
+    if rank == 0:
+        _warn_split_batches(cfg, loss_fn, model, world)
     if init_weights is not None:  # before the optimizer is built, so that it starts from them
         init_from(model, init_weights, cfg, rel2id)
     optimizer = build_optimizer(model, cfg.train)
@@ -318,7 +318,7 @@ def setup(cfg: Config, processes: tuple[int, int, torch.device], run_dir: Path, 
 PRECISIONS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-def _warn_split_batches(cfg: Config, loss_fn, world: int) -> None:
+def _warn_split_batches(cfg: Config, loss_fn, model: nn.Module, world: int) -> None:
     """Say where a batch split by train.max_batch_tokens (or over processes) changes what is computed: a loss over
     the batch's pairs together, TTM-RE's official layout (its pairs attend to each other)."""
     if couples_pairs(loss_fn) and (cfg.train.max_batch_tokens or world > 1):
@@ -326,7 +326,7 @@ def _warn_split_batches(cfg: Config, loss_fn, world: int) -> None:
                        "batches: it is computed within each part, not as the official loss over the whole batch "
                        "(set train.max_batch_tokens=0 and train on one process for that)", cfg.loss["name"],
                        cfg.train.max_batch_tokens, world)
-    if cfg.model.name == "ttm_re" and cfg.model.ttm_layout == "official" and cfg.train.max_batch_tokens:
+    if pairs_attend_across_batch(model) and cfg.train.max_batch_tokens:
         # each process runs whole batches of its own: only the token split changes the pairs a pair attends to
         logger.warning("model ttm_re's official layout lets the pairs of a batch attend to each other, and "
                        "train.max_batch_tokens=%d splits batches: the pairs of each part attend only to each other, "

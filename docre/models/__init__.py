@@ -52,7 +52,9 @@ class RelationModel(Protocol):
     (`losses.evidence.evidence_kl`) is added by the trainer, weighted by `model.evidence_weight`,
     where the batch carries evidence labels. The other models return the logits tensor alone.
     `forward(batch, features=True)` returns `(output, PairFeatures)`: the representation each pair's
-    logits are computed from, for a loss that asks for it (`losses.wants_features`).
+    logits are computed from, for a loss that asks for it (`losses.wants_features`). A model whose
+    pairs attend to the other pairs of their batch says so (`pairs_attend_across_batch`): the trainer
+    warns where a batch is split, and evaluation does not split its batches by default.
     """
 
     encoder: nn.Module
@@ -254,6 +256,12 @@ def load_encoder(
         else:
             encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     return encoder
+
+
+def pairs_attend_across_batch(model: nn.Module) -> bool:
+    """Whether a pair's logits depend on the other pairs of its batch (TTM-RE's official layout): splitting a
+    batch, or batching documents otherwise, changes them."""
+    return bool(getattr(model, "pairs_attend_across_batch", False))
 
 
 def build_model_from_config(model_cfg, tokenizer, num_classes: int, pretrained: bool = True) -> RelationModel:
