@@ -51,6 +51,11 @@ def chosen_alpha(run_dir: Path) -> float | None:
 
 def run(cfg: Config) -> dict:
     """train(cfg), or the alpha sweep when loss.alpha is auto (what train.py calls)."""
+    if cfg.train.resume:  # --resume RUN, CONFIG train.resume=RUN, or a Python caller's cfg
+        part, whole = Path(cfg.train.resume), runs.outermost_run(Path(cfg.train.resume))
+        if whole != part:  # resumed alone, a part would train a second whole run inside itself
+            raise DocreError(f"{cfg.train.resume}: a part of the run {whole} (an alpha sweep's value or a VaeDiff-DocRE "
+                             f"stage), which resumes it: {runs.resume_command(whole)}")
     return tune_alpha(cfg) if is_auto(cfg) else train_one(cfg)
 
 

@@ -55,6 +55,10 @@ def test_a_part_of_a_run_names_the_whole_run_and_is_not_resumed_alone(tmp_path, 
     with pytest.raises(DocreError) as error:  # CONFIG train.resume=PART, the other spelling
         run_main("train", ["configs/smoke.yaml", f"train.resume={whole / part}"])
     assert str(error.value).startswith(f"{whole / part}: a part of the run {whole} (an alpha sweep's value")
+    from docre.sweep import run  # the Python API, as train.py calls it
+
+    with pytest.raises(DocreError, match=f"a part of the run {whole} "):
+        run(load_config("configs/smoke.yaml", [f"train.resume={whole / part}"]))
     assert sorted(p.name for p in (whole / part).iterdir()) == ["config.yaml", "last"]  # nothing started inside it
 
 

@@ -90,13 +90,6 @@ def main() -> int:
     else:
         parser.error("give a config file, or --resume RUN_DIR")
     cfg = load_config(config, overrides)  # fails here, before any model is loaded, on a bad key or value
-    if cfg.train.resume:  # --resume RUN, or CONFIG train.resume=RUN
-        from docre.run_dir import outermost_run, resume_command
-
-        part, whole = Path(cfg.train.resume), outermost_run(Path(cfg.train.resume))
-        if whole != part:  # resumed alone, a part would train a second whole run inside itself
-            raise DocreError(f"{cfg.train.resume}: a part of the run {whole} (an alpha sweep's value or a VaeDiff-DocRE "
-                             f"stage), which resumes it: {resume_command(whole)}")
 
     from docre import distributed
     from docre.report import breakdown_table, results_table
